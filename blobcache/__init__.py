@@ -1,0 +1,25 @@
+"""blobcache: a durable key-value cache for ML artifacts.
+
+``put`` returns once the value survives a crash; ``get`` is served from memory
+(large values as zero-copy views of their files); a new process recovers every
+acknowledged put. See README.md for the guarantees and FORMAT.md for the bytes.
+"""
+
+from ._blob import Problem
+from ._janitor import GcResult
+from ._options import Options
+from .cache import BlobCache, Stats
+from .errors import BlobCacheError, ClosedError, CorruptionError, LockedError
+
+__all__ = [
+    "BlobCache",
+    "BlobCacheError",
+    "ClosedError",
+    "CorruptionError",
+    "GcResult",
+    "LockedError",
+    "Options",
+    "Problem",
+    "Stats",
+]
+__version__ = "0.1.0"

@@ -1,0 +1,245 @@
+"""Key directories: the key file, version files, tombstones, and reading them back.
+
+One directory per key (``_names.key_dir``) holds:
+
+* ``key``: the key itself, written once and durably before any version;
+* ``v-<seq>-<length>-<checksum>``: one file per version, exactly the value's bytes;
+* ``t-<seq>``: an empty tombstone, the key deleted as of ``seq``;
+* ``.tmp-*``: a version or key file being written, flocked by its writer.
+
+This module knows nothing of the cache: it writes and reads these files and says
+what a directory holds. The cache decides what is live; the janitor what is garbage.
+"""
+
+from __future__ import annotations
+
+import logging
+import mmap
+import os
+from dataclasses import dataclass, field
+
+import xxhash
+
+from . import _format as F
+from . import _fsio
+from . import _names as N
+from .errors import CorruptionError
+
+log = logging.getLogger("blobcache")
+
+
+@dataclass(frozen=True)
+class Problem:
+    """A file the store could not use, with what was wrong; reported, never served."""
+
+    path: str
+    message: str
+
+    def __str__(self) -> str:
+        return f"{self.path}: {self.message}"
+
+
+@dataclass(frozen=True)
+class Record:
+    """One version or tombstone file of a key directory."""
+
+    seq: int
+    path: str
+    length: int  # bytes of the value; 0 for a tombstone
+    checksum: int  # xxh3_64 of the value; 0 for a tombstone
+    is_tombstone: bool
+
+
+@dataclass
+class KeyDirScan:
+    """What one key directory holds, sorted out.
+
+    ``records`` are the usable ones, highest sequence number first, so
+    ``records[0]`` is the live record (a tombstone means "deleted").
+    ``unusable`` holds version files that failed a check (with their sequence
+    numbers, which still count for the next number), ``problems`` says why.
+    """
+
+    path: str
+    key: N.Key | None = None
+    records: list[Record] = field(default_factory=list)
+    unusable: list[Record] = field(default_factory=list)
+    temps: list[str] = field(default_factory=list)
+    problems: list[Problem] = field(default_factory=list)
+
+    @property
+    def live(self) -> Record | None:
+        return self.records[0] if self.records else None
+
+    @property
+    def max_seq(self) -> int:
+        return max((r.seq for r in self.records + self.unusable), default=0)
+
+
+# --- The key file ------------------------------------------------------------------
+
+
+def key_file_bytes(tag: bytes, raw: bytes) -> bytes:
+    body = F.KEY_FILE_HEADER.pack(F.KEY_FILE_MAGIC, tag, len(raw)) + raw
+    return body + F.KEY_FILE_TRAILER.pack(xxhash.xxh3_64_intdigest(body))
+
+
+def write_key_file(keydir: str, tag: bytes, raw: bytes) -> None:
+    """Write ``keydir/key`` durably. REQUIRES: ``keydir`` exists, durably."""
+    _fsio.write_file_durably(keydir, F.KEY_FILE_NAME, [key_file_bytes(tag, raw)])
+
+
+def read_key_file(keydir: str) -> N.Key:
+    """The key stored in ``keydir/key``, checked against its checksum and the directory name.
+
+    :raises FileNotFoundError: there is no key file.
+    :raises CorruptionError: it is short, has a bad checksum, or names another key.
+    """
+    path = os.path.join(keydir, F.KEY_FILE_NAME)
+    with open(path, "rb") as f:
+        data = f.read(F.KEY_FILE_HEADER.size + F.MAX_KEY_BYTES + F.KEY_FILE_TRAILER.size + 1)
+    head, trail = F.KEY_FILE_HEADER.size, F.KEY_FILE_TRAILER.size
+    if len(data) < head + trail:
+        raise CorruptionError(path, f"key file is {len(data)} bytes, shorter than its header")
+    magic, tag, length = F.KEY_FILE_HEADER.unpack_from(data)
+    if magic != F.KEY_FILE_MAGIC:
+        raise CorruptionError(path, f"key file starts with {magic!r}, not {F.KEY_FILE_MAGIC!r}", 0)
+    if len(data) != head + length + trail:
+        raise CorruptionError(
+            path, f"key file is {len(data)} bytes; its header says {head + length + trail}"
+        )
+    (checksum,) = F.KEY_FILE_TRAILER.unpack_from(data, head + length)
+    if checksum != xxhash.xxh3_64_intdigest(data[: head + length]):
+        raise CorruptionError(path, "key file checksum mismatch", head + length)
+    raw = data[head : head + length]
+    if tag not in (F.KEY_TAG_STR, F.KEY_TAG_BYTES):
+        raise CorruptionError(path, f"key file has unknown key type tag {tag!r}", 4)
+    if N.key_hash(tag, raw) != os.path.basename(keydir):
+        raise CorruptionError(path, "key file holds a key that does not hash to its directory")
+    try:
+        return N.decode_key(tag, raw)
+    except UnicodeDecodeError:
+        raise CorruptionError(path, "str key in key file is not valid UTF-8", head) from None
+
+
+# --- Writing versions and tombstones -------------------------------------------------
+
+
+def write_version(keydir: str, seq: int, data: memoryview, *, sync: bool) -> Record:
+    """Publish ``data`` as version ``seq`` of the key in ``keydir``.
+
+    temp file (flocked) + write + fsync + rename; then fsync(keydir) makes the new
+    name durable. With ``sync=False`` ("os" durability) both fsyncs are left to the
+    caller's next ``sync``. On any error the temp file is removed and nothing is
+    published: the previous version stays live.
+    """
+    checksum = xxhash.xxh3_64_intdigest(data)
+    length = data.nbytes
+    final = os.path.join(keydir, N.version_name(seq, length, checksum))
+    fd, tmp = _fsio.open_temp(keydir)
+    try:
+        _fsio.write_all(fd, data)
+        if sync:
+            _fsio.fsync_file(fd)
+        _fsio.rename(tmp, final)
+    except BaseException:
+        os.close(fd)
+        _fsio.discard(tmp)
+        raise
+    os.close(fd)  # releases the flock: the file now has its final name
+    if sync:
+        _fsio.fsync_dir(keydir)
+    return Record(seq, final, length, checksum, is_tombstone=False)
+
+
+def write_tombstone(keydir: str, seq: int, *, sync: bool) -> Record:
+    """Publish the empty file ``t-<seq>``: created under its final name, since an
+    empty file has no data to tear; fsync(keydir) makes it durable."""
+    path = os.path.join(keydir, N.tombstone_name(seq))
+    os.close(_fsio.create_exclusive(path))
+    if sync:
+        _fsio.fsync_dir(keydir)
+    return Record(seq, path, 0, 0, is_tombstone=True)
+
+
+# --- Reading back ------------------------------------------------------------------------
+
+
+def scan_key_dir(keydir: str) -> KeyDirScan:
+    """List ``keydir`` and sort its files into records, temps and problems.
+
+    Checks what is cheap (names, sizes, the key file), not value checksums: those
+    cost a pass over every byte and are checked on first ``get`` or by ``verify``.
+    """
+    scan = KeyDirScan(keydir)
+    try:
+        scan.key = read_key_file(keydir)
+    except FileNotFoundError:
+        scan.problems.append(Problem(os.path.join(keydir, F.KEY_FILE_NAME), "key file missing"))
+    except CorruptionError as exc:
+        scan.problems.append(Problem(exc.path, exc.detail))
+    except OSError as exc:
+        scan.problems.append(Problem(os.path.join(keydir, F.KEY_FILE_NAME), str(exc)))
+    with os.scandir(keydir) as entries:
+        for entry in entries:
+            _sort_entry(scan, entry)
+    scan.records.sort(key=lambda r: r.seq, reverse=True)
+    return scan
+
+
+def _sort_entry(scan: KeyDirScan, entry: os.DirEntry[str]) -> None:
+    name = entry.name
+    if name == F.KEY_FILE_NAME:
+        return
+    if N.is_temp_name(name):
+        scan.temps.append(entry.path)
+        return
+    tomb_seq = N.parse_tombstone_name(name)
+    if tomb_seq is not None:
+        scan.records.append(Record(tomb_seq, entry.path, 0, 0, is_tombstone=True))
+        return
+    parsed = N.parse_version_name(name)
+    if parsed is None:
+        scan.problems.append(Problem(entry.path, "stray file: not a name blobcache writes"))
+        return
+    record = Record(parsed.seq, entry.path, parsed.length, parsed.checksum, is_tombstone=False)
+    try:
+        size = entry.stat(follow_symlinks=False).st_size
+    except OSError as exc:
+        scan.unusable.append(record)
+        scan.problems.append(Problem(entry.path, f"cannot stat version file: {exc}"))
+        return
+    if size != parsed.length:
+        scan.unusable.append(record)
+        scan.problems.append(
+            Problem(entry.path, f"version file is {size} bytes; its name says {parsed.length}")
+        )
+        return
+    scan.records.append(record)
+
+
+def map_version(record: Record, *, check: bool) -> memoryview:
+    """A read-only, zero-copy view of a version file's bytes (an mmap).
+
+    With ``check``, one pass of xxh3_64 over the mapped bytes must match the
+    checksum in the name. The mapping outlives an unlink of the file, so a view
+    stays valid after the janitor removes a superseded version.
+
+    :raises CorruptionError: the size or checksum does not match the name.
+    """
+    if record.length == 0:
+        view = memoryview(b"")
+    else:
+        fd = os.open(record.path, os.O_RDONLY | os.O_CLOEXEC)
+        try:
+            size = os.fstat(fd).st_size
+            if size != record.length:
+                raise CorruptionError(
+                    record.path, f"version file is {size} bytes; its name says {record.length}"
+                )
+            view = memoryview(mmap.mmap(fd, record.length, access=mmap.ACCESS_READ))
+        finally:
+            os.close(fd)
+    if check and xxhash.xxh3_64_intdigest(view) != record.checksum:
+        raise CorruptionError(record.path, "checksum mismatch: the value's bytes were changed")
+    return view

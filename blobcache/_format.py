@@ -1,0 +1,63 @@
+"""Every name, size and magic number of the on-disk format, as FORMAT.md specifies it.
+
+Nothing else in the package defines a constant of the format: the other modules
+import these. Change one here and in FORMAT.md in the same commit.
+"""
+
+from __future__ import annotations
+
+import struct
+from typing import Final
+
+# --- The store root -----------------------------------------------------------
+# <root>/FORMAT  marker: identifies a blobcache store and its format version.
+# <root>/LOCK    empty; the writing process holds an exclusive flock on it.
+# <root>/blobs/  the key directories, fanned out two levels.
+MARKER_NAME: Final = "FORMAT"
+MARKER_CONTENT: Final = b"blobcache 1\n"  # 12 bytes: "blobcache", space, version "1", newline
+LOCK_NAME: Final = "LOCK"
+BLOBS_DIR: Final = "blobs"
+
+# --- Key directories ------------------------------------------------------------
+# blobs/<h[0:2]>/<h[2:4]>/<h>/ where h is the 32 lower-case hex digits of
+# xxh3_128(type tag + key bytes), seed 0. The tag makes "a" and b"a" two keys.
+KEY_TAG_STR: Final = b"s"  # str keys, encoded as UTF-8
+KEY_TAG_BYTES: Final = b"b"  # bytes keys, as they are
+KEY_HASH_HEX_DIGITS: Final = 32
+FANOUT_HEX_DIGITS: Final = 2  # per level; two levels: 256 x 256 directories at most
+MAX_KEY_BYTES: Final = 65535  # encoded length; at least 4 KiB as promised, fits a u16 later
+
+# --- The key file: <keydir>/key -------------------------------------------------
+# Written once, durably, before any version of the key is published.
+#   offset  size  field
+#   0       4     magic b"BCK1"
+#   4       1     tag: b"s" (str) or b"b" (bytes)
+#   5       4     key length n, u32 little-endian
+#   9       n     key bytes
+#   9+n     8     xxh3_64 (seed 0) of bytes [0, 9+n), u64 little-endian
+KEY_FILE_NAME: Final = "key"
+KEY_FILE_MAGIC: Final = b"BCK1"
+KEY_FILE_HEADER: Final = struct.Struct("<4scI")  # magic, tag, key length: 9 bytes
+KEY_FILE_TRAILER: Final = struct.Struct("<Q")  # checksum: 8 bytes
+
+# --- Version files and tombstones ------------------------------------------------
+# A version file holds exactly the value's bytes; its name carries the metadata,
+# so a single rename publishes data and metadata together:
+#   v-<seq>-<length>-<checksum>     each field 16 lower-case hex digits
+#   t-<seq>                         tombstone: an empty file, the key is deleted
+# seq is the store-wide sequence number (highest wins), length the value's size in
+# bytes, checksum xxh3_64 (seed 0) of the value bytes.
+VERSION_PREFIX: Final = "v-"
+TOMBSTONE_PREFIX: Final = "t-"
+FIELD_HEX_DIGITS: Final = 16
+FIELD_SEPARATOR: Final = "-"
+VERSION_NAME_LEN: Final = 2 + 3 * FIELD_HEX_DIGITS + 2  # 52
+TOMBSTONE_NAME_LEN: Final = 2 + FIELD_HEX_DIGITS  # 18
+MAX_SEQ: Final = 2**64 - 1
+
+# --- Temp files -----------------------------------------------------------------
+# .tmp-<16 hex random>: a version (or key file) being written. The writer holds an
+# exclusive flock on it until it is renamed or removed, so a temp file nobody
+# holds is an orphan of a crashed writer and may be deleted.
+TEMP_PREFIX: Final = ".tmp-"
+TEMP_RANDOM_HEX_DIGITS: Final = 16

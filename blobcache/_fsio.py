@@ -1,0 +1,176 @@
+"""Every system call that decides what survives a crash, and nothing else.
+
+No other module calls ``os.fsync``, ``os.rename``, ``os.unlink``, ``os.mkdir`` or
+``fcntl.flock`` directly: they call these helpers, by module attribute
+(``_fsio.fsync_dir(...)``), so a test can record or fail any of them.
+
+Crash models (DESIGN.md): after ``os.write`` returns the bytes survive a process
+crash; only what was fsynced survives power loss, and a directory entry (a
+create, rename, unlink or mkdir) is durable only once its directory is fsynced.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import os
+import secrets
+from collections.abc import Iterable
+
+from . import _format
+
+
+def write_all(fd: int, data: memoryview) -> None:
+    """Write every byte of ``data`` to ``fd``.
+
+    ``os.write`` may write less than asked (Linux caps one call near 2 GiB, and a
+    signal can cut it short); looping here keeps that from becoming a torn value.
+    """
+    view = data.cast("B") if data.format != "B" or data.ndim != 1 else data
+    while view:
+        written = os.write(fd, view)
+        view = view[written:]
+
+
+def fsync_file(fd: int) -> None:
+    """Make the file's data and size durable (power loss)."""
+    os.fsync(fd)
+
+
+def fsync_path(path: str) -> None:
+    """fsync a file by path: used by ``sync()`` for files written in "os" mode."""
+    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def fsync_dir(path: str) -> None:
+    """Make the directory's entries durable: creates, renames, unlinks inside it."""
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def rename(src: str, dst: str) -> None:
+    """Rename atomically (a crash leaves either name, never neither nor a mix).
+
+    Durable only after ``fsync_dir`` of the directory; the caller does that.
+    """
+    os.rename(src, dst)
+
+
+def unlink(path: str) -> None:
+    """Remove a file; durable only after ``fsync_dir`` of its directory."""
+    os.unlink(path)
+
+
+def rmdir(path: str) -> None:
+    """Remove an empty directory; durable only after ``fsync_dir`` of its parent."""
+    os.rmdir(path)
+
+
+def mkdir(path: str) -> None:
+    """Create a directory; durable only after ``fsync_dir`` of its parent."""
+    os.mkdir(path, 0o755)
+
+
+def create_exclusive(path: str) -> int:
+    """Create a new file for writing and return its descriptor (fails if it exists)."""
+    return os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
+
+
+def open_lock_file(path: str) -> int:
+    """Open (creating if needed) a file whose only purpose is to be flocked."""
+    return os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+
+
+def try_lock(fd: int) -> bool:
+    """Take an exclusive flock without waiting; False when someone else holds it.
+
+    flock locks belong to the open file description, so a second ``open`` of the
+    same file in this very process conflicts too: that is what makes a second
+    writer handle in one process fail like one in another process.
+    """
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return False
+    return True
+
+
+def temp_name() -> str:
+    """A fresh temp file name; 64 random bits make a clash practically impossible."""
+    return _format.TEMP_PREFIX + secrets.token_hex(_format.TEMP_RANDOM_HEX_DIGITS // 2)
+
+
+def open_temp(directory: str) -> tuple[int, str]:
+    """Create and flock a temp file in ``directory``; return (fd, path).
+
+    The flock says "a writer is producing this": the janitor deletes only temp
+    files it can lock itself, so no age guess is needed. It is released when the
+    descriptor is closed, after the rename.
+    """
+    path = os.path.join(directory, temp_name())
+    fd = create_exclusive(path)
+    try:
+        locked = try_lock(fd)
+        assert locked, "a temp file just created with O_EXCL cannot be locked by anyone else"
+    except BaseException:
+        os.close(fd)
+        unlink(path)
+        raise
+    return fd, path
+
+
+def write_file_durably(directory: str, name: str, chunks: Iterable[bytes]) -> None:
+    """Publish ``directory/name`` holding ``chunks``, all or nothing, durably.
+
+    temp file + write + fsync + rename + fsync(directory): after a power cut the
+    name either does not exist or holds every byte.
+    """
+    fd, tmp = open_temp(directory)
+    try:
+        for chunk in chunks:
+            write_all(fd, memoryview(chunk))
+        fsync_file(fd)
+        rename(tmp, os.path.join(directory, name))
+    except BaseException:
+        os.close(fd)
+        discard(tmp)
+        raise
+    os.close(fd)
+    fsync_dir(directory)
+
+
+def discard(path: str) -> None:
+    """Best-effort removal of a temp file after a failed write; it is garbage either way."""
+    # If this fails too, recovery or the janitor removes the orphaned temp file later.
+    with contextlib.suppress(OSError):
+        unlink(path)
+
+
+def makedirs_durably(top: str, path: str) -> list[str]:
+    """Create the missing directories from ``top`` (which exists) down to ``path``.
+
+    Each new directory's entry is made durable by fsyncing its parent, so a put
+    that created them does not lose its whole directory to a power cut. Returns
+    the directories created (outermost first). ``FileExistsError`` on a race is
+    taken as success: the entry exists either way, and its parent is fsynced.
+    """
+    rel = os.path.relpath(path, top)
+    created: list[str] = []
+    current = top
+    for part in rel.split(os.sep):
+        current = os.path.join(current, part)
+        try:
+            mkdir(current)
+        except FileExistsError:
+            continue
+        created.append(current)
+    for new_dir in created:
+        fsync_dir(os.path.dirname(new_dir))
+    return created

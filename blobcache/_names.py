@@ -1,0 +1,133 @@
+"""Keys to directories, and the names of version, tombstone and temp files.
+
+Pure functions over strings: no I/O. ``FORMAT.md`` gives the grammar these
+format and parse; the constants come from ``_format``.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import NamedTuple
+
+import xxhash
+
+from . import _format as F
+
+Key = str | bytes
+
+
+def encode_key(key: object) -> tuple[bytes, bytes]:
+    """Return (tag, key bytes) for a str or bytes key; raise for anything else.
+
+    :raises TypeError: the key is neither ``str`` nor ``bytes``.
+    :raises ValueError: the key is too long, or a str that UTF-8 cannot encode.
+    """
+    if isinstance(key, str):
+        tag = F.KEY_TAG_STR
+        try:
+            raw = key.encode("utf-8")
+        except UnicodeEncodeError as exc:
+            raise ValueError(
+                f"str keys must be encodable as UTF-8; this one is not ({exc.reason} "
+                f"at position {exc.start}): use a bytes key for arbitrary bytes"
+            ) from None
+    elif isinstance(key, bytes):
+        tag = F.KEY_TAG_BYTES
+        raw = bytes(key)
+    else:
+        raise TypeError(f"keys must be str or bytes, not {type(key).__name__}")
+    if len(raw) > F.MAX_KEY_BYTES:
+        raise ValueError(
+            f"keys may be at most {F.MAX_KEY_BYTES} bytes long (UTF-8 for str keys); "
+            f"this one is {len(raw)} bytes"
+        )
+    return tag, raw
+
+
+def decode_key(tag: bytes, raw: bytes) -> Key:
+    """Inverse of :func:`encode_key`: the key with its type."""
+    if tag == F.KEY_TAG_STR:
+        return raw.decode("utf-8")
+    if tag == F.KEY_TAG_BYTES:
+        return raw
+    raise ValueError(f"unknown key tag {tag!r}")
+
+
+def key_hash(tag: bytes, raw: bytes) -> str:
+    """The 32 hex digits that name a key's directory."""
+    return xxhash.xxh3_128_hexdigest(tag + raw)
+
+
+def key_dir(blobs: str, digest: str) -> str:
+    """``blobs/ab/cd/abcd…``: two fan-out levels keep every directory small."""
+    w = F.FANOUT_HEX_DIGITS
+    return os.path.join(blobs, digest[:w], digest[w : 2 * w], digest)
+
+
+def is_fanout_name(name: str) -> bool:
+    return len(name) == F.FANOUT_HEX_DIGITS and _is_lower_hex(name)
+
+
+def is_key_dir_name(name: str) -> bool:
+    return len(name) == F.KEY_HASH_HEX_DIGITS and _is_lower_hex(name)
+
+
+def fanout_parts(digest: str) -> tuple[str, str]:
+    w = F.FANOUT_HEX_DIGITS
+    return digest[:w], digest[w : 2 * w]
+
+
+class VersionName(NamedTuple):
+    """What a version file's name says: sequence number, length, xxh3_64 checksum."""
+
+    seq: int
+    length: int
+    checksum: int
+
+
+def _hex(value: int) -> str:
+    return format(value, f"0{F.FIELD_HEX_DIGITS}x")
+
+
+def version_name(seq: int, length: int, checksum: int) -> str:
+    """``v-<seq>-<length>-<checksum>``, each 16 lower-case hex digits."""
+    return F.VERSION_PREFIX + F.FIELD_SEPARATOR.join((_hex(seq), _hex(length), _hex(checksum)))
+
+
+def tombstone_name(seq: int) -> str:
+    """``t-<seq>``: an empty file saying the key is deleted as of ``seq``."""
+    return F.TOMBSTONE_PREFIX + _hex(seq)
+
+
+def _is_lower_hex(text: str) -> bool:
+    return all(c in "0123456789abcdef" for c in text)
+
+
+def _field(text: str) -> int | None:
+    if len(text) != F.FIELD_HEX_DIGITS or not _is_lower_hex(text):
+        return None
+    return int(text, 16)
+
+
+def parse_version_name(name: str) -> VersionName | None:
+    """The fields of a version file name, or None if ``name`` is not one."""
+    if len(name) != F.VERSION_NAME_LEN or not name.startswith(F.VERSION_PREFIX):
+        return None
+    parts = name[len(F.VERSION_PREFIX) :].split(F.FIELD_SEPARATOR)
+    if len(parts) != 3:
+        return None
+    seq, length, checksum = (_field(p) for p in parts)
+    if seq is None or length is None or checksum is None:
+        return None
+    return VersionName(seq, length, checksum)
+
+
+def parse_tombstone_name(name: str) -> int | None:
+    """The sequence number of a tombstone file name, or None if ``name`` is not one."""
+    if len(name) != F.TOMBSTONE_NAME_LEN or not name.startswith(F.TOMBSTONE_PREFIX):
+        return None
+    return _field(name[len(F.TOMBSTONE_PREFIX) :])
+
+
+def is_temp_name(name: str) -> bool:
+    return name.startswith(F.TEMP_PREFIX)

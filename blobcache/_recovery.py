@@ -1,0 +1,173 @@
+"""Opening a store: take the lock, then rebuild the index from the files.
+
+The one rule (DESIGN.md): for each key, the record with the highest sequence
+number wins, wherever it lies; a tombstone that wins means "deleted". Recovery
+checks names, sizes and key files (cheap), reports every file it cannot use with
+its path, and falls back to the newest usable version of that key.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from . import _blob, _fsio
+from . import _format as F
+from . import _names as N
+from ._blob import KeyDirScan, Problem
+from ._index import Entry
+from .errors import BlobCacheError, LockedError
+
+log = logging.getLogger("blobcache")
+
+
+@dataclass
+class Recovered:
+    """What open found: the index, the highest sequence number, and what needs the janitor."""
+
+    entries: dict[N.Key, Entry] = field(default_factory=dict)
+    max_seq: int = 0
+    key_dirs: set[str] = field(default_factory=set)  # dirs with a valid key file
+    dirty: set[str] = field(default_factory=set)  # dirs holding something the janitor removes
+    problems: list[Problem] = field(default_factory=list)
+    temps_removed: int = 0
+
+
+def open_store(root: str) -> int:
+    """Create or check the store directory, then take the writer lock; return its fd.
+
+    :raises BlobCacheError: ``root`` is not a directory, or is a non-empty
+        directory that is not a blobcache store (nothing is written into it).
+    :raises LockedError: another handle holds the store for writing.
+    """
+    if not os.path.exists(root):
+        parent = _existing_ancestor(root)
+        _fsio.makedirs_durably(parent, root)
+    if not os.path.isdir(root):
+        raise BlobCacheError(f"{root} is not a directory; a store needs a directory of its own")
+    marker = os.path.join(root, F.MARKER_NAME)
+    if os.path.exists(marker):
+        with open(marker, "rb") as f:
+            content = f.read(len(F.MARKER_CONTENT) + 1)
+        if content != F.MARKER_CONTENT:
+            raise BlobCacheError(
+                f"{marker} says {content[:40]!r}, not {F.MARKER_CONTENT!r}: this store was "
+                "written by another blobcache format version, or the file is damaged"
+            )
+    else:
+        _init_store(root)
+    lock_path = os.path.join(root, F.LOCK_NAME)
+    fd = _fsio.open_lock_file(lock_path)
+    if not _fsio.try_lock(fd):
+        os.close(fd)
+        raise LockedError(lock_path)
+    try:
+        _fsio.makedirs_durably(root, os.path.join(root, F.BLOBS_DIR))
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
+def _existing_ancestor(path: str) -> str:
+    parent = os.path.dirname(path)
+    while not os.path.exists(parent):
+        parent = os.path.dirname(parent)
+    return parent
+
+
+def _init_store(root: str) -> None:
+    """Make an empty directory a store by publishing the marker durably.
+
+    Refuses a directory holding anything but temp files (left by a crash during
+    an earlier init): a cache must never write into, or later gc, a user's files.
+    """
+    names = os.listdir(root)
+    foreign = [n for n in names if not N.is_temp_name(n)]
+    if foreign:
+        raise BlobCacheError(
+            f"{root} is not empty and has no {F.MARKER_NAME} file, so it is not a blobcache "
+            f"store (it holds {sorted(foreign)[:3]}...); pick an empty or new directory"
+        )
+    for name in names:
+        remove_orphan_temp(os.path.join(root, name))
+    _fsio.write_file_durably(root, F.MARKER_NAME, [F.MARKER_CONTENT])
+
+
+def remove_orphan_temp(path: str) -> int | None:
+    """Delete a temp file that no writer holds (its flock is free); return its size.
+
+    Returns None, deleting nothing, while a writer holds it. A temp file is never
+    a record, so removing it needs no fsync: if it comes back after a power cut
+    it is still an orphan.
+    """
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    except FileNotFoundError:
+        return None  # its writer renamed or removed it meanwhile
+    try:
+        if not _fsio.try_lock(fd):
+            return None
+        size = os.fstat(fd).st_size
+        try:
+            _fsio.unlink(path)
+        except FileNotFoundError:
+            return None  # renamed between our open and our lock: published, not orphaned
+        return size
+    finally:
+        os.close(fd)
+
+
+def recover(root: str) -> Recovered:
+    """Scan every key directory and keep, per key, the highest-numbered usable record.
+
+    REQUIRES: the caller holds the writer lock (so no temp file is in use by us).
+    """
+    result = Recovered()
+    for keydir in iter_key_dirs(os.path.join(root, F.BLOBS_DIR), result.problems):
+        scan = _blob.scan_key_dir(keydir)
+        _admit(result, scan)
+    for problem in result.problems:
+        log.warning("blobcache: %s", problem)
+    return result
+
+
+def iter_key_dirs(blobs: str, problems: list[Problem]) -> list[str]:
+    """Every ``blobs/ab/cd/<hash>`` directory; other entries are reported as strays."""
+    found: list[str] = []
+    for level1 in _subdirs(blobs, N.is_fanout_name, problems):
+        for level2 in _subdirs(level1, N.is_fanout_name, problems):
+            found.extend(_subdirs(level2, N.is_key_dir_name, problems))
+    return found
+
+
+def _subdirs(path: str, name_ok: Callable[[str], bool], problems: list[Problem]) -> list[str]:
+    out: list[str] = []
+    with os.scandir(path) as entries:
+        for entry in entries:
+            if name_ok(entry.name) and entry.is_dir(follow_symlinks=False):
+                out.append(entry.path)
+            else:
+                problems.append(Problem(entry.path, "stray entry: not a name blobcache writes"))
+    return out
+
+
+def _admit(result: Recovered, scan: KeyDirScan) -> None:
+    result.max_seq = max(result.max_seq, scan.max_seq)
+    result.problems.extend(scan.problems)
+    for temp in scan.temps:
+        if remove_orphan_temp(temp) is not None:
+            result.temps_removed += 1
+    live = scan.live
+    if scan.key is None:
+        if scan.records or scan.unusable:
+            return  # versions without a readable key: reported above, left for a human
+        result.dirty.add(scan.path)  # a put crashed before its key file: garbage
+        return
+    result.key_dirs.add(scan.path)
+    if live is not None and not live.is_tombstone:
+        result.entries[scan.key] = Entry(live)
+    if live is None or live.is_tombstone or len(scan.records) > 1 or scan.unusable:
+        result.dirty.add(scan.path)

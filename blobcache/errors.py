@@ -1,0 +1,67 @@
+"""The exceptions blobcache raises; all derive from :class:`BlobCacheError`.
+
+Each subclasses the built-in a caller would already catch for the same trouble
+(``BlockingIOError`` for a held lock, ``ValueError`` for a closed handle, as a
+closed file does), carries the path it is about, and pickles, so it survives
+``multiprocessing``.
+"""
+
+from __future__ import annotations
+
+import errno
+
+
+class BlobCacheError(Exception):
+    """Base class of every error blobcache raises on purpose."""
+
+
+class LockedError(BlobCacheError, BlockingIOError):
+    """Another handle (in this process or another) holds the store for writing.
+
+    ``path`` is the lock file. Open with ``readonly=True`` to read alongside the
+    writer, or close the other handle first.
+    """
+
+    def __init__(self, path: str) -> None:
+        super().__init__(
+            errno.EAGAIN,
+            f"the store is already open for writing by another handle (lock held on {path}); "
+            "close that handle or wait for its process to exit",
+        )
+        self.path = path
+
+    def __reduce__(self) -> tuple[type[LockedError], tuple[str]]:
+        return (type(self), (self.path,))
+
+    def __str__(self) -> str:
+        return str(self.strerror)
+
+
+class ClosedError(BlobCacheError, ValueError):
+    """The handle was closed; open a new :class:`~blobcache.BlobCache`."""
+
+    def __init__(self, path: str) -> None:
+        super().__init__(f"the cache at {path} is closed; open it again to use it")
+        self.path = path
+
+    def __reduce__(self) -> tuple[type[ClosedError], tuple[str]]:
+        return (type(self), (self.path,))
+
+
+class CorruptionError(BlobCacheError):
+    """A file of the store does not hold what its name or checksum says.
+
+    ``path`` names the file and ``offset`` the first bad byte where one is known
+    (``None`` when the whole file is in question). blobcache never returns bytes
+    whose checksum failed; ``blobcache verify`` lists every such file.
+    """
+
+    def __init__(self, path: str, message: str, offset: int | None = None) -> None:
+        where = path if offset is None else f"{path} at offset {offset}"
+        super().__init__(f"{where}: {message}")
+        self.path = path
+        self.offset = offset
+        self.detail = message
+
+    def __reduce__(self) -> tuple[type[CorruptionError], tuple[str, str, int | None]]:
+        return (type(self), (self.path, self.detail, self.offset))
