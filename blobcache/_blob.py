@@ -230,7 +230,12 @@ def map_version(record: Record, *, check: bool) -> memoryview:
     if record.length == 0:
         view = memoryview(b"")
     else:
-        fd = os.open(record.path, os.O_RDONLY | os.O_CLOEXEC)
+        try:
+            fd = os.open(record.path, os.O_RDONLY | os.O_CLOEXEC)
+        except FileNotFoundError:
+            raise CorruptionError(
+                record.path, "version file is missing: something other than blobcache removed it"
+            ) from None
         try:
             size = os.fstat(fd).st_size
             if size != record.length:

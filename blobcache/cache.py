@@ -158,14 +158,23 @@ class BlobCache(MutableMapping[N.Key, memoryview]):
         """
         try:
             entry = self._index[key]
-        except KeyError:
-            if not isinstance(key, (str, bytes)):
-                raise _key_type_error(key) from None
-            return default
-        except TypeError:  # unhashable: a bytearray, a list
-            raise _key_type_error(key) from None
+        except (KeyError, TypeError):
+            found = self._lookup(key)  # raises TypeError for a key of the wrong type
+            if found is None:
+                return default
+            entry = found  # put by another thread in the meantime
         view = entry.view
         return view if view is not None else self._map(entry)
+
+    def _lookup(self, key: object) -> Entry | None:
+        """The entry of ``key`` or None; the slow path, with the type checks.
+
+        :raises TypeError: ``key`` is not str or bytes (a dict would just say "missing",
+            or "unhashable" for a bytearray).
+        """
+        if not isinstance(key, (str, bytes)):
+            raise _key_type_error(key)
+        return self._index.get(key)
 
     def __getitem__(self, key: N.Key) -> memoryview:
         view = self.get(key, _MISSING)
@@ -175,14 +184,7 @@ class BlobCache(MutableMapping[N.Key, memoryview]):
         return view
 
     def __contains__(self, key: object) -> bool:
-        try:
-            if key in self._index:
-                return True
-        except TypeError:
-            raise _key_type_error(key) from None
-        if not isinstance(key, (str, bytes)):
-            raise _key_type_error(key)
-        return False
+        return self._lookup(key) is not None
 
     def __len__(self) -> int:
         return len(self._index)
@@ -201,10 +203,9 @@ class BlobCache(MutableMapping[N.Key, memoryview]):
 
         :raises KeyError: ``key`` is not in the cache.
         """
-        try:
-            entry = self._index[key]
-        except TypeError:
-            raise _key_type_error(key) from None
+        entry = self._lookup(key)
+        if entry is None:
+            raise KeyError(key)
         return entry.record.path
 
     def _map(self, entry: Entry) -> memoryview:
@@ -234,7 +235,13 @@ class BlobCache(MutableMapping[N.Key, memoryview]):
         sync = self._options.durability == "fsync"
         with self._writing(digest):
             self._ensure_key_dir(key, tag, raw, keydir)
-            record = _blob.write_version(keydir, self._seq.take(), data, sync=sync)
+            try:
+                record = _blob.write_version(keydir, self._seq.take(), data, sync=sync)
+            except FileNotFoundError:
+                # The directory was removed behind our back (by hand): make it again, once.
+                self._key_dirs.discard(keydir)
+                self._ensure_key_dir(key, tag, raw, keydir)
+                record = _blob.write_version(keydir, self._seq.take(), data, sync=sync)
             if not sync:
                 self._owe_sync(record.path, keydir)
             if self._index.get(key) is not None:

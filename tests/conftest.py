@@ -1,0 +1,43 @@
+"""Shared fixtures and byte-editing helpers for the tests."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from blobcache import BlobCache
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> str:
+    """A path for a new store (not yet created)."""
+    return str(tmp_path / "store")
+
+
+@pytest.fixture
+def cache(store: str) -> Iterator[BlobCache]:
+    with BlobCache(store) as c:
+        yield c
+
+
+def files_named(root: str, prefix: str) -> list[str]:
+    """Every file under ``root`` whose name starts with ``prefix``, sorted."""
+    return sorted(
+        os.path.join(d, n) for d, _, names in os.walk(root) for n in names if n.startswith(prefix)
+    )
+
+
+def flip_bit(path: str, offset: int, bit: int = 0) -> None:
+    """Flip one bit of a file in place, the way a failing disk would."""
+    with open(path, "r+b") as f:
+        f.seek(offset)
+        byte = f.read(1)[0]
+        f.seek(offset)
+        f.write(bytes([byte ^ (1 << bit)]))
+
+
+def truncate(path: str, size: int) -> None:
+    os.truncate(path, size)

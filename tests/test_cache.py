@@ -1,0 +1,424 @@
+"""The public API of BlobCache: mapping behaviour, bad input, locking, threads, fork."""
+
+from __future__ import annotations
+
+import io
+import os
+import pickle
+import subprocess
+import sys
+import threading
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+import pytest
+
+from blobcache import BlobCache, BlobCacheError, ClosedError, LockedError, _fsio
+from blobcache import _format as F
+from tests.conftest import files_named
+
+
+def _tree(root: str) -> list[tuple[str, bytes]]:
+    """Every file under root with its content: to show bad input changed nothing."""
+    out = []
+    for d, _, names in os.walk(root):
+        for n in names:
+            with open(os.path.join(d, n), "rb") as f:
+                out.append((os.path.join(d, n), f.read()))
+    return sorted(out)
+
+
+# --- mapping behaviour --------------------------------------------------------------
+
+
+def test_str_and_bytes_keys_are_different_keys(cache: BlobCache) -> None:
+    cache["a"] = b"str"
+    cache[b"a"] = b"bytes"
+    assert bytes(cache["a"]) == b"str"
+    assert bytes(cache[b"a"]) == b"bytes"
+    assert sorted(cache, key=repr) == sorted(["a", b"a"], key=repr)
+
+
+def test_empty_key_is_a_key(store: str) -> None:
+    with BlobCache(store) as c:
+        c[""] = b"x"
+        c[b""] = b"y"
+    with BlobCache(store) as c:
+        assert bytes(c[""]) == b"x"
+        assert bytes(c[b""]) == b"y"
+
+
+def test_longest_key_round_trips(store: str) -> None:
+    key = "é" * (F.MAX_KEY_BYTES // 2)
+    with BlobCache(store) as c:
+        c[key] = b"v"
+    with BlobCache(store) as c:
+        assert list(c) == [key]
+
+
+def test_get_returns_read_only_view_or_default(cache: BlobCache) -> None:
+    cache.put("k", b"value")
+    view = cache.get("k")
+    assert isinstance(view, memoryview) and view.readonly
+    assert cache.get("missing") is None
+    assert cache.get("missing", b"d") == b"d"
+    with pytest.raises(KeyError):
+        cache["missing"]
+    with pytest.raises(TypeError):
+        view[0] = 1  # type: ignore[index]
+
+
+def test_mutable_mapping_methods(cache: BlobCache) -> None:
+    cache.update({"a": b"1", "b": b"2"})
+    assert len(cache) == 2 and "a" in cache and "z" not in cache
+    assert cache.delete("a") is True
+    assert cache.delete("a") is False
+    with pytest.raises(KeyError):
+        del cache["a"]
+    del cache["b"]
+    assert len(cache) == 0 and list(cache) == []
+
+
+def test_iteration_is_a_snapshot(cache: BlobCache) -> None:
+    for i in range(5):
+        cache[f"k{i}"] = b"x"
+    seen = []
+    for key in cache:
+        seen.append(key)
+        cache.delete(key)
+    assert len(seen) == 5
+
+
+@pytest.mark.parametrize(
+    "value",
+    [b"abc", bytearray(b"abc"), memoryview(b"abc"), np.frombuffer(b"abc", dtype=np.uint8)],
+)
+def test_any_bytes_like_value(cache: BlobCache, value: object) -> None:
+    cache.put("k", value)
+    assert bytes(cache["k"]) == b"abc"
+
+
+def test_numpy_array_is_stored_as_its_raw_bytes_and_opens_from_path(cache: BlobCache) -> None:
+    table = np.arange(12, dtype=np.float32).reshape(3, 4)
+    cache.put("table", table)
+    assert np.array_equal(np.frombuffer(cache["table"], dtype=np.float32).reshape(3, 4), table)
+    buf = io.BytesIO()
+    np.save(buf, table)
+    cache.put("table.npy", buf.getvalue())
+    loaded = np.load(cache.path("table.npy"), mmap_mode="r")
+    assert np.array_equal(loaded, table)
+
+
+def test_value_is_copied_at_put(cache: BlobCache) -> None:
+    value = bytearray(b"before")
+    cache.put("k", value)
+    value[:] = b"AFTER!"
+    assert bytes(cache["k"]) == b"before"
+
+
+def test_view_outlives_overwrite_and_gc(cache: BlobCache) -> None:
+    cache.put("k", b"first")
+    view = cache["k"]
+    cache.put("k", b"second")
+    assert cache.gc().files_removed == 1
+    assert bytes(view) == b"first"
+    assert bytes(cache["k"]) == b"second"
+
+
+# --- bad input: a clear error, nothing changed on disk ------------------------------------
+
+BAD_CALLS: list[tuple[str, Callable[[BlobCache], object], type[Exception], str]] = [
+    ("int key", lambda c: c.put(1, b"v"), TypeError, "keys must be str or bytes, not int"),  # type: ignore[arg-type]
+    ("bytearray key", lambda c: c.get(bytearray(b"k")), TypeError, "not bytearray"),  # type: ignore[arg-type]
+    ("list key in", lambda c: [] in c, TypeError, "not list"),
+    ("int key in", lambda c: 1 in c, TypeError, "not int"),
+    ("int key get", lambda c: c.get(1), TypeError, "not int"),  # type: ignore[arg-type]
+    ("int key delete", lambda c: c.delete(1), TypeError, "not int"),  # type: ignore[arg-type]
+    ("int key path", lambda c: c.path(1), TypeError, "not int"),  # type: ignore[arg-type]
+    ("str value", lambda c: c.put("k", "text"), TypeError, "not str"),
+    ("int value", lambda c: c.put("k", 5), TypeError, "not int"),
+    ("None value", lambda c: c.put("k", None), TypeError, "not NoneType"),
+    (
+        "strided value",
+        lambda c: c.put("k", np.arange(10)[::2]),
+        ValueError,
+        "C-contiguous",
+    ),
+    ("huge key", lambda c: c.put("k" * (F.MAX_KEY_BYTES + 1), b"v"), ValueError, "at most"),
+    ("surrogate key", lambda c: c.put("\udcff", b"v"), ValueError, "UTF-8"),
+]
+
+
+@pytest.mark.parametrize(
+    ("call", "error", "message"), [b[1:] for b in BAD_CALLS], ids=[b[0] for b in BAD_CALLS]
+)
+def test_bad_input_raises_and_changes_nothing(
+    cache: BlobCache, call: Callable[[BlobCache], object], error: type[Exception], message: str
+) -> None:
+    cache.put("k", b"kept")
+    before = _tree(cache.directory)
+    with pytest.raises(error, match=message):
+        call(cache)
+    assert _tree(cache.directory) == before
+    assert bytes(cache["k"]) == b"kept"
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "error", "message"),
+    [
+        ({"durability": "never"}, ValueError, "durability must be one of"),
+        ({"sync_interval": 0}, ValueError, "positive"),
+        ({"sync_interval": float("nan")}, ValueError, "positive"),
+        ({"sync_interval": "1"}, TypeError, "number of seconds"),
+        ({"verify_on_get": 1}, TypeError, "True or False"),
+    ],
+)
+def test_bad_options_are_refused_before_touching_disk(
+    store: str, kwargs: dict[str, Any], error: type[Exception], message: str
+) -> None:
+    with pytest.raises(error, match=message):
+        BlobCache(store, **kwargs)
+    assert not os.path.exists(store)
+
+
+def test_foreign_directory_is_refused_and_left_alone(tmp_path: Any) -> None:
+    (tmp_path / "thesis.tex").write_text("precious")
+    with pytest.raises(BlobCacheError, match="not a blobcache store"):
+        BlobCache(tmp_path)
+    assert os.listdir(tmp_path) == ["thesis.tex"]
+
+
+def test_file_instead_of_directory_is_refused(tmp_path: Any) -> None:
+    (tmp_path / "f").write_text("x")
+    with pytest.raises(BlobCacheError, match="not a directory"):
+        BlobCache(tmp_path / "f")
+
+
+def test_other_format_version_is_refused(store: str) -> None:
+    BlobCache(store).close()
+    with open(os.path.join(store, F.MARKER_NAME), "wb") as f:
+        f.write(b"blobcache 9\n")
+    with pytest.raises(BlobCacheError, match="another blobcache format version"):
+        BlobCache(store)
+
+
+# --- lock, close, fork -------------------------------------------------------------------
+
+
+def test_second_writer_in_same_process_is_locked_out(cache: BlobCache) -> None:
+    with pytest.raises(LockedError) as info:
+        BlobCache(cache.directory)
+    assert info.value.path == os.path.join(cache.directory, F.LOCK_NAME)
+    assert isinstance(info.value, BlockingIOError)
+    again = pickle.loads(pickle.dumps(info.value))
+    assert isinstance(again, LockedError) and again.path == info.value.path
+
+
+def test_second_writer_in_another_process_is_locked_out(cache: BlobCache) -> None:
+    code = (
+        "import sys, blobcache\n"
+        "try:\n    blobcache.BlobCache(sys.argv[1])\n"
+        "except blobcache.LockedError as e:\n    print('locked', e.path)\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code, cache.directory], capture_output=True, text=True, check=True
+    )
+    assert out.stdout.split() == ["locked", os.path.join(cache.directory, F.LOCK_NAME)]
+
+
+def test_lock_is_released_by_close(store: str) -> None:
+    BlobCache(store).close()
+    BlobCache(store).close()
+
+
+def test_every_method_after_close_raises_closed_error(store: str) -> None:
+    cache = BlobCache(store)
+    cache.put("k", b"v")
+    cache.close()
+    cache.close()  # harmless
+    calls: list[Callable[[], object]] = [
+        lambda: cache.get("k"),
+        lambda: cache["k"],
+        lambda: "k" in cache,
+        lambda: len(cache),
+        lambda: list(cache),
+        lambda: cache.put("k", b"v"),
+        lambda: cache.delete("k"),
+        lambda: cache.path("k"),
+        cache.sync,
+        cache.gc,
+        cache.stats,
+    ]
+    for call in calls:
+        with pytest.raises(ClosedError, match="is closed"):
+            call()
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork")
+def test_forked_child_cannot_write_through_parent_handle(cache: BlobCache) -> None:
+    cache.put("k", b"parent")
+    read_end, write_end = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child
+        try:
+            cache.put("k", b"child")
+            message = b"wrote"
+        except BlobCacheError as exc:
+            message = b"refused: " + str(exc).encode()
+        os.write(write_end, message)
+        os._exit(0)
+    os.close(write_end)
+    with os.fdopen(read_end, "rb") as f:
+        message = f.read()
+    os.waitpid(pid, 0)
+    assert message.startswith(b"refused: ") and b"fork" in message
+    assert bytes(cache["k"]) == b"parent"
+
+
+# --- durability: which calls a put makes, and in what order ------------------------------
+
+
+def _record(monkeypatch: pytest.MonkeyPatch) -> list[tuple[str, str]]:
+    calls: list[tuple[str, str]] = []
+    for name in ("fsync_file", "fsync_dir", "fsync_path", "rename", "mkdir", "unlink", "rmdir"):
+        real = getattr(_fsio, name)
+
+        def wrapper(*args: Any, _real: Any = real, _name: str = name) -> Any:
+            calls.append((_name, os.path.basename(str(args[-1]))))
+            return _real(*args)
+
+        monkeypatch.setattr(_fsio, name, wrapper)
+    return calls
+
+
+def test_fsync_put_of_new_key_makes_key_file_durable_before_the_version(
+    cache: BlobCache, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    calls = _record(monkeypatch)
+    cache.put("k", b"value")
+    names = [c[0] for c in calls]
+    digest = os.path.basename(os.path.dirname(cache.path("k")))
+    version = os.path.basename(cache.path("k"))
+    # new dirs (mkdir x3, parents fsynced), key file (fsync, rename, fsync dir),
+    # then the version (fsync, rename, fsync dir): the put returns after the last.
+    assert names == ["mkdir"] * 3 + ["fsync_dir"] * 3 + ["fsync_file", "rename", "fsync_dir"] * 2
+    assert calls[-2:] == [("rename", version), ("fsync_dir", digest)]
+    calls.clear()
+    cache.put("k", b"again")
+    assert [c[0] for c in calls] == ["fsync_file", "rename", "fsync_dir"]
+
+
+def test_os_durability_defers_fsyncs_to_sync(store: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    with BlobCache(store, durability="os", sync_interval=3600) as cache:
+        cache.put("k", b"v1")  # new key: key file and directories still durable
+        cache.sync()
+        calls = _record(monkeypatch)
+        cache.put("k", b"v2")
+        cache.delete("k")
+        assert [c[0] for c in calls] == ["rename"]
+        cache.sync()
+        assert sorted(c[0] for c in calls) == ["fsync_dir", "fsync_path", "rename"]
+        calls.clear()
+        cache.sync()
+        assert calls == []
+
+
+def test_os_durability_gc_makes_live_record_durable_before_deleting(
+    store: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    with BlobCache(store, durability="os", sync_interval=3600) as cache:
+        cache.put("k", b"v1")
+        cache.put("k", b"v2")
+        live = os.path.basename(cache.path("k"))
+        calls = _record(monkeypatch)
+        cache.gc()
+        first_unlink = next(i for i, c in enumerate(calls) if c[0] == "unlink")
+        assert ("fsync_path", live) in calls[:first_unlink]
+
+
+# --- the janitor ---------------------------------------------------------------------------
+
+
+def test_gc_removes_superseded_versions_and_deleted_keys(cache: BlobCache) -> None:
+    for i in range(3):
+        cache.put("kept", b"x" * (i + 1))
+        cache.put("dropped", b"y" * 10)
+    cache.delete("dropped")
+    result = cache.gc()
+    assert result.files_removed == 2 + 3 + 1  # 2 old "kept", 3 "dropped", its tombstone
+    assert result.bytes_reclaimed == 1 + 2 + 30 + len(b"BCK1s" + bytes(4) + b"dropped" + bytes(8))
+    assert result.dirs_removed == 3  # the key directory and its two fan-out levels
+    assert files_named(cache.directory, "") == sorted(
+        [os.path.join(cache.directory, n) for n in (F.LOCK_NAME, F.MARKER_NAME)]
+        + [cache.path("kept"), os.path.join(os.path.dirname(cache.path("kept")), "key")]
+    )
+    assert cache.gc() == type(result)()  # nothing left to do
+    assert bytes(cache["kept"]) == b"xxx"
+
+
+def test_gc_after_reopen_finds_garbage_left_by_the_previous_process(store: str) -> None:
+    with BlobCache(store) as c:
+        c.put("k", b"1")
+        c.put("k", b"2")
+        c.put("gone", b"3")
+        c.delete("gone")
+    with BlobCache(store) as c:
+        assert c.stats().dirs_awaiting_gc == 2
+        assert c.gc().files_removed == 3
+        assert bytes(c["k"]) == b"2" and "gone" not in c
+
+
+def test_put_after_delete_and_gc_recreates_the_key(cache: BlobCache) -> None:
+    cache.put("k", b"1")
+    cache.delete("k")
+    cache.gc()
+    cache.put("k", b"2")
+    assert bytes(cache["k"]) == b"2"
+
+
+# --- threads -------------------------------------------------------------------------------
+
+
+def test_threads_putting_getting_deleting_and_collecting(store: str) -> None:
+    errors: list[BaseException] = []
+    with BlobCache(store) as cache:
+
+        def worker(t: int) -> None:
+            try:
+                for i in range(30):
+                    cache.put(f"own-{t}", f"{t}:{i}".encode())
+                    cache.put("shared", f"{t}:{i}".encode())
+                    assert bytes(cache[f"own-{t}"]) == f"{t}:{i}".encode()
+                    shared = cache.get("shared")
+                    assert shared is not None and bytes(shared).count(b":") == 1
+                    if i % 10 == 0:
+                        cache.delete(f"tmp-{t}")
+                        cache.put(f"tmp-{t}", b"t")
+                        cache.gc()
+            except BaseException as exc:
+                errors.append(exc)
+
+        threads = [threading.Thread(target=worker, args=(t,)) for t in range(8)]
+        for th in threads:
+            th.start()
+        for th in threads:
+            th.join()
+        assert errors == []
+        final = {k: bytes(cache[k]) for k in cache}
+    assert {k: final[k] for k in final if k.startswith("own-")} == {  # type: ignore[union-attr]
+        f"own-{t}": f"{t}:29".encode() for t in range(8)
+    }
+    with BlobCache(store) as cache:
+        assert {k: bytes(cache[k]) for k in cache} == final
+        assert cache.problems == ()
+
+
+def test_stats_counts_from_memory(cache: BlobCache) -> None:
+    cache.put("a", b"12345")
+    cache.put("b", b"")
+    cache.put("a", b"123")
+    stats = cache.stats()
+    assert (stats.keys, stats.live_bytes, stats.dirs_awaiting_gc) == (2, 3, 1)
+    assert stats.as_dict()["durability"] == "fsync"
+    assert stats.next_seq == 4
