@@ -1,0 +1,39 @@
+"""The README's examples run, and its two commands are the ones CI and newcomers use."""
+
+from __future__ import annotations
+
+import os
+import re
+
+import pytest
+
+ROOT = os.path.join(os.path.dirname(__file__), os.pardir)
+
+
+def _read(name: str) -> str:
+    with open(os.path.join(ROOT, name), encoding="utf-8") as f:
+        return f.read()
+
+
+def _blocks(language: str) -> list[str]:
+    return re.findall(rf"^```{language}\n(.*?)^```$", _read("README.md"), re.DOTALL | re.MULTILINE)
+
+
+@pytest.mark.parametrize("index", range(len(_blocks("python"))))
+def test_readme_python_example_runs(
+    index: int, tmp_path: object, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(str(tmp_path))
+    code = _blocks("python")[index]
+    exec(compile(code, f"README.md python block {index}", "exec"), {"__name__": "readme"})
+
+
+def test_readme_opens_with_the_two_commands_and_ci_runs_the_second() -> None:
+    first_block = _blocks("sh")[0].strip().splitlines()
+    assert len(first_block) == 2
+    install_and_demo, install_and_test = first_block
+    assert install_and_demo.endswith("blobcache demo")
+    assert "[test]" in install_and_test and "pytest" in install_and_test
+    assert _read("README.md").index("```sh") < _read("README.md").index("\n## ")
+    ci_lines = [ln for ln in _read(".ci/run").splitlines() if ln and not ln.startswith("#")]
+    assert ci_lines[-1] == install_and_test
