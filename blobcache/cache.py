@@ -9,7 +9,8 @@ Locking, from outermost to innermost:
   key directory -- put, delete, the janitor's deletions -- holds it, so versions
   of one key are numbered in the order they are published;
 * ``_tree_lock``: creating or removing fan-out directories;
-* ``_pending_lock``: the set of files and directories "os" durability owes an fsync.
+* ``_pending_lock``: the sets of files and directories "os" durability owes an
+  fsync, and of key directories awaiting the janitor.
 
 ``get`` takes none of them: it is one dict lookup plus, on a key's first read in
 this process, an mmap.
@@ -245,7 +246,7 @@ class BlobCache(MutableMapping[N.Key, memoryview]):
             if not sync:
                 self._owe_sync(record.path, keydir)
             if self._index.get(key) is not None:
-                self._dirty.add(keydir)
+                self._mark_dirty(keydir)
             self._index[key] = Entry(record)
 
     def __setitem__(self, key: N.Key, value: object) -> None:
@@ -269,7 +270,7 @@ class BlobCache(MutableMapping[N.Key, memoryview]):
             if not sync:
                 self._owe_sync(None, keydir)
             del self._index[key]
-            self._dirty.add(keydir)
+            self._mark_dirty(keydir)
             return True
 
     def __delitem__(self, key: N.Key) -> None:
@@ -316,6 +317,11 @@ class BlobCache(MutableMapping[N.Key, memoryview]):
                 self._pending_files.add(path)
             self._pending_dirs.add(keydir)
 
+    def _mark_dirty(self, keydir: str) -> None:
+        """Note that ``keydir`` holds garbage for the next ``gc()``."""
+        with self._pending_lock:
+            self._dirty.add(keydir)
+
     def sync(self) -> None:
         """Make every acknowledged put and delete survive power loss.
 
@@ -359,11 +365,17 @@ class BlobCache(MutableMapping[N.Key, memoryview]):
         self._check_open()
         total = GcResult()
         with self._gc_lock:
-            dirty, self._dirty = self._dirty, set()
-            for keydir in sorted(dirty):
-                digest = os.path.basename(keydir)
-                with self._writing(digest):
-                    total.add(self._clean(keydir))
+            with self._pending_lock:
+                dirty, self._dirty = self._dirty, set()
+            todo = sorted(dirty)
+            for done, keydir in enumerate(todo):
+                try:
+                    with self._writing(os.path.basename(keydir)):
+                        total.add(self._clean(keydir))
+                except BaseException:
+                    for left in todo[done:]:  # not cleaned: still garbage for next time
+                        self._mark_dirty(left)
+                    raise
         return total
 
     def _clean(self, keydir: str) -> GcResult:

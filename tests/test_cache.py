@@ -422,3 +422,21 @@ def test_stats_counts_from_memory(cache: BlobCache) -> None:
     assert (stats.keys, stats.live_bytes, stats.dirs_awaiting_gc) == (2, 3, 1)
     assert stats.as_dict()["durability"] == "fsync"
     assert stats.next_seq == 4
+
+
+def test_failed_gc_leaves_the_garbage_for_the_next_gc(
+    cache: BlobCache, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    cache.put("k", b"1")
+    cache.put("k", b"2")
+
+    def broken_disk(path: str) -> None:
+        raise OSError(5, "Input/output error", path)
+
+    monkeypatch.setattr(_fsio, "unlink", broken_disk)
+    with pytest.raises(OSError, match="Input/output"):
+        cache.gc()
+    monkeypatch.undo()
+    assert bytes(cache["k"]) == b"2"
+    assert cache.gc().files_removed == 1
+    assert bytes(cache["k"]) == b"2"
