@@ -172,10 +172,11 @@ def scan_key_dir(keydir: str) -> KeyDirScan:
     cost a pass over every byte and are checked on first ``get`` or by ``verify``.
     """
     scan = KeyDirScan(keydir)
+    key_missing = False
     try:
         scan.key = read_key_file(keydir)
     except FileNotFoundError:
-        scan.problems.append(Problem(os.path.join(keydir, F.KEY_FILE_NAME), "key file missing"))
+        key_missing = True
     except CorruptionError as exc:
         scan.problems.append(Problem(exc.path, exc.detail))
     except OSError as exc:
@@ -184,6 +185,10 @@ def scan_key_dir(keydir: str) -> KeyDirScan:
         for entry in entries:
             _sort_entry(scan, entry)
     scan.records.sort(key=lambda r: r.seq, reverse=True)
+    if key_missing and (scan.records or scan.unusable):
+        # Without records this is only a put killed before its key file was
+        # published: garbage for the janitor, not a problem to report.
+        scan.problems.append(Problem(os.path.join(keydir, F.KEY_FILE_NAME), "key file missing"))
     return scan
 
 

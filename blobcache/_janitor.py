@@ -80,22 +80,23 @@ def clean_key_dir(scan: KeyDirScan, *, make_live_durable: bool) -> GcResult:
     return result
 
 
-def prune_fanout(keydir: str, blobs: str) -> int:
-    """Remove the now-empty fan-out directories above a removed key directory.
+def prune_empty_dirs(directory: str, blobs: str) -> int:
+    """Remove ``directory`` and then each parent up to (not including) ``blobs``
+    while they are empty: fan-out directories left by removed keys or by a put
+    killed while making them. Each removal is made durable by fsyncing its parent.
 
     REQUIRES: no directory is being created under ``blobs`` meanwhile (the cache's
     tree lock). Returns how many were removed.
     """
     removed = 0
-    parent = os.path.dirname(keydir)
-    while parent != blobs and parent.startswith(blobs):
+    while directory != blobs and directory.startswith(blobs + os.sep):
         try:
-            _fsio.rmdir(parent)
+            _fsio.rmdir(directory)
         except OSError:
-            break  # still holds other keys
+            break  # not empty (it holds other keys), or already gone
         removed += 1
-        _fsio.fsync_dir(os.path.dirname(parent))
-        parent = os.path.dirname(parent)
+        _fsio.fsync_dir(os.path.dirname(directory))
+        directory = os.path.dirname(directory)
     return removed
 
 

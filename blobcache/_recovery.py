@@ -31,6 +31,7 @@ class Recovered:
     max_seq: int = 0
     key_dirs: set[str] = field(default_factory=set)  # dirs with a valid key file
     dirty: set[str] = field(default_factory=set)  # dirs holding something the janitor removes
+    empty_fanouts: set[str] = field(default_factory=set)  # fan-out dirs with nothing inside
     problems: list[Problem] = field(default_factory=list)
     temps_removed: int = 0
 
@@ -126,7 +127,8 @@ def recover(root: str) -> Recovered:
     REQUIRES: the caller holds the writer lock (so no temp file is in use by us).
     """
     result = Recovered()
-    for keydir in iter_key_dirs(os.path.join(root, F.BLOBS_DIR), result.problems):
+    blobs = os.path.join(root, F.BLOBS_DIR)
+    for keydir in iter_key_dirs(blobs, result.problems, result.empty_fanouts):
         scan = _blob.scan_key_dir(keydir)
         _admit(result, scan)
     for problem in result.problems:
@@ -134,12 +136,20 @@ def recover(root: str) -> Recovered:
     return result
 
 
-def iter_key_dirs(blobs: str, problems: list[Problem]) -> list[str]:
-    """Every ``blobs/ab/cd/<hash>`` directory; other entries are reported as strays."""
+def iter_key_dirs(blobs: str, problems: list[Problem], empty: set[str]) -> list[str]:
+    """Every ``blobs/ab/cd/<hash>`` directory. Other entries are reported as
+    strays; empty fan-out directories (a put killed while making them, say) are
+    added to ``empty`` for the janitor."""
     found: list[str] = []
     for level1 in _subdirs(blobs, N.is_fanout_name, problems):
-        for level2 in _subdirs(level1, N.is_fanout_name, problems):
-            found.extend(_subdirs(level2, N.is_key_dir_name, problems))
+        level2s = _subdirs(level1, N.is_fanout_name, problems)
+        if not level2s:
+            empty.add(level1)
+        for level2 in level2s:
+            keydirs = _subdirs(level2, N.is_key_dir_name, problems)
+            if not keydirs:
+                empty.add(level2)
+            found.extend(keydirs)
     return found
 
 

@@ -124,7 +124,8 @@ class BlobCache(MutableMapping[N.Key, memoryview]):
             raise
         self._index: dict[N.Key, Entry] = recovered.entries
         self._key_dirs = recovered.key_dirs
-        self._dirty = recovered.dirty
+        self._dirty = recovered.dirty | recovered.empty_fanouts
+        self._found_at_open = set(recovered.dirty)
         self._problems = tuple(recovered.problems)
         self._temps_removed_at_open = recovered.temps_removed
         # Invariant: every number handed out is above every number on disk.
@@ -338,7 +339,10 @@ class BlobCache(MutableMapping[N.Key, memoryview]):
                 with contextlib.suppress(FileNotFoundError):
                     _fsio.fsync_path(path)
             for keydir in sorted(dirs):
-                _fsio.fsync_dir(keydir)
+                # A missing directory was removed by the janitor, after it made
+                # the key's last record (a tombstone) durable.
+                with contextlib.suppress(FileNotFoundError):
+                    _fsio.fsync_dir(keydir)
         except BaseException:
             with self._pending_lock:  # still owed: try again next time
                 self._pending_files |= files
@@ -370,7 +374,11 @@ class BlobCache(MutableMapping[N.Key, memoryview]):
             todo = sorted(dirty)
             for done, keydir in enumerate(todo):
                 try:
-                    with self._writing(os.path.basename(keydir)):
+                    name = os.path.basename(keydir)
+                    if not N.is_key_dir_name(name):
+                        total.add(self._prune(keydir))
+                        continue
+                    with self._writing(name):
                         total.add(self._clean(keydir))
                 except BaseException:
                     for left in todo[done:]:  # not cleaned: still garbage for next time
@@ -384,12 +392,26 @@ class BlobCache(MutableMapping[N.Key, memoryview]):
             scan = _blob.scan_key_dir(keydir)
         except FileNotFoundError:
             return GcResult()
-        result = _janitor.clean_key_dir(scan, make_live_durable=self._options.durability == "os")
+        # Records found at open may never have been made durable (a crash between
+        # a rename and its directory fsync, or "os" puts never synced): make the
+        # live one durable before deleting anything older, whatever the mode.
+        found_at_open = keydir in self._found_at_open
+        result = _janitor.clean_key_dir(
+            scan, make_live_durable=found_at_open or self._options.durability == "os"
+        )
+        self._found_at_open.discard(keydir)
         if result.dirs_removed:
             self._key_dirs.discard(keydir)
             with self._tree_lock:
-                result.dirs_removed += _janitor.prune_fanout(keydir, self._blobs)
+                result.dirs_removed += _janitor.prune_empty_dirs(
+                    os.path.dirname(keydir), self._blobs
+                )
         return result
+
+    def _prune(self, directory: str) -> GcResult:
+        """Remove an empty fan-out directory found at open, and empty parents."""
+        with self._tree_lock:
+            return GcResult(dirs_removed=_janitor.prune_empty_dirs(directory, self._blobs))
 
     # --- state -----------------------------------------------------------------------
 

@@ -255,3 +255,26 @@ def test_write_failure_removes_the_temp_file_and_keeps_the_old_value(
     assert bytes(cache["k"]) == b"old"
     assert files_named(cache.directory, F.TEMP_PREFIX) == []
     assert len(_versions(cache.directory)) == 1
+
+
+def test_key_directory_of_a_put_killed_before_its_key_file_is_garbage_not_a_problem(
+    store: str,
+) -> None:
+    BlobCache(store).close()
+    keydir = N.key_dir(os.path.join(store, F.BLOBS_DIR), N.key_hash(*N.encode_key("k")))
+    os.makedirs(keydir)
+    with BlobCache(store) as c:
+        assert c.problems == ()
+        assert c.gc().dirs_removed == 3
+    assert os.listdir(os.path.join(store, F.BLOBS_DIR)) == []
+
+
+def test_empty_fanout_directories_are_collected(store: str) -> None:
+    BlobCache(store).close()
+    blobs = os.path.join(store, F.BLOBS_DIR)
+    os.makedirs(os.path.join(blobs, "ab", "cd"))
+    os.makedirs(os.path.join(blobs, "ef"))
+    with BlobCache(store) as c:
+        assert c.problems == ()
+        assert c.gc().dirs_removed == 3
+    assert os.listdir(blobs) == []

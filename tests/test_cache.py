@@ -440,3 +440,30 @@ def test_failed_gc_leaves_the_garbage_for_the_next_gc(
     assert bytes(cache["k"]) == b"2"
     assert cache.gc().files_removed == 1
     assert bytes(cache["k"]) == b"2"
+
+
+def test_os_durability_sync_after_gc_removed_a_deleted_key(store: str) -> None:
+    with BlobCache(store, durability="os", sync_interval=3600) as cache:
+        cache.put("k", b"v")
+        cache.delete("k")
+        cache.gc()
+        cache.sync()  # the key's directory is gone: nothing left to owe
+    with BlobCache(store) as cache:
+        assert "k" not in cache
+
+
+def test_gc_makes_records_found_at_open_durable_before_deleting_older_ones(
+    store: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # After a crash, the newest version may be one whose rename never reached the
+    # disk; gc must fsync it (and its directory) before removing the older one.
+    with BlobCache(store) as cache:
+        cache.put("k", b"1")
+        cache.put("k", b"2")
+    with BlobCache(store) as cache:
+        live = os.path.basename(cache.path("k"))
+        calls = _record(monkeypatch)
+        assert cache.gc().files_removed == 1
+    first_unlink = next(i for i, c in enumerate(calls) if c[0] == "unlink")
+    assert ("fsync_path", live) in calls[:first_unlink]
+    assert [c[0] for c in calls[:first_unlink]] == ["fsync_path", "fsync_dir"]
