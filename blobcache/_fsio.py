@@ -126,24 +126,32 @@ def open_temp(directory: str) -> tuple[int, str]:
     return fd, path
 
 
-def write_file_durably(directory: str, name: str, chunks: Iterable[bytes]) -> None:
-    """Publish ``directory/name`` holding ``chunks``, all or nothing, durably.
+def write_file_atomically(
+    directory: str, name: str, chunks: Iterable[bytes], *, sync: bool = True
+) -> str:
+    """Publish ``directory/name`` holding ``chunks``, all or nothing; return its path.
 
     temp file + write + fsync + rename + fsync(directory): after a power cut the
-    name either does not exist or holds every byte.
+    name either does not exist or holds every byte. With ``sync=False`` both
+    fsyncs are the caller's to do (before it promises anything about power loss);
+    a process crash still leaves all or nothing.
     """
+    path = os.path.join(directory, name)
     fd, tmp = open_temp(directory)
     try:
         for chunk in chunks:
             write_all(fd, memoryview(chunk))
-        fsync_file(fd)
-        rename(tmp, os.path.join(directory, name))
+        if sync:
+            fsync_file(fd)
+        rename(tmp, path)
     except BaseException:
         os.close(fd)
         discard(tmp)
         raise
     os.close(fd)
-    fsync_dir(directory)
+    if sync:
+        fsync_dir(directory)
+    return path
 
 
 def discard(path: str) -> None:
@@ -153,13 +161,14 @@ def discard(path: str) -> None:
         unlink(path)
 
 
-def makedirs_durably(top: str, path: str) -> list[str]:
+def makedirs(top: str, path: str, *, sync: bool = True) -> list[str]:
     """Create the missing directories from ``top`` (which exists) down to ``path``.
 
-    Each new directory's entry is made durable by fsyncing its parent, so a put
-    that created them does not lose its whole directory to a power cut. Returns
-    the directories created (outermost first). ``FileExistsError`` on a race is
-    taken as success: the entry exists either way, and its parent is fsynced.
+    With ``sync``, each new directory's entry is made durable by fsyncing its
+    parent, so a put that created them does not lose its whole directory to a
+    power cut; without, that is the caller's to do. Returns the directories
+    created (outermost first). ``FileExistsError`` is taken as success: the
+    entry exists either way.
     """
     rel = os.path.relpath(path, top)
     created: list[str] = []
@@ -171,6 +180,7 @@ def makedirs_durably(top: str, path: str) -> list[str]:
         except FileExistsError:
             continue
         created.append(current)
-    for new_dir in created:
-        fsync_dir(os.path.dirname(new_dir))
+    if sync:
+        for new_dir in created:
+            fsync_dir(os.path.dirname(new_dir))
     return created

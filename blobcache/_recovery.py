@@ -45,7 +45,7 @@ def open_store(root: str) -> int:
     """
     if not os.path.exists(root):
         parent = _existing_ancestor(root)
-        _fsio.makedirs_durably(parent, root)
+        _fsio.makedirs(parent, root)
     if not os.path.isdir(root):
         raise BlobCacheError(f"{root} is not a directory; a store needs a directory of its own")
     marker = os.path.join(root, F.MARKER_NAME)
@@ -65,7 +65,7 @@ def open_store(root: str) -> int:
         os.close(fd)
         raise LockedError(lock_path)
     try:
-        _fsio.makedirs_durably(root, os.path.join(root, F.BLOBS_DIR))
+        _fsio.makedirs(root, os.path.join(root, F.BLOBS_DIR))
     except BaseException:
         os.close(fd)
         raise
@@ -94,7 +94,7 @@ def _init_store(root: str) -> None:
         )
     for name in names:
         remove_orphan_temp(os.path.join(root, name))
-    _fsio.write_file_durably(root, F.MARKER_NAME, [F.MARKER_CONTENT])
+    _fsio.write_file_atomically(root, F.MARKER_NAME, [F.MARKER_CONTENT])
 
 
 def remove_orphan_temp(path: str) -> int | None:

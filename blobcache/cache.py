@@ -287,20 +287,28 @@ class BlobCache(MutableMapping[N.Key, memoryview]):
         return _StripeGuard(self, self._stripes[int(digest[:2], 16) % _STRIPES])
 
     def _ensure_key_dir(self, key: N.Key, tag: bytes, raw: bytes, keydir: str) -> None:
-        """Make ``keydir`` exist with its key file, durably, before any version goes in.
+        """Make ``keydir`` exist with its key file before any version goes in.
 
-        Invariant: a version file is only ever published in a directory whose key
-        file is already durable, so recovery never finds a value without its key.
-        REQUIRES: the key's stripe lock.
+        Invariant ("fsync"): a version file is only ever published in a directory
+        whose key file is already durable, so recovery never finds a value
+        without its key. With "os" the directories and key file are owed to the
+        next ``sync()``, which fsyncs files before directories: after it, the
+        same holds. REQUIRES: the key's stripe lock.
         """
         if keydir in self._key_dirs:
             return
+        sync = self._options.durability == "fsync"
         with self._tree_lock:
-            _fsio.makedirs_durably(self._blobs, keydir)
+            created = _fsio.makedirs(self._blobs, keydir, sync=sync)
+        if not sync:
+            for new_dir in created:
+                self._owe_sync(None, os.path.dirname(new_dir))
         try:
             found = _blob.read_key_file(keydir)
         except FileNotFoundError:
-            _blob.write_key_file(keydir, tag, raw)
+            key_file = _blob.write_key_file(keydir, tag, raw, sync=sync)
+            if not sync:
+                self._owe_sync(key_file, keydir)
         else:
             if found != key:
                 raise CorruptionError(

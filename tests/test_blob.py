@@ -278,3 +278,21 @@ def test_empty_fanout_directories_are_collected(store: str) -> None:
         assert c.problems == ()
         assert c.gc().dirs_removed == 3
     assert os.listdir(blobs) == []
+
+
+def test_failed_fsync_of_a_large_value_overlapped_with_hashing_fails_the_put(
+    cache: BlobCache, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    cache.put("k", b"old")
+
+    def failing_disk(fd: int) -> None:
+        raise OSError(5, "Input/output error")
+
+    monkeypatch.setattr(_fsio, "fsync_file", failing_disk)
+    with pytest.raises(OSError, match="Input/output"):
+        cache.put("k", bytes(4 << 20))  # large enough to hash while the fsync runs
+    monkeypatch.undo()
+    assert bytes(cache["k"]) == b"old"
+    assert files_named(cache.directory, F.TEMP_PREFIX) == []
+    cache.put("k", bytes(4 << 20))
+    assert cache["k"] == bytes(4 << 20)

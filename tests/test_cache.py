@@ -467,3 +467,20 @@ def test_gc_makes_records_found_at_open_durable_before_deleting_older_ones(
     first_unlink = next(i for i, c in enumerate(calls) if c[0] == "unlink")
     assert ("fsync_path", live) in calls[:first_unlink]
     assert [c[0] for c in calls[:first_unlink]] == ["fsync_path", "fsync_dir"]
+
+
+def test_os_durability_owes_a_new_keys_directories_and_key_file_to_sync(
+    store: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    with BlobCache(store, durability="os", sync_interval=3600) as cache:
+        calls = _record(monkeypatch)
+        cache.put("new", b"v")
+        assert [c[0] for c in calls] == ["mkdir"] * 3 + ["rename"] * 2
+        calls.clear()
+        cache.sync()
+        version = os.path.basename(cache.path("new"))
+        assert sorted(c for c in calls if c[0] == "fsync_path") == sorted(
+            [("fsync_path", "key"), ("fsync_path", version)]
+        )
+        # every directory the put created or changed: blobs, the two fan-outs, the key dir
+        assert [c[0] for c in calls[2:]] == ["fsync_dir"] * 4
