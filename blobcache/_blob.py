@@ -1,10 +1,9 @@
-"""Key directories: the key file, version files, tombstones, and reading them back.
+"""Key directories: the key file, version files, and reading them back.
 
 One directory per key (``_names.key_dir``) holds:
 
 * ``key``: the key itself, written once and durably before any version;
 * ``v-<seq>-<length>-<checksum>``: one file per version, exactly the value's bytes;
-* ``t-<seq>``: an empty tombstone, the key deleted as of ``seq``;
 * ``.tmp-*``: a version or key file being written, flocked by its writer.
 
 This module knows nothing of the cache: it writes and reads these files and says
@@ -43,13 +42,12 @@ class Problem:
 
 @dataclass(frozen=True)
 class Record:
-    """One version or tombstone file of a key directory."""
+    """One version file of a key directory."""
 
     seq: int
     path: str
-    length: int  # bytes of the value; 0 for a tombstone
-    checksum: int  # xxh3_64 of the value; 0 for a tombstone
-    is_tombstone: bool
+    length: int  # bytes of the value
+    checksum: int  # xxh3_64 of the value
 
 
 @dataclass
@@ -57,7 +55,8 @@ class KeyDirScan:
     """What one key directory holds, sorted out.
 
     ``records`` are the usable ones, highest sequence number first, so
-    ``records[0]`` is the live record (a tombstone means "deleted").
+    ``records[0]`` is the newest version here (live unless the log holds a
+    newer record of the key).
     ``unusable`` holds version files that failed a check (with their sequence
     numbers, which still count for the next number), ``problems`` says why.
     """
@@ -134,7 +133,7 @@ def read_key_file(keydir: str) -> N.Key:
         raise CorruptionError(path, "str key in key file is not valid UTF-8", head) from None
 
 
-# --- Writing versions and tombstones -------------------------------------------------
+# --- Writing versions -------------------------------------------------------------------
 
 
 def write_version(keydir: str, seq: int, data: memoryview, *, sync: bool) -> Record:
@@ -159,7 +158,7 @@ def write_version(keydir: str, seq: int, data: memoryview, *, sync: bool) -> Rec
     os.close(fd)  # releases the flock: the file now has its final name
     if sync:
         _fsio.fsync_dir(keydir)
-    return Record(seq, final, length, checksum, is_tombstone=False)
+    return Record(seq, final, length, checksum)
 
 
 # Below this size a thread costs more than hashing takes (xxh3 runs at ~30 GB/s).
@@ -199,16 +198,6 @@ def _checksum_while(fsync: Callable[[int], None], fd: int, data: memoryview) -> 
     return checksum
 
 
-def write_tombstone(keydir: str, seq: int, *, sync: bool) -> Record:
-    """Publish the empty file ``t-<seq>``: created under its final name, since an
-    empty file has no data to tear; fsync(keydir) makes it durable."""
-    path = os.path.join(keydir, N.tombstone_name(seq))
-    os.close(_fsio.create_exclusive(path))
-    if sync:
-        _fsio.fsync_dir(keydir)
-    return Record(seq, path, 0, 0, is_tombstone=True)
-
-
 # --- Reading back ------------------------------------------------------------------------
 
 
@@ -246,15 +235,11 @@ def _sort_entry(scan: KeyDirScan, entry: os.DirEntry[str]) -> None:
     if N.is_temp_name(name):
         scan.temps.append(entry.path)
         return
-    tomb_seq = N.parse_tombstone_name(name)
-    if tomb_seq is not None:
-        scan.records.append(Record(tomb_seq, entry.path, 0, 0, is_tombstone=True))
-        return
     parsed = N.parse_version_name(name)
     if parsed is None:
         scan.problems.append(Problem(entry.path, "stray file: not a name blobcache writes"))
         return
-    record = Record(parsed.seq, entry.path, parsed.length, parsed.checksum, is_tombstone=False)
+    record = Record(parsed.seq, entry.path, parsed.length, parsed.checksum)
     try:
         size = entry.stat(follow_symlinks=False).st_size
     except OSError as exc:

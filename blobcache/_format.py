@@ -40,19 +40,17 @@ KEY_FILE_MAGIC: Final = b"BCK1"
 KEY_FILE_HEADER: Final = struct.Struct("<4scI")  # magic, tag, key length: 9 bytes
 KEY_FILE_TRAILER: Final = struct.Struct("<Q")  # checksum: 8 bytes
 
-# --- Version files and tombstones ------------------------------------------------
+# --- Version files ------------------------------------------------------------------
 # A version file holds exactly the value's bytes; its name carries the metadata,
 # so a single rename publishes data and metadata together:
 #   v-<seq>-<length>-<checksum>     each field 16 lower-case hex digits
-#   t-<seq>                         tombstone: an empty file, the key is deleted
-# seq is the store-wide sequence number (highest wins), length the value's size in
-# bytes, checksum xxh3_64 (seed 0) of the value bytes.
+# seq is the store-wide sequence number (highest wins), length the value's size
+# in bytes, checksum xxh3_64 (seed 0) of the value bytes. (A delete is a record
+# in the log, whichever layout held the value.)
 VERSION_PREFIX: Final = "v-"
-TOMBSTONE_PREFIX: Final = "t-"
 FIELD_HEX_DIGITS: Final = 16
 FIELD_SEPARATOR: Final = "-"
 VERSION_NAME_LEN: Final = 2 + 3 * FIELD_HEX_DIGITS + 2  # 52
-TOMBSTONE_NAME_LEN: Final = 2 + FIELD_HEX_DIGITS  # 18
 MAX_SEQ: Final = 2**64 - 1
 
 # --- Temp files -----------------------------------------------------------------
@@ -61,3 +59,32 @@ MAX_SEQ: Final = 2**64 - 1
 # holds is an orphan of a crashed writer and may be deleted.
 TEMP_PREFIX: Final = ".tmp-"
 TEMP_RANDOM_HEX_DIGITS: Final = 16
+
+# --- The log of small values: <root>/log/<segment>.log -------------------------------
+# <segment> is 16 hex digits, a number that grows with each new segment. The
+# highest-numbered segment is the active one (the only one written to, and the
+# only one whose tail may be torn); every other is sealed and immutable.
+LOG_DIR: Final = "log"
+SEGMENT_SUFFIX: Final = ".log"
+SEGMENT_NAME_LEN: Final = FIELD_HEX_DIGITS + len(SEGMENT_SUFFIX)  # 20
+# Segment header, 16 bytes:
+#   offset  size  field
+#   0       4     magic b"BCL1"
+#   4       1     flags: bit 0 = COMPACTED (this segment replaces every lower-numbered one)
+#   5       3     zero
+#   8       8     xxh3_64 of bytes [0, 8), u64 little-endian
+SEGMENT_MAGIC: Final = b"BCL1"
+SEGMENT_HEADER: Final = struct.Struct("<4sB3xQ")
+SEGMENT_FLAG_COMPACTED: Final = 0x01
+# Record, 24-byte header then the key's n bytes then the value's m bytes:
+#   offset  size  field
+#   0       8     xxh3_64 of bytes [8, 24 + n + m): everything after this field
+#   8       8     seq, the store-wide sequence number
+#   16      4     m, the value's length (0 for a delete)
+#   20      1     type: 1 = put, 2 = delete
+#   21      1     key tag: b"s" or b"b"
+#   22      2     n, the key's length
+RECORD_HEADER: Final = struct.Struct("<QQIBcH")
+RECORD_PUT: Final = 1
+RECORD_DELETE: Final = 2
+MAX_INLINE_VALUE: Final = 2**32 - 1  # m is a u32

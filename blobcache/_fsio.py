@@ -37,6 +37,25 @@ def fsync_file(fd: int) -> None:
     os.fsync(fd)
 
 
+def fdatasync(fd: int) -> None:
+    """Make the file's data durable, and its size when it grew (the log's sync)."""
+    os.fdatasync(fd)
+
+
+def pwrite_all(fd: int, data: bytes | memoryview, offset: int) -> None:
+    """Write every byte of ``data`` at ``offset`` (looping over short writes)."""
+    view = memoryview(data)
+    while view:
+        written = os.pwrite(fd, view, offset)
+        view = view[written:]
+        offset += written
+
+
+def truncate(fd: int, size: int) -> None:
+    """Cut a file to ``size`` bytes; durable only after an fsync of the file."""
+    os.ftruncate(fd, size)
+
+
 def fsync_path(path: str) -> None:
     """fsync a file by path: used by ``sync()`` for files written in "os" mode."""
     fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
@@ -78,9 +97,10 @@ def mkdir(path: str) -> None:
     os.mkdir(path, 0o755)
 
 
-def create_exclusive(path: str) -> int:
+def create_exclusive(path: str, *, readable: bool = False) -> int:
     """Create a new file for writing and return its descriptor (fails if it exists)."""
-    return os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
+    mode = os.O_RDWR if readable else os.O_WRONLY
+    return os.open(path, mode | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
 
 
 def open_lock_file(path: str) -> int:

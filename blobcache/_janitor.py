@@ -1,8 +1,9 @@
 """What is garbage in a key directory, and deleting it without losing a value.
 
-Garbage is any record whose sequence number is below its key's live number,
-once the live record is durable; a key whose live record is a tombstone goes
-entirely, directory included. Never delete the last durable copy of a value.
+Garbage is any version whose sequence number is below its key's live number,
+once the live record is durable. When the live record is not in the directory
+(the key was deleted, or its value moved to the log), the directory goes
+entirely. Never delete the last durable copy of a value.
 """
 
 from __future__ import annotations
@@ -20,25 +21,31 @@ from ._recovery import remove_orphan_temp
 class GcResult:
     """What one ``gc()`` removed."""
 
-    files_removed: int = 0  # superseded versions and tombstones of deleted keys
+    files_removed: int = 0  # superseded versions and key files of gone keys
     temps_removed: int = 0  # temp files no writer held
     dirs_removed: int = 0  # key and fan-out directories left empty
-    bytes_reclaimed: int = 0  # file sizes of everything removed
+    segments_compacted: int = 0  # log segments rewritten into one
+    bytes_reclaimed: int = 0  # file sizes of everything removed, less what was rewritten
 
     def add(self, other: GcResult) -> None:
         self.files_removed += other.files_removed
         self.temps_removed += other.temps_removed
         self.dirs_removed += other.dirs_removed
+        self.segments_compacted += other.segments_compacted
         self.bytes_reclaimed += other.bytes_reclaimed
 
 
-def clean_key_dir(scan: KeyDirScan, *, make_live_durable: bool) -> GcResult:
-    """Remove the garbage of one key directory; the directory too when the key is gone.
+def clean_key_dir(scan: KeyDirScan, *, live_seq: int | None, make_live_durable: bool) -> GcResult:
+    """Remove the garbage of one key directory; the directory too when nothing here is live.
+
+    ``live_seq`` is the key's live sequence number wherever its record lies, or
+    None when the key is deleted.
 
     REQUIRES: no writer changes this directory meanwhile (the cache holds the
-    key's lock), and the records in ``scan`` are what the directory holds.
-    With ``make_live_durable`` (records acknowledged without fsync, "os"
-    durability) the live record is fsynced before anything older is removed.
+    key's lock); the records in ``scan`` are what the directory holds; a live
+    record outside this directory (in the log) is durable. With
+    ``make_live_durable`` a live version here is fsynced first (it may have been
+    acknowledged without fsync, or found after a crash).
     """
     result = GcResult()
     for temp in scan.temps:
@@ -46,31 +53,34 @@ def clean_key_dir(scan: KeyDirScan, *, make_live_durable: bool) -> GcResult:
         if size is not None:
             result.temps_removed += 1
             result.bytes_reclaimed += size
-    live = scan.live
     if scan.key is None and (scan.records or scan.unusable):
         return result  # versions whose key is unreadable: reported, kept for a human
-    if live is not None:
+    newest = scan.live
+    if newest is not None and newest.seq == live_seq:
         if make_live_durable:
-            if not live.is_tombstone:
-                _fsio.fsync_path(live.path)
+            _fsio.fsync_path(newest.path)
             _fsio.fsync_dir(scan.path)
-        superseded = scan.records[1:] + [u for u in scan.unusable if u.seq < live.seq]
-        for record in superseded:
+        for record in scan.records[1:] + [u for u in scan.unusable if u.seq < newest.seq]:
             result.bytes_reclaimed += _remove(record.path)
             result.files_removed += 1
-        if not live.is_tombstone:
-            return result
-        if any(u.seq > live.seq for u in scan.unusable):
-            return result  # something newer but damaged is here: keep the tombstone over it
-        # Invariant: the unlinks of older versions are durable before the tombstone
-        # that hides them goes, or a power cut could bring a deleted value back.
-        if superseded:
-            _fsio.fsync_dir(scan.path)
-        result.bytes_reclaimed += _remove(live.path)
-        result.files_removed += 1
+        return result
+    # Nothing here is live: the key was deleted, or its live record is in the log.
+    bound = live_seq if live_seq is not None else F.MAX_SEQ
+    for record in scan.records + scan.unusable:
+        if record.seq < bound:
+            result.bytes_reclaimed += _remove(record.path)
+            result.files_removed += 1
+    if any(r.seq >= bound for r in scan.records + scan.unusable):
+        return result  # something newer but damaged is here: left for a human
+    # Invariant: the unlinks are durable before the directory (and so, later, the
+    # log's delete record that compaction may then drop) goes, or a power cut
+    # could bring a deleted value back.
+    if result.files_removed:
+        _fsio.fsync_dir(scan.path)
     key_file = os.path.join(scan.path, F.KEY_FILE_NAME)
     if os.path.exists(key_file):
         result.bytes_reclaimed += _remove(key_file)
+        result.files_removed += 1
     try:
         _fsio.rmdir(scan.path)
     except OSError:

@@ -1,4 +1,4 @@
-"""Keys to directories, and the names of version, tombstone and temp files.
+"""Keys to directories, and the names of version and temp files.
 
 Pure functions over strings: no I/O. ``FORMAT.md`` gives the grammar these
 format and parse; the constants come from ``_format``.
@@ -95,17 +95,11 @@ def version_name(seq: int, length: int, checksum: int) -> str:
     return F.VERSION_PREFIX + F.FIELD_SEPARATOR.join((_hex(seq), _hex(length), _hex(checksum)))
 
 
-def tombstone_name(seq: int) -> str:
-    """``t-<seq>``: an empty file saying the key is deleted as of ``seq``."""
-    return F.TOMBSTONE_PREFIX + _hex(seq)
-
-
 # Compiled once: recovery parses every name in the store, and a regex match is
 # about 3x faster than checking characters one by one in Python.
 _LOWER_HEX = re.compile("[0-9a-f]+")
 _FIELD = f"([0-9a-f]{{{F.FIELD_HEX_DIGITS}}})"
 _VERSION = re.compile(re.escape(F.VERSION_PREFIX) + re.escape(F.FIELD_SEPARATOR).join([_FIELD] * 3))
-_TOMBSTONE = re.compile(re.escape(F.TOMBSTONE_PREFIX) + _FIELD)
 
 
 def _is_lower_hex(text: str) -> bool:
@@ -119,12 +113,6 @@ def parse_version_name(name: str) -> VersionName | None:
         return None
     seq, length, checksum = match.groups()
     return VersionName(int(seq, 16), int(length, 16), int(checksum, 16))
-
-
-def parse_tombstone_name(name: str) -> int | None:
-    """The sequence number of a tombstone file name, or None if ``name`` is not one."""
-    match = _TOMBSTONE.fullmatch(name)
-    return None if match is None else int(match.group(1), 16)
 
 
 def is_temp_name(name: str) -> bool:

@@ -6,6 +6,8 @@ import math
 from dataclasses import dataclass
 from typing import Literal
 
+from . import _format as F
+
 Durability = Literal["fsync", "os"]
 DURABILITY_LEVELS: tuple[Durability, ...] = ("fsync", "os")
 
@@ -36,6 +38,30 @@ class Options:
     rather than return bad bytes. Turn off for huge values read only in part,
     and run ``blobcache verify`` instead; sizes are always checked at open."""
 
+    inline_limit: int = 64 << 10
+    """Values shorter than this many bytes (default 64 KiB) go to the log and are
+    held in memory as ``bytes``; longer ones get a file of their own, mapped on
+    ``get``. A durable put to the log costs one append and one fdatasync shared
+    with concurrent puts; a file costs a create, two fsyncs and a rename (about
+    0.5 ms more). Raising it holds more bytes in memory and makes compaction
+    copy more. Set it to 0 to put every value in a file of its own."""
+
+    # --- performance knobs: effects on speed and space, never on what survives ---
+
+    segment_bytes: int = 64 << 20
+    """Size at which the active log segment is sealed and a new one started
+    (default 64 MiB). Smaller segments are compacted sooner but mean more files."""
+
+    compact_ratio: float = 0.5
+    """Compact the log in the background once this fraction of the sealed
+    segments' bytes is stale (overwritten or deleted values). Lower keeps the
+    disk smaller and costs more rewriting; ``gc()`` compacts whatever the ratio."""
+
+    salvage: bool = False
+    """Open a store whose sealed log segment has a bad record by dropping the
+    rest of that segment (each drop reported in ``problems``) instead of raising
+    ``CorruptionError``. Values in the dropped part fall back to older records."""
+
     def __post_init__(self) -> None:
         if self.durability not in DURABILITY_LEVELS:
             raise ValueError(
@@ -51,7 +77,22 @@ class Options:
             raise ValueError(
                 f"sync_interval must be a positive, finite number of seconds; got {interval!r}"
             )
-        if not isinstance(self.verify_on_get, bool):
-            raise TypeError(
-                f"verify_on_get must be True or False, not {type(self.verify_on_get).__name__}"
-            )
+        for name in ("verify_on_get", "salvage"):
+            if not isinstance(getattr(self, name), bool):
+                raise TypeError(
+                    f"{name} must be True or False, not {type(getattr(self, name)).__name__}"
+                )
+        _check_int("inline_limit", self.inline_limit, 0, F.MAX_INLINE_VALUE)
+        _check_int("segment_bytes", self.segment_bytes, 4096, 2**40)
+        ratio = self.compact_ratio
+        if isinstance(ratio, bool) or not isinstance(ratio, (int, float)):
+            raise TypeError(f"compact_ratio must be a number, not {type(ratio).__name__}")
+        if not 0 < ratio <= 1:
+            raise ValueError(f"compact_ratio must be in (0, 1]; got {ratio!r}")
+
+
+def _check_int(name: str, value: object, low: int, high: int) -> None:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"{name} must be an int, not {type(value).__name__}")
+    if not low <= value <= high:
+        raise ValueError(f"{name} must be between {low} and {high}; got {value}")

@@ -1,9 +1,10 @@
 """Opening a store: take the lock, then rebuild the index from the files.
 
 The one rule (DESIGN.md): for each key, the record with the highest sequence
-number wins, wherever it lies; a tombstone that wins means "deleted". Recovery
-checks names, sizes and key files (cheap), reports every file it cannot use with
-its path, and falls back to the newest usable version of that key.
+number wins, wherever it lies (a log segment or a blob version file); a delete
+record that wins means "deleted". Recovery checks names, sizes, key files and
+every log record's checksum, reports every file it cannot use with its path,
+and falls back to the newest usable version of that key.
 """
 
 from __future__ import annotations
@@ -13,11 +14,11 @@ import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from . import _blob, _fsio
+from . import _blob, _fsio, _log
 from . import _format as F
 from . import _names as N
-from ._blob import KeyDirScan, Problem
-from ._index import Entry
+from ._blob import KeyDirScan, Problem, Record
+from ._index import Deleted, Entry
 from .errors import BlobCacheError, LockedError
 
 log = logging.getLogger("blobcache")
@@ -32,6 +33,12 @@ class Recovered:
     key_dirs: set[str] = field(default_factory=set)  # dirs with a valid key file
     dirty: set[str] = field(default_factory=set)  # dirs holding something the janitor removes
     empty_fanouts: set[str] = field(default_factory=set)  # fan-out dirs with nothing inside
+    dir_of: dict[N.Key, str] = field(default_factory=dict)  # key -> its directory
+    deleted: dict[N.Key, Deleted] = field(default_factory=dict)  # deletes compaction keeps
+    segments: list[_log.SegmentRead] = field(default_factory=list)  # in force, oldest first
+    segment_total: dict[int, int] = field(default_factory=dict)  # record bytes per segment
+    segment_live: dict[int, int] = field(default_factory=dict)  # live put bytes per segment
+    torn_bytes: int = 0  # cut off the active segment's tail (a crash mid-write)
     problems: list[Problem] = field(default_factory=list)
     temps_removed: int = 0
 
@@ -66,6 +73,7 @@ def open_store(root: str) -> int:
         raise LockedError(lock_path)
     try:
         _fsio.makedirs(root, os.path.join(root, F.BLOBS_DIR))
+        _fsio.makedirs(root, os.path.join(root, F.LOG_DIR))
     except BaseException:
         os.close(fd)
         raise
@@ -121,19 +129,121 @@ def remove_orphan_temp(path: str) -> int | None:
         os.close(fd)
 
 
-def recover(root: str) -> Recovered:
-    """Scan every key directory and keep, per key, the highest-numbered usable record.
+def recover(root: str, *, salvage: bool = False) -> Recovered:
+    """Scan every key directory and the log; keep, per key, the highest-numbered record.
 
     REQUIRES: the caller holds the writer lock (so no temp file is in use by us).
     """
     result = Recovered()
     blobs = os.path.join(root, F.BLOBS_DIR)
+    blob_live: dict[N.Key, Record] = {}
     for keydir in iter_key_dirs(blobs, result.problems, result.empty_fanouts):
-        scan = _blob.scan_key_dir(keydir)
-        _admit(result, scan)
+        _admit(result, _blob.scan_key_dir(keydir), blob_live)
+    latest = _replay_log(os.path.join(root, F.LOG_DIR), result, salvage=salvage)
+    _merge(result, blob_live, latest)
     for problem in result.problems:
         log.warning("blobcache: %s", problem)
     return result
+
+
+# seq, record type, value, segment, record size: the newest log record of a key.
+_LogLatest = tuple[int, int, bytes, int, int]
+
+
+def _replay_log(logdir: str, result: Recovered, *, salvage: bool) -> dict[N.Key, _LogLatest]:
+    """Read every segment still in force, oldest first; return each key's newest record.
+
+    Segments numbered below the newest COMPACTED one were replaced by it (a
+    compaction that crashed before deleting its inputs): they are deleted unread.
+    """
+    numbers = _segment_numbers(logdir, result)
+    floor = _compacted_floor(logdir, numbers)
+    replaced = [n for n in numbers if n < floor]
+    for number in replaced:
+        _fsio.unlink(os.path.join(logdir, _log.segment_name(number)))
+    if replaced:
+        _fsio.fsync_dir(logdir)
+    numbers = [n for n in numbers if n >= floor]
+    latest: dict[N.Key, _LogLatest] = {}
+    get = latest.get
+    max_seq = result.max_seq
+    for number in numbers:
+        active = number == numbers[-1]
+        info, records = _log.read_segment(
+            os.path.join(logdir, _log.segment_name(number)), number, active=active, salvage=salvage
+        )
+        total = 0
+        for seq, kind, tag, raw, value, _offset, size in records:
+            key: N.Key = raw.decode("utf-8") if tag == b"s" else raw
+            old = get(key)
+            if old is None or old[0] < seq:
+                latest[key] = (seq, kind, value, number, size)
+            if seq > max_seq:
+                max_seq = seq
+            total += size
+        result.segments.append(info)
+        result.segment_total[number] = total
+        result.problems.extend(info.problems)
+        result.torn_bytes += info.cut
+    result.max_seq = max_seq
+    return latest
+
+
+def _segment_numbers(logdir: str, result: Recovered) -> list[int]:
+    numbers = []
+    with os.scandir(logdir) as entries:
+        for entry in entries:
+            number = _log.parse_segment_name(entry.name)
+            if number is not None and entry.is_file(follow_symlinks=False):
+                numbers.append(number)
+            elif N.is_temp_name(entry.name):  # a compaction output never published
+                if remove_orphan_temp(entry.path) is not None:
+                    result.temps_removed += 1
+            else:
+                result.problems.append(
+                    Problem(entry.path, "stray entry: not a name blobcache writes")
+                )
+    return sorted(numbers)
+
+
+def _compacted_floor(logdir: str, numbers: list[int]) -> int:
+    """The number of the newest segment whose header says COMPACTED, or 0."""
+    for number in reversed(numbers):
+        with open(os.path.join(logdir, _log.segment_name(number)), "rb") as f:
+            head = f.read(F.SEGMENT_HEADER.size)
+        if (
+            len(head) == F.SEGMENT_HEADER.size
+            and head == _log.segment_header(head[4])
+            and head[4] & F.SEGMENT_FLAG_COMPACTED
+        ):
+            return number
+    return 0
+
+
+def _merge(
+    result: Recovered, blob_live: dict[N.Key, Record], latest: dict[N.Key, _LogLatest]
+) -> None:
+    """Highest sequence number wins, across the two layouts."""
+    entries = result.entries
+    for key, record in blob_live.items():
+        newest = latest.get(key)
+        if newest is None or newest[0] < record.seq:
+            entries[key] = Entry.for_blob(record)
+        else:  # superseded by a log record: the whole key directory is garbage
+            result.dirty.add(os.path.dirname(record.path))
+    live = result.segment_live
+    for number in result.segment_total:
+        live[number] = 0
+    for key, (seq, kind, value, segment, size) in latest.items():
+        blob = blob_live.get(key)
+        if blob is not None and blob.seq > seq:
+            continue
+        if kind == F.RECORD_PUT:
+            entries[key] = Entry(seq, value, None, segment, size)
+            live[segment] += size
+        elif key in result.dir_of:
+            result.deleted[key] = Deleted(seq, segment, size)
+            result.dirty.add(result.dir_of[key])
 
 
 def iter_key_dirs(blobs: str, problems: list[Problem], empty: set[str]) -> list[str]:
@@ -164,20 +274,21 @@ def _subdirs(path: str, name_ok: Callable[[str], bool], problems: list[Problem])
     return out
 
 
-def _admit(result: Recovered, scan: KeyDirScan) -> None:
+def _admit(result: Recovered, scan: KeyDirScan, blob_live: dict[N.Key, Record]) -> None:
     result.max_seq = max(result.max_seq, scan.max_seq)
     result.problems.extend(scan.problems)
     for temp in scan.temps:
         if remove_orphan_temp(temp) is not None:
             result.temps_removed += 1
-    live = scan.live
     if scan.key is None:
         if scan.records or scan.unusable:
             return  # versions without a readable key: reported above, left for a human
         result.dirty.add(scan.path)  # a put crashed before its key file: garbage
         return
     result.key_dirs.add(scan.path)
-    if live is not None and not live.is_tombstone:
-        result.entries[scan.key] = Entry(live)
-    if live is None or live.is_tombstone or len(scan.records) > 1 or scan.unusable:
+    result.dir_of[scan.key] = scan.path
+    live = scan.live
+    if live is not None:
+        blob_live[scan.key] = live
+    if live is None or len(scan.records) > 1 or scan.unusable:
         result.dirty.add(scan.path)

@@ -25,14 +25,16 @@ import threading
 from collections.abc import Iterator, MutableMapping
 from dataclasses import asdict, dataclass
 from types import TracebackType
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
-from . import _blob, _fsio, _janitor, _recovery
+from . import _blob, _compaction, _fsio, _janitor, _log, _recovery
 from . import _format as F
 from . import _names as N
 from ._blob import Problem
-from ._index import ClosedIndex, Entry
+from ._compaction import SegmentBook
+from ._index import ClosedIndex, Deleted, Entry
 from ._janitor import GcResult
+from ._log import LogWriter
 from ._options import Durability, Options
 from .errors import BlobCacheError, ClosedError, CorruptionError
 
@@ -40,6 +42,7 @@ log = logging.getLogger("blobcache")
 
 _STRIPES = 64
 _T = TypeVar("_T")
+Value = bytes | memoryview  # what get returns: bytes from the log, a view of a file
 
 
 @dataclass(frozen=True)
@@ -50,10 +53,15 @@ class Stats:
     durability: Durability
     keys: int  # live keys
     live_bytes: int  # sum of the live values' lengths
+    inline_keys: int  # keys whose value is in the log (the rest have a file each)
     next_seq: int  # the sequence number the next put or delete takes
+    segments: int  # log segment files
+    log_record_bytes: int  # bytes of records in the log
+    log_stale_bytes: int  # of those, overwritten values and deletes: compaction's to free
     dirs_awaiting_gc: int  # key directories holding superseded or deleted records
     problems: int  # unusable files reported at open (see ``BlobCache.problems``)
     temps_removed_at_open: int  # orphaned temp files of crashed puts, deleted by recovery
+    torn_bytes_at_open: int  # a torn log tail (a crash mid-write) cut off at open
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -86,7 +94,7 @@ def _key_type_error(key: object) -> TypeError:
     return TypeError(f"keys must be str or bytes, not {type(key).__name__}")
 
 
-class BlobCache(MutableMapping[N.Key, memoryview]):
+class BlobCache(MutableMapping[N.Key, Value]):
     """A durable key-value cache in a directory: puts survive crashes, gets come from memory.
 
     :param path: the store's directory; created if missing. A non-empty
@@ -112,50 +120,92 @@ class BlobCache(MutableMapping[N.Key, memoryview]):
         durability: Durability = "fsync",
         sync_interval: float = 1.0,
         verify_on_get: bool = True,
+        inline_limit: int = Options.inline_limit,
+        segment_bytes: int = Options.segment_bytes,
+        compact_ratio: float = Options.compact_ratio,
+        salvage: bool = False,
     ) -> None:
-        self._options = Options(durability, sync_interval, verify_on_get)
+        self._options = Options(
+            durability,
+            sync_interval,
+            verify_on_get,
+            inline_limit,
+            segment_bytes,
+            compact_ratio,
+            salvage,
+        )
         self._path = os.path.abspath(os.fspath(path))
         self._blobs = os.path.join(self._path, F.BLOBS_DIR)
+        self._logdir = os.path.join(self._path, F.LOG_DIR)
         self._lock_fd = _recovery.open_store(self._path)
         try:
-            recovered = _recovery.recover(self._path)
+            recovered = _recovery.recover(self._path, salvage=salvage)
+            self._log = self._open_log(recovered)
         except BaseException:
             os.close(self._lock_fd)
             raise
         self._index: dict[N.Key, Entry] = recovered.entries
+        self._deleted = recovered.deleted
         self._key_dirs = recovered.key_dirs
         self._dirty = recovered.dirty | recovered.empty_fanouts
         self._found_at_open = set(recovered.dirty)
         self._problems = tuple(recovered.problems)
         self._temps_removed_at_open = recovered.temps_removed
+        self._torn_bytes_at_open = recovered.torn_bytes
+        self._book = SegmentBook(recovered.segment_total, recovered.segment_live)
+        self._book.add(self._log.number, 0, live=False)
         # Invariant: every number handed out is above every number on disk.
         self._seq = _Sequence(recovered.max_seq + 1)
         self._stripes = [threading.Lock() for _ in range(_STRIPES)]
         self._tree_lock = threading.Lock()
         self._gc_lock = threading.Lock()
+        self._compact_lock = threading.Lock()
         self._pending_lock = threading.Lock()
         self._pending_files: set[str] = set()
         self._pending_dirs: set[str] = set()
         self._closed = False
         self._pid = os.getpid()
         self._stop = threading.Event()
-        self._syncer: threading.Thread | None = None
+        self._compact_wanted = threading.Event()
+        self._threads = [threading.Thread(target=self._compact_loop, name="blobcache-compact")]
         if self._options.durability == "os":
-            self._syncer = threading.Thread(
-                target=self._sync_loop, name="blobcache-sync", daemon=True
-            )
-            self._syncer.start()
+            self._threads.append(threading.Thread(target=self._sync_loop, name="blobcache-sync"))
+        for thread in self._threads:
+            thread.daemon = True
+            thread.start()
+
+    def _open_log(self, recovered: _recovery.Recovered) -> LogWriter:
+        """Resume writing after the last good record of the newest segment, or start one."""
+        sync = self._options.durability == "fsync"
+        size = self._options.segment_bytes
+        last = recovered.segments[-1] if recovered.segments else None
+        if last is None or last.end < F.SEGMENT_HEADER.size:
+            if last is not None:  # created by a process that died before its header was durable
+                _fsio.unlink(last.path)
+                recovered.segments.pop()
+                recovered.segment_total.pop(last.number, None)
+                recovered.segment_live.pop(last.number, None)
+            number = last.number if last is not None else 1
+            return LogWriter.create(self._logdir, number, sync=sync, segment_bytes=size)
+        fd = _log.open_active(self._logdir, last.number, last.end)
+        # Records found at open may sit only in the page cache (a crashed "os"
+        # writer): unsynced=True makes the next sync() fdatasync them.
+        return LogWriter(
+            self._logdir, last.number, fd, last.end, sync=sync, segment_bytes=size, unsynced=True
+        )
 
     # --- reading -------------------------------------------------------------------
 
-    def get(self, key: N.Key, default: _T | None = None) -> memoryview | _T | None:  # type: ignore[override]
-        """The value of ``key`` as a read-only, zero-copy ``memoryview``, or ``default``.
+    def get(self, key: N.Key, default: _T | None = None) -> Value | _T | None:  # type: ignore[override]
+        """The value of ``key``, or ``default``.
 
-        The view maps the value's file and stays valid as long as you hold it,
-        even after the key is overwritten, deleted and garbage-collected.
+        A value stored in the log (shorter than ``inline_limit``) comes back as
+        ``bytes``; a larger one as a read-only, zero-copy ``memoryview`` of its
+        file, valid as long as you hold it, even after the key is overwritten,
+        deleted and garbage-collected.
 
         :raises TypeError: ``key`` is not str or bytes.
-        :raises CorruptionError: the value's checksum failed on its first read.
+        :raises CorruptionError: a large value's checksum failed on its first read.
         :raises ClosedError: the cache was closed.
         """
         try:
@@ -165,8 +215,8 @@ class BlobCache(MutableMapping[N.Key, memoryview]):
             if found is None:
                 return default
             entry = found  # put by another thread in the meantime
-        view = entry.view
-        return view if view is not None else self._map(entry)
+        value = entry.value
+        return value if value is not None else self._map(entry)
 
     def _lookup(self, key: object) -> Entry | None:
         """The entry of ``key`` or None; the slow path, with the type checks.
@@ -178,12 +228,11 @@ class BlobCache(MutableMapping[N.Key, memoryview]):
             raise _key_type_error(key)
         return self._index.get(key)
 
-    def __getitem__(self, key: N.Key) -> memoryview:
-        view = self.get(key, _MISSING)
-        if view is _MISSING:
+    def __getitem__(self, key: N.Key) -> Value:
+        value = self.get(key, _MISSING)
+        if value is _MISSING:
             raise KeyError(key)
-        assert isinstance(view, memoryview)
-        return view
+        return cast(Value, value)
 
     def __contains__(self, key: object) -> bool:
         return self._lookup(key) is not None
@@ -195,9 +244,10 @@ class BlobCache(MutableMapping[N.Key, memoryview]):
         """Iterate over a snapshot of the keys taken when iteration starts."""
         return iter(list(self._index))
 
-    def path(self, key: N.Key) -> str:
+    def path(self, key: N.Key) -> str | None:
         """The file holding ``key``'s live value, exactly its bytes, for programs
-        that open files themselves (``numpy.load(path, mmap_mode="r")``, safetensors).
+        that open files themselves (``numpy.load(path, mmap_mode="r")``, safetensors);
+        None for a value short enough to live in the log (see ``inline_limit``).
 
         The path stays valid until the key is overwritten or deleted *and* the
         janitor (``gc()``) runs; a file already opened or mapped keeps working
@@ -208,12 +258,13 @@ class BlobCache(MutableMapping[N.Key, memoryview]):
         entry = self._lookup(key)
         if entry is None:
             raise KeyError(key)
-        return entry.record.path
+        return entry.blob.path if entry.blob is not None else None
 
     def _map(self, entry: Entry) -> memoryview:
+        assert entry.blob is not None, "log entries always hold their bytes"
         # Two threads may both map on a first get; both views are good, one is kept.
-        view = _blob.map_version(entry.record, check=self._options.verify_on_get)
-        entry.view = view
+        view = _blob.map_version(entry.blob, check=self._options.verify_on_get)
+        entry.value = view
         return view
 
     # --- writing -------------------------------------------------------------------
@@ -222,8 +273,9 @@ class BlobCache(MutableMapping[N.Key, memoryview]):
         """Store ``value`` (any C-contiguous buffer, copied) under ``key``.
 
         Returns once the value survives a crash of the kind ``durability`` names:
-        power loss for ``"fsync"``, a process crash for ``"os"``. On any error
-        the previous value stays stored and served.
+        power loss for ``"fsync"``, a process crash for ``"os"``. A value shorter
+        than ``inline_limit`` is appended to the log, a larger one written to a
+        file of its own. On any error the previous value stays stored and served.
 
         :raises TypeError: ``key`` is not str/bytes, or ``value`` is not bytes-like.
         :raises ValueError: the key is too long, or the buffer is not contiguous.
@@ -233,46 +285,83 @@ class BlobCache(MutableMapping[N.Key, memoryview]):
         data = as_buffer(value)
         key = N.decode_key(tag, raw)  # a plain str or bytes, even for a subclass
         digest = N.key_hash(tag, raw)
-        keydir = N.key_dir(self._blobs, digest)
-        sync = self._options.durability == "fsync"
         with self._writing(digest):
-            self._ensure_key_dir(key, tag, raw, keydir)
-            try:
-                record = _blob.write_version(keydir, self._seq.take(), data, sync=sync)
-            except FileNotFoundError:
-                # The directory was removed behind our back (by hand): make it again, once.
-                self._key_dirs.discard(keydir)
-                self._ensure_key_dir(key, tag, raw, keydir)
-                record = _blob.write_version(keydir, self._seq.take(), data, sync=sync)
-            if not sync:
-                self._owe_sync(record.path, keydir)
-            if self._index.get(key) is not None:
-                self._mark_dirty(keydir)
-            self._index[key] = Entry(record)
+            if data.nbytes < self._options.inline_limit:
+                self._put_inline(key, tag, raw, bytes(data))
+            else:
+                self._put_blob(key, tag, raw, N.key_dir(self._blobs, digest), data)
+        self._maybe_compact()
 
     def __setitem__(self, key: N.Key, value: object) -> None:
         self.put(key, value)
 
+    def _put_inline(self, key: N.Key, tag: bytes, raw: bytes, value: bytes) -> None:
+        """REQUIRES: the key's stripe lock."""
+        seq = self._seq.take()
+        record = _log.encode_record(seq, F.RECORD_PUT, tag, raw, value)
+        segment, _offset = self._log.append(record)
+        self._publish(key, Entry(seq, value, None, segment, len(record)))
+
+    def _put_blob(self, key: N.Key, tag: bytes, raw: bytes, keydir: str, data: memoryview) -> None:
+        """REQUIRES: the key's stripe lock."""
+        sync = self._options.durability == "fsync"
+        self._ensure_key_dir(key, tag, raw, keydir)
+        try:
+            record = _blob.write_version(keydir, self._seq.take(), data, sync=sync)
+        except FileNotFoundError:
+            # The directory was removed behind our back (by hand): make it again, once.
+            self._key_dirs.discard(keydir)
+            self._ensure_key_dir(key, tag, raw, keydir)
+            record = _blob.write_version(keydir, self._seq.take(), data, sync=sync)
+        if not sync:
+            self._owe_sync(record.path, keydir)
+        self._publish(key, Entry.for_blob(record))
+
+    def _publish(self, key: N.Key, entry: Entry | None) -> None:
+        """Make ``entry`` the key's live record (None: deleted) and account for
+        what it supersedes. REQUIRES: the key's stripe lock; the record is acknowledged."""
+        with self._book.lock:
+            old = self._index.get(key)
+            if entry is None:
+                self._index.pop(key, None)
+            else:
+                self._index[key] = entry
+                self._deleted.pop(key, None)
+                if entry.blob is None:
+                    self._book.add(entry.segment, entry.size, live=True)
+            if old is not None and old.blob is None:
+                self._book.supersede(old.segment, old.size)
+        if old is not None and old.blob is not None:
+            # An older version to remove, or the whole directory if the key left it.
+            self._mark_dirty(os.path.dirname(old.blob.path))
+
     def delete(self, key: N.Key) -> bool:
-        """Delete ``key``; True if it was there. Durable like a put, via a tombstone.
+        """Delete ``key``; True if it was there. Durable like a put: a delete record
+        is appended to the log, whichever layout held the value.
 
         :raises TypeError: ``key`` is not str or bytes.
         """
         tag, raw = N.encode_key(key)
         key = N.decode_key(tag, raw)
         digest = N.key_hash(tag, raw)
-        sync = self._options.durability == "fsync"
         with self._writing(digest):
-            entry = self._index.get(key)
-            if entry is None:
+            if self._index.get(key) is None:
                 return False
-            keydir = os.path.dirname(entry.record.path)
-            _blob.write_tombstone(keydir, self._seq.take(), sync=sync)
-            if not sync:
-                self._owe_sync(None, keydir)
-            del self._index[key]
-            self._mark_dirty(keydir)
-            return True
+            seq = self._seq.take()
+            record = _log.encode_record(seq, F.RECORD_DELETE, tag, raw, b"")
+            segment, _offset = self._log.append(record)
+            keydir = N.key_dir(self._blobs, digest)
+            with self._book.lock:
+                self._book.add(segment, len(record), live=False)
+                if keydir in self._key_dirs:
+                    # Older versions may lie in the key's directory until the janitor
+                    # removes it: compaction must keep this record until then.
+                    self._deleted[key] = Deleted(seq, segment, len(record))
+            if keydir in self._key_dirs:
+                self._mark_dirty(keydir)
+            self._publish(key, None)
+        self._maybe_compact()
+        return True
 
     def __delitem__(self, key: N.Key) -> None:
         if not self.delete(key):
@@ -335,9 +424,11 @@ class BlobCache(MutableMapping[N.Key, memoryview]):
         """Make every acknowledged put and delete survive power loss.
 
         With ``durability="fsync"`` that is already so and this does nothing; with
-        ``"os"`` it fsyncs the files and directories written since the last sync.
+        ``"os"`` it fsyncs the log and the files and directories written since
+        the last sync.
         """
         self._check_open()
+        self._log.sync()
         with self._pending_lock:
             files, self._pending_files = self._pending_files, set()
             dirs, self._pending_dirs = self._pending_dirs, set()
@@ -348,7 +439,7 @@ class BlobCache(MutableMapping[N.Key, memoryview]):
                     _fsio.fsync_path(path)
             for keydir in sorted(dirs):
                 # A missing directory was removed by the janitor, after it made
-                # the key's last record (a tombstone) durable.
+                # the key's newer record durable.
                 with contextlib.suppress(FileNotFoundError):
                     _fsio.fsync_dir(keydir)
         except BaseException:
@@ -366,10 +457,11 @@ class BlobCache(MutableMapping[N.Key, memoryview]):
             except OSError as exc:
                 log.error("blobcache: background sync of %s failed: %s", self._path, exc)
 
-    # --- the janitor -----------------------------------------------------------------
+    # --- the janitor and compaction --------------------------------------------------
 
     def gc(self) -> GcResult:
-        """Delete superseded versions, deleted keys and orphaned temp files.
+        """Delete superseded versions, deleted keys and orphaned temp files, then
+        compact the log (whatever its stale ratio).
 
         A version goes only once its key's newer record is durable; a reader's
         mapped view of a removed file stays valid. Returns what was removed.
@@ -392,6 +484,7 @@ class BlobCache(MutableMapping[N.Key, memoryview]):
                     for left in todo[done:]:  # not cleaned: still garbage for next time
                         self._mark_dirty(left)
                     raise
+        total.add(self._compact(force=True))
         return total
 
     def _clean(self, keydir: str) -> GcResult:
@@ -400,13 +493,15 @@ class BlobCache(MutableMapping[N.Key, memoryview]):
             scan = _blob.scan_key_dir(keydir)
         except FileNotFoundError:
             return GcResult()
+        entry = self._index.get(scan.key) if scan.key is not None else None
+        live_seq = entry.seq if entry is not None else None
         # Records found at open may never have been made durable (a crash between
         # a rename and its directory fsync, or "os" puts never synced): make the
         # live one durable before deleting anything older, whatever the mode.
-        found_at_open = keydir in self._found_at_open
-        result = _janitor.clean_key_dir(
-            scan, make_live_durable=found_at_open or self._options.durability == "os"
-        )
+        unsure = keydir in self._found_at_open or self._options.durability == "os"
+        if unsure and (entry is None or entry.blob is None):
+            self._log.sync()  # the newer record (a put or a delete) is in the log
+        result = _janitor.clean_key_dir(scan, live_seq=live_seq, make_live_durable=unsure)
         self._found_at_open.discard(keydir)
         if result.dirs_removed:
             self._key_dirs.discard(keydir)
@@ -420,6 +515,80 @@ class BlobCache(MutableMapping[N.Key, memoryview]):
         """Remove an empty fan-out directory found at open, and empty parents."""
         with self._tree_lock:
             return GcResult(dirs_removed=_janitor.prune_empty_dirs(directory, self._blobs))
+
+    def _maybe_compact(self) -> None:
+        """Wake the compaction thread once sealed segments are stale enough."""
+        with self._book.lock:
+            stale, total = self._book.stale(below=self._log.number)
+        if total and stale >= self._options.compact_ratio * total:
+            self._compact_wanted.set()
+
+    def _compact_loop(self) -> None:
+        while True:
+            self._compact_wanted.wait()
+            if self._stop.is_set():
+                return
+            self._compact_wanted.clear()
+            try:
+                self._compact(force=False)
+            except ClosedError:
+                return
+            except OSError as exc:
+                log.error("blobcache: background compaction of %s failed: %s", self._path, exc)
+
+    def _compact(self, *, force: bool) -> GcResult:
+        """Rewrite the live records of every sealed segment into one new segment.
+
+        Reads never wait (they are served from memory) and puts go on into the
+        active segment meanwhile. With ``force``, the active segment is sealed
+        and compacted too, if it holds anything stale.
+        """
+        with self._compact_lock:
+            self._check_open()
+            with self._book.lock:
+                stale, total = self._book.stale(below=None if force else self._log.number)
+            if stale == 0 or (not force and stale < self._options.compact_ratio * total):
+                return GcResult()
+            # Seal the active segment, leaving a number free for the output: the
+            # active segment must stay the highest-numbered one.
+            output = self._log.roll(skip=1) - 1
+            with self._book.lock:
+                inputs = sorted(n for n in self._book.total if n < output)
+                live = [(k, e) for k, e in self._index.items() if e.segment in inputs]
+                deleted = [(k, d) for k, d in self._deleted.items() if d.segment in inputs]
+            kept = [(k, d) for k, d in deleted if self._still_needs_delete(k)]
+            records = [
+                _log.encode_record(e.seq, F.RECORD_PUT, *N.encode_key(k), _bytes(e))
+                for k, e in live
+            ]
+            records += [
+                _log.encode_record(d.seq, F.RECORD_DELETE, *N.encode_key(k), b"") for k, d in kept
+            ]
+            _compaction.write_compacted(self._logdir, output, records)
+            live_bytes = 0
+            with self._book.lock:
+                # Entries replaced meanwhile keep pointing where their new record is.
+                for (key, entry), record in zip(live, records[: len(live)], strict=True):
+                    if self._index.get(key) is entry:
+                        entry.segment, entry.size = output, len(record)
+                        live_bytes += len(record)
+                for key, dead in deleted:
+                    if self._deleted.get(key) is dead:
+                        del self._deleted[key]
+                for (key, dead), record in zip(kept, records[len(live) :], strict=True):
+                    if key not in self._deleted and key not in self._index:
+                        self._deleted[key] = Deleted(dead.seq, output, len(record))
+                self._book.replace(inputs, output, sum(map(len, records)), live_bytes)
+            freed = _compaction.remove_segments(self._logdir, inputs)
+            output_size = F.SEGMENT_HEADER.size + sum(map(len, records))
+            return GcResult(
+                segments_compacted=len(inputs), bytes_reclaimed=max(0, freed - output_size)
+            )
+
+    def _still_needs_delete(self, key: N.Key) -> bool:
+        """A delete record must be kept while its key's directory may hold older versions."""
+        digest = N.key_hash(*N.encode_key(key))
+        return N.key_dir(self._blobs, digest) in self._key_dirs
 
     # --- state -----------------------------------------------------------------------
 
@@ -438,18 +607,26 @@ class BlobCache(MutableMapping[N.Key, memoryview]):
         return self._path
 
     def stats(self) -> Stats:
-        """Counts from memory: keys, live bytes, what awaits ``gc()``; no disk scan."""
+        """Counts from memory: keys, live bytes, log segments, what awaits ``gc()``."""
         self._check_open()
         entries = list(self._index.values())
+        with self._book.lock:
+            stale, total = self._book.stale()
+            segments = len(self._book.total)
         return Stats(
             path=self._path,
             durability=self._options.durability,
             keys=len(entries),
-            live_bytes=sum(e.record.length for e in entries),
+            live_bytes=sum(e.length for e in entries),
+            inline_keys=sum(1 for e in entries if e.blob is None),
             next_seq=self._seq.peek(),
+            segments=segments,
+            log_record_bytes=total,
+            log_stale_bytes=stale,
             dirs_awaiting_gc=len(self._dirty),
             problems=len(self._problems),
             temps_removed_at_open=self._temps_removed_at_open,
+            torn_bytes_at_open=self._torn_bytes_at_open,
         )
 
     def _check_open(self) -> None:
@@ -459,25 +636,31 @@ class BlobCache(MutableMapping[N.Key, memoryview]):
     def close(self) -> None:
         """Sync (with ``"os"``), release the lock, and refuse further use.
 
-        Views returned by ``get`` stay valid. Closing twice is harmless.
+        Values returned by ``get`` stay valid. Closing twice is harmless.
         """
-        for lock in self._stripes:
-            lock.acquire()
-        try:
-            if self._closed:
-                return
-            self._stop.set()
-            if self._syncer is not None and self._syncer is not threading.current_thread():
-                self._syncer.join()
-            try:
-                self.sync()
-            finally:
-                self._closed = True
-                self._index = ClosedIndex(self._path)
-                os.close(self._lock_fd)
-        finally:
+        with self._compact_lock:
             for lock in self._stripes:
-                lock.release()
+                lock.acquire()
+            try:
+                if self._closed:
+                    return
+                self._stop.set()
+                self._compact_wanted.set()
+                try:
+                    self.sync()
+                finally:
+                    self._closed = True
+                    self._index = ClosedIndex(self._path)
+                    try:
+                        self._log.close()
+                    finally:
+                        os.close(self._lock_fd)
+            finally:
+                for lock in self._stripes:
+                    lock.release()
+        for thread in self._threads:
+            if thread is not threading.current_thread():
+                thread.join()
 
     def __enter__(self) -> BlobCache:
         return self
@@ -493,6 +676,11 @@ class BlobCache(MutableMapping[N.Key, memoryview]):
     def __repr__(self) -> str:
         state = "closed" if self._closed else f"{len(self._index)} keys"
         return f"BlobCache({self._path!r}, durability={self._options.durability!r}, {state})"
+
+
+def _bytes(entry: Entry) -> bytes:
+    assert isinstance(entry.value, bytes), "log entries hold their value as bytes"
+    return entry.value
 
 
 class _Sequence:

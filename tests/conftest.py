@@ -23,6 +23,13 @@ def cache(store: str) -> Iterator[BlobCache]:
         yield c
 
 
+@pytest.fixture
+def blob_cache(store: str) -> Iterator[BlobCache]:
+    """A store that puts every value, however small, in a file of its own."""
+    with BlobCache(store, inline_limit=0) as c:
+        yield c
+
+
 def files_named(root: str, prefix: str) -> list[str]:
     """Every file under ``root`` whose name starts with ``prefix``, sorted."""
     return sorted(

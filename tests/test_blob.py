@@ -18,7 +18,7 @@ def _versions(store: str) -> list[str]:
 
 def _two_versions(store: str, key: str = "k") -> tuple[str, str]:
     """A store whose key has an old version b"old!" and a newer one b"new!", not collected."""
-    with BlobCache(store) as c:
+    with BlobCache(store, inline_limit=0) as c:
         c.put(key, b"old!")
         old = c.path(key)
         c.put(key, b"new!")
@@ -26,7 +26,8 @@ def _two_versions(store: str, key: str = "k") -> tuple[str, str]:
     return old, new
 
 
-def test_version_file_holds_exactly_the_value(cache: BlobCache) -> None:
+def test_version_file_holds_exactly_the_value(blob_cache: BlobCache) -> None:
+    cache = blob_cache
     cache.put("k", b"\x00value\xff")
     with open(cache.path("k"), "rb") as f:
         assert f.read() == b"\x00value\xff"
@@ -35,7 +36,7 @@ def test_version_file_holds_exactly_the_value(cache: BlobCache) -> None:
 def test_version_shorter_than_its_name_says_falls_back_to_older(store: str) -> None:
     _old, new = _two_versions(store)
     truncate(new, 2)
-    with BlobCache(store) as c:
+    with BlobCache(store, inline_limit=0) as c:
         assert bytes(c["k"]) == b"old!"
         assert [p.path for p in c.problems] == [new]
         assert "2 bytes; its name says 4" in c.problems[0].message
@@ -44,17 +45,17 @@ def test_version_shorter_than_its_name_says_falls_back_to_older(store: str) -> N
 def test_zero_length_version_falls_back_to_older(store: str) -> None:
     _old, new = _two_versions(store)
     truncate(new, 0)  # what delayed allocation leaves after a power cut without fsync
-    with BlobCache(store) as c:
+    with BlobCache(store, inline_limit=0) as c:
         assert bytes(c["k"]) == b"old!"
         assert c.problems[0].path == new
 
 
 def test_only_version_damaged_means_key_absent(store: str) -> None:
-    with BlobCache(store) as c:
+    with BlobCache(store, inline_limit=0) as c:
         c.put("k", b"value")
         path = c.path("k")
     truncate(path, 1)
-    with BlobCache(store) as c:
+    with BlobCache(store, inline_limit=0) as c:
         assert "k" not in c
         assert c.problems[0].path == path
 
@@ -62,21 +63,21 @@ def test_only_version_damaged_means_key_absent(store: str) -> None:
 def test_next_sequence_number_is_above_unusable_versions(store: str) -> None:
     _old, new = _two_versions(store)
     truncate(new, 0)
-    with BlobCache(store) as c:
+    with BlobCache(store, inline_limit=0) as c:
         c.put("k", b"newest")
         assert N.parse_version_name(os.path.basename(c.path("k"))).seq > (  # type: ignore[union-attr]
             N.parse_version_name(os.path.basename(new)).seq  # type: ignore[union-attr]
         )
-    with BlobCache(store) as c:
+    with BlobCache(store, inline_limit=0) as c:
         assert bytes(c["k"]) == b"newest"
 
 
 def test_checksum_mismatch_raises_on_first_get(store: str) -> None:
-    with BlobCache(store) as c:
+    with BlobCache(store, inline_limit=0) as c:
         c.put("k", b"value")
         path = c.path("k")
     flip_bit(path, 2)
-    with BlobCache(store) as c:
+    with BlobCache(store, inline_limit=0) as c:
         with pytest.raises(CorruptionError, match="checksum mismatch") as info:
             c.get("k")
         assert info.value.path == path
@@ -85,39 +86,39 @@ def test_checksum_mismatch_raises_on_first_get(store: str) -> None:
 
 
 def test_checksum_check_can_be_turned_off(store: str) -> None:
-    with BlobCache(store) as c:
+    with BlobCache(store, inline_limit=0) as c:
         c.put("k", b"value")
         path = c.path("k")
     flip_bit(path, 0)
-    with BlobCache(store, verify_on_get=False) as c:
+    with BlobCache(store, verify_on_get=False, inline_limit=0) as c:
         assert bytes(c["k"]) == b"walue"
 
 
 def test_zero_length_value_round_trips(store: str) -> None:
-    with BlobCache(store) as c:
+    with BlobCache(store, inline_limit=0) as c:
         c.put("empty", b"")
         assert bytes(c["empty"]) == b""
-    with BlobCache(store) as c:
+    with BlobCache(store, inline_limit=0) as c:
         assert bytes(c["empty"]) == b""
         assert c.problems == ()
 
 
 def test_missing_key_file_hides_the_versions_and_is_reported(store: str) -> None:
-    with BlobCache(store) as c:
+    with BlobCache(store, inline_limit=0) as c:
         c.put("k", b"value")
         keydir = os.path.dirname(c.path("k"))
     os.unlink(os.path.join(keydir, F.KEY_FILE_NAME))
-    with BlobCache(store) as c:
+    with BlobCache(store, inline_limit=0) as c:
         assert "k" not in c
         assert [str(p) for p in c.problems] == [f"{keydir}/key: key file missing"]
 
 
 def test_corrupt_key_file_is_reported_with_its_path(store: str) -> None:
-    with BlobCache(store) as c:
+    with BlobCache(store, inline_limit=0) as c:
         c.put("k", b"value")
         key_file = os.path.join(os.path.dirname(c.path("k")), F.KEY_FILE_NAME)
     flip_bit(key_file, F.KEY_FILE_HEADER.size)  # inside the key bytes
-    with BlobCache(store) as c:
+    with BlobCache(store, inline_limit=0) as c:
         assert "k" not in c
         assert c.problems[0].path == key_file
         assert "checksum" in c.problems[0].message
@@ -151,27 +152,33 @@ def test_key_file_naming_another_key_is_corruption(store: str) -> None:
 
 
 def test_missing_key_directory_means_absent_key(store: str) -> None:
-    with BlobCache(store) as c:
+    with BlobCache(store, inline_limit=0) as c:
         c.put("gone", b"1")
         c.put("kept", b"2")
         gone_dir = os.path.dirname(c.path("gone"))
     for name in os.listdir(gone_dir):
         os.unlink(os.path.join(gone_dir, name))
     os.rmdir(gone_dir)
-    with BlobCache(store) as c:
+    with BlobCache(store, inline_limit=0) as c:
         assert "gone" not in c
         assert bytes(c["kept"]) == b"2"
         assert c.problems == ()
 
 
-def test_version_removed_behind_an_open_cache_is_corruption_not_a_crash(cache: BlobCache) -> None:
+def test_version_removed_behind_an_open_cache_is_corruption_not_a_crash(
+    blob_cache: BlobCache,
+) -> None:
+    cache = blob_cache
     cache.put("k", b"value")
     os.unlink(cache.path("k"))
     with pytest.raises(CorruptionError, match="missing"):
         cache.get("k")
 
 
-def test_key_directory_removed_behind_an_open_cache_is_recreated_by_put(cache: BlobCache) -> None:
+def test_key_directory_removed_behind_an_open_cache_is_recreated_by_put(
+    blob_cache: BlobCache,
+) -> None:
+    cache = blob_cache
     cache.put("k", b"value")
     keydir = os.path.dirname(cache.path("k"))
     for name in os.listdir(keydir):
@@ -183,7 +190,7 @@ def test_key_directory_removed_behind_an_open_cache_is_recreated_by_put(cache: B
 
 
 def test_stray_files_and_directories_are_reported_not_fatal(store: str) -> None:
-    with BlobCache(store) as c:
+    with BlobCache(store, inline_limit=0) as c:
         c.put("k", b"value")
         keydir = os.path.dirname(c.path("k"))
     blobs = os.path.join(store, F.BLOBS_DIR)
@@ -198,7 +205,7 @@ def test_stray_files_and_directories_are_reported_not_fatal(store: str) -> None:
             f.write("hello")
     os.mkdir(os.path.join(blobs, "not-hex"))
     strays.append(os.path.join(blobs, "not-hex"))
-    with BlobCache(store) as c:
+    with BlobCache(store, inline_limit=0) as c:
         assert bytes(c["k"]) == b"value"
         assert sorted(p.path for p in c.problems) == sorted(strays)
         c.gc()
@@ -206,33 +213,33 @@ def test_stray_files_and_directories_are_reported_not_fatal(store: str) -> None:
         assert os.path.exists(path), "gc must never remove a file it does not know"
 
 
-def test_tombstone_hides_older_versions_after_reopen(store: str) -> None:
-    with BlobCache(store) as c:
+def test_delete_record_in_the_log_hides_older_versions_after_reopen(store: str) -> None:
+    with BlobCache(store, inline_limit=0) as c:
         c.put("k", b"value")
         assert c.delete("k")
-    assert files_named(store, F.TOMBSTONE_PREFIX)
-    with BlobCache(store) as c:
+    assert _versions(store)  # still on disk until gc: the log's delete record hides it
+    with BlobCache(store, inline_limit=0) as c:
         assert "k" not in c
         assert c.get("k") is None
 
 
 def test_highest_sequence_number_wins_whatever_the_file_order(store: str) -> None:
-    with BlobCache(store) as c:
+    with BlobCache(store, inline_limit=0) as c:
         for i in range(12):
             c.put("k", str(i).encode())
-    with BlobCache(store) as c:
+    with BlobCache(store, inline_limit=0) as c:
         assert bytes(c["k"]) == b"11"
 
 
 def test_temp_file_held_by_a_writer_survives_recovery_and_orphan_does_not(store: str) -> None:
-    with BlobCache(store) as c:
+    with BlobCache(store, inline_limit=0) as c:
         c.put("k", b"value")
         keydir = os.path.dirname(c.path("k"))
     held_fd, held = _fsio.open_temp(keydir)
     orphan_fd, orphan = _fsio.open_temp(keydir)
     os.close(orphan_fd)  # its writer "died": the flock is gone
     try:
-        with BlobCache(store) as c:
+        with BlobCache(store, inline_limit=0) as c:
             assert c.stats().temps_removed_at_open == 1
         assert os.path.exists(held)
         assert not os.path.exists(orphan)
@@ -241,8 +248,9 @@ def test_temp_file_held_by_a_writer_survives_recovery_and_orphan_does_not(store:
 
 
 def test_write_failure_removes_the_temp_file_and_keeps_the_old_value(
-    cache: BlobCache, monkeypatch: pytest.MonkeyPatch
+    blob_cache: BlobCache, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    cache = blob_cache
     cache.put("k", b"old")
 
     def no_space(fd: int) -> None:
@@ -260,29 +268,30 @@ def test_write_failure_removes_the_temp_file_and_keeps_the_old_value(
 def test_key_directory_of_a_put_killed_before_its_key_file_is_garbage_not_a_problem(
     store: str,
 ) -> None:
-    BlobCache(store).close()
+    BlobCache(store, inline_limit=0).close()
     keydir = N.key_dir(os.path.join(store, F.BLOBS_DIR), N.key_hash(*N.encode_key("k")))
     os.makedirs(keydir)
-    with BlobCache(store) as c:
+    with BlobCache(store, inline_limit=0) as c:
         assert c.problems == ()
         assert c.gc().dirs_removed == 3
     assert os.listdir(os.path.join(store, F.BLOBS_DIR)) == []
 
 
 def test_empty_fanout_directories_are_collected(store: str) -> None:
-    BlobCache(store).close()
+    BlobCache(store, inline_limit=0).close()
     blobs = os.path.join(store, F.BLOBS_DIR)
     os.makedirs(os.path.join(blobs, "ab", "cd"))
     os.makedirs(os.path.join(blobs, "ef"))
-    with BlobCache(store) as c:
+    with BlobCache(store, inline_limit=0) as c:
         assert c.problems == ()
         assert c.gc().dirs_removed == 3
     assert os.listdir(blobs) == []
 
 
 def test_failed_fsync_of_a_large_value_overlapped_with_hashing_fails_the_put(
-    cache: BlobCache, monkeypatch: pytest.MonkeyPatch
+    blob_cache: BlobCache, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    cache = blob_cache
     cache.put("k", b"old")
 
     def failing_disk(fd: int) -> None:

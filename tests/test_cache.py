@@ -57,10 +57,16 @@ def test_longest_key_round_trips(store: str) -> None:
         assert list(c) == [key]
 
 
-def test_get_returns_read_only_view_or_default(cache: BlobCache) -> None:
-    cache.put("k", b"value")
+def test_get_returns_bytes_for_log_values_and_read_only_views_for_files(
+    cache: BlobCache,
+) -> None:
+    cache.put("small", b"value")
+    assert type(cache.get("small")) is bytes
+    assert cache.path("small") is None
+    cache.put("k", b"v" * cache.options.inline_limit)
     view = cache.get("k")
     assert isinstance(view, memoryview) and view.readonly
+    assert cache.path("k") is not None
     assert cache.get("missing") is None
     assert cache.get("missing", b"d") == b"d"
     with pytest.raises(KeyError):
@@ -99,7 +105,10 @@ def test_any_bytes_like_value(cache: BlobCache, value: object) -> None:
     assert bytes(cache["k"]) == b"abc"
 
 
-def test_numpy_array_is_stored_as_its_raw_bytes_and_opens_from_path(cache: BlobCache) -> None:
+def test_numpy_array_is_stored_as_its_raw_bytes_and_opens_from_path(
+    blob_cache: BlobCache,
+) -> None:
+    cache = blob_cache
     table = np.arange(12, dtype=np.float32).reshape(3, 4)
     cache.put("table", table)
     assert np.array_equal(np.frombuffer(cache["table"], dtype=np.float32).reshape(3, 4), table)
@@ -117,7 +126,8 @@ def test_value_is_copied_at_put(cache: BlobCache) -> None:
     assert bytes(cache["k"]) == b"before"
 
 
-def test_view_outlives_overwrite_and_gc(cache: BlobCache) -> None:
+def test_view_outlives_overwrite_and_gc(blob_cache: BlobCache) -> None:
+    cache = blob_cache
     cache.put("k", b"first")
     view = cache["k"]
     cache.put("k", b"second")
@@ -293,8 +303,9 @@ def _record(monkeypatch: pytest.MonkeyPatch) -> list[tuple[str, str]]:
 
 
 def test_fsync_put_of_new_key_makes_key_file_durable_before_the_version(
-    cache: BlobCache, monkeypatch: pytest.MonkeyPatch
+    blob_cache: BlobCache, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    cache = blob_cache
     calls = _record(monkeypatch)
     cache.put("k", b"value")
     names = [c[0] for c in calls]
@@ -310,7 +321,7 @@ def test_fsync_put_of_new_key_makes_key_file_durable_before_the_version(
 
 
 def test_os_durability_defers_fsyncs_to_sync(store: str, monkeypatch: pytest.MonkeyPatch) -> None:
-    with BlobCache(store, durability="os", sync_interval=3600) as cache:
+    with BlobCache(store, durability="os", sync_interval=3600, inline_limit=0) as cache:
         cache.put("k", b"v1")  # new key: key file and directories still durable
         cache.sync()
         calls = _record(monkeypatch)
@@ -327,7 +338,7 @@ def test_os_durability_defers_fsyncs_to_sync(store: str, monkeypatch: pytest.Mon
 def test_os_durability_gc_makes_live_record_durable_before_deleting(
     store: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    with BlobCache(store, durability="os", sync_interval=3600) as cache:
+    with BlobCache(store, durability="os", sync_interval=3600, inline_limit=0) as cache:
         cache.put("k", b"v1")
         cache.put("k", b"v2")
         live = os.path.basename(cache.path("k"))
@@ -340,36 +351,41 @@ def test_os_durability_gc_makes_live_record_durable_before_deleting(
 # --- the janitor ---------------------------------------------------------------------------
 
 
-def test_gc_removes_superseded_versions_and_deleted_keys(cache: BlobCache) -> None:
+def test_gc_removes_superseded_versions_and_deleted_keys(blob_cache: BlobCache) -> None:
+    cache = blob_cache
     for i in range(3):
         cache.put("kept", b"x" * (i + 1))
         cache.put("dropped", b"y" * 10)
     cache.delete("dropped")
     result = cache.gc()
-    assert result.files_removed == 2 + 3 + 1  # 2 old "kept", 3 "dropped", its tombstone
-    assert result.bytes_reclaimed == 1 + 2 + 30 + len(b"BCK1s" + bytes(4) + b"dropped" + bytes(8))
+    # 2 old "kept" versions, 3 "dropped" versions and its key file
+    assert result.files_removed == 2 + 3 + 1
+    key_file_size = len(b"BCK1s" + bytes(4) + b"dropped" + bytes(8))
     assert result.dirs_removed == 3  # the key directory and its two fan-out levels
-    assert files_named(cache.directory, "") == sorted(
-        [os.path.join(cache.directory, n) for n in (F.LOCK_NAME, F.MARKER_NAME)]
-        + [cache.path("kept"), os.path.join(os.path.dirname(cache.path("kept")), "key")]
+    assert result.segments_compacted == 1  # the log held the delete record
+    assert result.bytes_reclaimed >= 1 + 2 + 30 + key_file_size
+    blobs = os.path.join(cache.directory, F.BLOBS_DIR)
+    assert files_named(blobs, "") == sorted(
+        [cache.path("kept"), os.path.join(os.path.dirname(cache.path("kept")), "key")]
     )
     assert cache.gc() == type(result)()  # nothing left to do
     assert bytes(cache["kept"]) == b"xxx"
 
 
 def test_gc_after_reopen_finds_garbage_left_by_the_previous_process(store: str) -> None:
-    with BlobCache(store) as c:
+    with BlobCache(store, inline_limit=0) as c:
         c.put("k", b"1")
         c.put("k", b"2")
         c.put("gone", b"3")
         c.delete("gone")
-    with BlobCache(store) as c:
+    with BlobCache(store, inline_limit=0) as c:
         assert c.stats().dirs_awaiting_gc == 2
-        assert c.gc().files_removed == 3
+        assert c.gc().files_removed == 1 + 2  # k's old version; gone's version and key file
         assert bytes(c["k"]) == b"2" and "gone" not in c
 
 
-def test_put_after_delete_and_gc_recreates_the_key(cache: BlobCache) -> None:
+def test_put_after_delete_and_gc_recreates_the_key(blob_cache: BlobCache) -> None:
+    cache = blob_cache
     cache.put("k", b"1")
     cache.delete("k")
     cache.gc()
@@ -415,18 +431,25 @@ def test_threads_putting_getting_deleting_and_collecting(store: str) -> None:
 
 
 def test_stats_counts_from_memory(cache: BlobCache) -> None:
+    big = cache.options.inline_limit
     cache.put("a", b"12345")
     cache.put("b", b"")
     cache.put("a", b"123")
+    cache.put("c", bytes(big))
+    cache.put("c", bytes(big))
     stats = cache.stats()
-    assert (stats.keys, stats.live_bytes, stats.dirs_awaiting_gc) == (2, 3, 1)
+    assert (stats.keys, stats.live_bytes, stats.inline_keys) == (3, 3 + big, 2)
+    assert stats.dirs_awaiting_gc == 1
     assert stats.as_dict()["durability"] == "fsync"
-    assert stats.next_seq == 4
+    assert stats.next_seq == 6
+    assert stats.segments == 1
+    assert stats.log_stale_bytes == 24 + 1 + 5  # the first record of "a": header, key, value
 
 
 def test_failed_gc_leaves_the_garbage_for_the_next_gc(
-    cache: BlobCache, monkeypatch: pytest.MonkeyPatch
+    blob_cache: BlobCache, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    cache = blob_cache
     cache.put("k", b"1")
     cache.put("k", b"2")
 
@@ -443,7 +466,7 @@ def test_failed_gc_leaves_the_garbage_for_the_next_gc(
 
 
 def test_os_durability_sync_after_gc_removed_a_deleted_key(store: str) -> None:
-    with BlobCache(store, durability="os", sync_interval=3600) as cache:
+    with BlobCache(store, durability="os", sync_interval=3600, inline_limit=0) as cache:
         cache.put("k", b"v")
         cache.delete("k")
         cache.gc()
@@ -457,11 +480,11 @@ def test_gc_makes_records_found_at_open_durable_before_deleting_older_ones(
 ) -> None:
     # After a crash, the newest version may be one whose rename never reached the
     # disk; gc must fsync it (and its directory) before removing the older one.
-    with BlobCache(store) as cache:
+    with BlobCache(store, inline_limit=0) as cache:
         cache.put("k", b"1")
         cache.put("k", b"2")
-    with BlobCache(store) as cache:
-        live = os.path.basename(cache.path("k"))
+    with BlobCache(store, inline_limit=0) as cache:
+        live = os.path.basename(str(cache.path("k")))
         calls = _record(monkeypatch)
         assert cache.gc().files_removed == 1
     first_unlink = next(i for i, c in enumerate(calls) if c[0] == "unlink")
@@ -472,7 +495,7 @@ def test_gc_makes_records_found_at_open_durable_before_deleting_older_ones(
 def test_os_durability_owes_a_new_keys_directories_and_key_file_to_sync(
     store: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    with BlobCache(store, durability="os", sync_interval=3600) as cache:
+    with BlobCache(store, durability="os", sync_interval=3600, inline_limit=0) as cache:
         calls = _record(monkeypatch)
         cache.put("new", b"v")
         assert [c[0] for c in calls] == ["mkdir"] * 3 + ["rename"] * 2

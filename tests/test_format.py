@@ -8,7 +8,7 @@ import struct
 
 import xxhash
 
-from blobcache import BlobCache, _blob
+from blobcache import BlobCache, _blob, _log
 from blobcache import _format as F
 from blobcache import _names as N
 
@@ -24,7 +24,7 @@ def _render(value: object) -> str:
 def _constants_table() -> dict[str, str]:
     with open(FORMAT_MD, encoding="utf-8") as f:
         text = f.read()
-    section = text.split("## 8. Constants", 1)[1]
+    section = text.split("## 9. Constants", 1)[1]
     return dict(re.findall(r"^\| `([A-Z_0-9]+)` \| `(.+)` \|$", section, re.MULTILINE))
 
 
@@ -36,9 +36,17 @@ def test_every_constant_is_in_format_md_with_its_value() -> None:
 def test_struct_sizes_match_the_prose() -> None:
     assert F.KEY_FILE_HEADER.size == 9
     assert F.KEY_FILE_TRAILER.size == 8
+    assert F.SEGMENT_HEADER.size == 16
+    assert F.RECORD_HEADER.size == 24
     assert len(F.MARKER_CONTENT) == 12
     assert len(N.version_name(1, 2, 3)) == F.VERSION_NAME_LEN == 52
-    assert len(N.tombstone_name(1)) == F.TOMBSTONE_NAME_LEN == 18
+    assert len(_log.segment_name(1)) == F.SEGMENT_NAME_LEN == 20
+
+
+def test_torn_tail_example() -> None:
+    record = _log.encode_record(1, F.RECORD_PUT, b"s", b"k", b"hello")
+    assert len(record) == 30
+    assert record[8:] == bytes.fromhex("0100000000000000 05000000 01 73 0100 6b 68656c6c6f")
 
 
 def test_worked_example(tmp_path: object) -> None:
@@ -46,17 +54,26 @@ def test_worked_example(tmp_path: object) -> None:
     assert key_file[:12] == bytes.fromhex("42434b31 73 03000000 636667")
     assert key_file[12:] == struct.pack("<Q", xxhash.xxh3_64_intdigest(key_file[:12]))
     assert len(key_file) == 17 + 3
-    with BlobCache(str(tmp_path)) as cache:
-        cache.put("cfg", b"hi")
+    store = str(tmp_path)
+    value = bytes(100_000)
+    with BlobCache(store) as cache:
+        cache.put("cfg", value)
         digest = xxhash.xxh3_128_hexdigest(b"scfg")
-        keydir = os.path.join(str(tmp_path), "blobs", digest[:2], digest[2:4], digest)
-        checksum = format(xxhash.xxh3_64_intdigest(b"hi"), "016x")
+        keydir = os.path.join(store, "blobs", digest[:2], digest[2:4], digest)
+        checksum = format(xxhash.xxh3_64_intdigest(value), "016x")
         assert cache.path("cfg") == os.path.join(
-            keydir, f"v-0000000000000001-0000000000000002-{checksum}"
+            keydir, f"v-0000000000000001-00000000000186a0-{checksum}"
         )
         with open(os.path.join(keydir, "key"), "rb") as f:
             assert f.read() == key_file
         cache.delete("cfg")
-        assert "t-0000000000000002" in os.listdir(keydir)
-        cache.gc()
-        assert not os.path.exists(os.path.join(str(tmp_path), "blobs", digest[:2]))
+        with open(os.path.join(store, "log", "0000000000000001.log"), "rb") as f:
+            segment = f.read()
+        assert segment[:4] == b"BCL1"
+        assert len(segment) == 16 + 27
+        assert segment[16 + 8 :] == bytes.fromhex("0200000000000000 00000000 02 73 0300 636667")
+        result = cache.gc()
+        assert result.dirs_removed == 3
+        assert not os.path.exists(os.path.join(store, "blobs", digest[:2]))
+        assert result.segments_compacted == 1
+        assert cache.stats().log_record_bytes == 0  # the delete record was dropped

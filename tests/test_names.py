@@ -57,11 +57,6 @@ def test_version_name_round_trips() -> None:
     assert N.parse_version_name(name) == N.VersionName(5, 1 << 40, 2**64 - 1)
 
 
-def test_tombstone_name_round_trips() -> None:
-    assert N.tombstone_name(10) == "t-000000000000000a"
-    assert N.parse_tombstone_name("t-000000000000000a") == 10
-
-
 @pytest.mark.parametrize(
     "name",
     [
@@ -75,8 +70,3 @@ def test_tombstone_name_round_trips() -> None:
 )
 def test_foreign_names_are_not_versions(name: str) -> None:
     assert N.parse_version_name(name) is None
-
-
-@pytest.mark.parametrize("name", ["t-5", "t-000000000000000g", "t-000000000000000a~", "key"])
-def test_foreign_names_are_not_tombstones(name: str) -> None:
-    assert N.parse_tombstone_name(name) is None
