@@ -146,15 +146,13 @@ def recover(root: str, *, salvage: bool = False) -> Recovered:
     return result
 
 
-# seq, record type, value, segment, record size: the newest log record of a key.
-_LogLatest = tuple[int, int, bytes, int, int]
-
-
-def _replay_log(logdir: str, result: Recovered, *, salvage: bool) -> dict[N.Key, _LogLatest]:
-    """Read every segment still in force, oldest first; return each key's newest record.
+def _replay_log(logdir: str, result: Recovered, *, salvage: bool) -> dict[N.Key, Entry]:
+    """Read every segment still in force, oldest first; return each key's newest
+    record as an entry (a delete as an entry whose ``value`` is None).
 
     Segments numbered below the newest COMPACTED one were replaced by it (a
     compaction that crashed before deleting its inputs): they are deleted unread.
+    This loop runs once per record at every open, so it is kept flat.
     """
     numbers = _segment_numbers(logdir, result)
     floor = _compacted_floor(logdir, numbers)
@@ -164,23 +162,35 @@ def _replay_log(logdir: str, result: Recovered, *, salvage: bool) -> dict[N.Key,
     if replaced:
         _fsio.fsync_dir(logdir)
     numbers = [n for n in numbers if n >= floor]
-    latest: dict[N.Key, _LogLatest] = {}
+    latest: dict[N.Key, Entry] = {}
     get = latest.get
+    live = result.segment_live
+    put = F.RECORD_PUT
     max_seq = result.max_seq
     for number in numbers:
-        active = number == numbers[-1]
         info, records = _log.read_segment(
-            os.path.join(logdir, _log.segment_name(number)), number, active=active, salvage=salvage
+            os.path.join(logdir, _log.segment_name(number)),
+            number,
+            active=number == numbers[-1],
+            salvage=salvage,
         )
-        total = 0
-        for seq, kind, tag, raw, value, _offset, size in records:
+        total = live[number] = 0
+        for seq, kind, tag, raw, value, size in records:
             key: N.Key = raw.decode("utf-8") if tag == b"s" else raw
-            old = get(key)
-            if old is None or old[0] < seq:
-                latest[key] = (seq, kind, value, number, size)
+            total += size
             if seq > max_seq:
                 max_seq = seq
-            total += size
+            old = get(key)
+            if old is not None:
+                if old.seq > seq:
+                    continue
+                if old.value is not None:
+                    live[old.segment] -= old.size
+            if kind == put:
+                latest[key] = Entry(seq, value, None, number, size)
+                live[number] += size
+            else:
+                latest[key] = Entry(seq, None, None, number, size)
         result.segments.append(info)
         result.segment_total[number] = total
         result.problems.extend(info.problems)
@@ -220,30 +230,23 @@ def _compacted_floor(logdir: str, numbers: list[int]) -> int:
     return 0
 
 
-def _merge(
-    result: Recovered, blob_live: dict[N.Key, Record], latest: dict[N.Key, _LogLatest]
-) -> None:
-    """Highest sequence number wins, across the two layouts."""
-    entries = result.entries
+def _merge(result: Recovered, blob_live: dict[N.Key, Record], latest: dict[N.Key, Entry]) -> None:
+    """Highest sequence number wins, across the two layouts. ``latest`` becomes the index."""
     for key, record in blob_live.items():
         newest = latest.get(key)
-        if newest is None or newest[0] < record.seq:
-            entries[key] = Entry.for_blob(record)
+        if newest is None or newest.seq < record.seq:
+            if newest is not None and newest.value is not None:
+                result.segment_live[newest.segment] -= newest.size
+            latest[key] = Entry.for_blob(record)
         else:  # superseded by a log record: the whole key directory is garbage
             result.dirty.add(os.path.dirname(record.path))
-    live = result.segment_live
-    for number in result.segment_total:
-        live[number] = 0
-    for key, (seq, kind, value, segment, size) in latest.items():
-        blob = blob_live.get(key)
-        if blob is not None and blob.seq > seq:
-            continue
-        if kind == F.RECORD_PUT:
-            entries[key] = Entry(seq, value, None, segment, size)
-            live[segment] += size
-        elif key in result.dir_of:
-            result.deleted[key] = Deleted(seq, segment, size)
+    deletes = [key for key, entry in latest.items() if entry.value is None and entry.blob is None]
+    for key in deletes:
+        dead = latest.pop(key)
+        if key in result.dir_of:  # older versions there: compaction keeps the delete
+            result.deleted[key] = Deleted(dead.seq, dead.segment, dead.size)
             result.dirty.add(result.dir_of[key])
+    result.entries = latest
 
 
 def iter_key_dirs(blobs: str, problems: list[Problem], empty: set[str]) -> list[str]:

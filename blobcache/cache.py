@@ -187,11 +187,18 @@ class BlobCache(MutableMapping[N.Key, Value]):
                 recovered.segment_live.pop(last.number, None)
             number = last.number if last is not None else 1
             return LogWriter.create(self._logdir, number, sync=sync, segment_bytes=size)
-        fd = _log.open_active(self._logdir, last.number, last.end)
+        fd = _log.open_active(self._logdir, last.number, last.end, last.zero_tail)
         # Records found at open may sit only in the page cache (a crashed "os"
         # writer): unsynced=True makes the next sync() fdatasync them.
         return LogWriter(
-            self._logdir, last.number, fd, last.end, sync=sync, segment_bytes=size, unsynced=True
+            self._logdir,
+            last.number,
+            fd,
+            last.end,
+            sync=sync,
+            segment_bytes=size,
+            unsynced=True,
+            allocated=last.end + last.zero_tail,
         )
 
     # --- reading -------------------------------------------------------------------

@@ -70,8 +70,9 @@ def test_worked_example(tmp_path: object) -> None:
         with open(os.path.join(store, "log", "0000000000000001.log"), "rb") as f:
             segment = f.read()
         assert segment[:4] == b"BCL1"
-        assert len(segment) == 16 + 27
-        assert segment[16 + 8 :] == bytes.fromhex("0200000000000000 00000000 02 73 0300 636667")
+        record = segment[16 : 16 + 27]
+        assert record[8:] == bytes.fromhex("0200000000000000 00000000 02 73 0300 636667")
+        assert segment[16 + 27 :].count(0) == len(segment) - 16 - 27  # zero-filled ahead
         result = cache.gc()
         assert result.dirs_removed == 3
         assert not os.path.exists(os.path.join(store, "blobs", digest[:2]))
