@@ -29,7 +29,7 @@ import xxhash
 from . import _format as F
 from . import _fsio
 from ._blob import Problem
-from .errors import CorruptionError
+from .errors import BlobCacheError, CorruptionError
 
 _HEADER = F.RECORD_HEADER
 _HEADER_SIZE = F.RECORD_HEADER.size
@@ -153,7 +153,7 @@ def _bad_record(
     if active:
         # Crash policy: only the unsynced end of the active segment can be torn;
         # everything from the first bad record on was never acknowledged.
-        info.cut = len(data) - offset
+        info.cut = len(data) - offset  # the torn record on, zero-filled room included
         return
     if not salvage:
         raise CorruptionError(
@@ -238,6 +238,7 @@ class LogWriter:
         self._idle = threading.Condition(self._lock)  # notified when the lead is let go
         self._failed = False  # the last batch failed: roll before writing again
         self._unsynced = unsynced  # written bytes may lack an fdatasync
+        self._sync_error: OSError | None = None  # a failed sync(): refuse to pretend again
         self._more = threading.Condition(self._lock)  # a record was queued
         self._expect = 0  # records the next leader may wait for (see _gather)
 
@@ -382,8 +383,20 @@ class LogWriter:
         with self._lock:
             while self._leading:
                 self._idle.wait()
-            if self._unsynced and not self._failed:
-                _fsio.fdatasync(self._fd)
+            if self._sync_error is not None:
+                raise BlobCacheError(
+                    f"an earlier fdatasync of {self.directory} failed ({self._sync_error}); "
+                    "records written before it may not be durable, and a retry could "
+                    "wrongly report success: close and reopen the store"
+                )
+            if self._unsynced:
+                try:
+                    _fsio.fdatasync(self._fd)
+                except OSError as exc:
+                    # After a failed fsync the kernel may have dropped the dirty
+                    # pages and a second fsync may "succeed": never retry it.
+                    self._sync_error = exc
+                    raise
                 self._unsynced = False
 
     def roll(self, skip: int = 0) -> int:

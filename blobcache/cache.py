@@ -152,6 +152,7 @@ class BlobCache(MutableMapping[N.Key, Value]):
         self._problems = tuple(recovered.problems)
         self._temps_removed_at_open = recovered.temps_removed
         self._torn_bytes_at_open = recovered.torn_bytes
+        self._salvaged = any(s.problems for s in recovered.segments)
         self._book = SegmentBook(recovered.segment_total, recovered.segment_live)
         self._book.add(self._log.number, 0, live=False)
         # Invariant: every number handed out is above every number on disk.
@@ -554,7 +555,10 @@ class BlobCache(MutableMapping[N.Key, Value]):
             self._check_open()
             with self._book.lock:
                 stale, total = self._book.stale(below=None if force else self._log.number)
-            if stale == 0 or (not force and stale < self._options.compact_ratio * total):
+            damaged = force and self._salvaged  # rewrite a segment salvage cut short
+            if not damaged and (
+                stale == 0 or (not force and stale < self._options.compact_ratio * total)
+            ):
                 return GcResult()
             # Seal the active segment, leaving a number free for the output: the
             # active segment must stay the highest-numbered one.
@@ -587,6 +591,7 @@ class BlobCache(MutableMapping[N.Key, Value]):
                         self._deleted[key] = Deleted(dead.seq, output, len(record))
                 self._book.replace(inputs, output, sum(map(len, records)), live_bytes)
             freed = _compaction.remove_segments(self._logdir, inputs)
+            self._salvaged = False
             output_size = F.SEGMENT_HEADER.size + sum(map(len, records))
             return GcResult(
                 segments_compacted=len(inputs), bytes_reclaimed=max(0, freed - output_size)
@@ -619,7 +624,7 @@ class BlobCache(MutableMapping[N.Key, Value]):
         entries = list(self._index.values())
         with self._book.lock:
             stale, total = self._book.stale()
-            segments = len(self._book.total)
+            segments = len(self._book.total.keys() | {self._log.number})
         return Stats(
             path=self._path,
             durability=self._options.durability,

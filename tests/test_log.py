@@ -1,0 +1,654 @@
+"""Unit tests of the log (_log, _compaction and the log half of recovery).
+
+One test per named failure of the log reader, each made by byte-editing a real
+segment that BlobCache wrote, then tests of the writer: group commit, failed
+writes and syncs, rollover, moving a key between the two layouts, compaction.
+Unless a test says otherwise, its crash model is a process crash: the edited
+bytes stand for what a crash (or a failing disk) left in the files.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import shutil
+import struct
+import threading
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from typing import Any
+
+import pytest
+import xxhash
+
+from blobcache import BlobCache, CorruptionError, _fsio, _log
+from blobcache import _format as F
+from tests.conftest import files_named, flip_bit, truncate
+
+_HEAD = F.SEGMENT_HEADER.size  # 16: records start here
+_RECORD = F.RECORD_HEADER.size  # 24
+_LENGTH_AT = struct.calcsize("<QQ")  # the value-length field follows checksum and seq
+_TYPE_AT = struct.calcsize("<QQI")  # the type byte follows the value length
+_SMALL_SEGMENT = 4096  # the smallest segment_bytes allowed: a few records per segment
+
+Contents = dict[Any, bytes]
+
+
+# --- reading segments the way FORMAT.md says, independently of _log -------------------
+
+
+@dataclass(frozen=True)
+class Rec:
+    """One record of a segment file, as parsed by the test."""
+
+    path: str
+    offset: int
+    size: int
+    seq: int
+    kind: int
+    key: str | bytes
+    value: bytes
+
+
+def _segments(store: str) -> list[str]:
+    """The segment files of the store, oldest first (names are fixed-width hex)."""
+    logdir = os.path.join(store, F.LOG_DIR)
+    return [p for p in files_named(logdir, "") if p.endswith(F.SEGMENT_SUFFIX)]
+
+
+def _parse(path: str) -> list[Rec]:
+    """Every record of an intact segment; fails the test on any bad byte.
+
+    A run of zeros to the end of the file is not a record (FORMAT.md: zero-tail).
+    """
+    with open(path, "rb") as f:
+        data = f.read()
+    assert data[:4] == F.SEGMENT_MAGIC, path
+    records = []
+    offset = _HEAD
+    while offset < len(data) and data.count(0, offset) != len(data) - offset:
+        checksum, seq, vlen, kind, tag, klen = F.RECORD_HEADER.unpack_from(data, offset)
+        key_at = offset + _RECORD
+        end = key_at + klen + vlen
+        assert end <= len(data), f"{path}: record at {offset} runs past the end"
+        assert xxhash.xxh3_64_intdigest(data[offset + 8 : end]) == checksum, (path, offset)
+        assert kind in (F.RECORD_PUT, F.RECORD_DELETE) and tag in (F.KEY_TAG_STR, F.KEY_TAG_BYTES)
+        raw = data[key_at : key_at + klen]
+        key = raw.decode() if tag == F.KEY_TAG_STR else raw
+        records.append(Rec(path, offset, end - offset, seq, kind, key, data[key_at + klen : end]))
+        offset = end
+    return records
+
+
+def _end(path: str) -> int:
+    """Where the records of an intact segment end (any zero tail starts there)."""
+    records = _parse(path)
+    return records[-1].offset + records[-1].size if records else _HEAD
+
+
+def _all_records(store: str) -> list[Rec]:
+    return [r for path in _segments(store) for r in _parse(path)]
+
+
+def _locate(store: str, key: str | bytes, value: bytes | None = None) -> Rec:
+    """The newest record of ``key`` (holding ``value``, if given) in the log."""
+    found = [r for r in _all_records(store) if r.key == key and (value is None or r.value == value)]
+    assert found, f"no record of {key!r} in the log"
+    return max(found, key=lambda r: r.seq)
+
+
+def _replay(records: Iterable[Rec]) -> Contents:
+    """What the records say the store holds: per key the highest seq wins."""
+    newest: dict[str | bytes, Rec] = {}
+    for r in records:
+        if r.key not in newest or newest[r.key].seq < r.seq:
+            newest[r.key] = r
+    return {k: r.value for k, r in newest.items() if r.kind == F.RECORD_PUT}
+
+
+def _patch(path: str, offset: int, data: bytes) -> None:
+    """Overwrite bytes of a file in place."""
+    with open(path, "r+b") as f:
+        f.seek(offset)
+        f.write(data)
+
+
+def _flags(path: str) -> int:
+    """The flags byte of a segment's header."""
+    with open(path, "rb") as f:
+        return f.read(len(F.SEGMENT_MAGIC) + 1)[-1]
+
+
+def _log_bytes(store: str) -> int:
+    return sum(os.path.getsize(p) for p in _segments(store))
+
+
+# --- helpers on the store -------------------------------------------------------------
+
+
+def _contents(cache: BlobCache) -> Contents:
+    return {key: bytes(cache[key]) for key in cache}
+
+
+def _write(store: str, items: Iterable[tuple[str, bytes]], **options: Any) -> Contents:
+    """Put each item in order, close; return the contents."""
+    with BlobCache(store, **options) as cache:
+        for key, value in items:
+            cache.put(key, value)
+        return _contents(cache)
+
+
+def _assert_tail_cut(store: str, expected: Contents, bad_offset: int) -> None:
+    """Reopen: the active segment is cut at ``bad_offset``, the bytes cut are
+    counted as torn, nothing is reported, the contents are ``expected``; a new put
+    lands right at the cut and survives another reopen."""
+    active = _segments(store)[-1]
+    size = os.path.getsize(active)
+    with BlobCache(store) as cache:
+        assert os.path.getsize(active) == bad_offset  # the cut reached the file
+        assert cache.stats().torn_bytes_at_open == size - bad_offset
+        _assert_resumes(store, cache, expected, bad_offset)
+
+
+def _assert_resumes(store: str, cache: BlobCache, expected: Contents, end: int) -> None:
+    """``cache`` (just opened) holds ``expected`` and reports nothing; its next put
+    goes at ``end`` of the active segment and survives a reopen."""
+    active = _segments(store)[-1]
+    assert _contents(cache) == expected
+    assert cache.problems == ()
+    cache.put("after", b"written after the cut")
+    cache.close()
+    after = _parse(active)  # no garbage left between the good records
+    assert (after[-1].key, after[-1].offset) == ("after", end)
+    with BlobCache(store) as cache:
+        assert _contents(cache) == {**expected, "after": b"written after the cut"}
+        assert cache.stats().torn_bytes_at_open == 0
+        assert cache.problems == ()
+
+
+_THREE = [("a", b"1" * 50), ("b", b"2" * 50), ("c", b"3" * 50)]
+
+
+# --- named failures of the active segment: a torn tail, cut ----------------------------
+
+
+def test_truncated_record_header_in_active_segment_is_cut(store: str) -> None:
+    _write(store, _THREE)
+    last = _locate(store, "c")
+    truncate(last.path, last.offset + 10)
+    _assert_tail_cut(store, {"a": b"1" * 50, "b": b"2" * 50}, last.offset)
+
+
+def test_truncated_record_payload_in_active_segment_is_cut(store: str) -> None:
+    _write(store, _THREE)
+    last = _locate(store, "c")
+    truncate(last.path, last.offset + _RECORD + 1 + 20)  # header, key, 20 of 50 value bytes
+    _assert_tail_cut(store, {"a": b"1" * 50, "b": b"2" * 50}, last.offset)
+
+
+def test_checksum_mismatch_in_last_record_of_active_segment_is_cut(store: str) -> None:
+    _write(store, [("a", b"1" * 50), ("k", b"old"), ("k", b"new value")])
+    last = _locate(store, "k", b"new value")
+    flip_bit(last.path, last.offset + _RECORD + 1 + 4)  # a bit of the value
+    # The key falls back to its older record; the bad one is cut.
+    _assert_tail_cut(store, {"a": b"1" * 50, "k": b"old"}, last.offset)
+
+
+def test_impossible_length_in_active_segment_cuts_it_and_everything_after(store: str) -> None:
+    _write(store, _THREE)
+    middle = _locate(store, "b")
+    _patch(middle.path, middle.offset + _LENGTH_AT, struct.pack("<I", 2**32 - 1))
+    _assert_tail_cut(store, {"a": b"1" * 50}, middle.offset)
+
+
+def test_impossible_type_in_active_segment_is_cut(store: str) -> None:
+    _write(store, _THREE)
+    last = _locate(store, "c")
+    _patch(last.path, last.offset + _TYPE_AT, b"\x07")
+    _assert_tail_cut(store, {"a": b"1" * 50, "b": b"2" * 50}, last.offset)
+
+
+def test_zero_tail_of_active_segment_is_not_a_problem(store: str) -> None:
+    """Zeros after the last record: what a power cut leaves of a file that grew
+    without an fdatasync (or room the writer zero-filled ahead). Not a record, not
+    a problem; whatever open cuts of them is counted as torn bytes."""
+    expected = _write(store, _THREE)
+    active = _segments(store)[-1]
+    end = _end(active)
+    with open(active, "ab") as f:
+        f.write(bytes(4096))
+    size = os.path.getsize(active)
+    with BlobCache(store) as cache:
+        cut = size - os.path.getsize(active)
+        assert cut in (0, size - end)  # kept as room, or cut at the last record
+        assert cache.stats().torn_bytes_at_open == cut
+        _assert_resumes(store, cache, expected, end)
+
+
+# --- named failures of a sealed segment: corruption, reported -------------------------
+
+
+def _sealed_store(store: str) -> tuple[Rec, Contents]:
+    """A store of several segments where "a" was overwritten (A1 -> A2) and "b"
+    first put right after A2, both in a sealed segment with more records after
+    them; return A2's record and the contents."""
+    value = bytes(range(256)) + bytes(144)  # 400 bytes: 9 records per 4 KiB segment
+    items = [("a", b"A1" + value)]
+    items += [(f"f{i:02}", value) for i in range(12)]
+    items += [("a", b"A2" + value), ("b", b"B1" + value)]
+    items += [(f"g{i:02}", value) for i in range(12)]
+    contents = _write(store, items, segment_bytes=_SMALL_SEGMENT)
+    a2 = _locate(store, "a", b"A2" + value)
+    a1 = _locate(store, "a", b"A1" + value)
+    b1 = _locate(store, "b")
+    segments = _segments(store)
+    # Preconditions of the tests below, true for these sizes.
+    assert len(segments) >= 3 and a2.path != segments[-1]  # A2's segment is sealed
+    assert a1.path != a2.path and b1.path == a2.path and b1.offset > a2.offset
+    assert _parse(a2.path)[-1].offset > b1.offset  # more records follow B1
+    return a2, contents
+
+
+def test_checksum_mismatch_mid_sealed_segment_raises_with_path_and_offset(store: str) -> None:
+    bad, _ = _sealed_store(store)
+    flip_bit(bad.path, bad.offset + _RECORD + 1 + 100)
+    sizes = [os.path.getsize(p) for p in _segments(store)]
+    with pytest.raises(CorruptionError) as info:
+        BlobCache(store, segment_bytes=_SMALL_SEGMENT)
+    assert info.value.path == bad.path
+    assert info.value.offset == bad.offset
+    assert "salvage=True" in str(info.value)  # says what the user can do
+    assert [os.path.getsize(p) for p in _segments(store)] == sizes  # nothing deleted or cut
+    # The failed open released the lock: a salvage open is possible right away.
+    with BlobCache(store, segment_bytes=_SMALL_SEGMENT, salvage=True):
+        pass
+
+
+def test_salvage_drops_rest_of_sealed_segment_and_keys_fall_back(store: str) -> None:
+    bad, before = _sealed_store(store)
+    dropped = [r for r in _parse(bad.path) if r.offset >= bad.offset]
+    kept = [r for r in _all_records(store) if r.path != bad.path or r.offset < bad.offset]
+    size = os.path.getsize(bad.path)
+    flip_bit(bad.path, bad.offset + _RECORD + 1 + 100)
+    with BlobCache(store, segment_bytes=_SMALL_SEGMENT, salvage=True) as cache:
+        contents = _contents(cache)
+        assert [p.path for p in cache.problems] == [bad.path]
+        assert str(bad.offset) in cache.problems[0].message
+        assert str(size - bad.offset) in cache.problems[0].message  # the bytes dropped
+        cache.put("new", b"after salvage")
+    assert contents == _replay(kept)
+    assert contents["a"] == before["a"].replace(b"A2", b"A1", 1)  # fell back to the older put
+    assert "b" not in contents  # its only record was dropped
+    assert {r.key for r in dropped} - {"a"} == set(before) - set(contents)
+    with BlobCache(store, segment_bytes=_SMALL_SEGMENT, salvage=True) as cache:
+        assert _contents(cache) == {**contents, "new": b"after salvage"}
+
+
+@pytest.mark.parametrize(
+    ("offset", "bit"),
+    [(0, 0), (4, 0), (8, 3)],
+    ids=["magic", "flags-compacted-bit", "checksum"],
+)
+def test_damaged_header_of_sealed_segment_raises(store: str, offset: int, bit: int) -> None:
+    _sealed_store(store)
+    first, second = _segments(store)[:2]
+    flip_bit(second, offset, bit)
+    with pytest.raises(CorruptionError) as info:
+        BlobCache(store, segment_bytes=_SMALL_SEGMENT)
+    assert info.value.path == second
+    assert info.value.offset == 0
+    # A flipped COMPACTED bit fails the header checksum: it must not make
+    # recovery delete the segments below it.
+    assert os.path.exists(first)
+
+
+@pytest.mark.parametrize(
+    "content",
+    [b"", bytes(_HEAD), bytes(3 * _HEAD), _log.segment_header(0)[:7]],
+    ids=["empty", "zero-header", "zeros", "short-header"],
+)
+def test_active_segment_with_zero_or_short_header_is_recreated(store: str, content: bytes) -> None:
+    """A crash while the next segment was being created (before its header was durable)."""
+    expected = _write(store, _THREE)
+    sealed = _segments(store)[-1]
+    truncate(sealed, _end(sealed))  # sealing cuts any zero-filled room before the roll
+    number = int(os.path.basename(sealed)[: F.FIELD_HEX_DIGITS], 16)
+    created = os.path.join(store, F.LOG_DIR, _log.segment_name(number + 1))
+    with open(created, "wb") as f:
+        f.write(content)
+    with BlobCache(store) as cache:
+        assert _contents(cache) == expected
+        assert cache.problems == ()
+        assert cache.stats().torn_bytes_at_open == len(content)
+        cache.put("after", b"into the recreated segment")
+    assert [r.key for r in _parse(created)] == ["after"]  # a good header again
+    with BlobCache(store) as cache:
+        assert _contents(cache) == {**expected, "after": b"into the recreated segment"}
+        assert cache.problems == ()
+
+
+def test_stray_entries_in_log_dir_are_reported_not_fatal(store: str) -> None:
+    expected = _write(store, _THREE)
+    logdir = os.path.join(store, F.LOG_DIR)
+    notes = os.path.join(logdir, "notes.txt")
+    with open(notes, "w") as f:
+        f.write("not a segment")
+    upper = os.path.join(logdir, "00000000000000AB.log")  # segment names are lower-case hex
+    shutil.copyfile(_segments(store)[0], upper)
+    folder = os.path.join(logdir, _log.segment_name(99))  # a segment's name, but a directory
+    os.mkdir(folder)
+    with BlobCache(store) as cache:
+        assert _contents(cache) == expected
+        assert sorted(p.path for p in cache.problems) == sorted([notes, upper, folder])
+        cache.put("after", b"still writable")
+    for path in (notes, upper, folder):
+        assert os.path.exists(path)  # reported, never deleted: they are not ours
+    with BlobCache(store) as cache:
+        assert _contents(cache) == {**expected, "after": b"still writable"}
+
+
+def _compaction_workload(cache: BlobCache, rounds: int, keys: int) -> None:
+    """Overwrite ``keys`` keys ``rounds`` times, then delete every third one."""
+    for r in range(rounds):
+        for i in range(keys):
+            cache.put(f"k{i}", f"round {r} key {i} ".encode() * 15)
+    for i in range(0, keys, 3):
+        cache.delete(f"k{i}")
+
+
+def test_compacted_segment_replaces_older_ones_left_by_a_crash(store: str, tmp_path: Any) -> None:
+    """A crash after compaction renamed its output but before it deleted its inputs."""
+    aside = tmp_path / "aside"
+    aside.mkdir()
+    # No background compaction may delete segments while they are copied: it runs
+    # only once all sealed bytes are stale (compact_ratio=1), and "pinned" never is.
+    options: dict[str, Any] = {"segment_bytes": _SMALL_SEGMENT, "compact_ratio": 1.0}
+    with BlobCache(store, **options) as cache:
+        cache.put("pinned", b"live in the first segment until gc")
+        _compaction_workload(cache, rounds=6, keys=12)
+        expected = _contents(cache)
+        inputs = _segments(store)
+        for path in inputs:
+            shutil.copy(path, aside)
+        cache.gc()
+        after = _segments(store)
+    compacted = [p for p in after if _flags(p) & F.SEGMENT_FLAG_COMPACTED]
+    assert len(compacted) == 1 and all(p < compacted[0] for p in inputs)
+    assert not set(inputs) & set(after)  # gc deleted its inputs...
+    for path in inputs:  # ...which the crash "undoes"
+        shutil.copy(aside / os.path.basename(path), path)
+    with BlobCache(store, **options) as cache:
+        assert _contents(cache) == expected
+        assert cache.problems == ()
+    assert _segments(store) == after  # the replaced inputs were deleted unread
+    with BlobCache(store, **options) as cache:
+        assert _contents(cache) == expected
+
+
+# --- the writer -------------------------------------------------------------------------
+
+
+def _count_calls(monkeypatch: pytest.MonkeyPatch, name: str) -> list[int]:
+    """Count calls of ``_fsio.<name>``; the list holds one entry per call."""
+    calls: list[int] = []
+    real = getattr(_fsio, name)
+
+    def counting(*args: Any) -> Any:
+        calls.append(1)
+        return real(*args)
+
+    monkeypatch.setattr(_fsio, name, counting)
+    return calls
+
+
+def _fail_once(
+    monkeypatch: pytest.MonkeyPatch, name: str, code: int, before: Callable[..., None] | None = None
+) -> None:
+    """Make the next call of ``_fsio.<name>`` raise OSError(code), after ``before(*args)``."""
+    failed: list[int] = []
+    real = getattr(_fsio, name)
+
+    def failing(*args: Any) -> Any:
+        if not failed:
+            failed.append(1)
+            if before is not None:
+                before(*args)
+            raise OSError(code, os.strerror(code))
+        return real(*args)
+
+    monkeypatch.setattr(_fsio, name, failing)
+
+
+def test_group_commit_shares_fdatasyncs_between_threads(
+    store: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    threads, each = 8, 25
+    started = 0
+    syncs = 0
+    gate = threading.Condition()
+    real_encode, real_sync = _log.encode_record, _fsio.fdatasync
+
+    def encode(*args: Any) -> bytes:
+        nonlocal started
+        with gate:
+            started += 1
+            gate.notify_all()
+        return real_encode(*args)
+
+    def fdatasync(fd: int) -> None:
+        nonlocal syncs
+        with gate:
+            syncs += 1
+            if syncs == 1:
+                # Hold the first batch until every thread has a record on its way
+                # (no sleep: a wait on the condition), so later batches hold several.
+                gate.wait_for(lambda: started >= threads, timeout=30)
+        real_sync(fd)
+
+    errors: list[BaseException] = []
+    with BlobCache(store, durability="fsync") as cache:
+        monkeypatch.setattr(_log, "encode_record", encode)
+        monkeypatch.setattr(_fsio, "fdatasync", fdatasync)
+
+        def putter(t: int) -> None:
+            try:
+                for i in range(each):
+                    cache.put(f"t{t}-{i}", f"value {t} {i}".encode())
+            except BaseException as exc:
+                errors.append(exc)
+
+        workers = [threading.Thread(target=putter, args=(t,)) for t in range(threads)]
+        for w in workers:
+            w.start()
+        for w in workers:
+            w.join()
+        monkeypatch.undo()
+        assert errors == []
+        assert 0 < syncs < threads * each  # some puts shared an fdatasync
+    expected = {f"t{t}-{i}": f"value {t} {i}".encode() for t in range(threads) for i in range(each)}
+    assert _replay(_all_records(store)) == expected  # every record intact on disk
+    with BlobCache(store) as cache:
+        assert _contents(cache) == expected
+
+
+def test_failed_fdatasync_fails_the_put_and_keeps_the_old_value(
+    store: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    with BlobCache(store) as cache:
+        cache.put("k", b"old")
+        cache.put("other", b"before")
+        _fail_once(monkeypatch, "fdatasync", errno.EIO)
+        with pytest.raises(OSError) as info:
+            cache.put("k", b"never acknowledged")
+        assert info.value.errno == errno.EIO
+        assert cache["k"] == b"old"  # the previous value stays served
+        cache.put("later", b"after the failure")  # the store keeps going
+        assert cache["later"] == b"after the failure"
+    assert b"never acknowledged" not in [r.value for r in _all_records(store)]
+    with BlobCache(store) as cache:
+        assert _contents(cache) == {"k": b"old", "other": b"before", "later": b"after the failure"}
+        assert cache.problems == ()
+        assert cache.stats().torn_bytes_at_open == 0
+
+
+@pytest.mark.parametrize("end", ["crash", "close"])
+def test_failed_fdatasync_of_a_new_key_leaves_it_absent(
+    store: str, tmp_path: Any, monkeypatch: pytest.MonkeyPatch, end: str
+) -> None:
+    """No put follows the failed one. "crash": the process dies right after the put
+    raised (a copy of the files as the kernel holds them is opened: the
+    process-crash model); "close": the cache is closed normally."""
+    crashed = str(tmp_path / "crashed")
+    with BlobCache(store) as cache:
+        cache.put("a", b"acknowledged")
+        _fail_once(monkeypatch, "fdatasync", errno.EIO)
+        with pytest.raises(OSError):
+            cache.put("new", b"never acknowledged")
+        assert "new" not in cache
+        if end == "crash":
+            shutil.copytree(store, crashed)
+            store = crashed
+    with BlobCache(store) as cache:
+        assert _contents(cache) == {"a": b"acknowledged"}, "a put that raised came back"
+
+
+def test_failed_pwrite_fails_the_put_and_leaves_no_half_record(
+    store: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def half(fd: int, data: bytes, offset: int) -> None:  # a short write, then the disk is full
+        os.pwrite(fd, bytes(data)[: len(data) // 2], offset)
+
+    with BlobCache(store) as cache:
+        cache.put("k", b"old")
+        _fail_once(monkeypatch, "pwrite_all", errno.ENOSPC, before=half)
+        with pytest.raises(OSError) as info:
+            cache.put("k", b"never acknowledged" * 10)
+        assert info.value.errno == errno.ENOSPC
+        assert cache["k"] == b"old"
+        cache.put("later", b"after the failure")
+    for path in _segments(store):
+        _parse(path)  # every segment intact: no half record between good ones
+    with BlobCache(store) as cache:
+        assert _contents(cache) == {"k": b"old", "later": b"after the failure"}
+        assert cache.problems == ()
+        assert cache.stats().torn_bytes_at_open == 0
+
+
+def test_os_durability_sync_after_a_failed_put_still_syncs_earlier_puts(
+    store: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Power-loss model: sync() promises every acknowledged put survives it."""
+    with BlobCache(store, durability="os", sync_interval=3600) as cache:
+        cache.put("a", b"acknowledged, in the page cache only")
+        _fail_once(monkeypatch, "pwrite_all", errno.ENOSPC)
+        with pytest.raises(OSError):
+            cache.put("b", b"fails")
+        monkeypatch.undo()
+        syncs = _count_calls(monkeypatch, "fdatasync")
+        cache.sync()
+        assert syncs, "sync() returned without making the acknowledged put durable"
+
+
+def test_segment_rollover(store: str) -> None:
+    items = [(f"key{i:03}", bytes([i]) * 100) for i in range(150)]
+    with BlobCache(store, segment_bytes=_SMALL_SEGMENT) as cache:
+        for key, value in items:
+            cache.put(key, value)
+        segments = _segments(store)
+        assert cache.stats().segments == len(segments)
+    assert len(segments) >= 4
+    assert all(os.path.getsize(p) <= _SMALL_SEGMENT for p in segments)
+    records = [r for p in segments for r in _parse(p)]
+    assert [r.seq for r in records] == sorted(r.seq for r in records)  # appended in order
+    with BlobCache(store, segment_bytes=_SMALL_SEGMENT) as cache:
+        assert _contents(cache) == dict(items)
+        assert cache.stats().segments == len(segments)
+        assert cache.stats().inline_keys == len(items)
+
+
+def test_value_crossing_inline_limit_both_ways(store: str) -> None:
+    limit = 1024
+    small, large, small_again = b"s" * 100, bytes(range(256)) * 16, b"t" * (limit - 1)
+
+    def reopen() -> BlobCache:
+        return BlobCache(store, inline_limit=limit)
+
+    with reopen() as cache:
+        cache.put("k", small)
+        assert cache.path("k") is None and cache.get("k") == small
+        assert isinstance(cache.get("k"), bytes)
+    with reopen() as cache:
+        assert cache.path("k") is None and cache.get("k") == small
+        cache.put("k", large)  # log -> file
+        file = cache.path("k")
+        assert file is not None and bytes(cache["k"]) == large
+    with open(file, "rb") as f:
+        assert f.read() == large
+    with reopen() as cache:
+        assert cache.path("k") == file and bytes(cache["k"]) == large
+        assert cache.stats().inline_keys == 0
+        cache.put("k", small_again)  # file -> log
+        assert cache.path("k") is None and cache.get("k") == small_again
+    keydir = os.path.dirname(file)
+    assert os.path.isdir(keydir)  # garbage until gc
+    with reopen() as cache:
+        assert cache.path("k") is None and cache.get("k") == small_again
+        cache.gc()
+        assert not os.path.exists(keydir)  # the key left its directory: all of it goes
+        assert cache.get("k") == small_again
+    with reopen() as cache:
+        assert cache.get("k") == small_again
+        cache.delete("k")
+    with reopen() as cache:
+        assert "k" not in cache
+        cache.put("k", large)
+    with reopen() as cache:
+        assert bytes(cache["k"]) == large
+        cache.delete("k")  # a delete of a file's value is a log record too
+    assert _locate(store, "k").kind == F.RECORD_DELETE
+    with reopen() as cache:
+        assert "k" not in cache
+        cache.gc()
+    assert files_named(os.path.join(store, F.BLOBS_DIR), F.VERSION_PREFIX) == []
+    with reopen() as cache:
+        assert "k" not in cache
+
+
+def test_compaction_keeps_only_live_records(store: str) -> None:
+    with BlobCache(store, segment_bytes=_SMALL_SEGMENT) as cache:
+        _compaction_workload(cache, rounds=20, keys=12)
+        expected = _contents(cache)
+        assert cache.stats().log_stale_bytes > 0
+        cache.gc()
+        stats = cache.stats()
+        live = sum(_RECORD + len(k.encode()) + len(v) for k, v in expected.items())
+        assert stats.log_stale_bytes == 0
+        assert stats.log_record_bytes == live
+        assert _contents(cache) == expected
+        segments = _segments(store)
+    assert len(segments) <= 2  # the compacted output and the new active segment
+    assert live <= _log_bytes(store) <= live + _HEAD * len(segments)
+    assert _replay(_all_records(store)) == expected
+    with BlobCache(store, segment_bytes=_SMALL_SEGMENT) as cache:
+        assert _contents(cache) == expected
+        assert cache.stats().log_stale_bytes == 0
+        assert cache.problems == ()
+    assert stats.segments == len(segments)  # stats() counts the segment files gc left
+
+
+def test_os_durability_puts_then_sync_then_reopen(
+    store: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    items = {f"k{i}": f"value {i}".encode() for i in range(50)}
+    with BlobCache(store, durability="os", sync_interval=3600) as cache:
+        syncs = _count_calls(monkeypatch, "fdatasync")
+        for key, value in items.items():
+            cache.put(key, value)
+        assert len(syncs) < len(items)  # "os": puts do not each wait for the disk...
+        assert _replay(_all_records(store)) == items  # ...but their bytes are in the kernel
+        before = len(syncs)
+        cache.sync()
+        assert len(syncs) > before  # sync() makes them survive power loss
+        monkeypatch.undo()
+    with BlobCache(store) as cache:
+        assert _contents(cache) == items
