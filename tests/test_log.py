@@ -21,7 +21,7 @@ from typing import Any
 import pytest
 import xxhash
 
-from blobcache import BlobCache, CorruptionError, _fsio, _log
+from blobcache import BlobCache, BlobCacheError, CorruptionError, _fsio, _log
 from blobcache import _format as F
 from tests.conftest import files_named, flip_bit, truncate
 
@@ -282,6 +282,42 @@ def test_salvage_drops_rest_of_sealed_segment_and_keys_fall_back(store: str) -> 
     assert {r.key for r in dropped} - {"a"} == set(before) - set(contents)
     with BlobCache(store, segment_bytes=_SMALL_SEGMENT, salvage=True) as cache:
         assert _contents(cache) == {**contents, "new": b"after salvage"}
+
+
+def test_gc_after_salvage_rewrites_the_damaged_segment(store: str) -> None:
+    bad, _before = _sealed_store(store)
+    flip_bit(bad.path, bad.offset + _RECORD + 1 + 100)
+    with BlobCache(store, segment_bytes=_SMALL_SEGMENT, salvage=True) as cache:
+        contents = _contents(cache)
+        assert cache.gc().segments_compacted >= 1
+    assert not os.path.exists(bad.path)
+    with BlobCache(store, segment_bytes=_SMALL_SEGMENT) as cache:  # no salvage needed now
+        assert _contents(cache) == contents
+        assert cache.problems == ()
+
+
+def test_os_durability_sync_after_a_failed_fdatasync_keeps_failing(
+    store: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # After a failed fsync the kernel may drop the dirty pages, and a second fsync
+    # may then report success for data that is gone: sync() must not pretend.
+    with BlobCache(store, durability="os", sync_interval=3600) as cache:
+        cache.put("a", b"acked")
+
+        def failing(fd: int) -> None:
+            raise OSError(errno.EIO, "Input/output error")
+
+        monkeypatch.setattr(_fsio, "fdatasync", failing)
+        with pytest.raises(OSError, match="Input/output"):
+            cache.sync()
+        monkeypatch.undo()
+        with pytest.raises(BlobCacheError, match="reopen the store"):
+            cache.sync()
+        assert cache.get("a") == b"acked"
+        with pytest.raises(BlobCacheError):
+            cache.close()
+    with BlobCache(store) as cache:
+        assert cache.get("a") == b"acked"  # the bytes were in the kernel all along
 
 
 @pytest.mark.parametrize(
