@@ -33,6 +33,7 @@ from .errors import BlobCacheError, CorruptionError
 
 _HEADER = F.RECORD_HEADER
 _HEADER_SIZE = F.RECORD_HEADER.size
+_CHECKSUM = F.RECORD_CHECKSUM_BYTES
 
 
 def segment_name(number: int) -> str:
@@ -59,8 +60,9 @@ def segment_header(flags: int) -> bytes:
 
 def encode_record(seq: int, kind: int, tag: bytes, raw: bytes, value: bytes | memoryview) -> bytes:
     """One framed record: checksum, then header fields, key and value it covers."""
-    body = _HEADER.pack(0, seq, len(value), kind, tag, len(raw))[8:] + raw + value
-    return xxhash.xxh3_64_intdigest(body).to_bytes(8, "little") + body
+    body = _HEADER.pack(0, seq, len(value), kind, tag, len(raw))[_CHECKSUM:] + raw + value
+    checksum = xxhash.xxh3_64_intdigest(body) & F.RECORD_CHECKSUM_MASK
+    return checksum.to_bytes(_CHECKSUM, "little") + body
 
 
 # --- Reading --------------------------------------------------------------------------
@@ -116,6 +118,7 @@ def _records(data: bytes, info: SegmentRead, *, active: bool, salvage: bool) -> 
     view = memoryview(data)
     unpack = _HEADER.unpack_from
     digest = xxhash.xxh3_64_intdigest
+    mask = F.RECORD_CHECKSUM_MASK
     total = len(data)
     offset = F.SEGMENT_HEADER.size
     while offset < total:
@@ -131,7 +134,7 @@ def _records(data: bytes, info: SegmentRead, *, active: bool, salvage: bool) -> 
                 why = "impossible record type or key tag"
             elif end > total:
                 why = f"record length {end - offset} runs past the end of the file"
-            elif digest(view[offset + 8 : end]) != checksum:
+            elif digest(view[offset + _CHECKSUM : end]) & mask != checksum:
                 why = "record checksum mismatch"
         if why is not None:
             _bad_record(data, info, offset, why, active=active, salvage=salvage)

@@ -443,7 +443,7 @@ def test_stats_counts_from_memory(cache: BlobCache) -> None:
     assert stats.as_dict()["durability"] == "fsync"
     assert stats.next_seq == 6
     assert stats.segments == 1
-    assert stats.log_stale_bytes == 24 + 1 + 5  # the first record of "a": header, key, value
+    assert stats.log_stale_bytes == 20 + 1 + 5  # the first record of "a": header, key, value
 
 
 def test_failed_gc_leaves_the_garbage_for_the_next_gc(

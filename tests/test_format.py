@@ -37,7 +37,7 @@ def test_struct_sizes_match_the_prose() -> None:
     assert F.KEY_FILE_HEADER.size == 9
     assert F.KEY_FILE_TRAILER.size == 8
     assert F.SEGMENT_HEADER.size == 16
-    assert F.RECORD_HEADER.size == 24
+    assert F.RECORD_HEADER.size == 20
     assert len(F.MARKER_CONTENT) == 12
     assert len(N.version_name(1, 2, 3)) == F.VERSION_NAME_LEN == 52
     assert len(_log.segment_name(1)) == F.SEGMENT_NAME_LEN == 20
@@ -45,8 +45,8 @@ def test_struct_sizes_match_the_prose() -> None:
 
 def test_torn_tail_example() -> None:
     record = _log.encode_record(1, F.RECORD_PUT, b"s", b"k", b"hello")
-    assert len(record) == 30
-    assert record[8:] == bytes.fromhex("0100000000000000 05000000 01 73 0100 6b 68656c6c6f")
+    assert len(record) == 26
+    assert record[4:] == bytes.fromhex("0100000000000000 05000000 01 73 0100 6b 68656c6c6f")
 
 
 def test_worked_example(tmp_path: object) -> None:
@@ -55,14 +55,14 @@ def test_worked_example(tmp_path: object) -> None:
     assert key_file[12:] == struct.pack("<Q", xxhash.xxh3_64_intdigest(key_file[:12]))
     assert len(key_file) == 17 + 3
     store = str(tmp_path)
-    value = bytes(100_000)
+    value = bytes(300_000)
     with BlobCache(store) as cache:
         cache.put("cfg", value)
         digest = xxhash.xxh3_128_hexdigest(b"scfg")
         keydir = os.path.join(store, "blobs", digest[:2], digest[2:4], digest)
         checksum = format(xxhash.xxh3_64_intdigest(value), "016x")
         assert cache.path("cfg") == os.path.join(
-            keydir, f"v-0000000000000001-00000000000186a0-{checksum}"
+            keydir, f"v-0000000000000001-00000000000493e0-{checksum}"
         )
         with open(os.path.join(keydir, "key"), "rb") as f:
             assert f.read() == key_file
@@ -70,9 +70,9 @@ def test_worked_example(tmp_path: object) -> None:
         with open(os.path.join(store, "log", "0000000000000001.log"), "rb") as f:
             segment = f.read()
         assert segment[:4] == b"BCL1"
-        record = segment[16 : 16 + 27]
-        assert record[8:] == bytes.fromhex("0200000000000000 00000000 02 73 0300 636667")
-        assert segment[16 + 27 :].count(0) == len(segment) - 16 - 27  # zero-filled ahead
+        record = segment[16 : 16 + 23]
+        assert record[4:] == bytes.fromhex("0200000000000000 00000000 02 73 0300 636667")
+        assert segment[16 + 23 :].count(0) == len(segment) - 16 - 23  # zero-filled ahead
         result = cache.gc()
         assert result.dirs_removed == 3
         assert not os.path.exists(os.path.join(store, "blobs", digest[:2]))

@@ -26,9 +26,10 @@ from blobcache import _format as F
 from tests.conftest import files_named, flip_bit, truncate
 
 _HEAD = F.SEGMENT_HEADER.size  # 16: records start here
-_RECORD = F.RECORD_HEADER.size  # 24
-_LENGTH_AT = struct.calcsize("<QQ")  # the value-length field follows checksum and seq
-_TYPE_AT = struct.calcsize("<QQI")  # the type byte follows the value length
+_RECORD = F.RECORD_HEADER.size  # 20
+_CHECKSUM = F.RECORD_CHECKSUM_BYTES
+_LENGTH_AT = struct.calcsize("<IQ")  # the value-length field follows checksum and seq
+_TYPE_AT = struct.calcsize("<IQI")  # the type byte follows the value length
 _SMALL_SEGMENT = 4096  # the smallest segment_bytes allowed: a few records per segment
 
 Contents = dict[Any, bytes]
@@ -71,7 +72,8 @@ def _parse(path: str) -> list[Rec]:
         key_at = offset + _RECORD
         end = key_at + klen + vlen
         assert end <= len(data), f"{path}: record at {offset} runs past the end"
-        assert xxhash.xxh3_64_intdigest(data[offset + 8 : end]) == checksum, (path, offset)
+        digest = xxhash.xxh3_64_intdigest(data[offset + _CHECKSUM : end])
+        assert digest & F.RECORD_CHECKSUM_MASK == checksum, (path, offset)
         assert kind in (F.RECORD_PUT, F.RECORD_DELETE) and tag in (F.KEY_TAG_STR, F.KEY_TAG_BYTES)
         raw = data[key_at : key_at + klen]
         key = raw.decode() if tag == F.KEY_TAG_STR else raw
