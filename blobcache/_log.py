@@ -436,15 +436,6 @@ class LogWriter:
         self._unsynced = False
         self._failed = False
 
-    @property
-    def offset(self) -> int:
-        return self._offset
-
-    @property
-    def allocated(self) -> int:
-        """Bytes of the active segment's file: records and zero-filled room ahead."""
-        return self._allocated
-
     def close(self) -> None:
         with self._lock:
             while self._leading:
