@@ -579,13 +579,21 @@ class BlobCache(MutableMapping[N.Key, Value]):
                 stale == 0 or (not force and stale < self._options.compact_ratio * total)
             ):
                 return GcResult()
-            # Seal the active segment, leaving a number free for the output: the
-            # active segment must stay the highest-numbered one.
-            output = self._log.roll(skip=1) - 1
-            with self._book.lock:
-                inputs = sorted(n for n in self._book.total if n < output)
-                live = [(k, e) for k, e in self._index.items() if e.segment in inputs]
-                deleted = [(k, d) for k, d in self._deleted.items() if d.segment in inputs]
+            # Invariant: every record in an input is in the index (or _deleted)
+            # when the inputs are chosen. A put or delete holds its key's stripe
+            # lock from its append until its index update, so with every stripe
+            # held none is between the two: records appended before the roll
+            # are published, later ones go to the new active segment.
+            with self._all_stripes():
+                # Seal the active segment, leaving a number free for the output:
+                # the active segment must stay the highest-numbered one.
+                active = self._log.roll(skip=1)
+                output = active - 1
+                with self._book.lock:
+                    self._book.add(active, 0, live=False)
+                    inputs = sorted(n for n in self._book.total if n < output)
+                    live = [(k, e) for k, e in self._index.items() if e.segment in inputs]
+                    deleted = [(k, d) for k, d in self._deleted.items() if d.segment in inputs]
             kept = [(k, d) for k, d in deleted if self._still_needs_delete(k)]
             records = [
                 _log.encode_record(e.seq, F.RECORD_PUT, *N.encode_key(k), _bytes(e))
@@ -615,6 +623,17 @@ class BlobCache(MutableMapping[N.Key, Value]):
             return GcResult(
                 segments_compacted=len(inputs), bytes_reclaimed=max(0, freed - output_size)
             )
+
+    @contextlib.contextmanager
+    def _all_stripes(self) -> Iterator[None]:
+        """Hold every stripe lock: no put or delete is under way meanwhile."""
+        for lock in self._stripes:
+            lock.acquire()
+        try:
+            yield
+        finally:
+            for lock in self._stripes:
+                lock.release()
 
     def _still_needs_delete(self, key: N.Key) -> bool:
         """A delete record must be kept while its key's directory may hold older versions."""
@@ -669,26 +688,20 @@ class BlobCache(MutableMapping[N.Key, Value]):
 
         Values returned by ``get`` stay valid. Closing twice is harmless.
         """
-        with self._compact_lock:
-            for lock in self._stripes:
-                lock.acquire()
+        with self._compact_lock, self._all_stripes():
+            if self._closed:
+                return
+            self._stop.set()
+            self._compact_wanted.set()
             try:
-                if self._closed:
-                    return
-                self._stop.set()
-                self._compact_wanted.set()
-                try:
-                    self.sync()
-                finally:
-                    self._closed = True
-                    self._index = ClosedIndex(self._path)
-                    try:
-                        self._log.close()
-                    finally:
-                        os.close(self._lock_fd)
+                self.sync()
             finally:
-                for lock in self._stripes:
-                    lock.release()
+                self._closed = True
+                self._index = ClosedIndex(self._path)
+                try:
+                    self._log.close()
+                finally:
+                    os.close(self._lock_fd)
         for thread in self._threads:
             if thread is not threading.current_thread():
                 thread.join()

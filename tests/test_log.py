@@ -23,6 +23,7 @@ import xxhash
 
 from blobcache import BlobCache, BlobCacheError, CorruptionError, _fsio, _log
 from blobcache import _format as F
+from blobcache import _names as N
 from tests.conftest import files_named, flip_bit, truncate
 
 _HEAD = F.SEGMENT_HEADER.size  # 16: records start here
@@ -690,3 +691,68 @@ def test_os_durability_puts_then_sync_then_reopen(
         monkeypatch.undo()
     with BlobCache(store) as cache:
         assert _contents(cache) == items
+
+
+class _ContendedLock:
+    """A stand-in stripe lock that says when someone waits for it while it is held."""
+
+    def __init__(self, contended: threading.Event) -> None:
+        self._lock = threading.Lock()
+        self._contended = contended
+
+    def acquire(self) -> bool:
+        if not self._lock.acquire(blocking=False):
+            self._contended.set()
+            self._lock.acquire()
+        return True
+
+    def release(self) -> None:
+        self._lock.release()
+
+    def __enter__(self) -> bool:
+        return self.acquire()
+
+    def __exit__(self, *exc: object) -> None:
+        self.release()
+
+
+@pytest.mark.parametrize("op", ["put", "delete"])
+def test_compaction_waits_for_a_put_or_delete_between_its_append_and_its_index_update(
+    store: str, op: str
+) -> None:
+    # Regression: compaction chose its inputs while a put had appended its record
+    # but not yet updated the index; it then deleted the segment holding it.
+    cache = BlobCache(store, compact_ratio=1.0)
+    cache.put("a", b"1")
+    cache.put("a", b"2")  # something stale, so gc() compacts
+    cache.put("b", b"old")
+    digest = N.key_hash(*N.encode_key("b"))
+    progress = threading.Event()  # gc() finished, or it waits for b's stripe
+    stripe = int(digest[:3], 16) % len(cache._stripes)
+    cache._stripes[stripe] = _ContendedLock(progress)  # type: ignore[call-overload]
+    appended, go = threading.Event(), threading.Event()
+    real_append = cache._log.append
+
+    def paused_append(record: bytes) -> tuple[int, int]:
+        where = real_append(record)
+        if threading.current_thread().name == "writer":
+            appended.set()
+            go.wait()
+        return where
+
+    cache._log.append = paused_append  # type: ignore[method-assign]
+    call = (lambda: cache.put("b", b"new")) if op == "put" else (lambda: cache.delete("b"))
+    writer = threading.Thread(target=call, name="writer")
+    writer.start()
+    appended.wait()
+    collector = threading.Thread(target=lambda: (cache.gc(), progress.set()))
+    collector.start()
+    progress.wait()  # set by gc() finishing (the bug) or by gc() waiting for the stripe
+    go.set()
+    writer.join()
+    collector.join()
+    cache.gc()  # a second compaction must find every segment it counts on
+    cache.close()
+    with BlobCache(store) as cache:
+        assert cache.get("b") == (b"new" if op == "put" else None)
+        assert cache.get("a") == b"2"

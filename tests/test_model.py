@@ -1,9 +1,16 @@
-"""The model test: random puts, deletes, gets, gc and reopens against a dict.
+"""The model test: random puts, deletes, gets, gc, threads and reopens against a dict.
 
 A Hypothesis state machine drives one store and a ``dict`` holding what the
 store must return. "Close and reopen" is a rule, so every step's state must
 also come back from the files alone. Crash model: none here (a clean close);
 the crash models are exercised by ``test_kill.py``.
+
+The store runs with a tiny ``inline_limit`` and ``segment_bytes``, so values
+cross between the two layouts (log and file) in both directions every few
+steps, segments roll over often, and background compaction runs while the
+rules put and delete. The model remembers each key's layout: it is decided by
+the limit in force when the value was put, and kept across reopens with another
+limit and across compaction.
 """
 
 from __future__ import annotations
@@ -11,6 +18,7 @@ from __future__ import annotations
 import os
 import shutil
 import tempfile
+import threading
 
 import pytest
 from hypothesis import settings
@@ -23,7 +31,8 @@ from hypothesis.stateful import (
 )
 
 from blobcache import BlobCache, GcResult
-from blobcache._format import TEMP_PREFIX
+from blobcache import _format as F
+from blobcache._names import encode_key
 from blobcache._options import DURABILITY_LEVELS, Durability
 
 Key = str | bytes
@@ -32,38 +41,82 @@ Key = str | bytes
 TEXTS = ["", "a", "k1", "é"]
 KEYS: list[Key] = [t for text in TEXTS for t in (text, text.encode("utf-8"))]
 
-# Values of several sizes, the empty value included; the big ones are one
-# repeated byte so examples stay cheap to generate and to shrink.
-SIZES = [0, 1, 100, 4096, 70_000]
+INLINE_LIMIT = 256  # the limit of the first open; reopens draw from LIMITS
+LIMITS = [INLINE_LIMIT, 0, 1024]  # 0: every value gets a file of its own
+SEGMENT_BYTES = 4096  # the smallest allowed: a few records per segment
+COMPACT_RATIOS = [0.25, 0.5, 1.0]
+# Sizes just below, at and above each limit, and a few more. A value of exactly
+# the limit is not "shorter than" it, so it gets a file.
+SIZES = [0, 1, 100, 255, 256, 257, 1000, 1023, 1024, 1025, 5000]
+# Large for every limit in LIMITS: always a file, so ``get`` returns a view.
+LARGE_SIZES = [1025, 5000]
+
+
+def _filled(size: int, fill: int) -> bytes:
+    # One repeated byte, but the last one differs, so a value cut short or
+    # padded with the wrong byte shows.
+    return bytes([fill]) * (size - 1) + bytes([fill ^ 0x5A]) if size else b""
+
+
 values = st.one_of(
     st.binary(max_size=32),
-    st.builds(lambda size, fill: bytes([fill]) * size, st.sampled_from(SIZES), st.integers(0, 255)),
+    st.builds(_filled, st.sampled_from(SIZES), st.integers(0, 255)),
 )
+large_values = st.builds(_filled, st.sampled_from(LARGE_SIZES), st.integers(0, 255))
 keys = st.sampled_from(KEYS)
 durabilities = st.sampled_from(DURABILITY_LEVELS)
+limits = st.sampled_from(LIMITS)
+ratios = st.sampled_from(COMPACT_RATIOS)
+# What one thread of ``concurrent_writes`` does to its own key, in order: None deletes.
+thread_ops = st.lists(st.one_of(st.none(), values), min_size=1, max_size=4)
 
 # How many views of overwritten or deleted values the machine keeps checking.
 MAX_HELD_VIEWS = 8
 _ABSENT = object()
 
 
+def log_record_size(key: Key, value: bytes) -> int:
+    """Bytes of the one log record holding ``key``'s live value (FORMAT.md, "The log")."""
+    return F.RECORD_HEADER.size + len(encode_key(key)[1]) + len(value)
+
+
 class BlobCacheModel(RuleBasedStateMachine):
-    """A ``BlobCache`` must behave like ``dict[Key, bytes]``, across reopens and gc."""
+    """A ``BlobCache`` must behave like ``dict[Key, bytes]``, across reopens, gc and threads."""
 
     def __init__(self) -> None:
         super().__init__()
         self.directory = tempfile.mkdtemp(prefix="blobcache-model-")
         self.store = os.path.join(self.directory, "store")
         self.model: dict[Key, bytes] = {}
+        # Keys whose live value is in the log (the rest have a file each).
+        self.inline: set[Key] = set()
         # Views returned by get before their key was overwritten or deleted, with
         # the bytes they showed then: an mmap outlives the unlink of its file.
         self.held: list[tuple[memoryview, bytes]] = []
         self.cache: BlobCache | None = None
+        self.limit = INLINE_LIMIT
 
-    @initialize(durability=durabilities)
-    def open_store(self, durability: Durability) -> None:
-        self.cache = BlobCache(self.store, durability=durability)
+    def open(self, durability: Durability, inline_limit: int, compact_ratio: float) -> None:
+        self.limit = inline_limit
+        self.cache = BlobCache(
+            self.store,
+            durability=durability,
+            inline_limit=inline_limit,
+            segment_bytes=SEGMENT_BYTES,
+            compact_ratio=compact_ratio,
+        )
         assert self.cache.problems == ()
+        stats = self.cache.stats()
+        assert stats.temps_removed_at_open == 0
+        assert stats.torn_bytes_at_open == 0  # a clean close tears nothing
+        # Nothing runs in the background before the first put: the book must
+        # describe exactly the segment files recovery read.
+        assert stats.log_record_bytes == self.record_bytes_on_disk()
+        assert stats.segments == len(self.segment_files())
+
+    @initialize(durability=durabilities, compact_ratio=ratios)
+    def open_store(self, durability: Durability, compact_ratio: float) -> None:
+        self.open(durability, INLINE_LIMIT, compact_ratio)
 
     @property
     def c(self) -> BlobCache:
@@ -81,12 +134,55 @@ class BlobCacheModel(RuleBasedStateMachine):
         self.held.append((view, bytes(view)))
         del self.held[:-MAX_HELD_VIEWS]
 
+    def record_put(self, key: Key, value: bytes) -> None:
+        self.model[key] = value
+        if len(value) < self.limit:
+            self.inline.add(key)
+        else:
+            self.inline.discard(key)
+
+    def record_delete(self, key: Key) -> None:
+        self.model.pop(key, None)
+        self.inline.discard(key)
+
+    def segment_files(self) -> list[str]:
+        logdir = os.path.join(self.store, F.LOG_DIR)
+        return sorted(
+            os.path.join(logdir, name)
+            for name in os.listdir(logdir)
+            if name.endswith(F.SEGMENT_SUFFIX)
+        )
+
+    def record_bytes_on_disk(self) -> int:
+        """Bytes of the records in the segment files (FORMAT.md, "The log"): what
+        follows each header up to the end of the file or a zero-filled tail."""
+        total = 0
+        for path in self.segment_files():
+            with open(path, "rb") as f:
+                data = f.read()
+            offset = F.SEGMENT_HEADER.size
+            while len(data) - offset >= F.RECORD_HEADER.size:
+                _checksum, _seq, vlen, kind, _tag, klen = F.RECORD_HEADER.unpack_from(data, offset)
+                if kind == 0:  # zeros the writer put ahead of its records
+                    break
+                offset += F.RECORD_HEADER.size + klen + vlen
+            total += offset - F.SEGMENT_HEADER.size
+        return total
+
+    def temp_files(self) -> list[str]:
+        return [
+            os.path.join(root, name)
+            for root, _dirs, names in os.walk(self.store)
+            for name in names
+            if name.startswith(F.TEMP_PREFIX)
+        ]
+
     # --- rules -------------------------------------------------------------------
 
     @rule(key=keys, value=values)
     def put(self, key: Key, value: bytes) -> None:
         self.c.put(key, value)
-        self.model[key] = value
+        self.record_put(key, value)
 
     @rule(key=keys, value=values)
     def setitem(self, key: Key, value: bytes) -> None:
@@ -94,18 +190,18 @@ class BlobCacheModel(RuleBasedStateMachine):
         self.c[key] = buffer
         if buffer:
             buffer[0] ^= 0xFF  # the store copied the value: changing the buffer now changes nothing
-        self.model[key] = value
+        self.record_put(key, value)
 
     @rule(key=keys)
     def delete(self, key: Key) -> None:
         assert self.c.delete(key) is (key in self.model)
-        self.model.pop(key, None)
+        self.record_delete(key)
 
     @rule(key=keys)
     def delitem(self, key: Key) -> None:
         if key in self.model:
             del self.c[key]
-            del self.model[key]
+            self.record_delete(key)
         else:
             with pytest.raises(KeyError):
                 del self.c[key]
@@ -113,36 +209,77 @@ class BlobCacheModel(RuleBasedStateMachine):
     @rule(key=keys)
     def get(self, key: Key) -> None:
         got = self.c.get(key, _ABSENT)
-        if key in self.model:
-            assert isinstance(got, memoryview)
-            assert got.readonly
-            assert bytes(got) == self.model[key]
-            assert key in self.c
-        else:
+        if key not in self.model:
             assert got is _ABSENT
             assert self.c.get(key) is None
             assert key not in self.c
             with pytest.raises(KeyError):
                 self.c[key]
+            with pytest.raises(KeyError):
+                self.c.path(key)
+            return
+        assert key in self.c
+        path = self.c.path(key)
+        if key in self.inline:
+            assert type(got) is bytes
+            assert got == self.model[key]
+            assert path is None
+        else:
+            assert isinstance(got, memoryview)
+            assert got.readonly
+            assert bytes(got) == self.model[key]
+            assert path is not None
+            with open(path, "rb") as f:
+                assert f.read() == self.model[key]  # the file is exactly the value
 
-    @rule(key=keys, first=values, value=values, delete=st.booleans())
-    def replace_while_viewed(self, key: Key, first: bytes, value: bytes, delete: bool) -> None:
-        """A view taken before an overwrite (or delete) and gc still reads the old bytes."""
-        if key not in self.model:
-            self.put(key, first)
+    @rule(key=keys, first=large_values, value=st.one_of(st.none(), values))
+    def replace_while_viewed(self, key: Key, first: bytes, value: bytes | None) -> None:
+        """A view of a file taken before an overwrite (or a delete: None) and gc
+        still reads the old bytes, whichever layout the new value takes."""
+        self.put(key, first)
         view = self.c.get(key)
         assert isinstance(view, memoryview)
-        old = self.model[key]
-        assert bytes(view) == old
-        if delete:
+        assert bytes(view) == first
+        if value is None:
             assert self.c.delete(key)
-            del self.model[key]
+            self.record_delete(key)
         else:
-            self.c.put(key, value)
-            self.model[key] = value
-        self.c.gc()
-        assert bytes(view) == old
+            self.put(key, value)
+        result = self.c.gc()
+        assert result.files_removed >= 1  # the version file under the view, at least
+        assert bytes(view) == first
         self.hold(view)
+
+    @rule(work=st.dictionaries(keys, thread_ops, min_size=2, max_size=4))
+    def concurrent_writes(self, work: dict[Key, list[bytes | None]]) -> None:
+        """Threads put and delete at the same moment, each on a key of its own:
+        they share log writes and fsyncs (group commit) and race background
+        compaction; each key ends with its thread's last operation."""
+        start = threading.Barrier(len(work))
+        errors: list[BaseException] = []
+
+        def run(key: Key, ops: list[bytes | None]) -> None:
+            try:
+                start.wait()
+                for value in ops:
+                    if value is None:
+                        self.c.delete(key)
+                    else:
+                        self.c.put(key, value)
+            except BaseException as exc:
+                errors.append(exc)
+
+        threads = [threading.Thread(target=run, args=item) for item in work.items()]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        assert errors == []
+        for key, ops in work.items():
+            if ops[-1] is None:
+                self.record_delete(key)
+            else:
+                self.record_put(key, ops[-1])
 
     @rule()
     def gc(self) -> None:
@@ -151,16 +288,23 @@ class BlobCacheModel(RuleBasedStateMachine):
         assert min(vars(result).values()) >= 0
         # Everything collectable went: a second pass right after finds nothing.
         assert self.c.gc() == GcResult()
-        assert self.c.stats().dirs_awaiting_gc == 0
+        stats = self.c.stats()
+        assert stats.dirs_awaiting_gc == 0
+        assert stats.log_stale_bytes == 0  # deletes included: their directories are gone
+        assert self.temp_files() == []
+        # No puts since the gc, so no compaction runs: the files are quiet.
+        assert stats.log_record_bytes == self.record_bytes_on_disk()
+        assert stats.segments == len(self.segment_files())
 
-    @rule(durability=durabilities)
-    def close_and_reopen(self, durability: Durability) -> None:
+    @rule(durability=durabilities, inline_limit=limits, compact_ratio=ratios)
+    def close_and_reopen(
+        self, durability: Durability, inline_limit: int, compact_ratio: float
+    ) -> None:
         self.c.close()
         self.c.close()  # closing twice is harmless
         self.cache = None
-        self.cache = BlobCache(self.store, durability=durability)
-        assert self.cache.problems == ()
-        assert self.cache.stats().temps_removed_at_open == 0
+        assert self.temp_files() == []  # close waited for background compaction
+        self.open(durability, inline_limit, compact_ratio)
 
     # --- invariants ------------------------------------------------------------
 
@@ -173,11 +317,23 @@ class BlobCacheModel(RuleBasedStateMachine):
         assert len(listed) == len(set(listed))
         assert set(listed) == set(self.model)
         for key, value in self.model.items():
-            view = self.c[key]
-            assert bytes(view) == value, key
+            got = self.c[key]
+            assert type(got) is (bytes if key in self.inline else memoryview), key
+            assert bytes(got) == value, key
+
+    @invariant()
+    def stats_match_model(self) -> None:
+        if self.cache is None:
+            return
         stats = self.c.stats()
         assert stats.keys == len(self.model)
         assert stats.live_bytes == sum(map(len, self.model.values()))
+        assert stats.inline_keys == len(self.inline)
+        # Each inline key has exactly one live record; everything else in the log
+        # is stale, whether or not background compaction has run yet.
+        live = sum(log_record_size(k, self.model[k]) for k in self.inline)
+        assert stats.log_record_bytes - stats.log_stale_bytes == live
+        assert 0 <= stats.log_stale_bytes <= stats.log_record_bytes
 
     @invariant()
     def held_views_keep_their_bytes(self) -> None:
@@ -185,10 +341,11 @@ class BlobCacheModel(RuleBasedStateMachine):
             assert bytes(view) == old
 
     @invariant()
-    def no_temp_files_left(self) -> None:
-        for _root, _dirs, names in os.walk(self.store):
-            assert not [n for n in names if n.startswith(TEMP_PREFIX)]
+    def no_temp_files_left_by_puts(self) -> None:
+        # Only under blobs/: background compaction may be writing its temp in log/.
+        for _root, _dirs, names in os.walk(os.path.join(self.store, F.BLOBS_DIR)):
+            assert not [n for n in names if n.startswith(F.TEMP_PREFIX)]
 
 
-BlobCacheModel.TestCase.settings = settings(max_examples=150, stateful_step_count=50, deadline=None)
+BlobCacheModel.TestCase.settings = settings(max_examples=120, stateful_step_count=50, deadline=None)
 TestBlobCacheModel = BlobCacheModel.TestCase
