@@ -21,7 +21,6 @@ import contextlib
 import os
 import threading
 import time
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 import xxhash
@@ -29,6 +28,8 @@ import xxhash
 from . import _format as F
 from . import _fsio
 from ._blob import Problem
+from ._index import Entry
+from ._names import Key
 from .errors import BlobCacheError, CorruptionError
 
 _HEADER = F.RECORD_HEADER
@@ -82,17 +83,9 @@ class SegmentRead:
     problems: list[Problem] = field(default_factory=list)
 
 
-# A record as the reader yields it: seq, type, key tag, key bytes, value, size.
-RawRecord = tuple[int, int, bytes, bytes, bytes, int]
-
-
-def read_segment(
-    path: str, number: int, *, active: bool, salvage: bool = False
-) -> tuple[SegmentRead, Iterator[RawRecord]]:
-    """Open a segment; return its summary and an iterator over its good records.
-
-    The summary's ``end``, ``cut`` and ``problems`` are final once the iterator
-    is exhausted.
+def read_segment(path: str, number: int, *, active: bool) -> tuple[SegmentRead, bytes]:
+    """Read a segment and check its header; return its summary and its bytes,
+    for ``replay`` (which fills in the summary's ``end``, ``cut`` and ``problems``).
 
     :raises CorruptionError: a bad header or record in a sealed segment (or in
         the active segment's header), unless ``salvage``: then the rest of that
@@ -108,28 +101,49 @@ def read_segment(
             # A crash while the segment was being created: end = 0 tells the
             # opener to make it anew.
             info.cut = len(data)
-            return info, iter(())
+            return info, b""
         raise CorruptionError(path, "segment header is damaged or not blobcache's", 0)
     info.compacted = bool(data[4] & F.SEGMENT_FLAG_COMPACTED)
-    return info, _records(data, info, active=active, salvage=salvage)
+    return info, data
 
 
-def _records(data: bytes, info: SegmentRead, *, active: bool, salvage: bool) -> Iterator[RawRecord]:
-    # Runs once per record at every open: names are bound to locals for speed.
+def replay(
+    data: bytes,
+    info: SegmentRead,
+    latest: dict[Key, Entry],
+    live: dict[int, int],
+    *,
+    active: bool,
+    salvage: bool,
+) -> int:
+    """Apply the segment's good records to ``latest`` (key -> newest entry; a
+    delete as an entry whose ``value`` is None) and ``live`` (live put bytes per
+    segment); return the highest sequence number seen.
+
+    The reader and "highest sequence number wins" share one loop because it
+    runs once per record at every open: a generator between them cost a third
+    of the time. Names are bound to locals for the same reason.
+    """
     view = memoryview(data)
     unpack = _HEADER.unpack_from
     digest = xxhash.xxh3_64_intdigest
     mask, skip, head = F.RECORD_CHECKSUM_MASK, _CHECKSUM, _HEADER_SIZE
-    kinds, tags = (F.RECORD_PUT, F.RECORD_DELETE), (F.KEY_TAG_STR, F.KEY_TAG_BYTES)
+    put, kinds = F.RECORD_PUT, (F.RECORD_PUT, F.RECORD_DELETE)
+    str_tag, tags = F.KEY_TAG_STR, (F.KEY_TAG_STR, F.KEY_TAG_BYTES)
+    get = latest.get
+    number = info.number
+    live[number] = live.get(number, 0)
     total = len(data)
     offset = F.SEGMENT_HEADER.size
+    max_seq = 0
     while offset < total:
         if total - offset < head:
             why = "truncated record header"
         else:
             checksum, seq, vlen, kind, tag, klen = unpack(data, offset)
             key_at = offset + head
-            end = key_at + klen + vlen
+            value_at = key_at + klen
+            end = value_at + vlen
             if kind not in kinds or tag not in tags:
                 why = "impossible record type or key tag"
                 if checksum == 0 and seq == 0 and kind == 0:
@@ -139,20 +153,26 @@ def _records(data: bytes, info: SegmentRead, *, active: bool, salvage: bool) -> 
             elif digest(view[offset + skip : end]) & mask != checksum:
                 why = "record checksum mismatch"
             else:
-                yield (
-                    seq,
-                    kind,
-                    tag,
-                    data[key_at : key_at + klen],
-                    data[key_at + klen : end],
-                    end - offset,
-                )
+                raw = data[key_at:value_at]
+                key: Key = raw.decode() if tag == str_tag else raw
+                if seq > max_seq:
+                    max_seq = seq
+                old = get(key)
+                if old is None or old.seq < seq:
+                    if old is not None and old.value is not None:
+                        live[old.segment] -= old.size
+                    if kind == put:
+                        latest[key] = Entry(seq, data[value_at:end], None, number, end - offset)
+                        live[number] += end - offset
+                    else:
+                        latest[key] = Entry(seq, None, None, number, end - offset)
                 offset = end
                 continue
         info.end = offset
         _bad_record(data, info, offset, why, active=active, salvage=salvage)
-        return
+        return max_seq
     info.end = offset
+    return max_seq
 
 
 def _bad_record(

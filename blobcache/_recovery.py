@@ -179,36 +179,19 @@ def _replay_log(logdir: str, result: Recovered, *, salvage: bool) -> dict[N.Key,
         _fsio.fsync_dir(logdir)
     numbers = [n for n in numbers if n >= floor]
     latest: dict[N.Key, Entry] = {}
-    get = latest.get
-    live = result.segment_live
-    put = F.RECORD_PUT
     max_seq = result.max_seq
     for number in numbers:
-        info, records = _log.read_segment(
-            os.path.join(logdir, _log.segment_name(number)),
-            number,
-            active=number == numbers[-1],
-            salvage=salvage,
+        active = number == numbers[-1]
+        info, data = _log.read_segment(
+            os.path.join(logdir, _log.segment_name(number)), number, active=active
         )
-        total = live[number] = 0
-        for seq, kind, tag, raw, value, size in records:
-            key: N.Key = raw.decode("utf-8") if tag == b"s" else raw
-            total += size
-            if seq > max_seq:
-                max_seq = seq
-            old = get(key)
-            if old is not None:
-                if old.seq > seq:
-                    continue
-                if old.value is not None:
-                    live[old.segment] -= old.size
-            if kind == put:
-                latest[key] = Entry(seq, value, None, number, size)
-                live[number] += size
-            else:
-                latest[key] = Entry(seq, None, None, number, size)
+        if data:
+            seen = _log.replay(
+                data, info, latest, result.segment_live, active=active, salvage=salvage
+            )
+            max_seq = max(max_seq, seen)
         result.segments.append(info)
-        result.segment_total[number] = total
+        result.segment_total[number] = info.end - F.SEGMENT_HEADER.size if data else 0
         result.problems.extend(info.problems)
         result.torn_bytes += info.cut
     result.max_seq = max_seq
