@@ -1,8 +1,9 @@
 """The log of small values: framed records in append-only segment files.
 
-Writer (``LogWriter``) and reader (``read_segment``) of the format in FORMAT.md,
-section "The log". This module knows nothing of the cache: it turns records
-into bytes on disk and back, and says where each one landed.
+Writer (``LogWriter``) and reader (``read_segment`` + ``replay``) of the format
+in FORMAT.md, section "The log". This module knows nothing of the cache beyond
+the index's ``Entry``: it turns records into bytes on disk, says where each one
+landed, and replays them into "key -> newest record".
 
 Crash policy, enforced where marked below:
 
