@@ -47,11 +47,11 @@ class Options:
     in memory and makes compaction copy more; 0 puts every value in a file.
 
     The default is the crossover measured by ``tools/bench.py`` (2026-11-28,
-    one thread, durability="fsync"): a file's put costs 3.4x / 3.1x / 3.0x /
-    2.1x / 1.27x / 0.89x the log's for 1 KiB / 4 / 16 / 64 / 256 KiB / 1 MiB
-    values of an existing key (3.7x at 256 KiB for a new key). From 256 KiB on
-    a file costs little more, reads zero-copy, and keeps the bytes out of
-    memory and out of compaction."""
+    git 1c2dfcf, one thread, durability="fsync"): a file's put costs 3.4x /
+    3.3x / 3.1x / 1.9x / 1.23x / 0.81x the log's for 1 KiB / 4 / 16 / 64 /
+    256 KiB / 1 MiB values of an existing key (3.1x at 256 KiB for a new key).
+    From 256 KiB on a file costs little more, reads zero-copy, and keeps the
+    bytes out of memory and out of compaction."""
 
     # --- performance knobs: effects on speed and space, never on what survives ---
 
