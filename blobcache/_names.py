@@ -73,11 +73,6 @@ def is_key_dir_name(name: str) -> bool:
     return len(name) == F.KEY_HASH_HEX_DIGITS and _is_lower_hex(name)
 
 
-def fanout_parts(digest: str) -> tuple[str, str]:
-    w = F.FANOUT_HEX_DIGITS
-    return digest[:w], digest[w : 2 * w]
-
-
 class VersionName(NamedTuple):
     """What a version file's name says: sequence number, length, xxh3_64 checksum."""
 

@@ -1,14 +1,18 @@
 """BlobCache: the durable, memory-served key-value cache.
 
-Routes each call to the on-disk structures (``_blob``), keeps the index
-(``_index``) current, and owns the locks and the background sync thread.
+Routes each put by size to the log (``_log``) or a file (``_blob``), keeps the
+index (``_index``) current, and owns the locks and the background threads
+(compaction; the periodic sync of "os" durability).
 
 Locking, from outermost to innermost:
 
-* a stripe lock per key directory (64 stripes by key hash): every change of a
-  key directory -- put, delete, the janitor's deletions -- holds it, so versions
-  of one key are numbered in the order they are published;
+* ``_compact_lock``: one compaction (or close) at a time;
+* a stripe lock per key (1024 stripes by key hash): a put or delete holds it
+  from taking its sequence number until its index update, and the janitor
+  while it cleans the key's directory, so records of one key are published in
+  sequence order; compaction holds all of them while it picks its inputs;
 * ``_tree_lock``: creating or removing fan-out directories;
+* ``_book.lock``: the index's updates and the log's per-segment byte counts;
 * ``_pending_lock``: the sets of files and directories "os" durability owes an
   fsync, and of key directories awaiting the janitor.
 
@@ -592,8 +596,9 @@ class BlobCache(MutableMapping[N.Key, Value]):
                 with self._book.lock:
                     self._book.add(active, 0, live=False)
                     inputs = sorted(n for n in self._book.total if n < output)
-                    live = [(k, e) for k, e in self._index.items() if e.segment in inputs]
-                    deleted = [(k, d) for k, d in self._deleted.items() if d.segment in inputs]
+                    chosen = set(inputs)
+                    live = [(k, e) for k, e in self._index.items() if e.segment in chosen]
+                    deleted = [(k, d) for k, d in self._deleted.items() if d.segment in chosen]
             kept = [(k, d) for k, d in deleted if self._still_needs_delete(k)]
             records = [
                 _log.encode_record(e.seq, F.RECORD_PUT, *N.encode_key(k), _bytes(e))
