@@ -113,12 +113,14 @@ def replay(
     info: SegmentRead,
     latest: dict[Key, Entry],
     live: dict[int, int],
+    deletes: list[Key],
     *,
     active: bool,
     salvage: bool,
 ) -> int:
     """Apply the segment's good records to ``latest`` (key -> newest entry; a
-    delete as an entry whose ``value`` is None) and ``live`` (live put bytes per
+    delete as an entry whose ``value`` is None; the keys of deletes are added to
+    ``deletes``) and ``live`` (live put bytes per
     segment); return the highest sequence number seen.
 
     The reader and "highest sequence number wins" share one loop because it
@@ -131,7 +133,7 @@ def replay(
     mask, skip, head = F.RECORD_CHECKSUM_MASK, _CHECKSUM, _HEADER_SIZE
     put, kinds = F.RECORD_PUT, (F.RECORD_PUT, F.RECORD_DELETE)
     str_tag, tags = F.KEY_TAG_STR, (F.KEY_TAG_STR, F.KEY_TAG_BYTES)
-    get = latest.get
+    setdefault = latest.setdefault
     number = info.number
     live[number] = live.get(number, 0)
     total = len(data)
@@ -158,15 +160,21 @@ def replay(
                 key: Key = raw.decode() if tag == str_tag else raw
                 if seq > max_seq:
                     max_seq = seq
-                old = get(key)
-                if old is None or old.seq < seq:
-                    if old is not None and old.value is not None:
-                        live[old.segment] -= old.size
-                    if kind == put:
-                        latest[key] = Entry(seq, data[value_at:end], None, number, end - offset)
-                        live[number] += end - offset
-                    else:
-                        latest[key] = Entry(seq, None, None, number, end - offset)
+                if kind == put:
+                    entry = Entry(seq, data[value_at:end], None, number, end - offset)
+                    live[number] += end - offset
+                else:
+                    entry = Entry(seq, None, None, number, end - offset)
+                    deletes.append(key)
+                # One hash lookup for a key seen first (the common case), not two.
+                old = setdefault(key, entry)
+                if old is not entry:
+                    if old.seq < seq:
+                        if old.value is not None:
+                            live[old.segment] -= old.size
+                        latest[key] = entry
+                    elif kind == put:
+                        live[number] -= end - offset  # an older record, read late
                 offset = end
                 continue
         info.end = offset

@@ -40,6 +40,7 @@ class Recovered:
     segment_total: dict[int, int] = field(default_factory=dict)  # record bytes per segment
     segment_live: dict[int, int] = field(default_factory=dict)  # live put bytes per segment
     torn_bytes: int = 0  # cut off the active segment's tail (a crash mid-write)
+    log_deletes: list[N.Key] = field(default_factory=list)  # keys of delete records read
     problems: list[Problem] = field(default_factory=list)
     temps_removed: int = 0
 
@@ -187,7 +188,13 @@ def _replay_log(logdir: str, result: Recovered, *, salvage: bool) -> dict[N.Key,
         )
         if data:
             seen = _log.replay(
-                data, info, latest, result.segment_live, active=active, salvage=salvage
+                data,
+                info,
+                latest,
+                result.segment_live,
+                result.log_deletes,
+                active=active,
+                salvage=salvage,
             )
             max_seq = max(max_seq, seen)
         result.segments.append(info)
@@ -239,9 +246,11 @@ def _merge(result: Recovered, blob_live: dict[N.Key, Record], latest: dict[N.Key
             latest[key] = Entry.for_blob(record)
         else:  # superseded by a log record: the whole key directory is garbage
             result.dirty.add(os.path.dirname(record.path))
-    deletes = [key for key, entry in latest.items() if entry.value is None and entry.blob is None]
-    for key in deletes:
-        dead = latest.pop(key)
+    for key in set(result.log_deletes):
+        dead = latest[key]
+        if dead.value is not None or dead.blob is not None:
+            continue  # put again after this delete
+        del latest[key]
         if key in result.dir_of:  # older versions there: compaction keeps the delete
             result.deleted[key] = Deleted(dead.seq, dead.segment, dead.size)
             result.dirty.add(result.dir_of[key])
