@@ -133,11 +133,15 @@ def run_demo(directory: str | None = None) -> int:
             print(f"  {key}: put #{index}, {_mib(len(want))}: {'intact' if ok else 'LOST'}")
         result = cache.gc()
         print(
-            f"gc: removed {result.files_removed} superseded versions and "
-            f"{result.temps_removed} temp files, reclaimed {_mib(result.bytes_reclaimed)}"
+            f"gc: removed {result.files_removed} superseded files and "
+            f"{result.temps_removed} temp files, compacted {result.segments_compacted} "
+            f"log segments, reclaimed {_mib(result.bytes_reclaimed)}"
         )
         stats = cache.stats()
-        print(f"stats: {stats.keys} keys, {_mib(stats.live_bytes)} live")
+        print(
+            f"stats: {stats.keys} keys ({stats.inline_keys} in the log, the rest in files), "
+            f"{_mib(stats.live_bytes)} live"
+        )
     if lost:
         print(f"{lost} acknowledged puts were LOST")
         return 1
