@@ -135,7 +135,7 @@ def replay(
     str_tag, tags = F.KEY_TAG_STR, (F.KEY_TAG_STR, F.KEY_TAG_BYTES)
     setdefault = latest.setdefault
     number = info.number
-    live[number] = live.get(number, 0)
+    here = 0  # live put bytes of this segment, added to live[number] at the end
     total = len(data)
     offset = F.SEGMENT_HEADER.size
     max_seq = 0
@@ -162,7 +162,7 @@ def replay(
                     max_seq = seq
                 if kind == put:
                     entry = Entry(seq, data[value_at:end], None, number, end - offset)
-                    live[number] += end - offset
+                    here += end - offset
                 else:
                     entry = Entry(seq, None, None, number, end - offset)
                     deletes.append(key)
@@ -171,16 +171,21 @@ def replay(
                 if old is not entry:
                     if old.seq < seq:
                         if old.value is not None:
-                            live[old.segment] -= old.size
+                            if old.segment == number:
+                                here -= old.size
+                            else:
+                                live[old.segment] -= old.size
                         latest[key] = entry
                     elif kind == put:
-                        live[number] -= end - offset  # an older record, read late
+                        here -= end - offset  # an older record, read late
                 offset = end
                 continue
         info.end = offset
         _bad_record(data, info, offset, why, active=active, salvage=salvage)
-        return max_seq
-    info.end = offset
+        break
+    else:
+        info.end = offset
+    live[number] = live.get(number, 0) + here
     return max_seq
 
 
