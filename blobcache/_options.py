@@ -23,7 +23,7 @@ class Options:
     a small value's log record is fdatasynced (one fdatasync shared by concurrent
     puts: about 0.11 ms on the reference machine), or a large value's file and
     every directory entry it depends on are fsynced (about 0.5 ms more than the
-    bytes' own writing)."""
+    bytes' own writing).
 
     ``"os"``: a crash of this process (SIGKILL, OOM kill, an exception). The bytes
     are in the kernel when ``put`` returns; a background thread fsyncs them every
