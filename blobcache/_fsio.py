@@ -184,23 +184,25 @@ def discard(path: str) -> None:
 def makedirs(top: str, path: str, *, sync: bool = True) -> list[str]:
     """Create the missing directories from ``top`` (which exists) down to ``path``.
 
-    With ``sync``, each new directory's entry is made durable by fsyncing its
-    parent, so a put that created them does not lose its whole directory to a
-    power cut; without, that is the caller's to do. Returns the directories
-    created (outermost first). ``FileExistsError`` is taken as success: the
-    entry exists either way.
+    With ``sync``, the entry of every directory on the way is made durable by
+    fsyncing its parent -- also of those that already existed, since a process
+    killed between a mkdir and that fsync leaves a directory that exists but
+    may not survive a power cut. Without ``sync``, that is the caller's to do.
+    Returns the directories created (outermost first).
     """
     rel = os.path.relpath(path, top)
     created: list[str] = []
+    passed: list[str] = []
     current = top
     for part in rel.split(os.sep):
         current = os.path.join(current, part)
+        passed.append(current)
         try:
             mkdir(current)
         except FileExistsError:
             continue
         created.append(current)
     if sync:
-        for new_dir in created:
-            fsync_dir(os.path.dirname(new_dir))
+        for directory in passed:
+            fsync_dir(os.path.dirname(directory))
     return created

@@ -8,6 +8,7 @@ entirely. Never delete the last durable copy of a value.
 
 from __future__ import annotations
 
+import errno
 import os
 from dataclasses import dataclass
 
@@ -83,8 +84,10 @@ def clean_key_dir(scan: KeyDirScan, *, live_seq: int | None, make_live_durable: 
         result.files_removed += 1
     try:
         _fsio.rmdir(scan.path)
-    except OSError:
-        return result  # not empty: a file we do not know is reported by recovery
+    except OSError as exc:
+        if exc.errno not in (errno.ENOTEMPTY, errno.EEXIST):
+            raise
+        return result  # not empty: a file we do not know, reported by recovery
     result.dirs_removed += 1
     _fsio.fsync_dir(os.path.dirname(scan.path))
     return result

@@ -532,10 +532,16 @@ class BlobCache(MutableMapping[N.Key, Value]):
         unsure = keydir in self._found_at_open or self._options.durability == "os"
         if unsure and (entry is None or entry.blob is None):
             self._log.sync()  # the newer record (a put or a delete) is in the log
-        result = _janitor.clean_key_dir(scan, live_seq=live_seq, make_live_durable=unsure)
+        try:
+            result = _janitor.clean_key_dir(scan, live_seq=live_seq, make_live_durable=unsure)
+        finally:
+            # Invariant: a directory in _key_dirs has its key file. The janitor may
+            # have removed it and then failed (or found a stray) before the rmdir:
+            # the next put into it must write the key file again.
+            if not os.path.exists(os.path.join(keydir, F.KEY_FILE_NAME)):
+                self._key_dirs.discard(keydir)
         self._found_at_open.discard(keydir)
         if result.dirs_removed:
-            self._key_dirs.discard(keydir)
             with self._tree_lock:
                 result.dirs_removed += _janitor.prune_empty_dirs(
                     os.path.dirname(keydir), self._blobs

@@ -305,3 +305,67 @@ def test_failed_fsync_of_a_large_value_overlapped_with_hashing_fails_the_put(
     assert files_named(cache.directory, F.TEMP_PREFIX) == []
     cache.put("k", bytes(4 << 20))
     assert cache["k"] == bytes(4 << 20)
+
+
+def test_failed_rmdir_of_a_collected_key_directory_does_not_lose_the_next_put(
+    store: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Regression: the janitor removed the key file, the rmdir failed, and the next
+    # put published a version into a directory without its key file.
+    with BlobCache(store, inline_limit=0) as c:
+        c.put("k", b"old")
+        c.delete("k")
+        real = _fsio.rmdir
+
+        def failing(path: str) -> None:
+            if N.is_key_dir_name(os.path.basename(path)):
+                raise OSError(5, "Input/output error", path)
+            real(path)
+
+        monkeypatch.setattr(_fsio, "rmdir", failing)
+        with pytest.raises(OSError, match="Input/output"):
+            c.gc()
+        monkeypatch.undo()
+        c.put("k", b"new")
+    with BlobCache(store, inline_limit=0) as c:
+        assert bytes(c["k"]) == b"new"
+        assert c.problems == ()
+
+
+def test_stray_file_in_a_collected_key_directory_does_not_lose_the_next_put(store: str) -> None:
+    with BlobCache(store, inline_limit=0) as c:
+        c.put("k", b"big")
+        stray = os.path.join(os.path.dirname(c.path("k")), "notes.txt")
+    with open(stray, "w") as f:
+        f.write("mine")
+    with BlobCache(store, inline_limit=4) as c:
+        c.put("k", b"sm")  # shorter than the limit: to the log
+        c.gc()  # removes the version and the key file; the stray keeps the directory
+        assert os.path.exists(stray)
+        c.put("k", b"big again")  # a file again, in the same handle
+    with BlobCache(store, inline_limit=0) as c:
+        assert bytes(c["k"]) == b"big again"
+        assert [p.path for p in c.problems] == [stray]
+
+
+def test_put_into_an_existing_fanout_directory_fsyncs_its_parent_too(
+    store: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A process killed between a mkdir and its parent's fsync leaves a directory
+    # that exists but may not survive a power cut: the next put must fsync it.
+    BlobCache(store).close()
+    blobs = os.path.join(store, F.BLOBS_DIR)
+    digest = N.key_hash(*N.encode_key("k"))
+    os.mkdir(os.path.join(blobs, digest[:2]))  # made, never fsynced into blobs/
+    synced: list[str] = []
+    real = _fsio.fsync_dir
+
+    def recording(path: str) -> None:
+        synced.append(path)
+        real(path)
+
+    monkeypatch.setattr(_fsio, "fsync_dir", recording)
+    with BlobCache(store, inline_limit=0) as c:
+        synced.clear()
+        c.put("k", b"v")
+    assert blobs in synced
