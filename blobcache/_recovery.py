@@ -41,6 +41,7 @@ class Recovered:
     segment_live: dict[int, int] = field(default_factory=dict)  # live put bytes per segment
     torn_bytes: int = 0  # cut off the active segment's tail (a crash mid-write)
     log_deletes: list[N.Key] = field(default_factory=list)  # keys of delete records read
+    blob_over_log: dict[N.Key, str] = field(default_factory=dict)  # key -> dir, see _merge
     problems: list[Problem] = field(default_factory=list)
     temps_removed: int = 0
 
@@ -241,8 +242,12 @@ def _merge(result: Recovered, blob_live: dict[N.Key, Record], latest: dict[N.Key
     for key, record in blob_live.items():
         newest = latest.get(key)
         if newest is None or newest.seq < record.seq:
-            if newest is not None and newest.value is not None:
-                result.segment_live[newest.segment] -= newest.size
+            if newest is not None:
+                if newest.value is not None:
+                    result.segment_live[newest.segment] -= newest.size
+                # A version found at open may never have been made durable:
+                # compaction must fix that before it drops the log record.
+                result.blob_over_log[key] = os.path.dirname(record.path)
             latest[key] = Entry.for_blob(record)
         else:  # superseded by a log record: the whole key directory is garbage
             result.dirty.add(os.path.dirname(record.path))

@@ -162,6 +162,7 @@ class BlobCache(MutableMapping[N.Key, Value]):
         self._key_dirs = recovered.key_dirs
         self._dirty = recovered.dirty | recovered.empty_fanouts
         self._found_at_open = set(recovered.dirty)
+        self._blob_over_log = recovered.blob_over_log
         self._problems = tuple(recovered.problems)
         self._temps_removed_at_open = recovered.temps_removed
         self._torn_bytes_at_open = recovered.torn_bytes
@@ -239,7 +240,7 @@ class BlobCache(MutableMapping[N.Key, Value]):
                 return default
             entry = found  # put by another thread in the meantime
         value = entry.value
-        return value if value is not None else self._map(entry)
+        return value if value is not None else self._map(key, entry, default)
 
     def _lookup(self, key: object) -> Entry | None:
         """The entry of ``key`` or None; the slow path, with the type checks.
@@ -283,12 +284,28 @@ class BlobCache(MutableMapping[N.Key, Value]):
             raise KeyError(key)
         return entry.blob.path if entry.blob is not None else None
 
-    def _map(self, entry: Entry) -> memoryview:
-        assert entry.blob is not None, "log entries always hold their bytes"
-        # Two threads may both map on a first get; both views are good, one is kept.
-        view = _blob.map_version(entry.blob, check=self._options.verify_on_get)
-        entry.value = view
-        return view
+    def _map(self, key: N.Key, entry: Entry, default: _T | None) -> Value | _T | None:
+        """Map a file value on its first get. Two threads may both map it; both
+        views are good, one is kept."""
+        while True:
+            assert entry.blob is not None, "log entries always hold their bytes"
+            try:
+                view = _blob.map_version(entry.blob, check=self._options.verify_on_get)
+            except CorruptionError:
+                # get takes no lock: between its lookup and this open, another
+                # thread may have replaced the key and the janitor removed the old
+                # file. Only an entry that is still live is really damaged.
+                current = self._index.get(key)
+                if current is entry:
+                    raise
+                if current is None:
+                    return default
+                if current.value is not None:
+                    return current.value
+                entry = current
+                continue
+            entry.value = view
+            return view
 
     # --- writing -------------------------------------------------------------------
 
@@ -605,6 +622,12 @@ class BlobCache(MutableMapping[N.Key, Value]):
                     chosen = set(inputs)
                     live = [(k, e) for k, e in self._index.items() if e.segment in chosen]
                     deleted = [(k, d) for k, d in self._deleted.items() if d.segment in chosen]
+            # Never delete the last durable copy: a value that supersedes a record
+            # about to be dropped must be durable first ("os" puts are owed to
+            # sync(); versions found at open may never have been fsynced).
+            if self._options.durability == "os":
+                self.sync()
+            self._make_adopted_durable()
             kept = [(k, d) for k, d in deleted if self._still_needs_delete(k)]
             records = [
                 _log.encode_record(e.seq, F.RECORD_PUT, *N.encode_key(k), _bytes(e))
@@ -634,6 +657,20 @@ class BlobCache(MutableMapping[N.Key, Value]):
             return GcResult(
                 segments_compacted=len(inputs), bytes_reclaimed=max(0, freed - output_size)
             )
+
+    def _make_adopted_durable(self) -> None:
+        """fsync the live versions found at open that won over a log record, with
+        every directory entry they depend on. REQUIRES: ``_compact_lock``."""
+        adopted, self._blob_over_log = self._blob_over_log, {}
+        for key, keydir in adopted.items():
+            entry = self._index.get(key)
+            if entry is None or entry.blob is None or os.path.dirname(entry.blob.path) != keydir:
+                continue  # replaced since open by a record that was made durable
+            _fsio.fsync_path(entry.blob.path)
+            directory = keydir
+            while directory != self._path:
+                _fsio.fsync_dir(directory)
+                directory = os.path.dirname(directory)
 
     @contextlib.contextmanager
     def _all_stripes(self) -> Iterator[None]:

@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from blobcache import BlobCache, BlobCacheError, ClosedError, LockedError, _fsio
+from blobcache import BlobCache, BlobCacheError, ClosedError, LockedError, _blob, _fsio
 from blobcache import _format as F
 from tests.conftest import files_named
 
@@ -507,3 +507,29 @@ def test_os_durability_owes_a_new_keys_directories_and_key_file_to_sync(
         )
         # every directory the put created or changed: blobs, the two fan-outs, the key dir
         assert [c[0] for c in calls[2:]] == ["fsync_dir"] * 4
+
+
+def test_first_get_racing_an_overwrite_and_gc_returns_the_new_value(
+    blob_cache: BlobCache, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # get takes no lock: between its lookup and the mapping of the file, another
+    # thread may overwrite the key and the janitor remove the old file. That is
+    # no corruption; the get must serve the new value (or the default if deleted).
+    cache = blob_cache
+    cache.put("k", b"old")
+    cache.put("gone", b"old")
+    real = _blob.map_version
+    raced: list[str] = []
+
+    def racing(record: Any, *, check: bool) -> memoryview:
+        if not raced:
+            raced.append("once")
+            cache.put("k", b"new")
+            cache.delete("gone")
+            cache.gc()
+        return real(record, check=check)
+
+    monkeypatch.setattr(_blob, "map_version", racing)
+    assert bytes(cache["k"]) == b"new"
+    raced.clear()
+    assert cache.get("gone", b"default") == b"default"
