@@ -58,7 +58,8 @@ def clean_key_dir(scan: KeyDirScan, *, live_seq: int | None, make_live_durable: 
         return result  # versions whose key is unreadable: reported, kept for a human
     newest = scan.live
     if newest is not None and newest.seq == live_seq:
-        if make_live_durable:
+        if make_live_durable:  # the key file too: without it the version is unattributable
+            _fsio.fsync_path(os.path.join(scan.path, F.KEY_FILE_NAME))
             _fsio.fsync_path(newest.path)
             _fsio.fsync_dir(scan.path)
         for record in scan.records[1:] + [u for u in scan.unusable if u.seq < newest.seq]:

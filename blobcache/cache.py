@@ -666,6 +666,7 @@ class BlobCache(MutableMapping[N.Key, Value]):
             entry = self._index.get(key)
             if entry is None or entry.blob is None or os.path.dirname(entry.blob.path) != keydir:
                 continue  # replaced since open by a record that was made durable
+            _fsio.fsync_path(os.path.join(keydir, F.KEY_FILE_NAME))
             _fsio.fsync_path(entry.blob.path)
             directory = keydir
             while directory != self._path:

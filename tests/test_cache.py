@@ -484,12 +484,16 @@ def test_gc_makes_records_found_at_open_durable_before_deleting_older_ones(
         cache.put("k", b"1")
         cache.put("k", b"2")
     with BlobCache(store, inline_limit=0) as cache:
-        live = os.path.basename(str(cache.path("k")))
+        path = str(cache.path("k"))
         calls = _record(monkeypatch)
         assert cache.gc().files_removed == 1
     first_unlink = next(i for i, c in enumerate(calls) if c[0] == "unlink")
-    assert ("fsync_path", live) in calls[:first_unlink]
-    assert [c[0] for c in calls[:first_unlink]] == ["fsync_path", "fsync_dir"]
+    # the key file too: without it the version could not be attributed to its key
+    assert calls[:first_unlink] == [
+        ("fsync_path", "key"),
+        ("fsync_path", os.path.basename(path)),
+        ("fsync_dir", os.path.basename(os.path.dirname(path))),
+    ]
 
 
 def test_os_durability_owes_a_new_keys_directories_and_key_file_to_sync(
