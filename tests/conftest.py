@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
-from blobcache import BlobCache
+from blobcache import BlobCache, _fsio
 
 
 @pytest.fixture
@@ -48,3 +49,21 @@ def flip_bit(path: str, offset: int, bit: int = 0) -> None:
 
 def truncate(path: str, size: int) -> None:
     os.truncate(path, size)
+
+
+def fail_once(
+    monkeypatch: pytest.MonkeyPatch, name: str, code: int, before: Callable[..., None] | None = None
+) -> None:
+    """Make the next call of ``_fsio.<name>`` raise OSError(code), after ``before(*args)``."""
+    failed: list[int] = []
+    real = getattr(_fsio, name)
+
+    def failing(*args: Any) -> Any:
+        if not failed:
+            failed.append(1)
+            if before is not None:
+                before(*args)
+            raise OSError(code, os.strerror(code))
+        return real(*args)
+
+    monkeypatch.setattr(_fsio, name, failing)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import os
 
 import pytest
@@ -9,7 +10,7 @@ import pytest
 from blobcache import BlobCache, CorruptionError, _blob, _fsio
 from blobcache import _format as F
 from blobcache import _names as N
-from tests.conftest import files_named, flip_bit, truncate
+from tests.conftest import fail_once, files_named, flip_bit, truncate
 
 
 def _versions(store: str) -> list[str]:
@@ -253,13 +254,9 @@ def test_write_failure_removes_the_temp_file_and_keeps_the_old_value(
     cache = blob_cache
     cache.put("k", b"old")
 
-    def no_space(fd: int) -> None:
-        raise OSError(28, "No space left on device")
-
-    monkeypatch.setattr(_fsio, "fsync_file", no_space)
+    fail_once(monkeypatch, "fsync_file", errno.ENOSPC)
     with pytest.raises(OSError, match="No space"):
         cache.put("k", b"new")
-    monkeypatch.undo()
     assert bytes(cache["k"]) == b"old"
     assert files_named(cache.directory, F.TEMP_PREFIX) == []
     assert len(_versions(cache.directory)) == 1
@@ -294,13 +291,9 @@ def test_failed_fsync_of_a_large_value_overlapped_with_hashing_fails_the_put(
     cache = blob_cache
     cache.put("k", b"old")
 
-    def failing_disk(fd: int) -> None:
-        raise OSError(5, "Input/output error")
-
-    monkeypatch.setattr(_fsio, "fsync_file", failing_disk)
+    fail_once(monkeypatch, "fsync_file", errno.EIO)
     with pytest.raises(OSError, match="Input/output"):
         cache.put("k", bytes(4 << 20))  # large enough to hash while the fsync runs
-    monkeypatch.undo()
     assert bytes(cache["k"]) == b"old"
     assert files_named(cache.directory, F.TEMP_PREFIX) == []
     cache.put("k", bytes(4 << 20))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import io
 import os
 import pickle
@@ -16,7 +17,7 @@ import pytest
 
 from blobcache import BlobCache, BlobCacheError, ClosedError, LockedError, _blob, _fsio
 from blobcache import _format as F
-from tests.conftest import files_named
+from tests.conftest import fail_once, files_named
 
 
 def _tree(root: str) -> list[tuple[str, bytes]]:
@@ -453,13 +454,9 @@ def test_failed_gc_leaves_the_garbage_for_the_next_gc(
     cache.put("k", b"1")
     cache.put("k", b"2")
 
-    def broken_disk(path: str) -> None:
-        raise OSError(5, "Input/output error", path)
-
-    monkeypatch.setattr(_fsio, "unlink", broken_disk)
+    fail_once(monkeypatch, "unlink", errno.EIO)
     with pytest.raises(OSError, match="Input/output"):
         cache.gc()
-    monkeypatch.undo()
     assert bytes(cache["k"]) == b"2"
     assert cache.gc().files_removed == 1
     assert bytes(cache["k"]) == b"2"

@@ -24,7 +24,7 @@ import xxhash
 from blobcache import BlobCache, BlobCacheError, CorruptionError, _fsio, _log
 from blobcache import _format as F
 from blobcache import _names as N
-from tests.conftest import files_named, flip_bit, truncate
+from tests.conftest import fail_once, files_named, flip_bit, truncate
 
 _HEAD = F.SEGMENT_HEADER.size  # 16: records start here
 _RECORD = F.RECORD_HEADER.size  # 20
@@ -306,14 +306,9 @@ def test_os_durability_sync_after_a_failed_fdatasync_keeps_failing(
     # may then report success for data that is gone: sync() must not pretend.
     with BlobCache(store, durability="os", sync_interval=3600) as cache:
         cache.put("a", b"acked")
-
-        def failing(fd: int) -> None:
-            raise OSError(errno.EIO, "Input/output error")
-
-        monkeypatch.setattr(_fsio, "fdatasync", failing)
+        fail_once(monkeypatch, "fdatasync", errno.EIO)
         with pytest.raises(OSError, match="Input/output"):
             cache.sync()
-        monkeypatch.undo()
         with pytest.raises(BlobCacheError, match="reopen the store"):
             cache.sync()
         assert cache.get("a") == b"acked"
@@ -440,24 +435,6 @@ def _count_calls(monkeypatch: pytest.MonkeyPatch, name: str) -> list[int]:
     return calls
 
 
-def _fail_once(
-    monkeypatch: pytest.MonkeyPatch, name: str, code: int, before: Callable[..., None] | None = None
-) -> None:
-    """Make the next call of ``_fsio.<name>`` raise OSError(code), after ``before(*args)``."""
-    failed: list[int] = []
-    real = getattr(_fsio, name)
-
-    def failing(*args: Any) -> Any:
-        if not failed:
-            failed.append(1)
-            if before is not None:
-                before(*args)
-            raise OSError(code, os.strerror(code))
-        return real(*args)
-
-    monkeypatch.setattr(_fsio, name, failing)
-
-
 def test_group_commit_shares_fdatasyncs_between_threads(
     store: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -516,7 +493,7 @@ def test_failed_fdatasync_fails_the_put_and_keeps_the_old_value(
     with BlobCache(store) as cache:
         cache.put("k", b"old")
         cache.put("other", b"before")
-        _fail_once(monkeypatch, "fdatasync", errno.EIO)
+        fail_once(monkeypatch, "fdatasync", errno.EIO)
         with pytest.raises(OSError) as info:
             cache.put("k", b"never acknowledged")
         assert info.value.errno == errno.EIO
@@ -540,7 +517,7 @@ def test_failed_fdatasync_of_a_new_key_leaves_it_absent(
     crashed = str(tmp_path / "crashed")
     with BlobCache(store) as cache:
         cache.put("a", b"acknowledged")
-        _fail_once(monkeypatch, "fdatasync", errno.EIO)
+        fail_once(monkeypatch, "fdatasync", errno.EIO)
         with pytest.raises(OSError):
             cache.put("new", b"never acknowledged")
         assert "new" not in cache
@@ -559,7 +536,7 @@ def test_failed_pwrite_fails_the_put_and_leaves_no_half_record(
 
     with BlobCache(store) as cache:
         cache.put("k", b"old")
-        _fail_once(monkeypatch, "pwrite_all", errno.ENOSPC, before=half)
+        fail_once(monkeypatch, "pwrite_all", errno.ENOSPC, before=half)
         with pytest.raises(OSError) as info:
             cache.put("k", b"never acknowledged" * 10)
         assert info.value.errno == errno.ENOSPC
@@ -579,7 +556,7 @@ def test_os_durability_sync_after_a_failed_put_still_syncs_earlier_puts(
     """Power-loss model: sync() promises every acknowledged put survives it."""
     with BlobCache(store, durability="os", sync_interval=3600) as cache:
         cache.put("a", b"acknowledged, in the page cache only")
-        _fail_once(monkeypatch, "pwrite_all", errno.ENOSPC)
+        fail_once(monkeypatch, "pwrite_all", errno.ENOSPC)
         with pytest.raises(OSError):
             cache.put("b", b"fails")
         monkeypatch.undo()
