@@ -67,3 +67,32 @@ def fail_once(
         return real(*args)
 
     monkeypatch.setattr(_fsio, name, failing)
+
+
+DURABILITY_CALLS = (
+    "fsync_file",
+    "fsync_dir",
+    "fsync_path",
+    "fdatasync",
+    "rename",
+    "mkdir",
+    "unlink",
+    "rmdir",
+)
+
+
+def record_calls(
+    monkeypatch: pytest.MonkeyPatch, names: tuple[str, ...] = DURABILITY_CALLS
+) -> list[tuple[str, str]]:
+    """Record every call of the named ``_fsio`` functions, in order, as
+    (function, basename of its last argument: a path, or an fd's number)."""
+    calls: list[tuple[str, str]] = []
+    for name in names:
+        real = getattr(_fsio, name)
+
+        def wrapper(*args: Any, _real: Any = real, _name: str = name) -> Any:
+            calls.append((_name, os.path.basename(str(args[-1]))))
+            return _real(*args)
+
+        monkeypatch.setattr(_fsio, name, wrapper)
+    return calls

@@ -15,9 +15,9 @@ from typing import Any
 import numpy as np
 import pytest
 
-from blobcache import BlobCache, BlobCacheError, ClosedError, LockedError, _blob, _fsio
+from blobcache import BlobCache, BlobCacheError, ClosedError, LockedError, _blob
 from blobcache import _format as F
-from tests.conftest import fail_once, files_named
+from tests.conftest import DURABILITY_CALLS, fail_once, files_named, record_calls
 
 
 def _tree(root: str) -> list[tuple[str, bytes]]:
@@ -291,16 +291,8 @@ def test_forked_child_cannot_write_through_parent_handle(cache: BlobCache) -> No
 
 
 def _record(monkeypatch: pytest.MonkeyPatch) -> list[tuple[str, str]]:
-    calls: list[tuple[str, str]] = []
-    for name in ("fsync_file", "fsync_dir", "fsync_path", "rename", "mkdir", "unlink", "rmdir"):
-        real = getattr(_fsio, name)
-
-        def wrapper(*args: Any, _real: Any = real, _name: str = name) -> Any:
-            calls.append((_name, os.path.basename(str(args[-1]))))
-            return _real(*args)
-
-        monkeypatch.setattr(_fsio, name, wrapper)
-    return calls
+    # fdatasync left out: the log's syncs are not what these tests are about
+    return record_calls(monkeypatch, tuple(n for n in DURABILITY_CALLS if n != "fdatasync"))
 
 
 def test_fsync_put_of_new_key_makes_key_file_durable_before_the_version(

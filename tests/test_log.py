@@ -14,7 +14,7 @@ import os
 import shutil
 import struct
 import threading
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -24,7 +24,7 @@ import xxhash
 from blobcache import BlobCache, BlobCacheError, CorruptionError, _fsio, _log
 from blobcache import _format as F
 from blobcache import _names as N
-from tests.conftest import fail_once, files_named, flip_bit, truncate
+from tests.conftest import fail_once, files_named, flip_bit, record_calls, truncate
 
 _HEAD = F.SEGMENT_HEADER.size  # 16: records start here
 _RECORD = F.RECORD_HEADER.size  # 20
@@ -422,19 +422,6 @@ def test_compacted_segment_replaces_older_ones_left_by_a_crash(store: str, tmp_p
 # --- the writer -------------------------------------------------------------------------
 
 
-def _count_calls(monkeypatch: pytest.MonkeyPatch, name: str) -> list[int]:
-    """Count calls of ``_fsio.<name>``; the list holds one entry per call."""
-    calls: list[int] = []
-    real = getattr(_fsio, name)
-
-    def counting(*args: Any) -> Any:
-        calls.append(1)
-        return real(*args)
-
-    monkeypatch.setattr(_fsio, name, counting)
-    return calls
-
-
 def test_group_commit_shares_fdatasyncs_between_threads(
     store: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -560,7 +547,7 @@ def test_os_durability_sync_after_a_failed_put_still_syncs_earlier_puts(
         with pytest.raises(OSError):
             cache.put("b", b"fails")
         monkeypatch.undo()
-        syncs = _count_calls(monkeypatch, "fdatasync")
+        syncs = record_calls(monkeypatch, ("fdatasync",))
         cache.sync()
         assert syncs, "sync() returned without making the acknowledged put durable"
 
@@ -657,7 +644,7 @@ def test_os_durability_puts_then_sync_then_reopen(
 ) -> None:
     items = {f"k{i}": f"value {i}".encode() for i in range(50)}
     with BlobCache(store, durability="os", sync_interval=3600) as cache:
-        syncs = _count_calls(monkeypatch, "fdatasync")
+        syncs = record_calls(monkeypatch, ("fdatasync",))
         for key, value in items.items():
             cache.put(key, value)
         assert len(syncs) < len(items)  # "os": puts do not each wait for the disk...
@@ -735,22 +722,6 @@ def test_compaction_waits_for_a_put_or_delete_between_its_append_and_its_index_u
         assert cache.get("a") == b"2"
 
 
-def _calls_during(monkeypatch: pytest.MonkeyPatch, action: Callable[[], object]) -> list[str]:
-    """The durability calls ``action`` makes, as "name basename", in order."""
-    calls: list[str] = []
-    for name in ("fsync_path", "fsync_dir", "unlink"):
-        real = getattr(_fsio, name)
-
-        def wrapper(path: str, _real: Any = real, _name: str = name) -> None:
-            calls.append(f"{_name} {os.path.basename(path)}")
-            _real(path)
-
-        monkeypatch.setattr(_fsio, name, wrapper)
-    action()
-    monkeypatch.undo()
-    return calls
-
-
 @pytest.mark.parametrize("durability", ["os", "fsync"])
 def test_compaction_makes_a_superseding_file_durable_before_dropping_the_log_record(
     store: str, monkeypatch: pytest.MonkeyPatch, durability: str
@@ -768,8 +739,10 @@ def test_compaction_makes_a_superseding_file_durable_before_dropping_the_log_rec
         if durability == "fsync":
             cache.close()
             cache = BlobCache(store, sync_interval=3600)
-        calls = _calls_during(monkeypatch, cache.gc)
-        first_segment_unlink = next(i for i, c in enumerate(calls) if c.endswith(".log"))
-        assert f"fsync_path {version}" in calls[:first_segment_unlink]
-        assert "fsync_dir blobs" in calls[:first_segment_unlink]
+        calls = record_calls(monkeypatch, ("fsync_path", "fsync_dir", "unlink"))
+        cache.gc()
+        monkeypatch.undo()
+        first_segment_unlink = next(i for i, c in enumerate(calls) if c[1].endswith(".log"))
+        assert ("fsync_path", version) in calls[:first_segment_unlink]
+        assert ("fsync_dir", "blobs") in calls[:first_segment_unlink]
         cache.close()
