@@ -12,7 +12,6 @@ what a directory holds. The cache decides what is live; the janitor what is garb
 
 from __future__ import annotations
 
-import logging
 import mmap
 import os
 import threading
@@ -25,8 +24,6 @@ from . import _format as F
 from . import _fsio
 from . import _names as N
 from .errors import CorruptionError
-
-log = logging.getLogger("blobcache")
 
 
 @dataclass(frozen=True)
@@ -90,9 +87,7 @@ def write_key_file(keydir: str, tag: bytes, raw: bytes, *, sync: bool) -> str:
 
     REQUIRES: ``keydir`` exists (durably, with ``sync``).
     """
-    return _fsio.write_file_atomically(
-        keydir, F.KEY_FILE_NAME, [key_file_bytes(tag, raw)], sync=sync
-    )
+    return _fsio.write_file_atomically(keydir, F.KEY_FILE_NAME, key_file_bytes(tag, raw), sync=sync)
 
 
 def read_key_file(keydir: str) -> N.Key:
@@ -147,7 +142,7 @@ def write_version(keydir: str, seq: int, data: memoryview, *, sync: bool) -> Rec
     length = data.nbytes
     fd, tmp = _fsio.open_temp(keydir)
     try:
-        _fsio.write_all(fd, data)
+        _fsio.pwrite_all(fd, data, 0)
         checksum = _checksum_while(_fsio.fsync_file, fd, data) if sync else _checksum(data)
         final = os.path.join(keydir, N.version_name(seq, length, checksum))
         _fsio.rename(tmp, final)

@@ -15,21 +15,8 @@ import contextlib
 import fcntl
 import os
 import secrets
-from collections.abc import Iterable
 
 from . import _format
-
-
-def write_all(fd: int, data: memoryview) -> None:
-    """Write every byte of ``data`` to ``fd``.
-
-    ``os.write`` may write less than asked (Linux caps one call near 2 GiB, and a
-    signal can cut it short); looping here keeps that from becoming a torn value.
-    """
-    view = data.cast("B") if data.format != "B" or data.ndim != 1 else data
-    while view:
-        written = os.write(fd, view)
-        view = view[written:]
 
 
 def fsync_file(fd: int) -> None:
@@ -43,7 +30,12 @@ def fdatasync(fd: int) -> None:
 
 
 def pwrite_all(fd: int, data: bytes | memoryview, offset: int) -> None:
-    """Write every byte of ``data`` at ``offset`` (looping over short writes)."""
+    """Write every byte of ``data`` at ``offset``.
+
+    ``os.pwrite`` may write less than asked (Linux caps one call near 2 GiB, and
+    a signal can cut it short); looping here keeps that from becoming a torn value.
+    REQUIRES: ``data`` is flat bytes (a memoryview of format "B", one dimension).
+    """
     view = memoryview(data)
     while view:
         written = os.pwrite(fd, view, offset)
@@ -146,10 +138,8 @@ def open_temp(directory: str) -> tuple[int, str]:
     return fd, path
 
 
-def write_file_atomically(
-    directory: str, name: str, chunks: Iterable[bytes], *, sync: bool = True
-) -> str:
-    """Publish ``directory/name`` holding ``chunks``, all or nothing; return its path.
+def write_file_atomically(directory: str, name: str, data: bytes, *, sync: bool = True) -> str:
+    """Publish ``directory/name`` holding ``data``, all or nothing; return its path.
 
     temp file + write + fsync + rename + fsync(directory): after a power cut the
     name either does not exist or holds every byte. With ``sync=False`` both
@@ -159,8 +149,7 @@ def write_file_atomically(
     path = os.path.join(directory, name)
     fd, tmp = open_temp(directory)
     try:
-        for chunk in chunks:
-            write_all(fd, memoryview(chunk))
+        pwrite_all(fd, data, 0)
         if sync:
             fsync_file(fd)
         rename(tmp, path)

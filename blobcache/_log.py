@@ -60,6 +60,14 @@ def segment_header(flags: int) -> bytes:
     return head + xxhash.xxh3_64_intdigest(head).to_bytes(8, "little")
 
 
+def header_flags(head: bytes) -> int | None:
+    """The flags of a good segment header, or None if ``head`` is not one (short,
+    wrong magic or checksum, or a flag this version does not know)."""
+    if len(head) != F.SEGMENT_HEADER.size or head != segment_header(head[4]):
+        return None
+    return head[4] if head[4] & ~F.SEGMENT_FLAG_COMPACTED == 0 else None
+
+
 def encode_record(seq: int, kind: int, tag: bytes, raw: bytes, value: bytes | memoryview) -> bytes:
     """One framed record: checksum, then header fields, key and value it covers."""
     body = _HEADER.pack(0, seq, len(value), kind, tag, len(raw))[_CHECKSUM:] + raw + value
@@ -96,15 +104,15 @@ def read_segment(path: str, number: int, *, active: bool) -> tuple[SegmentRead, 
         data = f.read()
     info = SegmentRead(path, number, size=len(data))
     head = F.SEGMENT_HEADER.size
-    header_ok = len(data) >= head and data[:head] == segment_header(data[4]) and data[4] < 2
-    if not header_ok:
+    flags = header_flags(data[:head])
+    if flags is None:
         if active and (len(data) < head or not data[:head].strip(b"\0")):
             # A crash while the segment was being created: end = 0 tells the
             # opener to make it anew.
             info.cut = len(data)
             return info, b""
         raise CorruptionError(path, "segment header is damaged or not blobcache's", 0)
-    info.compacted = bool(data[4] & F.SEGMENT_FLAG_COMPACTED)
+    info.compacted = bool(flags & F.SEGMENT_FLAG_COMPACTED)
     return info, data
 
 

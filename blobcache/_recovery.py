@@ -105,7 +105,7 @@ def _init_store(root: str) -> None:
         )
     for name in names:
         remove_orphan_temp(os.path.join(root, name))
-    _fsio.write_file_atomically(root, F.MARKER_NAME, [F.MARKER_CONTENT])
+    _fsio.write_file_atomically(root, F.MARKER_NAME, F.MARKER_CONTENT)
 
 
 def remove_orphan_temp(path: str) -> int | None:
@@ -227,12 +227,8 @@ def _compacted_floor(logdir: str, numbers: list[int]) -> int:
     """The number of the newest segment whose header says COMPACTED, or 0."""
     for number in reversed(numbers):
         with open(os.path.join(logdir, _log.segment_name(number)), "rb") as f:
-            head = f.read(F.SEGMENT_HEADER.size)
-        if (
-            len(head) == F.SEGMENT_HEADER.size
-            and head == _log.segment_header(head[4])
-            and head[4] & F.SEGMENT_FLAG_COMPACTED
-        ):
+            flags = _log.header_flags(f.read(F.SEGMENT_HEADER.size))
+        if flags is not None and flags & F.SEGMENT_FLAG_COMPACTED:
             return number
     return 0
 
