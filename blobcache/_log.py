@@ -2,7 +2,7 @@
 
 Writer (``LogWriter``) and reader (``read_segment`` + ``replay``) of the format
 in FORMAT.md, section "The log". This module knows nothing of the cache beyond
-the index's ``Entry``: it turns records into bytes on disk, says where each one
+the shape of the index's log entries: it turns records into bytes on disk, says where each one
 landed, and replays them into "key -> newest record".
 
 Crash policy, enforced where marked below:
@@ -168,21 +168,23 @@ def replay(
                 key: Key = raw.decode() if tag == str_tag else raw
                 if seq > max_seq:
                     max_seq = seq
+                # An entry of the index (_index.py): (seq, value, segment, size).
+                entry: Entry
                 if kind == put:
-                    entry = Entry(seq, data[value_at:end], None, number, end - offset)
+                    entry = (seq, data[value_at:end], number, end - offset)
                     here += end - offset
                 else:
-                    entry = Entry(seq, None, None, number, end - offset)
+                    entry = (seq, None, number, end - offset)
                     deletes.append(key)
                 # One hash lookup for a key seen first (the common case), not two.
                 old = setdefault(key, entry)
                 if old is not entry:
-                    if old.seq < seq:
-                        if old.value is not None:
-                            if old.segment == number:
-                                here -= old.size
+                    if old[0] < seq:
+                        if old[1] is not None:
+                            if old[2] == number:
+                                here -= old[3]
                             else:
-                                live[old.segment] -= old.size
+                                live[old[2]] -= old[3]
                         latest[key] = entry
                     elif kind == put:
                         here -= end - offset  # an older record, read late

@@ -19,7 +19,7 @@ from . import _blob, _fsio, _log
 from . import _format as F
 from . import _names as N
 from ._blob import KeyDirScan, Problem, Record
-from ._index import Deleted, Entry
+from ._index import SEGMENT, SEQ, SIZE, VALUE, BlobEntry, Deleted, Entry
 from .errors import BlobCacheError, LockedError
 
 log = logging.getLogger("blobcache")
@@ -237,23 +237,23 @@ def _merge(result: Recovered, blob_live: dict[N.Key, Record], latest: dict[N.Key
     """Highest sequence number wins, across the two layouts. ``latest`` becomes the index."""
     for key, record in blob_live.items():
         newest = latest.get(key)
-        if newest is None or newest.seq < record.seq:
+        if newest is None or newest[SEQ] < record.seq:
             if newest is not None:
-                if newest.value is not None:
-                    result.segment_live[newest.segment] -= newest.size
+                if newest[VALUE] is not None:
+                    result.segment_live[newest[SEGMENT]] -= newest[SIZE]
                 # A version found at open may never have been made durable:
                 # compaction must fix that before it drops the log record.
                 result.blob_over_log[key] = os.path.dirname(record.path)
-            latest[key] = Entry.for_blob(record)
+            latest[key] = BlobEntry(record)
         else:  # superseded by a log record: the whole key directory is garbage
             result.dirty.add(os.path.dirname(record.path))
     for key in set(result.log_deletes):
         dead = latest[key]
-        if dead.value is not None or dead.blob is not None:
+        if dead[VALUE] is not None or type(dead) is BlobEntry:
             continue  # put again after this delete
         del latest[key]
         if key in result.dir_of:  # older versions there: compaction keeps the delete
-            result.deleted[key] = Deleted(dead.seq, dead.segment, dead.size)
+            result.deleted[key] = Deleted(dead[SEQ], dead[SEGMENT], dead[SIZE])
             result.dirty.add(result.dir_of[key])
     result.entries = latest
 

@@ -36,7 +36,20 @@ from . import _format as F
 from . import _names as N
 from ._blob import Problem
 from ._compaction import SegmentBook
-from ._index import ClosedIndex, Deleted, Entry
+from ._index import (
+    RECORD,
+    SEGMENT,
+    SEQ,
+    SIZE,
+    VALUE,
+    BlobEntry,
+    ClosedIndex,
+    Deleted,
+    Entry,
+    blob_of,
+    inline_value,
+    length,
+)
 from ._janitor import GcResult
 from ._log import LogWriter
 from ._options import Durability, Options
@@ -239,7 +252,7 @@ class BlobCache(MutableMapping[N.Key, Value]):
             if found is None:
                 return default
             entry = found  # put by another thread in the meantime
-        value = entry.value
+        value = entry[1]  # entry[VALUE], spelled as a literal on the hot path
         return value if value is not None else self._map(key, entry, default)
 
     def _lookup(self, key: object) -> Entry | None:
@@ -282,15 +295,16 @@ class BlobCache(MutableMapping[N.Key, Value]):
         entry = self._lookup(key)
         if entry is None:
             raise KeyError(key)
-        return entry.blob.path if entry.blob is not None else None
+        record = blob_of(entry)
+        return record.path if record is not None else None
 
     def _map(self, key: N.Key, entry: Entry, default: _T | None) -> Value | _T | None:
         """Map a file value on its first get. Two threads may both map it; both
         views are good, one is kept."""
         while True:
-            assert entry.blob is not None, "log entries always hold their bytes"
+            assert type(entry) is BlobEntry, "log entries always hold their bytes"
             try:
-                view = _blob.map_version(entry.blob, check=self._options.verify_on_get)
+                view = _blob.map_version(entry[RECORD], check=self._options.verify_on_get)
             except CorruptionError:
                 # get takes no lock: between its lookup and this open, another
                 # thread may have replaced the key and the janitor removed the old
@@ -300,11 +314,11 @@ class BlobCache(MutableMapping[N.Key, Value]):
                     raise
                 if current is None:
                     return default
-                if current.value is not None:
-                    return current.value
+                if current[VALUE] is not None:
+                    return current[VALUE]
                 entry = current
                 continue
-            entry.value = view
+            entry[VALUE] = view
             return view
 
     # --- writing -------------------------------------------------------------------
@@ -341,7 +355,7 @@ class BlobCache(MutableMapping[N.Key, Value]):
         seq = self._seq.take()
         record = _log.encode_record(seq, F.RECORD_PUT, tag, raw, value)
         segment, _offset = self._log.append(record)
-        return self._publish(key, Entry(seq, value, None, segment, len(record)))
+        return self._publish(key, (seq, value, segment, len(record)))
 
     def _put_blob(self, key: N.Key, tag: bytes, raw: bytes, keydir: str, data: memoryview) -> bool:
         """REQUIRES: the key's stripe lock. Returns whether a sealed segment got staler."""
@@ -356,7 +370,7 @@ class BlobCache(MutableMapping[N.Key, Value]):
             record = _blob.write_version(keydir, self._seq.take(), data, sync=sync)
         if not sync:
             self._owe_sync(record.path, keydir)
-        return self._publish(key, Entry.for_blob(record))
+        return self._publish(key, BlobEntry(record))
 
     def _publish(self, key: N.Key, entry: Entry | None) -> bool:
         """Make ``entry`` the key's live record (None: deleted) and account for
@@ -371,16 +385,18 @@ class BlobCache(MutableMapping[N.Key, Value]):
             else:
                 self._index[key] = entry
                 self._deleted.pop(key, None)
-                if entry.blob is None:
-                    self._book.add(entry.segment, entry.size, live=True)
-            if old is not None and old.blob is None:
-                self._book.supersede(old.segment, old.size)
-        if old is not None and old.blob is not None:
+                if type(entry) is not BlobEntry:
+                    self._book.add(entry[SEGMENT], entry[SIZE], live=True)
+            old_segment = None if old is None or type(old) is BlobEntry else old[SEGMENT]
+            if old is not None and old_segment is not None:
+                self._book.supersede(old_segment, old[SIZE])
+        old_blob = blob_of(old) if old is not None else None
+        if old_blob is not None:
             # An older version to remove, or the whole directory if the key left it.
-            self._mark_dirty(os.path.dirname(old.blob.path))
+            self._mark_dirty(os.path.dirname(old_blob.path))
         active = self._log.number
         rolled, self._active_seen = active != self._active_seen, active
-        return rolled or (old is not None and old.blob is None and old.segment != active)
+        return rolled or (old_segment is not None and old_segment != active)
 
     def delete(self, key: N.Key) -> bool:
         """Delete ``key``; True if it was there. Durable like a put: a delete record
@@ -542,12 +558,12 @@ class BlobCache(MutableMapping[N.Key, Value]):
         except FileNotFoundError:
             return GcResult()
         entry = self._index.get(scan.key) if scan.key is not None else None
-        live_seq = entry.seq if entry is not None else None
+        live_seq = entry[SEQ] if entry is not None else None
         # Records found at open may never have been made durable (a crash between
         # a rename and its directory fsync, or "os" puts never synced): make the
         # live one durable before deleting anything older, whatever the mode.
         unsure = keydir in self._found_at_open or self._options.durability == "os"
-        if unsure and (entry is None or entry.blob is None):
+        if unsure and (entry is None or blob_of(entry) is None):
             self._log.sync()  # the newer record (a put or a delete) is in the log
         try:
             result = _janitor.clean_key_dir(scan, live_seq=live_seq, make_live_durable=unsure)
@@ -620,7 +636,11 @@ class BlobCache(MutableMapping[N.Key, Value]):
                     self._book.add(active, 0, live=False)
                     inputs = sorted(n for n in self._book.total if n < output)
                     chosen = set(inputs)
-                    live = [(k, e) for k, e in self._index.items() if e.segment in chosen]
+                    live = [
+                        (k, e)
+                        for k, e in self._index.items()
+                        if type(e) is not BlobEntry and e[SEGMENT] in chosen
+                    ]
                     deleted = [(k, d) for k, d in self._deleted.items() if d.segment in chosen]
             # Never delete the last durable copy: a value that supersedes a record
             # about to be dropped must be durable first ("os" puts are owed to
@@ -630,7 +650,7 @@ class BlobCache(MutableMapping[N.Key, Value]):
             self._make_adopted_durable()
             kept = [(k, d) for k, d in deleted if self._still_needs_delete(k)]
             records = [
-                _log.encode_record(e.seq, F.RECORD_PUT, *N.encode_key(k), _bytes(e))
+                _log.encode_record(e[SEQ], F.RECORD_PUT, *N.encode_key(k), inline_value(e))
                 for k, e in live
             ]
             records += [
@@ -642,7 +662,7 @@ class BlobCache(MutableMapping[N.Key, Value]):
                 # Entries replaced meanwhile keep pointing where their new record is.
                 for (key, entry), record in zip(live, records[: len(live)], strict=True):
                     if self._index.get(key) is entry:
-                        entry.segment, entry.size = output, len(record)
+                        self._index[key] = (entry[SEQ], entry[VALUE], output, len(record))
                         live_bytes += len(record)
                 for key, dead in deleted:
                     if self._deleted.get(key) is dead:
@@ -664,10 +684,11 @@ class BlobCache(MutableMapping[N.Key, Value]):
         adopted, self._blob_over_log = self._blob_over_log, {}
         for key, keydir in adopted.items():
             entry = self._index.get(key)
-            if entry is None or entry.blob is None or os.path.dirname(entry.blob.path) != keydir:
+            record = blob_of(entry) if entry is not None else None
+            if record is None or os.path.dirname(record.path) != keydir:
                 continue  # replaced since open by a record that was made durable
             _fsio.fsync_path(os.path.join(keydir, F.KEY_FILE_NAME))
-            _fsio.fsync_path(entry.blob.path)
+            _fsio.fsync_path(record.path)
             directory = keydir
             while directory != self._path:
                 _fsio.fsync_dir(directory)
@@ -716,8 +737,8 @@ class BlobCache(MutableMapping[N.Key, Value]):
             path=self._path,
             durability=self._options.durability,
             keys=len(entries),
-            live_bytes=sum(e.length for e in entries),
-            inline_keys=sum(1 for e in entries if e.blob is None),
+            live_bytes=sum(map(length, entries)),
+            inline_keys=sum(1 for e in entries if type(e) is not BlobEntry),
             next_seq=self._seq.peek(),
             segments=segments,
             log_record_bytes=total,
@@ -769,11 +790,6 @@ class BlobCache(MutableMapping[N.Key, Value]):
     def __repr__(self) -> str:
         state = "closed" if self._closed else f"{len(self._index)} keys"
         return f"BlobCache({self._path!r}, durability={self._options.durability!r}, {state})"
-
-
-def _bytes(entry: Entry) -> bytes:
-    assert isinstance(entry.value, bytes), "log entries hold their value as bytes"
-    return entry.value
 
 
 class _Sequence:
