@@ -89,16 +89,19 @@ class SegmentRead:
     size: int = 0  # bytes in the file
     cut: int = 0  # bytes of a torn tail cut off (active segment only)
     zero_tail: int = 0  # zero-filled room after the last record (active segment only)
+    damaged_header: bool = False  # read anyway, with salvage: never appended to again
     problems: list[Problem] = field(default_factory=list)
 
 
-def read_segment(path: str, number: int, *, active: bool) -> tuple[SegmentRead, bytes]:
+def read_segment(
+    path: str, number: int, *, active: bool, salvage: bool
+) -> tuple[SegmentRead, bytes]:
     """Read a segment and check its header; return its summary and its bytes,
     for ``replay`` (which fills in the summary's ``end``, ``cut`` and ``problems``).
 
-    :raises CorruptionError: a bad header or record in a sealed segment (or in
-        the active segment's header), unless ``salvage``: then the rest of that
-        segment is dropped and reported in ``problems``.
+    :raises CorruptionError: a damaged header, unless ``salvage``: then the
+        damage is reported in ``problems`` and the records are read anyway (each
+        has its own checksum); the segment is taken as not COMPACTED.
     """
     with open(path, "rb") as f:
         data = f.read()
@@ -111,7 +114,12 @@ def read_segment(path: str, number: int, *, active: bool) -> tuple[SegmentRead, 
             # opener to make it anew.
             info.cut = len(data)
             return info, b""
-        raise CorruptionError(path, "segment header is damaged or not blobcache's", 0)
+        why = "segment header is damaged or not blobcache's"
+        if not salvage:
+            raise CorruptionError(path, f"{why}; open with salvage=True to read its records", 0)
+        info.problems.append(Problem(path, f"{why}: its records were read by their checksums"))
+        info.damaged_header = True
+        return info, data
     info.compacted = bool(flags & F.SEGMENT_FLAG_COMPACTED)
     return info, data
 
@@ -208,8 +216,17 @@ def _bad_record(
         return
     if active:
         # Crash policy: only the unsynced end of the active segment can be torn;
-        # everything from the first bad record on was never acknowledged.
+        # everything from the first bad record on was never acknowledged. A flipped
+        # bit there looks the same (valid records may follow a torn page too), so
+        # the cut is reported, not only counted: point-in-time recovery.
         info.cut = len(data) - offset  # the torn record on, zero-filled room included
+        info.problems.append(
+            Problem(
+                info.path,
+                f"{why} at offset {offset}: cut the segment there ({info.cut} bytes), "
+                "as a write torn by a crash",
+            )
+        )
         return
     if not salvage:
         raise CorruptionError(

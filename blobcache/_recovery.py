@@ -185,7 +185,7 @@ def _replay_log(logdir: str, result: Recovered, *, salvage: bool) -> dict[N.Key,
     for number in numbers:
         active = number == numbers[-1]
         info, data = _log.read_segment(
-            os.path.join(logdir, _log.segment_name(number)), number, active=active
+            os.path.join(logdir, _log.segment_name(number)), number, active=active, salvage=salvage
         )
         if data:
             seen = _log.replay(

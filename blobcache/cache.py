@@ -179,7 +179,8 @@ class BlobCache(MutableMapping[N.Key, Value]):
         self._problems = tuple(recovered.problems)
         self._temps_removed_at_open = recovered.temps_removed
         self._torn_bytes_at_open = recovered.torn_bytes
-        self._salvaged = any(s.problems for s in recovered.segments)
+        # Without salvage the only log problems are cut tails: nothing to rewrite.
+        self._salvaged = salvage and any(s.problems for s in recovered.segments)
         self._book = SegmentBook(recovered.segment_total, recovered.segment_live)
         self._book.add(self._log.number, 0, live=False)
         # Invariant: every number handed out is above every number on disk.
@@ -209,6 +210,8 @@ class BlobCache(MutableMapping[N.Key, Value]):
         sync = self._options.durability == "fsync"
         size = self._options.segment_bytes
         last = recovered.segments[-1] if recovered.segments else None
+        if last is not None and last.damaged_header:  # salvaged: gc() rewrites it
+            return LogWriter.create(self._logdir, last.number + 1, sync=sync, segment_bytes=size)
         if last is None or last.end < F.SEGMENT_HEADER.size:
             if last is not None:  # created by a process that died before its header was durable
                 _fsio.unlink(last.path)

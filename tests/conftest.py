@@ -31,6 +31,13 @@ def blob_cache(store: str) -> Iterator[BlobCache]:
         yield c
 
 
+def file_of(cache: BlobCache, key: str | bytes) -> str:
+    """The version file of ``key``, which must be a large value."""
+    path = cache.path(key)
+    assert path is not None, f"{key!r} is a small value: it has no file"
+    return path
+
+
 def files_named(root: str, prefix: str) -> list[str]:
     """Every file under ``root`` whose name starts with ``prefix``, sorted."""
     return sorted(

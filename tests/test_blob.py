@@ -10,7 +10,7 @@ import pytest
 from blobcache import BlobCache, CorruptionError, _blob, _fsio
 from blobcache import _format as F
 from blobcache import _names as N
-from tests.conftest import fail_once, files_named, flip_bit, truncate
+from tests.conftest import fail_once, file_of, files_named, flip_bit, truncate
 
 
 def _versions(store: str) -> list[str]:
@@ -21,16 +21,16 @@ def _two_versions(store: str, key: str = "k") -> tuple[str, str]:
     """A store whose key has an old version b"old!" and a newer one b"new!", not collected."""
     with BlobCache(store, inline_limit=0) as c:
         c.put(key, b"old!")
-        old = c.path(key)
+        old = file_of(c, key)
         c.put(key, b"new!")
-        new = c.path(key)
+        new = file_of(c, key)
     return old, new
 
 
 def test_version_file_holds_exactly_the_value(blob_cache: BlobCache) -> None:
     cache = blob_cache
     cache.put("k", b"\x00value\xff")
-    with open(cache.path("k"), "rb") as f:
+    with open(file_of(cache, "k"), "rb") as f:
         assert f.read() == b"\x00value\xff"
 
 
@@ -54,7 +54,7 @@ def test_zero_length_version_falls_back_to_older(store: str) -> None:
 def test_only_version_damaged_means_key_absent(store: str) -> None:
     with BlobCache(store, inline_limit=0) as c:
         c.put("k", b"value")
-        path = c.path("k")
+        path = file_of(c, "k")
     truncate(path, 1)
     with BlobCache(store, inline_limit=0) as c:
         assert "k" not in c
@@ -66,9 +66,9 @@ def test_next_sequence_number_is_above_unusable_versions(store: str) -> None:
     truncate(new, 0)
     with BlobCache(store, inline_limit=0) as c:
         c.put("k", b"newest")
-        assert N.parse_version_name(os.path.basename(c.path("k"))).seq > (  # type: ignore[union-attr]
-            N.parse_version_name(os.path.basename(new)).seq  # type: ignore[union-attr]
-        )
+        newest = N.parse_version_name(os.path.basename(file_of(c, "k")))
+        older = N.parse_version_name(os.path.basename(new))
+        assert newest is not None and older is not None and newest.seq > older.seq
     with BlobCache(store, inline_limit=0) as c:
         assert bytes(c["k"]) == b"newest"
 
@@ -76,7 +76,7 @@ def test_next_sequence_number_is_above_unusable_versions(store: str) -> None:
 def test_checksum_mismatch_raises_on_first_get(store: str) -> None:
     with BlobCache(store, inline_limit=0) as c:
         c.put("k", b"value")
-        path = c.path("k")
+        path = file_of(c, "k")
     flip_bit(path, 2)
     with BlobCache(store, inline_limit=0) as c:
         with pytest.raises(CorruptionError, match="checksum mismatch") as info:
@@ -89,7 +89,7 @@ def test_checksum_mismatch_raises_on_first_get(store: str) -> None:
 def test_checksum_check_can_be_turned_off(store: str) -> None:
     with BlobCache(store, inline_limit=0) as c:
         c.put("k", b"value")
-        path = c.path("k")
+        path = file_of(c, "k")
     flip_bit(path, 0)
     with BlobCache(store, verify_on_get=False, inline_limit=0) as c:
         assert bytes(c["k"]) == b"walue"
@@ -107,7 +107,7 @@ def test_zero_length_value_round_trips(store: str) -> None:
 def test_missing_key_file_hides_the_versions_and_is_reported(store: str) -> None:
     with BlobCache(store, inline_limit=0) as c:
         c.put("k", b"value")
-        keydir = os.path.dirname(c.path("k"))
+        keydir = os.path.dirname(file_of(c, "k"))
     os.unlink(os.path.join(keydir, F.KEY_FILE_NAME))
     with BlobCache(store, inline_limit=0) as c:
         assert "k" not in c
@@ -117,7 +117,7 @@ def test_missing_key_file_hides_the_versions_and_is_reported(store: str) -> None
 def test_corrupt_key_file_is_reported_with_its_path(store: str) -> None:
     with BlobCache(store, inline_limit=0) as c:
         c.put("k", b"value")
-        key_file = os.path.join(os.path.dirname(c.path("k")), F.KEY_FILE_NAME)
+        key_file = os.path.join(os.path.dirname(file_of(c, "k")), F.KEY_FILE_NAME)
     flip_bit(key_file, F.KEY_FILE_HEADER.size)  # inside the key bytes
     with BlobCache(store, inline_limit=0) as c:
         assert "k" not in c
@@ -156,7 +156,7 @@ def test_missing_key_directory_means_absent_key(store: str) -> None:
     with BlobCache(store, inline_limit=0) as c:
         c.put("gone", b"1")
         c.put("kept", b"2")
-        gone_dir = os.path.dirname(c.path("gone"))
+        gone_dir = os.path.dirname(file_of(c, "gone"))
     for name in os.listdir(gone_dir):
         os.unlink(os.path.join(gone_dir, name))
     os.rmdir(gone_dir)
@@ -171,7 +171,7 @@ def test_version_removed_behind_an_open_cache_is_corruption_not_a_crash(
 ) -> None:
     cache = blob_cache
     cache.put("k", b"value")
-    os.unlink(cache.path("k"))
+    os.unlink(file_of(cache, "k"))
     with pytest.raises(CorruptionError, match="missing"):
         cache.get("k")
 
@@ -181,7 +181,7 @@ def test_key_directory_removed_behind_an_open_cache_is_recreated_by_put(
 ) -> None:
     cache = blob_cache
     cache.put("k", b"value")
-    keydir = os.path.dirname(cache.path("k"))
+    keydir = os.path.dirname(file_of(cache, "k"))
     for name in os.listdir(keydir):
         os.unlink(os.path.join(keydir, name))
     os.rmdir(keydir)
@@ -193,7 +193,7 @@ def test_key_directory_removed_behind_an_open_cache_is_recreated_by_put(
 def test_stray_files_and_directories_are_reported_not_fatal(store: str) -> None:
     with BlobCache(store, inline_limit=0) as c:
         c.put("k", b"value")
-        keydir = os.path.dirname(c.path("k"))
+        keydir = os.path.dirname(file_of(c, "k"))
     blobs = os.path.join(store, F.BLOBS_DIR)
     strays = [
         os.path.join(keydir, "notes.txt"),
@@ -235,7 +235,7 @@ def test_highest_sequence_number_wins_whatever_the_file_order(store: str) -> Non
 def test_temp_file_held_by_a_writer_survives_recovery_and_orphan_does_not(store: str) -> None:
     with BlobCache(store, inline_limit=0) as c:
         c.put("k", b"value")
-        keydir = os.path.dirname(c.path("k"))
+        keydir = os.path.dirname(file_of(c, "k"))
     held_fd, held = _fsio.open_temp(keydir)
     orphan_fd, orphan = _fsio.open_temp(keydir)
     os.close(orphan_fd)  # its writer "died": the flock is gone
@@ -328,7 +328,7 @@ def test_failed_rmdir_of_a_collected_key_directory_does_not_lose_the_next_put(
 def test_stray_file_in_a_collected_key_directory_does_not_lose_the_next_put(store: str) -> None:
     with BlobCache(store, inline_limit=0) as c:
         c.put("k", b"big")
-        stray = os.path.join(os.path.dirname(c.path("k")), "notes.txt")
+        stray = os.path.join(os.path.dirname(file_of(c, "k")), "notes.txt")
     with open(stray, "w") as f:
         f.write("mine")
     with BlobCache(store, inline_limit=4) as c:

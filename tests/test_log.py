@@ -143,22 +143,28 @@ def _write(store: str, items: Iterable[tuple[str, bytes]], **options: Any) -> Co
 
 def _assert_tail_cut(store: str, expected: Contents, bad_offset: int) -> None:
     """Reopen: the active segment is cut at ``bad_offset``, the bytes cut are
-    counted as torn, nothing is reported, the contents are ``expected``; a new put
-    lands right at the cut and survives another reopen."""
+    counted as torn and the cut is reported with the file and offset, the contents
+    are ``expected``; a new put lands right at the cut and survives another reopen."""
     active = _segments(store)[-1]
     size = os.path.getsize(active)
     with BlobCache(store) as cache:
         assert os.path.getsize(active) == bad_offset  # the cut reached the file
         assert cache.stats().torn_bytes_at_open == size - bad_offset
-        _assert_resumes(store, cache, expected, bad_offset)
+        (problem,) = cache.problems
+        assert problem.path == active
+        assert f"at offset {bad_offset}: cut the segment there" in problem.message
+        _assert_resumes(store, cache, expected, bad_offset, reported=True)
 
 
-def _assert_resumes(store: str, cache: BlobCache, expected: Contents, end: int) -> None:
-    """``cache`` (just opened) holds ``expected`` and reports nothing; its next put
-    goes at ``end`` of the active segment and survives a reopen."""
+def _assert_resumes(
+    store: str, cache: BlobCache, expected: Contents, end: int, *, reported: bool = False
+) -> None:
+    """``cache`` (just opened) holds ``expected`` and reports nothing (but the cut
+    if ``reported``); its next put goes at ``end`` of the active segment and
+    survives a reopen."""
     active = _segments(store)[-1]
     assert _contents(cache) == expected
-    assert cache.problems == ()
+    assert len(cache.problems) == reported
     cache.put("after", b"written after the cut")
     cache.close()
     after = _parse(active)  # no garbage left between the good records
@@ -334,6 +340,26 @@ def test_damaged_header_of_sealed_segment_raises(store: str, offset: int, bit: i
     # A flipped COMPACTED bit fails the header checksum: it must not make
     # recovery delete the segments below it.
     assert os.path.exists(first)
+
+
+@pytest.mark.parametrize("which", ["sealed", "active"])
+def test_salvage_reads_the_records_of_a_segment_with_a_damaged_header(
+    store: str, which: str
+) -> None:
+    _, contents = _sealed_store(store)
+    damaged = _segments(store)[1 if which == "sealed" else -1]
+    flip_bit(damaged, 0)
+    with BlobCache(store, segment_bytes=_SMALL_SEGMENT, salvage=True) as cache:
+        (problem,) = cache.problems
+        assert problem.path == damaged and "header is damaged" in problem.message
+        assert _contents(cache) == contents  # every record has its own checksum
+        cache.put("after", b"never appended to the damaged segment")
+        assert _segments(store)[-1] != damaged  # "after" went to a new segment
+        cache.gc()  # rewrites the damaged segment
+    assert not os.path.exists(damaged)
+    with BlobCache(store, segment_bytes=_SMALL_SEGMENT) as cache:  # no salvage needed now
+        assert _contents(cache) == {**contents, "after": b"never appended to the damaged segment"}
+        assert cache.problems == ()
 
 
 @pytest.mark.parametrize(
@@ -709,7 +735,12 @@ def test_compaction_waits_for_a_put_or_delete_between_its_append_and_its_index_u
     writer = threading.Thread(target=call, name="writer")
     writer.start()
     appended.wait()
-    collector = threading.Thread(target=lambda: (cache.gc(), progress.set()))
+
+    def collect() -> None:
+        cache.gc()
+        progress.set()
+
+    collector = threading.Thread(target=collect)
     collector.start()
     progress.wait()  # set by gc() finishing (the bug) or by gc() waiting for the stripe
     go.set()
