@@ -136,8 +136,8 @@ def write_version(keydir: str, seq: int, data: memoryview, *, sync: bool) -> Rec
 
     temp file (flocked) + write + fsync + rename; then fsync(keydir) makes the new
     name durable. With ``sync=False`` ("os" durability) both fsyncs are left to the
-    caller's next ``sync``. On any error the temp file is removed and nothing is
-    published: the previous version stays live.
+    caller's next ``sync``. On any error the temp file (or the published name, if
+    the directory fsync failed) is removed: the previous version stays live.
     """
     length = data.nbytes
     fd, tmp = _fsio.open_temp(keydir)
@@ -152,7 +152,14 @@ def write_version(keydir: str, seq: int, data: memoryview, *, sync: bool) -> Rec
         raise
     os.close(fd)  # releases the flock: the file now has its final name
     if sync:
-        _fsio.fsync_dir(keydir)
+        try:
+            _fsio.fsync_dir(keydir)
+        except BaseException:
+            # The put fails, so its version must not win at the next open: take
+            # the name back. (After a power cut it may still win, as may any put
+            # that had not returned.)
+            _fsio.discard(final)
+            raise
     return Record(seq, final, length, checksum)
 
 
