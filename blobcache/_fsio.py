@@ -17,6 +17,7 @@ import os
 import secrets
 
 from . import _format
+from .errors import BlobCacheError
 
 
 def fsync_file(fd: int) -> None:
@@ -27,6 +28,19 @@ def fsync_file(fd: int) -> None:
 def fdatasync(fd: int) -> None:
     """Make the file's data durable, and its size when it grew (the log's sync)."""
     os.fdatasync(fd)
+
+
+def earlier_sync_failed(where: str, error: OSError) -> BlobCacheError:
+    """The error every ``sync()`` raises once an fsync of written data failed.
+
+    "fsyncgate": after a failed fsync the kernel may have dropped the dirty pages
+    and marked them clean, so a retried fsync can report success for data that
+    is gone. Never retry; say so until the store is reopened.
+    """
+    return BlobCacheError(
+        f"an earlier fsync in {where} failed ({error}); data written before it may not "
+        "be durable, and a retry could wrongly report success: close and reopen the store"
+    )
 
 
 def pwrite_all(fd: int, data: bytes | memoryview, offset: int) -> None:
@@ -142,7 +156,8 @@ def write_file_atomically(directory: str, name: str, data: bytes, *, sync: bool 
     """Publish ``directory/name`` holding ``data``, all or nothing; return its path.
 
     temp file + write + fsync + rename + fsync(directory): after a power cut the
-    name either does not exist or holds every byte. With ``sync=False`` both
+    name either does not exist or holds every byte. On an error nothing is left:
+    neither the temp file nor, if the directory fsync failed, the name. With ``sync=False`` both
     fsyncs are the caller's to do (before it promises anything about power loss);
     a process crash still leaves all or nothing.
     """
@@ -159,7 +174,13 @@ def write_file_atomically(directory: str, name: str, data: bytes, *, sync: bool 
         raise
     os.close(fd)
     if sync:
-        fsync_dir(directory)
+        try:
+            fsync_dir(directory)
+        except BaseException:
+            # The caller sees a failure, so the name must not be found later (by
+            # this process or, after a process crash, the next): take it back.
+            discard(path)
+            raise
     return path
 
 

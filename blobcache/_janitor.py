@@ -106,10 +106,15 @@ def prune_empty_dirs(directory: str, blobs: str) -> int:
     while directory != blobs and directory.startswith(blobs + os.sep):
         try:
             _fsio.rmdir(directory)
-        except OSError:
-            break  # not empty (it holds other keys), or already gone
-        removed += 1
-        _fsio.fsync_dir(os.path.dirname(directory))
+        except FileNotFoundError:
+            pass  # removed by a gc() that failed before pruning its parents
+        except OSError as exc:
+            if exc.errno in (errno.ENOTEMPTY, errno.EEXIST):
+                break  # it holds other keys
+            raise
+        else:
+            removed += 1
+            _fsio.fsync_dir(os.path.dirname(directory))
         directory = os.path.dirname(directory)
     return removed
 

@@ -31,7 +31,7 @@ from . import _fsio
 from ._blob import Problem
 from ._index import Entry
 from ._names import Key
-from .errors import BlobCacheError, CorruptionError
+from .errors import CorruptionError
 
 _HEADER = F.RECORD_HEADER
 _HEADER_SIZE = F.RECORD_HEADER.size
@@ -448,8 +448,20 @@ class LogWriter:
         segment's size, durably. REQUIRES: this thread owns the file."""
         target = max(end, min(self._offset + self.PREALLOCATE, self._segment_bytes))
         _fsio.pwrite_all(self._fd, bytes(target - self._allocated), self._allocated)
-        _fsio.fdatasync(self._fd)
+        self._fdatasync()
         self._allocated = target
+
+    def _fdatasync(self) -> None:
+        """fdatasync the active segment outside a batch. REQUIRES: this thread owns
+        the file. If it fails while written records wait for it, so does every
+        later ``sync()`` (see ``_fsio.earlier_sync_failed``)."""
+        try:
+            _fsio.fdatasync(self._fd)
+        except OSError as exc:
+            if self._unsynced:
+                self._sync_error = exc
+            raise
+        self._unsynced = False
 
     def sync(self) -> None:
         """fdatasync the active segment if anything written may lack one."""
@@ -457,20 +469,9 @@ class LogWriter:
             while self._leading:
                 self._idle.wait()
             if self._sync_error is not None:
-                raise BlobCacheError(
-                    f"an earlier fdatasync of {self.directory} failed ({self._sync_error}); "
-                    "records written before it may not be durable, and a retry could "
-                    "wrongly report success: close and reopen the store"
-                )
+                raise _fsio.earlier_sync_failed(self.directory, self._sync_error)
             if self._unsynced:
-                try:
-                    _fsio.fdatasync(self._fd)
-                except OSError as exc:
-                    # After a failed fsync the kernel may have dropped the dirty
-                    # pages and a second fsync may "succeed": never retry it.
-                    self._sync_error = exc
-                    raise
-                self._unsynced = False
+                self._fdatasync()
 
     def roll(self, skip: int = 0) -> int:
         """Seal the active segment and start the next, ``skip`` numbers further on;
@@ -489,12 +490,11 @@ class LogWriter:
         """
         if self._allocated > self._offset:  # a sealed segment ends at its last record
             _fsio.truncate(self._fd, self._offset)
-        _fsio.fdatasync(self._fd)
+        self._fdatasync()
         new_fd = create_segment(self.directory, number, flags=0)
         os.close(self._fd)
         self._fd, self.number, self._offset = new_fd, number, F.SEGMENT_HEADER.size
         self._allocated = self._offset
-        self._unsynced = False
         self._failed = False
 
     def close(self) -> None:
@@ -502,8 +502,10 @@ class LogWriter:
             while self._leading:
                 self._idle.wait()
             try:
+                if self._failed:  # _undo's cut failed too: the failed batch is still there
+                    _fsio.truncate(self._fd, self._offset)
                 if self._unsynced:
-                    _fsio.fdatasync(self._fd)
+                    self._fdatasync()
             finally:
                 os.close(self._fd)
 

@@ -192,6 +192,7 @@ class BlobCache(MutableMapping[N.Key, Value]):
         self._pending_lock = threading.Lock()
         self._pending_files: set[str] = set()
         self._pending_dirs: set[str] = set()
+        self._sync_error: OSError | None = None  # a failed fsync in sync(): final
         self._closed = False
         self._pid = os.getpid()
         self._forks = _forks[0]  # changes in a forked child: see _writing
@@ -497,6 +498,8 @@ class BlobCache(MutableMapping[N.Key, Value]):
         self._check_open()
         self._log.sync()
         with self._pending_lock:
+            if self._sync_error is not None:
+                raise _fsio.earlier_sync_failed(self._blobs, self._sync_error)
             files, self._pending_files = self._pending_files, set()
             dirs, self._pending_dirs = self._pending_dirs, set()
         try:
@@ -509,10 +512,9 @@ class BlobCache(MutableMapping[N.Key, Value]):
                 # the key's newer record durable.
                 with contextlib.suppress(FileNotFoundError):
                     _fsio.fsync_dir(keydir)
-        except BaseException:
-            with self._pending_lock:  # still owed: try again next time
-                self._pending_files |= files
-                self._pending_dirs |= dirs
+        except OSError as exc:
+            with self._pending_lock:  # never retried: see _fsio.earlier_sync_failed
+                self._sync_error = exc
             raise
 
     def _sync_loop(self) -> None:
@@ -558,8 +560,10 @@ class BlobCache(MutableMapping[N.Key, Value]):
         """REQUIRES: the stripe lock of ``keydir``."""
         try:
             scan = _blob.scan_key_dir(keydir)
-        except FileNotFoundError:
-            return GcResult()
+        except FileNotFoundError:  # removed by a gc() that failed right after
+            with self._tree_lock:
+                parents = _janitor.prune_empty_dirs(os.path.dirname(keydir), self._blobs)
+            return GcResult(dirs_removed=parents)
         entry = self._index.get(scan.key) if scan.key is not None else None
         live_seq = entry[SEQ] if entry is not None else None
         # Records found at open may never have been made durable (a crash between
@@ -674,7 +678,17 @@ class BlobCache(MutableMapping[N.Key, Value]):
                     if key not in self._deleted and key not in self._index:
                         self._deleted[key] = Deleted(dead.seq, output, len(record))
                 self._book.replace(inputs, output, sum(map(len, records)), live_bytes)
-            freed = _compaction.remove_segments(self._logdir, inputs)
+            try:
+                freed = _compaction.remove_segments(self._logdir, inputs)
+            except BaseException:
+                # The inputs still there are garbage: booked as all stale, the
+                # next gc() takes them as inputs again and deletes them.
+                with self._book.lock:
+                    for number in inputs:
+                        path = os.path.join(self._logdir, _log.segment_name(number))
+                        if os.path.exists(path):
+                            self._book.add(number, os.path.getsize(path), live=False)
+                raise
             self._salvaged = False
             output_size = F.SEGMENT_HEADER.size + sum(map(len, records))
             return GcResult(

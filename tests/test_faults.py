@@ -173,11 +173,18 @@ def _site(name: str, args: tuple[Any, ...]) -> str:
     # 0: here, 1: the stand-in, 2: the caller of the primitive
     frame: FrameType | None = sys._getframe(2)
     while frame is not None:
-        chain.append(frame.f_code.co_name)
-        if frame.f_globals.get("__name__") != _fsio.__name__:
-            break
+        code = frame.f_code.co_name
+        if code not in _PASS_THROUGH:
+            chain.append(code)
+            if frame.f_globals.get("__name__") != _fsio.__name__:
+                break
         frame = frame.f_back
     return "@".join(chain)
+
+
+# Helpers that only wrap a primitive for their callers: the site is named after
+# the caller ("fdatasync@sync", not "fdatasync@_fdatasync").
+_PASS_THROUGH = frozenset({"_fdatasync"})
 
 
 def _torn_pwrite_all(real: Callable[..., Any], error: OSError, *args: Any) -> None:
@@ -631,25 +638,18 @@ CASES = _cases(SITES)
 # a new silent swallow has to be argued for here first. Two more best-effort
 # sites are reached only after a first failure, so only the double-fault tests
 # below reach them: _fsio.discard's unlink and LogWriter._undo's truncate.
-TOLERATED: dict[str, str] = {
-    "rmdir(fanout)@prune_empty_dirs": (
-        "an empty fan-out directory is tidiness, not data: the janitor stops at the "
-        "first rmdir that fails (whatever the errno) and leaves the directory; the "
-        "next open finds it empty and hands it to the janitor again"
-    ),
-}
+# (Empty: the janitor's rmdir of an empty fan-out directory swallowed every
+# errno; it now stops only at "not empty" and raises the rest.)
+TOLERATED: dict[str, str] = {}
 
 # Sites where the garbage a failed gc() leaves is not collected by the next gc()
 # of the same process, only by one after the store is opened again; nothing live
-# is lost (checked). Each is a bug with a smallest test below (xfail). Strict: the
-# sweep checks that the next gc() really leaves the garbage, so a fix fails it
-# until the site leaves this list.
-GC_LEAKS: dict[str, str] = {
-    "fsync_dir(fanout)@clean_key_dir": "the emptied fan-out directories of a removed key",
-    "fsync_dir(fanout)@prune_empty_dirs": "a fan-out directory emptied by the janitor",
-    "fsync_dir(log)@write_file_atomically@write_compacted": "the new compacted segment",
-    "unlink(segment)@remove_segments": "the compacted segments not yet deleted",
-}
+# is lost (checked). Strict: the sweep checks that the next gc() really leaves
+# the garbage, so a fix fails it until the site leaves this list. (Empty: the
+# four found -- emptied fan-out directories after a failed parent fsync, a
+# compacted segment whose directory fsync failed, inputs a failed unlink left --
+# are fixed; see their regression tests below.)
+GC_LEAKS: dict[str, str] = {}
 
 # Sites where the sweep finds a bug of blobcache that breaks more than GC_LEAKS:
 # the cases there are marked xfail(strict), so a fix makes them pass and they
@@ -658,10 +658,31 @@ GC_LEAKS: dict[str, str] = {
 # the failed put's value back after a reopen, is fixed; see its regression test.)
 KNOWN_BUGS: dict[str, str] = {}
 
-# The log's policy after a failed fdatasync in sync() ("fsyncgate"): the kernel may
-# have dropped the dirty pages, and a second fdatasync may then report success for
-# data that is gone, so every later sync() raises until the store is reopened.
-_POISONS_SYNC = "fdatasync@sync"
+
+# The policy after a failed fsync of acknowledged, unsynced data in sync()
+# ("fsyncgate"): the kernel may have dropped the dirty pages, and a second fsync
+# may then report success for data that is gone, so every later sync() raises
+# until the store is reopened.
+# That is every fsync of sync() itself; and in "os" mode, the log's fdatasyncs
+# outside sync() (sealing a segment, zero-filling ahead) when acknowledged records
+# were waiting for them -- which the site alone does not tell, so there the test
+# asks sync() (see _poisoned).
+def _poisons_sync(site: str, w: Workload) -> bool | None:
+    if site.endswith("@sync"):
+        return True
+    if w.options.get("durability") == "os" and site in ("fdatasync@_roll", "fdatasync@_extend"):
+        return None
+    return False
+
+
+def _poisoned(cache: BlobCache) -> bool:
+    """Whether sync() refuses, as it must after a failed fsync of acknowledged data."""
+    try:
+        cache.sync()
+    except BlobCacheError as exc:
+        assert "reopen" in str(exc), exc
+        return True
+    return False
 
 
 def _assert_says_what_failed(error: BaseException, code: int) -> None:
@@ -756,7 +777,10 @@ def test_fault(
     _assert_reopens(crashed, w, now, leftovers=ref)
 
     # c. The fault is gone: the same store object works again...
-    poisoned = case.site == _POISONS_SYNC
+    expected = _poisons_sync(case.site, w)
+    poisoned = bool(expected)
+    if expected is None and cache is not None:
+        poisoned = _poisoned(cache)
     if cache is None:  # a failed open: opening again succeeds
         cache = BlobCache(store, **w.options)
         assert _contents(cache) == ref.after
@@ -841,13 +865,10 @@ def test_failed_directory_fsync_after_publishing_a_version_takes_the_version_bac
         assert bytes(cache["k"]) == _large("old"), "the failed put's value came back"
 
 
-_NEXT_GC_LEAK = (
-    "garbage a failed gc() leaves is collected only after the store is reopened, "
-    "not by the next gc() of the same process"
-)
+# Regressions: garbage a failed gc() left was collected only after the store was
+# reopened, not by the next gc() of the same process.
 
 
-@pytest.mark.xfail(strict=True, reason=_NEXT_GC_LEAK + ": fan-out directories")
 def test_next_gc_removes_fan_out_directories_a_failed_gc_emptied(
     store: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -861,7 +882,6 @@ def test_next_gc_removes_fan_out_directories_a_failed_gc_emptied(
         assert os.listdir(os.path.join(store, F.BLOBS_DIR)) == []
 
 
-@pytest.mark.xfail(strict=True, reason=_NEXT_GC_LEAK + ": log segments")
 @pytest.mark.parametrize(
     "site",
     ["fsync_dir(log)@write_file_atomically@write_compacted", "unlink(segment)@remove_segments"],
@@ -879,13 +899,10 @@ def test_next_gc_removes_segments_a_failed_compaction_left(
         assert len(_segments(store)) == 2, "more than the compacted segment and the active one"
 
 
-_FSYNCGATE = (
-    "the fsyncgate policy covers only LogWriter.sync(): after another failed flush of "
-    "acknowledged but unsynced data, a later sync() reports success"
-)
+# Regressions: the fsyncgate policy covered only LogWriter.sync(); after another
+# failed flush of acknowledged but unsynced data, a later sync() reported success.
 
 
-@pytest.mark.xfail(strict=True, reason=_FSYNCGATE + ": BlobCache.sync's fsync_path")
 def test_os_durability_sync_after_a_failed_fsync_of_a_version_keeps_failing(
     store: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -903,7 +920,6 @@ def test_os_durability_sync_after_a_failed_fsync_of_a_version_keeps_failing(
             cache.close()
 
 
-@pytest.mark.xfail(strict=True, reason=_FSYNCGATE + ": LogWriter._roll and _extend")
 @pytest.mark.parametrize("site", ["fdatasync@_roll", "fdatasync@_extend"])
 def test_os_durability_sync_after_a_failed_fdatasync_in_a_put_keeps_failing(
     store: str, monkeypatch: pytest.MonkeyPatch, site: str
@@ -976,12 +992,9 @@ def test_failed_cut_after_a_failed_log_write_is_redone_by_the_next_put(
         assert cache.problems == ()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="double fault: when LogWriter._undo cannot cut a failed batch and no put "
-    "follows, close() leaves the batch's whole records in the segment, and the failed "
-    "put's value is served after a reopen",
-)
+# Regression (double fault): when LogWriter._undo could not cut a failed batch and
+# no put followed, close() left the batch's whole records in the segment, and the
+# failed put's value was served after a reopen.
 def test_failed_cut_after_a_failed_log_write_is_redone_by_close(
     store: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
