@@ -42,6 +42,8 @@ class Recovered:
     torn_bytes: int = 0  # cut off the active segment's tail (a crash mid-write)
     log_deletes: list[N.Key] = field(default_factory=list)  # keys of delete records read
     blob_over_log: dict[N.Key, str] = field(default_factory=dict)  # key -> dir, see _merge
+    # key -> (seq, value or None for a delete) of the log record its blob beat
+    log_under_blob: dict[N.Key, tuple[int, bytes | None]] = field(default_factory=dict)
     problems: list[Problem] = field(default_factory=list)
     temps_removed: int = 0
 
@@ -75,8 +77,17 @@ def open_store(root: str) -> int:
         os.close(fd)
         raise LockedError(lock_path)
     try:
+        # A process killed between a create or rename and the fsync of its
+        # directory leaves an entry that exists but may not survive a power cut:
+        # the store directory itself, FORMAT, a new log segment, a compacted
+        # segment about to replace its inputs. Every open makes the store's
+        # own entries durable before anything relies on them (five fsyncs of
+        # directories, clean but for such leftovers).
+        _fsio.fsync_dir(os.path.dirname(root))
+        _fsio.fsync_dir(root)
         _fsio.makedirs(root, os.path.join(root, F.BLOBS_DIR))
         _fsio.makedirs(root, os.path.join(root, F.LOG_DIR))
+        _fsio.fsync_dir(os.path.join(root, F.LOG_DIR))
     except BaseException:
         os.close(fd)
         raise
@@ -93,18 +104,21 @@ def _existing_ancestor(path: str) -> str:
 def _init_store(root: str) -> None:
     """Make an empty directory a store by publishing the marker durably.
 
-    Refuses a directory holding anything but temp files (left by a crash during
-    an earlier init): a cache must never write into, or later gc, a user's files.
+    Refuses a directory holding anything but temp files and LOCK (left by a
+    crash during an earlier init): a cache must never write into, or later gc,
+    a user's files.
     """
     names = os.listdir(root)
-    foreign = [n for n in names if not N.is_temp_name(n)]
+    # LOCK without FORMAT: an earlier init killed before FORMAT was durable.
+    foreign = [n for n in names if not N.is_temp_name(n) and n != F.LOCK_NAME]
     if foreign:
         raise BlobCacheError(
             f"{root} is not empty and has no {F.MARKER_NAME} file, so it is not a blobcache "
             f"store (it holds {sorted(foreign)[:3]}...); pick an empty or new directory"
         )
     for name in names:
-        remove_orphan_temp(os.path.join(root, name))
+        if N.is_temp_name(name):
+            remove_orphan_temp(os.path.join(root, name))
     _fsio.write_file_atomically(root, F.MARKER_NAME, F.MARKER_CONTENT)
 
 
@@ -244,6 +258,8 @@ def _merge(result: Recovered, blob_live: dict[N.Key, Record], latest: dict[N.Key
                 # A version found at open may never have been made durable:
                 # compaction must fix that before it drops the log record.
                 result.blob_over_log[key] = os.path.dirname(record.path)
+                # What the key falls back to if that version fails its check.
+                result.log_under_blob[key] = (newest[SEQ], newest[VALUE])
             latest[key] = BlobEntry(record)
         else:  # superseded by a log record: the whole key directory is garbage
             result.dirty.add(os.path.dirname(record.path))

@@ -34,7 +34,7 @@ from typing import Any, TypeVar, cast
 from . import _blob, _compaction, _fsio, _janitor, _log, _recovery
 from . import _format as F
 from . import _names as N
-from ._blob import Problem
+from ._blob import Problem, Record
 from ._compaction import SegmentBook
 from ._index import (
     RECORD,
@@ -176,6 +176,7 @@ class BlobCache(MutableMapping[N.Key, Value]):
         self._dirty = recovered.dirty | recovered.empty_fanouts
         self._found_at_open = set(recovered.dirty)
         self._blob_over_log = recovered.blob_over_log
+        self._log_under_blob = recovered.log_under_blob
         self._problems = tuple(recovered.problems)
         self._temps_removed_at_open = recovered.temps_removed
         self._torn_bytes_at_open = recovered.torn_bytes
@@ -193,6 +194,8 @@ class BlobCache(MutableMapping[N.Key, Value]):
         self._pending_files: set[str] = set()
         self._pending_dirs: set[str] = set()
         self._sync_error: OSError | None = None  # a failed fsync in sync(): final
+        if self._options.durability == "os":
+            self._owe_what_was_found(recovered)
         self._closed = False
         self._pid = os.getpid()
         self._forks = _forks[0]  # changes in a forked child: see _writing
@@ -309,13 +312,14 @@ class BlobCache(MutableMapping[N.Key, Value]):
             assert type(entry) is BlobEntry, "log entries always hold their bytes"
             try:
                 view = _blob.map_version(entry[RECORD], check=self._options.verify_on_get)
-            except CorruptionError:
+            except CorruptionError as damage:
                 # get takes no lock: between its lookup and this open, another
                 # thread may have replaced the key and the janitor removed the old
                 # file. Only an entry that is still live is really damaged.
                 current = self._index.get(key)
                 if current is entry:
-                    raise
+                    with self._writing(os.path.basename(os.path.dirname(entry[RECORD].path))):
+                        current = self._fall_back(key, entry, damage)
                 if current is None:
                     return default
                 if current[VALUE] is not None:
@@ -414,22 +418,70 @@ class BlobCache(MutableMapping[N.Key, Value]):
         with self._writing(digest):
             if self._index.get(key) is None:
                 return False
-            seq = self._seq.take()
-            record = _log.encode_record(seq, F.RECORD_DELETE, tag, raw, b"")
-            segment, _offset = self._log.append(record)
-            keydir = N.key_dir(self._blobs, digest)
-            with self._book.lock:
-                self._book.add(segment, len(record), live=False)
-                if keydir in self._key_dirs:
-                    # Older versions may lie in the key's directory until the janitor
-                    # removes it: compaction must keep this record until then.
-                    self._deleted[key] = Deleted(seq, segment, len(record))
-            if keydir in self._key_dirs:
-                self._mark_dirty(keydir)
-            stale = self._publish(key, None)
+            stale = self._delete(key, tag, raw, N.key_dir(self._blobs, digest))
         if stale:
             self._maybe_compact()
         return True
+
+    def _delete(self, key: N.Key, tag: bytes, raw: bytes, keydir: str) -> bool:
+        """REQUIRES: the key's stripe lock. Returns whether a sealed segment got staler."""
+        seq = self._seq.take()
+        record = _log.encode_record(seq, F.RECORD_DELETE, tag, raw, b"")
+        segment, _offset = self._log.append(record)
+        with self._book.lock:
+            self._book.add(segment, len(record), live=False)
+            if keydir in self._key_dirs:
+                # Older versions may lie in the key's directory until the janitor
+                # removes it: compaction must keep this record until then.
+                self._deleted[key] = Deleted(seq, segment, len(record))
+        if keydir in self._key_dirs:
+            self._mark_dirty(keydir)
+        return self._publish(key, None)
+
+    def _fall_back(self, key: N.Key, bad: Entry, damage: CorruptionError) -> Entry | None:
+        """``bad``, the live version of ``key``, failed its check: make the newest
+        intact older value live again -- an older version in its directory, or the
+        log record it won over at open -- by writing it anew (a new sequence
+        number, so the damaged file is plain garbage for the janitor), and report
+        the damage. Returns the key's entry now (None: that older record was a
+        delete). A version never fsynced can come back from a power cut with its
+        name and size but not its bytes ("os" durability on XFS, say): this is how
+        the synced value before it is still served.
+
+        REQUIRES: the key's stripe lock.
+        :raises CorruptionError: ``damage``, when there is no intact older value.
+        """
+        if self._index.get(key) is not bad:
+            return self._index.get(key)  # replaced meanwhile
+        assert type(bad) is BlobEntry, "only a version file can fail a check"
+        record: Record = bad[RECORD]
+        keydir = os.path.dirname(record.path)
+        older: tuple[int, bytes | memoryview | None] | None = self._log_under_blob.get(key)
+        try:
+            versions = _blob.scan_key_dir(keydir).records  # newest first
+        except FileNotFoundError:
+            versions = []
+        for version in versions:
+            if older is not None and version.seq < older[0]:
+                break  # the log record is newer than every version left
+            if version.seq < record.seq:
+                with contextlib.suppress(CorruptionError):
+                    older = (version.seq, _blob.map_version(version, check=True))
+                    break
+        if older is None:
+            raise damage
+        seq, value = older
+        note = Problem(record.path, f"{damage.detail}; serving the older record {seq} instead")
+        log.warning("blobcache: %s", note)
+        self._problems += (note,)
+        tag, raw = N.encode_key(key)
+        if value is None:
+            self._delete(key, tag, raw, keydir)
+        elif len(value) < self._options.inline_limit:
+            self._put_inline(key, tag, raw, bytes(value))
+        else:
+            self._put_blob(key, tag, raw, keydir, memoryview(value))
+        return self._index.get(key)
 
     def __delitem__(self, key: N.Key) -> None:
         if not self.delete(key):
@@ -456,13 +508,17 @@ class BlobCache(MutableMapping[N.Key, Value]):
             return
         sync = self._options.durability == "fsync"
         with self._tree_lock:
-            created = _fsio.makedirs(self._blobs, keydir, sync=sync)
+            _fsio.makedirs(self._blobs, keydir, sync=sync)
         if not sync:
-            for new_dir in created:
-                self._owe_sync(None, os.path.dirname(new_dir))
+            # Every directory on the way, not only those just made: one left
+            # unsynced by a killed process must not stay so after our sync().
+            self._owe_dirs(keydir)
         try:
             found = _blob.read_key_file(keydir)
-        except FileNotFoundError:
+        except (FileNotFoundError, CorruptionError):
+            # Missing, or damaged (reported at open): a key file not yet synced
+            # when the power went can come back empty. The key is the one that
+            # hashes to this directory: write it again.
             key_file = _blob.write_key_file(keydir, tag, raw, sync=sync)
             if not sync:
                 self._owe_sync(key_file, keydir)
@@ -482,6 +538,28 @@ class BlobCache(MutableMapping[N.Key, Value]):
             if path is not None:
                 self._pending_files.add(path)
             self._pending_dirs.add(keydir)
+
+    def _owe_what_was_found(self, recovered: _recovery.Recovered) -> None:
+        """With "os", a killed process may have left versions, key files and
+        directories that were never fsynced; they hold values this process
+        serves, so its ``sync()`` owes them too. (With "fsync" every put made
+        them durable before it returned.)"""
+        for key, keydir in recovered.dir_of.items():
+            self._owe_sync(os.path.join(keydir, F.KEY_FILE_NAME), keydir)
+            self._owe_dirs(keydir)
+            entry = self._index.get(key)
+            record = blob_of(entry) if entry is not None else None
+            if record is not None:
+                self._owe_sync(record.path, keydir)
+
+    def _owe_dirs(self, keydir: str) -> None:
+        """Owe the next ``sync()`` an fsync of every directory from ``blobs`` down
+        to ``keydir``'s parent (``keydir`` itself is owed by what goes in it)."""
+        with self._pending_lock:
+            directory = os.path.dirname(keydir)
+            while directory != self._path:
+                self._pending_dirs.add(directory)
+                directory = os.path.dirname(directory)
 
     def _mark_dirty(self, keydir: str) -> None:
         """Note that ``keydir`` holds garbage for the next ``gc()``."""
@@ -565,6 +643,18 @@ class BlobCache(MutableMapping[N.Key, Value]):
                 parents = _janitor.prune_empty_dirs(os.path.dirname(keydir), self._blobs)
             return GcResult(dirs_removed=parents)
         entry = self._index.get(scan.key) if scan.key is not None else None
+        if keydir in self._found_at_open and scan.key is not None and type(entry) is BlobEntry:
+            # A version found at open may have lost its bytes to a power cut
+            # (never fsynced): read it whole before deleting the older ones it
+            # would otherwise fall back to.
+            try:
+                _blob.map_version(entry[RECORD], check=True)
+            except CorruptionError as damage:
+                try:
+                    entry = self._fall_back(scan.key, entry, damage)
+                except CorruptionError:
+                    return GcResult()  # nothing intact to keep: left as found, reported
+                scan = _blob.scan_key_dir(keydir)
         live_seq = entry[SEQ] if entry is not None else None
         # Records found at open may never have been made durable (a crash between
         # a rename and its directory fsync, or "os" puts never synced): make the
