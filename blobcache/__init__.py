@@ -9,7 +9,7 @@ from ._blob import Problem
 from ._janitor import GcResult
 from ._options import Options
 from .cache import BlobCache, Stats
-from .errors import BlobCacheError, ClosedError, CorruptionError, LockedError
+from .errors import BlobCacheError, ClosedError, CorruptionError, LockedError, ReadOnlyError
 
 __all__ = [
     "BlobCache",
@@ -20,6 +20,7 @@ __all__ = [
     "LockedError",
     "Options",
     "Problem",
+    "ReadOnlyError",
     "Stats",
 ]
 __version__ = "0.1.0"

@@ -90,11 +90,12 @@ class SegmentRead:
     cut: int = 0  # bytes of a torn tail cut off (active segment only)
     zero_tail: int = 0  # zero-filled room after the last record (active segment only)
     damaged_header: bool = False  # read anyway, with salvage: never appended to again
+    report_cut: bool = True  # False for a reader beside a live writer, mid-append maybe
     problems: list[Problem] = field(default_factory=list)
 
 
 def read_segment(
-    path: str, number: int, *, active: bool, salvage: bool
+    path: str, number: int, *, active: bool, salvage: bool, readonly: bool = False
 ) -> tuple[SegmentRead, bytes]:
     """Read a segment and check its header; return its summary and its bytes,
     for ``replay`` (which fills in the summary's ``end``, ``cut`` and ``problems``).
@@ -105,7 +106,7 @@ def read_segment(
     """
     with open(path, "rb") as f:
         data = f.read()
-    info = SegmentRead(path, number, size=len(data))
+    info = SegmentRead(path, number, size=len(data), report_cut=not readonly)
     head = F.SEGMENT_HEADER.size
     flags = header_flags(data[:head])
     if flags is None:
@@ -220,13 +221,14 @@ def _bad_record(
         # bit there looks the same (valid records may follow a torn page too), so
         # the cut is reported, not only counted: point-in-time recovery.
         info.cut = len(data) - offset  # the torn record on, zero-filled room included
-        info.problems.append(
-            Problem(
-                info.path,
-                f"{why} at offset {offset}: cut the segment there ({info.cut} bytes), "
-                "as a write torn by a crash",
+        if info.report_cut:
+            info.problems.append(
+                Problem(
+                    info.path,
+                    f"{why} at offset {offset}: cut the segment there ({info.cut} bytes), "
+                    "as a write torn by a crash",
+                )
             )
-        )
         return
     if not salvage:
         raise CorruptionError(

@@ -72,6 +72,13 @@ class Options:
     rest of that segment (each drop reported in ``problems``) instead of raising
     ``CorruptionError``. Values in the dropped part fall back to older records."""
 
+    readonly: bool = False
+    """Open without the writer lock, beside a live writer (another process, or
+    another handle): the index is what the files held at open, nothing on disk
+    is changed, and put, delete, gc and sync raise ``ReadOnlyError``. A value
+    file the writer's janitor removes after the open reads as ``CorruptionError``
+    ("missing"); open again to see the writer's newer values."""
+
     def __post_init__(self) -> None:
         if self.durability not in DURABILITY_LEVELS:
             raise ValueError(
@@ -87,7 +94,7 @@ class Options:
             raise ValueError(
                 f"sync_interval must be a positive, finite number of seconds; got {interval!r}"
             )
-        for name in ("verify_on_get", "salvage"):
+        for name in ("verify_on_get", "salvage", "readonly"):
             if not isinstance(getattr(self, name), bool):
                 raise TypeError(
                     f"{name} must be True or False, not {type(getattr(self, name)).__name__}"

@@ -46,6 +46,7 @@ class Recovered:
     log_under_blob: dict[N.Key, tuple[int, bytes | None]] = field(default_factory=dict)
     problems: list[Problem] = field(default_factory=list)
     temps_removed: int = 0
+    readonly: bool = False  # beside a live writer: read, never change a file
 
 
 def open_store(root: str) -> int:
@@ -58,18 +59,7 @@ def open_store(root: str) -> int:
     if not os.path.exists(root):
         parent = _existing_ancestor(root)
         _fsio.makedirs(parent, root)
-    if not os.path.isdir(root):
-        raise BlobCacheError(f"{root} is not a directory; a store needs a directory of its own")
-    marker = os.path.join(root, F.MARKER_NAME)
-    if os.path.exists(marker):
-        with open(marker, "rb") as f:
-            content = f.read(len(F.MARKER_CONTENT) + 1)
-        if content != F.MARKER_CONTENT:
-            raise BlobCacheError(
-                f"{marker} says {content[:40]!r}, not {F.MARKER_CONTENT!r}: this store was "
-                "written by another blobcache format version, or the file is damaged"
-            )
-    else:
+    if not has_marker(root):
         _init_store(root)
     lock_path = os.path.join(root, F.LOCK_NAME)
     fd = _fsio.open_lock_file(lock_path)
@@ -92,6 +82,38 @@ def open_store(root: str) -> int:
         os.close(fd)
         raise
     return fd
+
+
+def check_store(root: str) -> None:
+    """Check, changing nothing, that ``root`` is a store (for ``readonly=True``).
+
+    :raises BlobCacheError: ``root`` is missing, not a directory, or not a store.
+    """
+    if not os.path.exists(root):
+        raise BlobCacheError(f"there is no store at {root}: the directory does not exist")
+    if not has_marker(root):
+        raise BlobCacheError(f"{root} has no {F.MARKER_NAME} file, so it is not a blobcache store")
+
+
+def has_marker(root: str) -> bool:
+    """Whether ``root`` holds this format's marker.
+
+    :raises BlobCacheError: ``root`` is not a directory, or its marker is another
+        format version's (or damaged).
+    """
+    if not os.path.isdir(root):
+        raise BlobCacheError(f"{root} is not a directory; a store needs a directory of its own")
+    marker = os.path.join(root, F.MARKER_NAME)
+    if not os.path.exists(marker):
+        return False
+    with open(marker, "rb") as f:
+        content = f.read(len(F.MARKER_CONTENT) + 1)
+    if content != F.MARKER_CONTENT:
+        raise BlobCacheError(
+            f"{marker} says {content[:40]!r}, not {F.MARKER_CONTENT!r}: this store was "
+            "written by another blobcache format version, or the file is damaged"
+        )
+    return True
 
 
 def _existing_ancestor(path: str) -> str:
@@ -146,12 +168,15 @@ def remove_orphan_temp(path: str) -> int | None:
         os.close(fd)
 
 
-def recover(root: str, *, salvage: bool = False) -> Recovered:
+def recover(root: str, *, salvage: bool = False, readonly: bool = False) -> Recovered:
     """Scan every key directory and the log; keep, per key, the highest-numbered record.
 
-    REQUIRES: the caller holds the writer lock (so no temp file is in use by us).
+    REQUIRES: the caller holds the writer lock (so no temp file is in use by us),
+    or ``readonly``: then no file is changed (no temp file or replaced segment
+    removed, no cut reported: a live writer may be mid-append), and a file that
+    vanishes meanwhile raises FileNotFoundError (the caller reads again).
     """
-    result = Recovered()
+    result = Recovered(readonly=readonly)
     blobs = os.path.join(root, F.BLOBS_DIR)
     blob_live: dict[N.Key, Record] = {}
     # Building the index makes an object or two per record and frees none: the
@@ -188,7 +213,7 @@ def _replay_log(logdir: str, result: Recovered, *, salvage: bool) -> dict[N.Key,
     """
     numbers = _segment_numbers(logdir, result)
     floor = _compacted_floor(logdir, numbers)
-    replaced = [n for n in numbers if n < floor]
+    replaced = [n for n in numbers if n < floor] if not result.readonly else []
     for number in replaced:
         _fsio.unlink(os.path.join(logdir, _log.segment_name(number)))
     if replaced:
@@ -199,7 +224,11 @@ def _replay_log(logdir: str, result: Recovered, *, salvage: bool) -> dict[N.Key,
     for number in numbers:
         active = number == numbers[-1]
         info, data = _log.read_segment(
-            os.path.join(logdir, _log.segment_name(number)), number, active=active, salvage=salvage
+            os.path.join(logdir, _log.segment_name(number)),
+            number,
+            active=active,
+            salvage=salvage,
+            readonly=result.readonly,
         )
         if data:
             seen = _log.replay(
@@ -228,7 +257,7 @@ def _segment_numbers(logdir: str, result: Recovered) -> list[int]:
             if number is not None and entry.is_file(follow_symlinks=False):
                 numbers.append(number)
             elif N.is_temp_name(entry.name):  # a compaction output never published
-                if remove_orphan_temp(entry.path) is not None:
+                if not result.readonly and remove_orphan_temp(entry.path) is not None:
                     result.temps_removed += 1
             else:
                 result.problems.append(
@@ -305,7 +334,7 @@ def _subdirs(path: str, name_ok: Callable[[str], bool], problems: list[Problem])
 def _admit(result: Recovered, scan: KeyDirScan, blob_live: dict[N.Key, Record]) -> None:
     result.max_seq = max(result.max_seq, scan.max_seq)
     result.problems.extend(scan.problems)
-    for temp in scan.temps:
+    for temp in scan.temps if not result.readonly else []:
         if remove_orphan_temp(temp) is not None:
             result.temps_removed += 1
     if scan.key is None:

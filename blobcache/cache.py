@@ -53,7 +53,7 @@ from ._index import (
 from ._janitor import GcResult
 from ._log import LogWriter
 from ._options import Durability, Options
-from .errors import BlobCacheError, ClosedError, CorruptionError
+from .errors import BlobCacheError, ClosedError, CorruptionError, ReadOnlyError
 
 log = logging.getLogger("blobcache")
 
@@ -150,6 +150,7 @@ class BlobCache(MutableMapping[N.Key, Value]):
         segment_bytes: int = Options.segment_bytes,
         compact_ratio: float = Options.compact_ratio,
         salvage: bool = False,
+        readonly: bool = False,
     ) -> None:
         self._options = Options(
             durability,
@@ -159,17 +160,23 @@ class BlobCache(MutableMapping[N.Key, Value]):
             segment_bytes,
             compact_ratio,
             salvage,
+            readonly,
         )
         self._path = os.path.abspath(os.fspath(path))
         self._blobs = os.path.join(self._path, F.BLOBS_DIR)
         self._logdir = os.path.join(self._path, F.LOG_DIR)
-        self._lock_fd = _recovery.open_store(self._path)
-        try:
-            recovered = _recovery.recover(self._path, salvage=salvage)
-            self._log = self._open_log(recovered)
-        except BaseException:
-            os.close(self._lock_fd)
-            raise
+        self._writer: LogWriter | None = None
+        if readonly:
+            self._lock_fd = -1
+            recovered = self._read_beside_writer()
+        else:
+            self._lock_fd = _recovery.open_store(self._path)
+            try:
+                recovered = _recovery.recover(self._path, salvage=salvage)
+                self._writer = self._open_log(recovered)
+            except BaseException:
+                os.close(self._lock_fd)
+                raise
         self._index: dict[N.Key, Entry] = recovered.entries
         self._deleted = recovered.deleted
         self._key_dirs = recovered.key_dirs
@@ -183,7 +190,8 @@ class BlobCache(MutableMapping[N.Key, Value]):
         # Without salvage the only log problems are cut tails: nothing to rewrite.
         self._salvaged = salvage and any(s.problems for s in recovered.segments)
         self._book = SegmentBook(recovered.segment_total, recovered.segment_live)
-        self._book.add(self._log.number, 0, live=False)
+        if self._writer is not None:
+            self._book.add(self._writer.number, 0, live=False)
         # Invariant: every number handed out is above every number on disk.
         self._seq = _Sequence(recovered.max_seq + 1)
         self._stripes = [threading.Lock() for _ in range(_STRIPES)]
@@ -194,20 +202,43 @@ class BlobCache(MutableMapping[N.Key, Value]):
         self._pending_files: set[str] = set()
         self._pending_dirs: set[str] = set()
         self._sync_error: OSError | None = None  # a failed fsync in sync(): final
-        if self._options.durability == "os":
+        if self._options.durability == "os" and not readonly:
             self._owe_what_was_found(recovered)
         self._closed = False
         self._pid = os.getpid()
         self._forks = _forks[0]  # changes in a forked child: see _writing
-        self._active_seen = self._log.number
+        self._active_seen = self._writer.number if self._writer is not None else 0
         self._stop = threading.Event()
         self._compact_wanted = threading.Event()
         self._threads = [threading.Thread(target=self._compact_loop, name="blobcache-compact")]
         if self._options.durability == "os":
             self._threads.append(threading.Thread(target=self._sync_loop, name="blobcache-sync"))
+        if readonly:
+            self._threads = []
         for thread in self._threads:
             thread.daemon = True
             thread.start()
+
+    # How often a reader starts over when the writer removes a file it was reading.
+    READ_ATTEMPTS = 10
+
+    def _read_beside_writer(self) -> _recovery.Recovered:
+        """Recover without the lock, changing nothing. A live writer may delete a
+        segment (compaction) or a version (janitor) between our listing and our
+        read: then read again; each attempt sees a newer state."""
+        _recovery.check_store(self._path)
+        for _ in range(self.READ_ATTEMPTS - 1):
+            try:
+                return _recovery.recover(self._path, salvage=self._options.salvage, readonly=True)
+            except FileNotFoundError:
+                continue
+        return _recovery.recover(self._path, salvage=self._options.salvage, readonly=True)
+
+    @property
+    def _log(self) -> LogWriter:
+        if self._writer is None:
+            raise ReadOnlyError(self._path)
+        return self._writer
 
     def _open_log(self, recovered: _recovery.Recovered) -> LogWriter:
         """Resume writing after the last good record of the newest segment, or start one."""
@@ -318,6 +349,8 @@ class BlobCache(MutableMapping[N.Key, Value]):
                 # file. Only an entry that is still live is really damaged.
                 current = self._index.get(key)
                 if current is entry:
+                    if self._writer is None:
+                        raise  # a reader changes nothing: the writer falls back
                     with self._writing(os.path.basename(os.path.dirname(entry[RECORD].path))):
                         current = self._fall_back(key, entry, damage)
                 if current is None:
@@ -488,6 +521,8 @@ class BlobCache(MutableMapping[N.Key, Value]):
             raise KeyError(key)
 
     def _writing(self, digest: str) -> _StripeGuard:
+        if self._writer is None:
+            raise ReadOnlyError(self._path)
         if _forks[0] != self._forks:
             raise BlobCacheError(
                 f"this BlobCache handle for {self._path} was opened by process {self._pid} and "
@@ -614,6 +649,8 @@ class BlobCache(MutableMapping[N.Key, Value]):
         mapped view of a removed file stays valid. Returns what was removed.
         """
         self._check_open()
+        if self._writer is None:
+            raise ReadOnlyError(self._path)
         total = GcResult()
         with self._gc_lock:
             with self._pending_lock:
@@ -839,7 +876,8 @@ class BlobCache(MutableMapping[N.Key, Value]):
         entries = list(self._index.values())
         with self._book.lock:
             stale, total = self._book.stale()
-            segments = len(self._book.total.keys() | {self._log.number})
+            active = {self._writer.number} if self._writer is not None else set()
+            segments = len(self._book.total.keys() | active)
         return Stats(
             path=self._path,
             durability=self._options.durability,
@@ -870,13 +908,17 @@ class BlobCache(MutableMapping[N.Key, Value]):
                 return
             self._stop.set()
             self._compact_wanted.set()
+            if self._writer is None:  # readonly: nothing to sync, no lock held
+                self._closed = True
+                self._index = ClosedIndex(self._path)
+                return
             try:
                 self.sync()
             finally:
                 self._closed = True
                 self._index = ClosedIndex(self._path)
                 try:
-                    self._log.close()
+                    self._writer.close()
                 finally:
                     os.close(self._lock_fd)
         for thread in self._threads:

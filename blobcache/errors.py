@@ -48,6 +48,24 @@ class ClosedError(BlobCacheError, ValueError):
         return (type(self), (self.path,))
 
 
+class ReadOnlyError(BlobCacheError, PermissionError):
+    """A write (put, delete, gc, sync) through a handle opened with ``readonly=True``."""
+
+    def __init__(self, path: str) -> None:
+        super().__init__(
+            errno.EROFS,
+            f"the cache at {path} was opened with readonly=True: put, delete, gc and sync "
+            "need a handle that holds the writer lock",
+        )
+        self.path = path
+
+    def __str__(self) -> str:
+        return str(self.strerror)
+
+    def __reduce__(self) -> tuple[type[ReadOnlyError], tuple[str]]:
+        return (type(self), (self.path,))
+
+
 class CorruptionError(BlobCacheError):
     """A file of the store does not hold what its name or checksum says.
 
