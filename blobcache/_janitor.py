@@ -120,6 +120,9 @@ def prune_empty_dirs(directory: str, blobs: str) -> int:
 
 
 def _remove(path: str) -> int:
-    size = os.stat(path, follow_symlinks=False).st_size
-    _fsio.unlink(path)
+    try:
+        size = os.stat(path, follow_symlinks=False).st_size
+        _fsio.unlink(path)
+    except FileNotFoundError:
+        return 0  # removed meanwhile by `blobcache gc` in another process
     return size

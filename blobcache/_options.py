@@ -72,6 +72,12 @@ class Options:
     rest of that segment (each drop reported in ``problems``) instead of raising
     ``CorruptionError``. Values in the dropped part fall back to older records."""
 
+    gc_interval: float | None = None
+    """Run ``gc()`` (the janitor, then log compaction) in a background thread
+    every this many seconds; None (the default) leaves it to calls of ``gc()``
+    and to ``blobcache gc``. A failed background gc is logged and retried at the
+    next interval; what it left is still garbage then."""
+
     readonly: bool = False
     """Open without the writer lock, beside a live writer (another process, or
     another handle): the index is what the files held at open, nothing on disk
@@ -85,15 +91,9 @@ class Options:
                 f"durability must be one of {', '.join(map(repr, DURABILITY_LEVELS))}; "
                 f"got {self.durability!r}"
             )
-        interval = self.sync_interval
-        if isinstance(interval, bool) or not isinstance(interval, (int, float)):
-            raise TypeError(
-                f"sync_interval must be a number of seconds, not {type(interval).__name__}"
-            )
-        if not (math.isfinite(interval) and interval > 0):
-            raise ValueError(
-                f"sync_interval must be a positive, finite number of seconds; got {interval!r}"
-            )
+        _check_seconds("sync_interval", self.sync_interval)
+        if self.gc_interval is not None:
+            _check_seconds("gc_interval", self.gc_interval)
         for name in ("verify_on_get", "salvage", "readonly"):
             if not isinstance(getattr(self, name), bool):
                 raise TypeError(
@@ -106,6 +106,13 @@ class Options:
             raise TypeError(f"compact_ratio must be a number, not {type(ratio).__name__}")
         if not 0 < ratio <= 1:
             raise ValueError(f"compact_ratio must be in (0, 1]; got {ratio!r}")
+
+
+def _check_seconds(name: str, interval: object) -> None:
+    if isinstance(interval, bool) or not isinstance(interval, (int, float)):
+        raise TypeError(f"{name} must be a number of seconds, not {type(interval).__name__}")
+    if not (math.isfinite(interval) and interval > 0):
+        raise ValueError(f"{name} must be a positive, finite number of seconds; got {interval!r}")
 
 
 def _check_int(name: str, value: object, low: int, high: int) -> None:

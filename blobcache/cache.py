@@ -150,6 +150,7 @@ class BlobCache(MutableMapping[N.Key, Value]):
         segment_bytes: int = Options.segment_bytes,
         compact_ratio: float = Options.compact_ratio,
         salvage: bool = False,
+        gc_interval: float | None = None,
         readonly: bool = False,
     ) -> None:
         self._options = Options(
@@ -160,6 +161,7 @@ class BlobCache(MutableMapping[N.Key, Value]):
             segment_bytes,
             compact_ratio,
             salvage,
+            gc_interval,
             readonly,
         )
         self._path = os.path.abspath(os.fspath(path))
@@ -213,6 +215,8 @@ class BlobCache(MutableMapping[N.Key, Value]):
         self._threads = [threading.Thread(target=self._compact_loop, name="blobcache-compact")]
         if self._options.durability == "os":
             self._threads.append(threading.Thread(target=self._sync_loop, name="blobcache-sync"))
+        if gc_interval is not None:
+            self._threads.append(threading.Thread(target=self._gc_loop, name="blobcache-gc"))
         if readonly:
             self._threads = []
         for thread in self._threads:
@@ -641,6 +645,16 @@ class BlobCache(MutableMapping[N.Key, Value]):
 
     # --- the janitor and compaction --------------------------------------------------
 
+    def _gc_loop(self) -> None:
+        assert self._options.gc_interval is not None
+        while not self._stop.wait(self._options.gc_interval):
+            try:
+                self.gc()
+            except ClosedError:
+                return
+            except (OSError, BlobCacheError) as exc:
+                log.error("blobcache: background gc of %s failed: %s", self._path, exc)
+
     def gc(self) -> GcResult:
         """Delete superseded versions, deleted keys and orphaned temp files, then
         compact the log (whatever its stale ratio).
@@ -893,6 +907,27 @@ class BlobCache(MutableMapping[N.Key, Value]):
             temps_removed_at_open=self._temps_removed_at_open,
             torn_bytes_at_open=self._torn_bytes_at_open,
         )
+
+    # --- for the maintenance command (_maintenance.py) ------------------------------
+
+    def _sizes(self) -> list[tuple[N.Key, int]]:
+        """(key, value length) of every live key."""
+        return [(k, length(e)) for k, e in list(self._index.items())]
+
+    def _blob_paths(self) -> list[tuple[int, str]]:
+        """(seq, path) of every live value in a file."""
+        return [
+            (e[SEQ], e[RECORD].path) for e in list(self._index.values()) if type(e) is BlobEntry
+        ]
+
+    def _record_seq(self, key: N.Key) -> int | None:
+        """The sequence number of ``key``'s live record, or of its delete record
+        kept for compaction; None when neither is known."""
+        entry = self._index.get(key)
+        if entry is not None:
+            return int(entry[SEQ])
+        dead = self._deleted.get(key)
+        return dead.seq if dead is not None else None
 
     def _check_open(self) -> None:
         if self._closed:

@@ -1,10 +1,84 @@
-"""The ``blobcache`` command (also ``python -m blobcache``)."""
+"""The ``blobcache`` command (also ``python -m blobcache``): demo, gc, stats, verify.
+
+Exit status: 0 done; 1 ``verify`` found a problem; 2 the command could not run
+(a missing or foreign directory, a bad argument), with a one-line message.
+"""
 
 from __future__ import annotations
 
 import argparse
+import json
+import sys
+from typing import Any
 
+from . import _maintenance as M
 from ._demo import run_demo
+from .errors import BlobCacheError
+
+
+def _size(n: int) -> str:
+    if n < 1024:
+        return f"{n:,} B"
+    value = n / 1024
+    for unit in ("KiB", "MiB", "GiB"):
+        if value < 1024:
+            return f"{value:,.1f} {unit}"
+        value /= 1024
+    return f"{value:,.1f} TiB"
+
+
+def _emit(as_json: bool, data: dict[str, Any], lines: list[str]) -> None:
+    if as_json:
+        json.dump(data, sys.stdout, indent=2)
+        sys.stdout.write("\n")
+    else:
+        sys.stdout.write("\n".join(lines) + "\n")
+
+
+def _stats(path: str, as_json: bool) -> int:
+    s = M.store_stats(path)
+    lines = [
+        f"store       {s.path}" + ("  (a writer has it open)" if s.writer_running else ""),
+        f"keys        {s.keys:,}",
+        f"live        {_size(s.live_bytes)}",
+        f"on disk     {_size(s.disk_bytes)} in blocks, {_size(s.file_bytes)} in file sizes",
+        f"reclaimable {_size(s.reclaimable_bytes)} (blobcache gc)",
+        f"versions    {s.versions:,} ({s.superseded_versions:,} superseded)",
+        f"segments    {s.segments:,}",
+        f"temp files  {s.temp_files:,}",
+        f"writes      {s.oldest_write or '-'} .. {s.newest_write or '-'}",
+    ]
+    lines += [f"largest     {key} {_size(n)}" for key, n in s.largest]
+    lines += [f"problem     {p}" for p in s.problems]
+    _emit(as_json, s.as_dict(), lines)
+    return 0
+
+
+def _verify(path: str, as_json: bool) -> int:
+    problems = M.verify(path)
+    data = {"path": path, "ok": not problems, "problems": [str(p) for p in problems]}
+    lines = [str(p) for p in problems] or [f"{path}: every checksum matches"]
+    _emit(as_json, data, lines)
+    return 1 if problems else 0
+
+
+def _gc(path: str, as_json: bool, dry_run: bool) -> int:
+    report = M.collect(path, dry_run=dry_run)
+    r = report.result
+    verb = "would remove" if dry_run else "removed"
+    lines = [f"{verb} {p}" for p in report.removed]
+    lines.append(
+        f"{verb} {r.files_removed:,} files, {r.temps_removed:,} temp files, "
+        f"{r.dirs_removed:,} directories; compacted {r.segments_compacted:,} log segments; "
+        f"{_size(r.bytes_reclaimed)} reclaimed"
+    )
+    if report.beside_writer:
+        lines.append(
+            "a writer has the store open: superseded versions and temp files only; "
+            "deleted keys' directories and the log wait for its gc() or a gc without it"
+        )
+    _emit(as_json, report.as_dict(), lines)
+    return 0
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -17,8 +91,29 @@ def main(argv: list[str] | None = None) -> int:
         help="write artifacts, SIGKILL the writer mid-put, reopen and show nothing acked is lost",
     )
     demo.add_argument("path", nargs="?", help="store directory (default: a new temp directory)")
+    commands = {
+        "gc": "remove superseded versions, deleted keys and orphaned temp files; "
+        "compact the log when no process has the store open",
+        "stats": "keys, live bytes, bytes on disk, what gc would reclaim",
+        "verify": "read everything and check every checksum; exit status 1 on a problem",
+    }
+    for name, text in commands.items():
+        command = sub.add_parser(name, help=text, description=text)
+        command.add_argument("path", help="store directory")
+        command.add_argument("--json", action="store_true", help="machine-readable output")
+        if name == "gc":
+            command.add_argument(
+                "--dry-run", action="store_true", help="list what would go, remove nothing"
+            )
     args = parser.parse_args(argv)
     if args.command == "demo":
         return run_demo(args.path)
-    parser.error(f"unknown command {args.command}")
-    return 2
+    try:
+        if args.command == "stats":
+            return _stats(args.path, args.json)
+        if args.command == "verify":
+            return _verify(args.path, args.json)
+        return _gc(args.path, args.json, args.dry_run)
+    except BlobCacheError as exc:
+        print(f"blobcache {args.command}: {exc}", file=sys.stderr)
+        return 2

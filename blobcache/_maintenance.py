@@ -1,0 +1,314 @@
+"""What ``blobcache stats | verify | gc`` do to a store, possibly beside a live writer.
+
+A writer process holds ``LOCK``. Without it, ``gc`` opens the store as the
+writer and runs ``BlobCache.gc()`` (janitor and log compaction). With it held,
+``gc`` works from a ``readonly=True`` snapshot and removes only what no writer
+can still need: versions below their key's live record (after fsyncing that
+record from this process: it is in the page cache the writer shares, so our
+fsync makes it durable) and temp files no writer holds an flock on. It leaves
+key files, key and fan-out directories and the log to the writer's own gc()
+(or a later offline one): the writer believes a key directory it has seen
+keeps its key file, and only the writer may rewrite its log.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime
+import heapq
+import os
+import sys
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from . import _blob, _fsio, _recovery
+from . import _format as F
+from . import _names as N
+from ._blob import Problem, Record
+from ._janitor import GcResult
+from .cache import BlobCache
+from .errors import CorruptionError, LockedError
+
+
+class Progress:
+    """A one-line progress bar on stderr, shown only on a terminal and only for
+    work that lasts more than a moment (drawn at most ten times a second)."""
+
+    DELAY = 0.5  # seconds before the bar first appears
+
+    def __init__(self, label: str, total: int, *, enabled: bool | None = None) -> None:
+        self.label, self.total, self.done = label, max(total, 1), 0
+        self.enabled = sys.stderr.isatty() if enabled is None else enabled
+        self.start = self.drawn = time.monotonic()
+
+    def advance(self, amount: int = 1) -> None:
+        self.done += amount
+        now = time.monotonic()
+        if self.enabled and now - self.start > self.DELAY and now - self.drawn > 0.1:
+            self.drawn = now
+            share = min(self.done / self.total, 1.0)
+            bar = "#" * int(share * 30)
+            sys.stderr.write(f"\r{self.label} [{bar:<30}] {share:4.0%}")
+            sys.stderr.flush()
+
+    def finish(self) -> None:
+        if self.enabled and self.drawn != self.start:
+            sys.stderr.write("\r" + " " * (len(self.label) + 40) + "\r")
+            sys.stderr.flush()
+
+
+def _files(root: str) -> Iterator[os.DirEntry[str]]:
+    """Every regular file under ``root`` (a file removed meanwhile is skipped)."""
+    stack = [root]
+    while stack:
+        try:
+            with os.scandir(stack.pop()) as entries:
+                for entry in entries:
+                    if entry.is_dir(follow_symlinks=False):
+                        stack.append(entry.path)
+                    elif entry.is_file(follow_symlinks=False):
+                        yield entry
+        except FileNotFoundError:
+            continue
+
+
+def _versions(blobs: str) -> Iterator[tuple[str, Record]]:
+    """(key directory, record) of every version file under ``blobs``."""
+    for entry in _files(blobs):
+        name = N.parse_version_name(entry.name)
+        if name is not None:
+            record = Record(name.seq, entry.path, name.length, name.checksum)
+            yield os.path.dirname(entry.path), record
+
+
+def _iso(timestamp: float | None) -> str | None:
+    if timestamp is None:
+        return None
+    return datetime.datetime.fromtimestamp(timestamp, datetime.timezone.utc).isoformat()
+
+
+@dataclass
+class StoreStats:
+    """What ``blobcache stats`` reports; sizes in bytes."""
+
+    path: str
+    keys: int
+    live_bytes: int
+    file_bytes: int  # sum of file sizes
+    disk_bytes: int  # blocks held by files, as du counts them
+    reclaimable_bytes: int  # superseded versions, stale log records, temp files
+    versions: int
+    superseded_versions: int
+    segments: int
+    temp_files: int
+    largest: list[tuple[str, int]]  # (repr of key, bytes), largest first
+    oldest_write: str | None  # ISO 8601, UTC: modification times of data files
+    newest_write: str | None
+    writer_running: bool
+    problems: list[str] = field(default_factory=list)
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def store_stats(path: str, *, top: int = 5) -> StoreStats:
+    """Count what the store holds, from a read-only snapshot and a walk of its files."""
+    with BlobCache(path, readonly=True) as cache:
+        summary = cache.stats()
+        sizes = cache._sizes()
+        live_files = {p for _, p in cache._blob_paths()}
+        problems = [str(p) for p in cache.problems]
+    largest = heapq.nlargest(top, sizes, key=lambda kv: kv[1])
+    file_bytes = disk_bytes = superseded = superseded_bytes = versions = segments = temps = 0
+    temp_bytes = 0
+    times: list[float] = []
+    for entry in _files(os.path.abspath(path)):
+        try:
+            st = entry.stat(follow_symlinks=False)
+        except FileNotFoundError:
+            continue
+        file_bytes += st.st_size
+        disk_bytes += st.st_blocks * 512
+        if N.parse_version_name(entry.name) is not None:
+            versions += 1
+            times.append(st.st_mtime)
+            if entry.path not in live_files:
+                superseded += 1
+                superseded_bytes += st.st_size
+        elif entry.name.endswith(F.SEGMENT_SUFFIX):
+            segments += 1
+            times.append(st.st_mtime)
+        elif N.is_temp_name(entry.name):
+            temps += 1
+            temp_bytes += st.st_size
+    return StoreStats(
+        path=os.path.abspath(path),
+        keys=summary.keys,
+        live_bytes=summary.live_bytes,
+        file_bytes=file_bytes,
+        disk_bytes=disk_bytes,
+        reclaimable_bytes=superseded_bytes + summary.log_stale_bytes + temp_bytes,
+        versions=versions,
+        superseded_versions=superseded,
+        segments=segments,
+        temp_files=temps,
+        largest=[(repr(k), n) for k, n in largest],
+        oldest_write=_iso(min(times, default=None)),
+        newest_write=_iso(max(times, default=None)),
+        writer_running=writer_running(path),
+        problems=problems,
+    )
+
+
+def writer_running(path: str) -> bool:
+    """Whether a process holds the store's writer lock (this one does not take it)."""
+    lock = os.path.join(path, F.LOCK_NAME)
+    try:
+        fd = os.open(lock, os.O_RDONLY | os.O_CLOEXEC)
+    except FileNotFoundError:
+        return False
+    try:
+        return not _fsio.try_lock(fd)  # a lock we take is released by the close
+    finally:
+        os.close(fd)
+
+
+def verify(path: str, *, progress: Callable[[str, int], Progress] = Progress) -> list[Problem]:
+    """Read every byte the store holds and check every checksum.
+
+    Open checks each log record's checksum, each key file and each version's
+    name and size; then every version file, live or superseded, is read whole
+    and its checksum compared with its name. A file the writer removes while
+    this runs is skipped (it was garbage). Returns every problem found.
+    """
+    # salvage: report every damaged log record instead of stopping at the first
+    # (a reader never rewrites anything, so salvage changes nothing on disk).
+    with BlobCache(path, readonly=True, salvage=True) as cache:
+        problems = list(cache.problems)
+        torn = cache.stats().torn_bytes_at_open
+    if torn and not writer_running(path):  # with a writer it may be mid-append
+        segments = sorted(e.path for e in _files(os.path.join(path, F.LOG_DIR)))
+        problems.append(
+            Problem(
+                segments[-1] if segments else os.path.join(path, F.LOG_DIR),
+                f"{torn} bytes after the last good record of the active segment: a write "
+                "torn by a crash, or damage (the next open cuts them)",
+            )
+        )
+    blobs = os.path.join(path, F.BLOBS_DIR)
+    found = list(_versions(blobs))
+    bar = progress("verify", sum(r.length for _, r in found))
+    for _, record in found:
+        try:
+            _blob.map_version(record, check=True).release()
+        except CorruptionError as exc:
+            if os.path.exists(record.path):
+                problems.append(Problem(exc.path, exc.detail))
+        bar.advance(record.length)
+    bar.finish()
+    return problems
+
+
+@dataclass
+class GcReport:
+    """What ``blobcache gc`` removed (or, with ``dry_run``, would remove)."""
+
+    path: str
+    dry_run: bool
+    beside_writer: bool  # a writer held the lock: only versions and temp files
+    removed: list[str] = field(default_factory=list)  # paths, or what would go
+    result: GcResult = field(default_factory=GcResult)
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def collect(path: str, *, dry_run: bool = False) -> GcReport:
+    """The janitor, and log compaction when no writer holds the store."""
+    path = os.path.abspath(path)
+    _recovery.check_store(path)  # a gc never creates a store
+    if not dry_run:
+        try:
+            cache = BlobCache(path)
+        except LockedError:
+            pass
+        else:
+            with cache:
+                before = set(e.path for e in _files(path))
+                result = cache.gc()
+            removed = sorted(before - set(e.path for e in _files(path)))
+            return GcReport(path, False, False, removed, result)
+    return _collect_beside_writer(path, dry_run=dry_run)
+
+
+def _collect_beside_writer(path: str, *, dry_run: bool) -> GcReport:
+    """Remove superseded versions and unheld temp files only (see the module doc);
+    with ``dry_run`` and no writer, also list what an offline gc would remove.
+
+    Never a version at or above its key's live record in our snapshot: a writer
+    only ever moves a key's live record up, so what is below ours is below its.
+    """
+    beside = writer_running(path)
+    report = GcReport(path, dry_run, beside)
+    segments_synced = False
+    with BlobCache(path, readonly=True) as cache:
+        live = {os.path.dirname(p): (seq, p) for seq, p in cache._blob_paths()}
+        found = sorted(_versions(os.path.join(path, F.BLOBS_DIR)), key=lambda v: v[1].path)
+        for keydir, record in found:
+            newer = live.get(keydir)
+            bound = newer[0] if newer is not None else _live_seq_of_dir(cache, keydir)
+            if bound is None:  # unattributable (reported by open), or a key gone
+                if dry_run and not beside and newer is None:
+                    report.removed.append(record.path)  # a deleted key's directory
+                    report.result.files_removed += 1
+                    report.result.bytes_reclaimed += record.length
+                continue
+            if record.seq >= bound:
+                continue
+            report.removed.append(record.path)
+            report.result.files_removed += 1
+            report.result.bytes_reclaimed += record.length
+            if dry_run:
+                continue
+            # Never delete the last durable copy: the newer record first.
+            if newer is not None:
+                _fsio.fsync_path(os.path.join(keydir, F.KEY_FILE_NAME))
+                _fsio.fsync_path(newer[1])
+            elif not segments_synced:
+                for entry in _files(os.path.join(path, F.LOG_DIR)):
+                    if entry.name.endswith(F.SEGMENT_SUFFIX):
+                        _fsio.fsync_path(entry.path)
+                segments_synced = True
+            _fsio.fsync_dir(keydir)
+            with contextlib.suppress(FileNotFoundError):  # the writer's janitor was first
+                _fsio.unlink(record.path)
+            _fsio.fsync_dir(keydir)
+        if dry_run and not beside:
+            report.result.bytes_reclaimed += cache.stats().log_stale_bytes
+    for entry in list(_files(path)):
+        if N.is_temp_name(entry.name):
+            if dry_run:
+                report.removed.append(entry.path)
+                report.result.temps_removed += 1
+                continue
+            size = _recovery.remove_orphan_temp(entry.path)
+            if size is not None:
+                report.removed.append(entry.path)
+                report.result.temps_removed += 1
+                report.result.bytes_reclaimed += size
+    return report
+
+
+def _live_seq_of_dir(cache: BlobCache, keydir: str) -> int | None:
+    """The sequence number of the live record (or kept delete) of the key whose
+    directory is ``keydir``, when that record is in the log; None if unknown."""
+    try:
+        key = _blob.read_key_file(keydir)
+    except (OSError, CorruptionError):
+        return None
+    return cache._record_seq(key)
+
+
+__all__ = ["GcReport", "Progress", "StoreStats", "collect", "store_stats", "verify"]

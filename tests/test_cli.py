@@ -1,0 +1,173 @@
+"""``blobcache gc | stats | verify`` as subprocesses, alone and beside a live writer."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from blobcache import BlobCache
+from blobcache import _format as F
+from tests.conftest import file_of, files_named, flip_bit
+
+
+def run(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "blobcache", *args], capture_output=True, text=True, timeout=120
+    )
+
+
+def run_json(*args: str) -> Any:
+    done = run(*args, "--json")
+    assert done.returncode in (0, 1), done.stderr
+    return json.loads(done.stdout)
+
+
+def _garbage_store(store: str) -> dict[str, bytes]:
+    """Overwrites and deletes of small and large values, closed without gc."""
+    live: dict[str, bytes] = {}
+    with BlobCache(store, inline_limit=64, segment_bytes=4096) as cache:
+        for i in range(200):  # small records fill several 4 KiB segments
+            key, value = f"k{i % 6}", bytes([i]) * (30 if i % 4 else 300)
+            cache.put(key, value)
+            live[key] = value
+        cache.delete("k5")
+        del live["k5"]
+    return live
+
+
+def test_stats_gc_and_verify_on_a_closed_store(store: str) -> None:
+    live = _garbage_store(store)
+    stats = run_json("stats", store)
+    assert stats["keys"] == len(live)
+    assert stats["live_bytes"] == sum(map(len, live.values()))
+    assert stats["superseded_versions"] > 0 and stats["reclaimable_bytes"] > 0
+    assert stats["writer_running"] is False
+    dry = run_json("gc", "--dry-run", store)
+    assert dry["dry_run"] and dry["removed"]
+    assert all(os.path.exists(p) for p in dry["removed"])  # a dry run removes nothing
+    done = run_json("gc", store)
+    assert done["result"]["files_removed"] > 0 and done["result"]["bytes_reclaimed"] > 0
+    assert not any(os.path.exists(p) for p in done["removed"])
+    again = run_json("gc", store)
+    assert again["removed"] == [] and again["result"]["bytes_reclaimed"] == 0
+    after = run_json("stats", store)
+    assert after["reclaimable_bytes"] == 0 and after["superseded_versions"] == 0
+    # The goal of the issue: at most 1.1x the live bytes plus a small fixed overhead.
+    overhead = 64 << 10  # marker, an empty active segment, a few directories' blocks
+    assert after["file_bytes"] <= 1.1 * after["live_bytes"] + overhead
+    assert run_json("verify", store) == {"path": store, "ok": True, "problems": []}
+    with BlobCache(store, inline_limit=64) as cache:
+        assert {k: bytes(cache[k]) for k in cache} == live
+    blobs = os.path.join(store, F.BLOBS_DIR)
+    empty = [d for d, subdirs, files in os.walk(blobs) if not subdirs and not files and d != blobs]
+    assert empty == [], "gc left empty directories"
+
+
+def test_verify_reports_a_damaged_value_file_and_a_damaged_log_record(store: str) -> None:
+    _garbage_store(store)
+    with BlobCache(store, inline_limit=64) as cache:
+        damaged_file = file_of(cache, "k4")  # put last at i = 196, a large value
+    sealed = files_named(os.path.join(store, F.LOG_DIR), "0")[0]
+    flip_bit(damaged_file, 3)
+    flip_bit(sealed, F.SEGMENT_HEADER.size + F.RECORD_HEADER.size + 1)
+    done = run("verify", store)
+    assert done.returncode == 1
+    assert damaged_file in done.stdout and sealed in done.stdout
+    report = run_json("verify", store)
+    assert report["ok"] is False and len(report["problems"]) == 2
+
+
+@pytest.mark.parametrize("command", ["stats", "verify", "gc"])
+@pytest.mark.parametrize("kind", ["missing", "foreign"])
+def test_a_missing_or_foreign_directory_is_one_line_and_status_2(
+    tmp_path: Path, command: str, kind: str
+) -> None:
+    target = tmp_path / "x"
+    if kind == "foreign":
+        target.mkdir()
+        (target / "notes.txt").write_text("mine")
+    done = run(command, str(target))
+    assert done.returncode == 2
+    assert done.stdout == "" and len(done.stderr.strip().splitlines()) == 1
+    assert str(target) in done.stderr
+    assert os.path.exists(target) == (kind == "foreign")  # nothing created
+    if kind == "foreign":
+        assert sorted(os.listdir(target)) == ["notes.txt"]
+
+
+_WRITER = textwrap.dedent(
+    """
+    import sys
+    from blobcache import BlobCache
+    with BlobCache(sys.argv[1], inline_limit=64, segment_bytes=4096) as c:
+        for i in range(int(sys.argv[2])):
+            key = "k%d" % (i % 8)
+            c.put(key, (b"%d;" % i) * (4 if i % 3 else 60))
+            print(key, i, flush=True)
+            if i == 30:
+                print("ready", flush=True)
+            if sys.stdin.readline() != "go\\n":
+                break
+    """
+)
+
+
+def test_commands_beside_a_live_writer_lose_no_acknowledged_put(store: str) -> None:
+    writer = subprocess.Popen(
+        [sys.executable, "-c", _WRITER, store, "400"],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    assert writer.stdin is not None and writer.stdout is not None
+    acked: dict[str, int] = {}
+    freed = 0
+    step = 0
+    for step in range(400):
+        line = writer.stdout.readline().split()
+        if line == ["ready"]:
+            line = writer.stdout.readline().split()
+        acked[line[0]] = int(line[1])
+        if step % 40 == 39:  # every command, while the writer is between puts
+            stats = run_json("stats", store)
+            assert stats["writer_running"] is True
+            report = run_json("gc", store)
+            assert report["beside_writer"] is True
+            freed += report["result"]["bytes_reclaimed"]
+            assert run_json("verify", store)["ok"] is True
+        writer.stdin.write("go\n")
+        writer.stdin.flush()
+    writer.stdin.close()
+    assert writer.wait(timeout=60) == 0
+    assert freed > 0, "gc beside the writer freed nothing"
+    with BlobCache(store, inline_limit=64) as cache:
+        for key, index in acked.items():
+            expected = (b"%d;" % index) * (4 if index % 3 else 60)
+            assert bytes(cache[key]) == expected, key
+    assert step == 399
+
+
+def test_gc_interval_collects_in_the_background(store: str) -> None:
+    with BlobCache(store, inline_limit=0, gc_interval=0.01) as cache:
+        for i in range(5):
+            cache.put("k", b"%d" % i)
+        deadline = time.monotonic() + 30
+        while len(files_named(store, F.VERSION_PREFIX)) > 1:  # waits on what gc does
+            assert time.monotonic() < deadline, "the background gc never ran"
+            time.sleep(0.005)
+        assert bytes(cache["k"]) == b"4"
+
+
+def test_gc_interval_is_checked(store: str) -> None:
+    for bad, error in ((0, ValueError), (-1.0, ValueError), ("1", TypeError)):
+        with pytest.raises(error, match="gc_interval"):
+            BlobCache(store, gc_interval=bad)  # type: ignore[arg-type]
+    assert not os.path.exists(store)
