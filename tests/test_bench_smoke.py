@@ -26,6 +26,7 @@ TINY = {
     "--open-value-kib": "64",
     "--small-open-keys": "300,600",
     "--disk-keys": "50",
+    "--maint-keys": "40",
     "--crossover-kib": "1,64",
     "--crossover-puts": "2",
 }

@@ -37,6 +37,12 @@ the same run (the goals are issue #3's):
   calling ``gc()``: bytes of the store's files (their sizes, and the blocks they
   hold) against the live bytes (keys + values). Goal: at most 1.2x. Beside it
   the same against ``stats().log_record_bytes``, which splits framing from garbage.
+* the maintenance command (issue #5) on a store of 10,000 keys (a tenth of them
+  64 KiB in files) that saw overwrites and deletes: ``blobcache stats`` and
+  ``blobcache verify`` wall time as subprocesses, goals at most 5 s and 10 s
+  (absolute; beside them, starting Python and importing blobcache), and the
+  file bytes left by ``blobcache gc`` against the live bytes plus a 64 KiB fixed
+  overhead, goal at most 1.1x.
 * the ``inline_limit`` crossover: durable put and get latency, one thread, of
   values from 1 KiB to 1 MiB in the log against in a file of their own (a fresh
   key, and an existing one), as a table of its own, with the size from which the
@@ -109,6 +115,7 @@ class Config:
     open_value_kib: int
     small_open_keys: tuple[int, ...]
     disk_keys: int
+    maint_keys: int
     crossover_kib: tuple[int, ...]
     crossover_puts: int  # puts per layout, size and repetition
 
@@ -757,6 +764,89 @@ def bench_disk(cfg: Config, root: str) -> list[Row]:
     ]
 
 
+# --- The maintenance command -------------------------------------------------------
+
+MAINT_LARGE_SHARE = 10  # one key in this many holds a large value
+MAINT_LARGE = 64 * KIB
+MAINT_STATS_S = 5.0  # "finish in seconds": the goals of the stats and verify rows
+MAINT_VERIFY_S = 10.0
+GC_FIXED_OVERHEAD = 64 * KIB  # marker, an empty active segment, directory blocks
+
+
+def run_command(*args: str) -> float:
+    """Run ``blobcache ARGS`` as a user would; return its wall time in seconds."""
+    start = time.perf_counter_ns()
+    subprocess.run(
+        [sys.executable, "-m", "blobcache", *args], check=True, stdout=subprocess.DEVNULL
+    )
+    return (time.perf_counter_ns() - start) / 1e9
+
+
+def bench_maintenance(cfg: Config, root: str) -> list[Row]:
+    store = os.path.join(root, "maintenance")
+    keys = key_names(cfg.maint_keys, "m")
+    progress(f"maintenance: {len(keys):,} keys, 3 puts each, a tenth deleted (durability='os')")
+    live = 0
+    with blobcache.BlobCache(store, durability="os") as cache:
+        for round_ in range(3):
+            for i, key in enumerate(keys):
+                size = MAINT_LARGE if i % MAINT_LARGE_SHARE == 0 else SMALL
+                cache.put(key, os.urandom(size) if round_ == 2 else bytes(size))
+        for key in keys[1::10]:
+            cache.delete(key)
+        live = cache.stats().live_bytes
+
+    def python_start(_rep: int) -> float:
+        start = time.perf_counter_ns()
+        subprocess.run([sys.executable, "-c", "import blobcache"], check=True)
+        return (time.perf_counter_ns() - start) / 1e9
+
+    progress("maintenance: blobcache stats and verify, before gc")
+    stats = [run_command("stats", "--json", store) for _ in range(cfg.reps)]
+    verify = [run_command("verify", "--json", store) for _ in range(cfg.reps)]
+    starts = [python_start(rep) for rep in range(cfg.reps)]
+    before = disk_usage(store)
+    gc_s = run_command("gc", "--json", store)
+    after = disk_usage(store)
+    empty_dirs = sum(1 for d, sub, files in os.walk(store) if not sub and not files)
+    shutil.rmtree(store)
+    what = (
+        f"{len(keys):,} keys (one in {MAINT_LARGE_SHARE} of {MAINT_LARGE // KIB} KiB, the "
+        f"rest {SMALL} B), each put 3 times, a tenth deleted, closed; wall time of the "
+        "command as a subprocess"
+    )
+    return [
+        Row(
+            label=f"`blobcache stats` on {len(keys):,} keys",
+            unit="s",
+            ours=stats,
+            base=starts,
+            goal=Goal("<=", MAINT_STATS_S, "s"),
+            note=f"{what}; baseline: starting Python and importing blobcache.",
+        ),
+        Row(
+            label=f"`blobcache verify` on {len(keys):,} keys",
+            unit="s",
+            ours=verify,
+            base=starts,
+            goal=Goal("<=", MAINT_VERIFY_S, "s"),
+            note=f"{what}; reads every byte ({before.apparent / MIB:.1f} MB before gc). "
+            "Baseline as above.",
+        ),
+        Row(
+            label="after `blobcache gc`: file sizes vs live bytes + fixed overhead",
+            unit="bytes",
+            ours=[after.apparent],
+            base=[live + GC_FIXED_OVERHEAD],
+            goal=Goal("<=", 1.1),
+            note=f"{what}; gc took {gc_s:.2f} s and took the store from "
+            f"{before.apparent:,} to {after.apparent:,} bytes; live bytes {live:,}, fixed "
+            f"overhead allowed {GC_FIXED_OVERHEAD // KIB} KiB; empty directories left: "
+            f"{empty_dirs}. One run, n = 1.",
+        ),
+    ]
+
+
 # --- The inline_limit crossover -------------------------------------------------------
 
 
@@ -1108,6 +1198,12 @@ def parse_args(argv: Sequence[str] | None) -> Config:
         "--disk-keys", type=positive_int, default=10_000, help="keys for the disk-usage rows"
     )
     sizes.add_argument(
+        "--maint-keys",
+        type=positive_int,
+        default=10_000,
+        help="keys of the store that blobcache stats, verify and gc run on",
+    )
+    sizes.add_argument(
         "--crossover-kib",
         type=int_list,
         default=(1, 4, 16, 64, 256, 1024),
@@ -1135,6 +1231,7 @@ def parse_args(argv: Sequence[str] | None) -> Config:
         open_value_kib=args.open_value_kib,
         small_open_keys=small_open,
         disk_keys=args.disk_keys,
+        maint_keys=args.maint_keys,
         crossover_kib=tuple(sorted(args.crossover_kib)),
         crossover_puts=args.crossover_puts,
     )
@@ -1156,6 +1253,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             bench_open(cfg, root),
             *(bench_open_small(cfg, root, keys) for keys in cfg.small_open_keys),
             *bench_disk(cfg, root),
+            *bench_maintenance(cfg, root),
         ]
         crossover = bench_crossover(cfg, root)
     finally:
