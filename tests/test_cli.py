@@ -171,3 +171,22 @@ def test_gc_interval_is_checked(store: str) -> None:
         with pytest.raises(error, match="gc_interval"):
             BlobCache(store, gc_interval=bad)  # type: ignore[arg-type]
     assert not os.path.exists(store)
+
+
+def test_progress_bar_draws_on_stderr_and_clears_itself(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from blobcache._maintenance import Progress
+
+    monkeypatch.setattr(Progress, "DELAY", -1.0)  # draw from the first step
+    bar = Progress("verify", 4, enabled=True)
+    bar.drawn -= 1  # as if the last drawing were long ago
+    bar.advance(2)
+    drawn = capsys.readouterr().err
+    assert drawn.startswith("\rverify [") and "50%" in drawn
+    bar.finish()
+    assert capsys.readouterr().err.strip() == ""
+    quiet = Progress("verify", 4, enabled=False)
+    quiet.advance(4)
+    quiet.finish()
+    assert capsys.readouterr().err == ""

@@ -129,3 +129,15 @@ def test_readers_beside_a_writer_in_another_process_that_compacts_and_collects(
     with BlobCache(store, readonly=True) as reader:
         assert bytes(reader["large-0"]).startswith(b"s")
     assert opens >= 1
+
+
+def test_a_readers_view_outlives_the_writers_gc_of_its_file(store: str) -> None:
+    with BlobCache(store, inline_limit=0) as writer:
+        writer.put("k", b"first" * 100)
+        with BlobCache(store, readonly=True) as reader:
+            view = reader["k"]
+            path = reader.path("k")
+            writer.put("k", b"second" * 100)
+            writer.gc()
+            assert path is not None and not os.path.exists(path)  # unlinked by the writer
+            assert bytes(view) == b"first" * 100  # the mapping keeps the bytes
