@@ -12,10 +12,11 @@ what a directory holds. The cache decides what is live; the janitor what is garb
 
 from __future__ import annotations
 
+import itertools
 import mmap
 import os
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
 import xxhash
@@ -139,11 +140,43 @@ def write_version(keydir: str, seq: int, data: memoryview, *, sync: bool) -> Rec
     caller's next ``sync``. On any error the temp file (or the published name, if
     the directory fsync failed) is removed: the previous version stays live.
     """
-    length = data.nbytes
-    fd, tmp = _fsio.open_temp(keydir)
-    try:
+
+    def fill(fd: int) -> tuple[int, int]:
         _fsio.pwrite_all(fd, data, 0)
         checksum = _checksum_while(_fsio.fsync_file, fd, data) if sync else _checksum(data)
+        return data.nbytes, checksum
+
+    return _publish_version(keydir, seq, fill, sync=sync)
+
+
+def write_version_from(
+    keydir: str, seq: int, head: bytes, chunks: Iterator[memoryview], *, sync: bool
+) -> Record:
+    """As ``write_version``, for a value given as ``head`` then ``chunks``, each
+    written and hashed as it comes: memory holds one chunk, not the value."""
+
+    def fill(fd: int) -> tuple[int, int]:
+        hasher = xxhash.xxh3_64()
+        offset = 0
+        for chunk in itertools.chain([memoryview(head)], chunks):
+            _fsio.pwrite_all(fd, chunk, offset)
+            hasher.update(chunk)
+            offset += chunk.nbytes
+        if sync:
+            _fsio.fsync_file(fd)
+        return offset, hasher.intdigest()
+
+    return _publish_version(keydir, seq, fill, sync=sync)
+
+
+def _publish_version(
+    keydir: str, seq: int, fill: Callable[[int], tuple[int, int]], *, sync: bool
+) -> Record:
+    """temp file, ``fill(fd)`` -> (length, checksum) (and the fsync with ``sync``),
+    rename to the version's name, fsync(keydir) with ``sync``."""
+    fd, tmp = _fsio.open_temp(keydir)
+    try:
+        length, checksum = fill(fd)
         final = os.path.join(keydir, N.version_name(seq, length, checksum))
         _fsio.rename(tmp, final)
     except BaseException:

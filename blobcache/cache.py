@@ -23,13 +23,14 @@ this process, an mmap.
 from __future__ import annotations
 
 import contextlib
+import io
 import logging
 import os
 import threading
-from collections.abc import Iterator, MutableMapping
+from collections.abc import Iterable, Iterator, MutableMapping
 from dataclasses import asdict, dataclass
 from types import TracebackType
-from typing import Any, TypeVar, cast
+from typing import Any, BinaryIO, TypeVar, cast
 
 from . import _blob, _compaction, _fsio, _janitor, _log, _recovery
 from . import _format as F
@@ -114,6 +115,27 @@ def as_buffer(value: object) -> memoryview:
             "(for numpy, pass numpy.ascontiguousarray(value))"
         )
     return view if view.format == "B" and view.ndim == 1 else view.cast("B")
+
+
+def _read_chunks(f: Any, size: int) -> Iterator[memoryview]:
+    """Read ``f`` to its end, ``size`` bytes at a time, into one reused buffer.
+
+    REQUIRES: each chunk is used before the next is read (written and hashed).
+    """
+    buffer = bytearray(size)
+    view = memoryview(buffer)
+    readinto = getattr(f, "readinto", None)
+    while True:
+        if readinto is not None:
+            n = readinto(view)
+            if not n:
+                return
+            yield view[:n]
+        else:
+            data = f.read(size)
+            if not data:
+                return
+            yield as_buffer(data)
 
 
 def _key_type_error(key: object) -> TypeError:
@@ -413,9 +435,100 @@ class BlobCache(MutableMapping[N.Key, Value]):
             self._key_dirs.discard(keydir)
             self._ensure_key_dir(key, tag, raw, keydir)
             record = _blob.write_version(keydir, self._seq.take(), data, sync=sync)
-        if not sync:
+        return self._publish_blob(key, keydir, record)
+
+    def _publish_blob(self, key: N.Key, keydir: str, record: Record) -> bool:
+        """REQUIRES: the key's stripe lock. Returns whether a sealed segment got staler."""
+        if self._options.durability != "fsync":
             self._owe_sync(record.path, keydir)
         return self._publish(key, BlobEntry(record))
+
+    # Streaming puts read and write this much at a time: what they hold in memory.
+    CHUNK_BYTES = 1 << 20
+
+    def put_file(self, key: N.Key, src: str | os.PathLike[str] | BinaryIO) -> None:
+        """Store the bytes of ``src`` -- a path, or a binary file object read from
+        where it stands to its end -- under ``key``, as ``put`` would store them.
+
+        Memory holds one chunk (``CHUNK_BYTES``), never the whole value; the
+        checksum is computed as the chunks go by. On any error, a source that
+        fails midway included, the previous value stays stored and served.
+
+        :raises TypeError: ``src`` is neither a path nor a binary file object.
+        :raises OSError: reading ``src`` or writing the store failed; nothing changed.
+        """
+        if isinstance(src, (str, os.PathLike)):
+            with open(src, "rb", buffering=0) as f:
+                self._put_chunks(key, _read_chunks(f, self.CHUNK_BYTES))
+            return
+        if not callable(getattr(src, "read", None)):
+            raise TypeError(f"src must be a path or a binary file object, not {type(src).__name__}")
+        self._put_chunks(key, _read_chunks(src, self.CHUNK_BYTES))
+
+    def put_stream(self, key: N.Key, chunks: Iterable[object]) -> None:
+        """Store the concatenation of ``chunks`` (bytes-like objects) under ``key``,
+        holding one chunk at a time. If the iterable raises, the previous value
+        stays stored and served.
+
+        :raises TypeError: a chunk is not bytes-like.
+        """
+        self._put_chunks(key, (as_buffer(chunk) for chunk in chunks))
+
+    def _put_chunks(self, key: N.Key, chunks: Iterable[memoryview]) -> None:
+        tag, raw = N.encode_key(key)
+        key = N.decode_key(tag, raw)
+        # A value that ends below inline_limit goes to the log, as put's would:
+        # read that far first (at most inline_limit plus one chunk in memory).
+        head = bytearray()
+        rest = iter(chunks)
+        limit = self._options.inline_limit
+        for chunk in rest:
+            head += chunk
+            if len(head) >= limit:
+                break
+        else:
+            self.put(key, bytes(head))
+            return
+        digest = N.key_hash(tag, raw)
+        keydir = N.key_dir(self._blobs, digest)
+        sync = self._options.durability == "fsync"
+        with self._writing(digest):
+            self._ensure_key_dir(key, tag, raw, keydir)
+            # No second try as put makes on a directory removed by hand: the
+            # chunks may be spent by then.
+            record = _blob.write_version_from(
+                keydir, self._seq.take(), bytes(head), rest, sync=sync
+            )
+            stale = self._publish_blob(key, keydir, record)
+        if stale:
+            self._maybe_compact()
+
+    def open(self, key: N.Key) -> BinaryIO:
+        """A read-only, seekable binary file object over ``key``'s value.
+
+        A value in a file is read from that file (no copy in memory); the object
+        stays readable after the key is overwritten, deleted or collected, since
+        an open file outlives its unlink. Its checksum is not checked: use
+        ``get`` (checked on first use) or ``blobcache verify`` for that.
+
+        :raises KeyError: ``key`` is not in the cache.
+        """
+        while True:
+            entry = self._lookup(key)
+            if entry is None:
+                raise KeyError(key)
+            record = blob_of(entry)
+            if record is None:
+                return io.BytesIO(inline_value(entry))
+            try:
+                return io.open(record.path, "rb")  # noqa: UP020 -- this method is named open
+            except FileNotFoundError:
+                if self._index.get(key) is entry:
+                    raise CorruptionError(
+                        record.path,
+                        "version file is missing: something other than blobcache removed it",
+                    ) from None
+                # replaced and collected between our lookup and the open: again
 
     def _publish(self, key: N.Key, entry: Entry | None) -> bool:
         """Make ``entry`` the key's live record (None: deleted) and account for
