@@ -1,0 +1,201 @@
+"""``AsyncBlobCache``: the same store for asyncio programs, never blocking the loop.
+
+A thin wrapper over the sync core (as filelock's asyncio module is): every call
+that touches the disk runs in a worker thread, so the event loop only waits.
+Small puts therefore share the sync store's group commit with every other
+thread, and an awaited put has exactly the sync put's durability. The copies,
+writes, hashing (xxhash releases the GIL) and fsyncs of large values all run in
+that thread, outside the loop.
+
+Cancellation: a put whose value is all in hand runs to completion in its
+thread even if the awaiting task is cancelled (so it either completed or, if
+it failed, left no trace; the task sees ``CancelledError`` only once the put
+has finished). A streaming put fed from the loop (``put_stream`` with an async
+iterable, ``put_file``) stops at the next chunk: its temp file is removed and
+the previous value stays.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import queue
+import threading
+from collections.abc import AsyncIterable, Callable, Iterable, Iterator
+from types import TracebackType
+from typing import Any, BinaryIO, TypeVar
+
+import aiofiles
+
+from ._janitor import GcResult
+from ._names import Key
+from .cache import BlobCache, Stats, Value, as_buffer
+
+_T = TypeVar("_T")
+
+_END = object()  # the async side has no more chunks
+
+
+class _Cancelled(Exception):
+    """The async side of a streaming put stopped (cancelled or failed)."""
+
+
+class _Handoff:
+    """Chunks passed from the event loop to a put running in a worker thread,
+    at most ``depth`` in flight: memory holds a few chunks, never the value."""
+
+    def __init__(self, depth: int = 2) -> None:
+        self._queue: queue.Queue[object] = queue.Queue(maxsize=depth)
+        self._stopped = threading.Event()
+
+    def __iter__(self) -> Iterator[memoryview]:
+        while True:
+            item = self._queue.get()
+            if item is _END:
+                return
+            if self._stopped.is_set():
+                raise _Cancelled("the stream feeding this put was cancelled or failed")
+            assert isinstance(item, memoryview)
+            yield item
+
+    async def feed(self, chunks: AsyncIterable[object]) -> None:
+        """Pass every chunk on, then the end; on any failure or cancellation,
+        make the worker's iterator raise so its put leaves no trace."""
+        try:
+            async for chunk in chunks:
+                view = as_buffer(chunk)
+                await asyncio.to_thread(self._queue.put, view)
+        except BaseException:
+            self._stopped.set()
+            self._drain_and_end()
+            raise
+        await asyncio.to_thread(self._queue.put, _END)
+
+    def _drain_and_end(self) -> None:
+        """Unblock the worker: it reads _END (after the stop flag) and raises."""
+        while True:
+            try:
+                self._queue.put_nowait(_STOP)
+                return
+            except queue.Full:  # make room: the chunks in it will never be written
+                with contextlib.suppress(queue.Empty):
+                    self._queue.get_nowait()
+
+
+_STOP = memoryview(b"")  # any chunk: the worker checks the stop flag first
+
+
+class AsyncBlobCache:
+    """``BlobCache`` for asyncio: ``async with AsyncBlobCache(path) as cache``.
+
+    Takes the same keyword options as :class:`BlobCache`; opening (recovery)
+    runs in a worker thread too.
+
+    >>> import asyncio, tempfile
+    >>> async def main() -> bytes:
+    ...     async with AsyncBlobCache(tempfile.mkdtemp()) as cache:
+    ...         await cache.put("config", b'{"lr": 0.001}')
+    ...         return bytes(await cache.get("config"))
+    >>> asyncio.run(main())
+    b'{"lr": 0.001}'
+    """
+
+    def __init__(self, path: str | os.PathLike[str], **options: Any) -> None:
+        self._path = path
+        self._options = options
+        self._cache: BlobCache | None = None
+
+    async def __aenter__(self) -> AsyncBlobCache:
+        await self.open_store()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.close()
+
+    async def open_store(self) -> None:
+        """Open (recover) the store off the loop; ``async with`` does this."""
+        if self._cache is None:
+            self._cache = await asyncio.to_thread(BlobCache, self._path, **self._options)
+
+    @property
+    def sync_cache(self) -> BlobCache:
+        """The underlying sync handle (for calls that never touch the disk)."""
+        if self._cache is None:
+            raise RuntimeError("open the AsyncBlobCache first: async with AsyncBlobCache(...)")
+        return self._cache
+
+    async def _run(self, call: Callable[..., _T], *args: Any) -> _T:
+        """Run ``call`` in a worker thread; if the awaiting task is cancelled,
+        wait for the call to finish first (it cannot be stopped halfway)."""
+        task = asyncio.ensure_future(asyncio.to_thread(call, *args))
+        try:
+            return await asyncio.shield(task)
+        except asyncio.CancelledError:
+            await asyncio.wait([task])
+            raise
+
+    async def put(self, key: Key, value: object) -> None:
+        """As :meth:`BlobCache.put`, awaited; same durability."""
+        await self._run(self.sync_cache.put, key, value)
+
+    async def get(self, key: Key, default: _T | None = None) -> Value | _T | None:
+        """As :meth:`BlobCache.get`. A large value's first get maps and checks its
+        file, so it runs in a thread; later gets are dict lookups."""
+        return await self._run(self.sync_cache.get, key, default)
+
+    async def delete(self, key: Key) -> bool:
+        return await self._run(self.sync_cache.delete, key)
+
+    async def put_file(self, key: Key, src: str | os.PathLike[str] | BinaryIO) -> None:
+        """As :meth:`BlobCache.put_file`. A path is read with ``aiofiles``, chunk
+        by chunk, and handed to the put running in a worker thread."""
+        if not isinstance(src, (str, os.PathLike)):
+            await self._run(self.sync_cache.put_file, key, src)
+            return
+        size = BlobCache.CHUNK_BYTES
+
+        async def chunks() -> AsyncIterable[bytes]:
+            async with aiofiles.open(src, "rb") as f:
+                while chunk := await f.read(size):
+                    yield chunk
+
+        await self.put_stream(key, chunks())
+
+    async def put_stream(self, key: Key, chunks: AsyncIterable[object] | Iterable[object]) -> None:
+        """As :meth:`BlobCache.put_stream`, for an async or a plain iterable. A
+        chunk must not be changed after it is yielded (it is written later)."""
+        if not isinstance(chunks, AsyncIterable):
+            await self._run(self.sync_cache.put_stream, key, chunks)
+            return
+        handoff = _Handoff()
+        writer = asyncio.ensure_future(asyncio.to_thread(self.sync_cache.put_stream, key, handoff))
+        try:
+            await handoff.feed(chunks)
+        except BaseException:
+            await asyncio.wait([writer])  # its put raises _Cancelled: no trace left
+            if not writer.cancelled():
+                writer.exception()  # retrieved, so asyncio does not report it as lost
+            raise
+        await writer
+
+    async def open(self, key: Key) -> BinaryIO:
+        return await self._run(self.sync_cache.open, key)
+
+    async def sync(self) -> None:
+        await self._run(self.sync_cache.sync)
+
+    async def gc(self) -> GcResult:
+        return await self._run(self.sync_cache.gc)
+
+    async def stats(self) -> Stats:
+        return self.sync_cache.stats()  # from memory: no disk, no thread
+
+    async def close(self) -> None:
+        if self._cache is not None:
+            await self._run(self._cache.close)
