@@ -12,6 +12,8 @@ what a directory holds. The cache decides what is live; the janitor what is garb
 
 from __future__ import annotations
 
+import errno
+import functools
 import itertools
 import mmap
 import os
@@ -143,7 +145,10 @@ def write_version(keydir: str, seq: int, data: memoryview, *, sync: bool) -> Rec
 
     def fill(fd: int) -> tuple[int, int]:
         _fsio.pwrite_all(fd, data, 0)
-        checksum = _checksum_while(_fsio.fsync_file, fd, data) if sync else _checksum(data)
+        hash_it = functools.partial(_checksum, data)
+        checksum = (
+            _checksum_while(_fsio.fsync_file, fd, hash_it, data.nbytes) if sync else hash_it()
+        )
         return data.nbytes, checksum
 
     return _publish_version(keydir, seq, fill, sync=sync)
@@ -169,12 +174,58 @@ def write_version_from(
     return _publish_version(keydir, seq, fill, sync=sync)
 
 
+def write_version_copy(keydir: str, seq: int, src_fd: int, size: int, *, sync: bool) -> Record:
+    """As ``write_version``, for the first ``size`` bytes of an open file, copied by
+    the kernel; the checksum is computed over the copy (mapped 16 MiB at a time:
+    RSS does not grow by the value) while its fsync
+    runs: what is hashed is what was stored, even if the source changes meanwhile.
+    Falls back to reading and writing where the kernel cannot copy."""
+
+    def fill(fd: int) -> tuple[int, int]:
+        length = _copy(src_fd, fd, size)
+        hash_it = functools.partial(_checksum_file, fd, length)
+        checksum = _checksum_while(_fsio.fsync_file, fd, hash_it, length) if sync else hash_it()
+        return length, checksum
+
+    return _publish_version(keydir, seq, fill, sync=sync, readable=True)
+
+
+_COPY_CHUNK = 64 << 20  # per copy_file_range call, and per read when falling back
+
+
+def _copy(src_fd: int, fd: int, size: int) -> int:
+    """Copy ``size`` bytes (fewer if the source is shorter now); return how many."""
+    copied = 0
+    try:
+        while copied < size:
+            n = _fsio.copy_range(src_fd, fd, min(size - copied, _COPY_CHUNK), copied)
+            if n == 0:
+                return copied
+            copied += n
+        return copied
+    except OSError as exc:
+        if copied or exc.errno not in (errno.EXDEV, errno.ENOSYS, errno.EINVAL, errno.EOPNOTSUPP):
+            raise
+    while copied < size:  # the kernel cannot copy between these two: read and write
+        data = os.pread(src_fd, min(size - copied, 1 << 20), copied)
+        if not data:
+            break
+        _fsio.pwrite_all(fd, data, copied)
+        copied += len(data)
+    return copied
+
+
 def _publish_version(
-    keydir: str, seq: int, fill: Callable[[int], tuple[int, int]], *, sync: bool
+    keydir: str,
+    seq: int,
+    fill: Callable[[int], tuple[int, int]],
+    *,
+    sync: bool,
+    readable: bool = False,
 ) -> Record:
     """temp file, ``fill(fd)`` -> (length, checksum) (and the fsync with ``sync``),
     rename to the version's name, fsync(keydir) with ``sync``."""
-    fd, tmp = _fsio.open_temp(keydir)
+    fd, tmp = _fsio.open_temp(keydir, readable=readable)
     try:
         length, checksum = fill(fd)
         final = os.path.join(keydir, N.version_name(seq, length, checksum))
@@ -204,16 +255,34 @@ def _checksum(data: memoryview) -> int:
     return int(xxhash.xxh3_64_intdigest(data))
 
 
-def _checksum_while(fsync: Callable[[int], None], fd: int, data: memoryview) -> int:
-    """Hash ``data`` while ``fsync(fd)`` runs in another thread; return the hash.
+# A file is hashed through mappings of this much at a time: they count in the
+# process's RSS while mapped, and put_file must not grow it by the value's size.
+_HASH_WINDOW = 16 << 20
+
+
+def _checksum_file(fd: int, length: int) -> int:
+    """xxh3_64 of the first ``length`` bytes of ``fd`` (readable), a window at a time."""
+    hasher = xxhash.xxh3_64()
+    for start in range(0, length, _HASH_WINDOW):
+        size = min(_HASH_WINDOW, length - start)
+        with mmap.mmap(fd, size, offset=start, access=mmap.ACCESS_READ) as window:
+            hasher.update(window)
+    return hasher.intdigest()
+
+
+def _checksum_while(
+    fsync: Callable[[int], None], fd: int, hash_it: Callable[[], int], nbytes: int
+) -> int:
+    """Run ``hash_it()`` (over ``nbytes``) while ``fsync(fd)`` runs in another
+    thread; return the hash.
 
     The checksum is needed only for the name given at the rename, after the
     fsync, and fsync releases the GIL: overlapping them takes the hash (5-7% of
     a large put) off the critical path. A failed fsync re-raises here.
     """
-    if data.nbytes < _OVERLAP_MIN_BYTES:
+    if nbytes < _OVERLAP_MIN_BYTES:
         fsync(fd)
-        return _checksum(data)
+        return hash_it()
     failure: list[BaseException] = []
 
     def run() -> None:
@@ -225,7 +294,7 @@ def _checksum_while(fsync: Callable[[int], None], fd: int, data: memoryview) -> 
     worker = threading.Thread(target=run, name="blobcache-fsync")
     worker.start()
     try:
-        checksum = _checksum(data)
+        checksum = hash_it()
     finally:
         worker.join()
     if failure:

@@ -57,6 +57,17 @@ def pwrite_all(fd: int, data: bytes | memoryview, offset: int) -> None:
         offset += written
 
 
+def copy_range(src_fd: int, dst_fd: int, count: int, offset: int) -> int:
+    """Copy up to ``count`` bytes at ``offset`` of one file to the same offset of
+    another inside the kernel (no trip through user space; a reflink where the
+    file system shares extents); return how many were copied (0: end of source).
+
+    :raises OSError: the kernel cannot copy between these files (EXDEV, ENOSYS,
+        EINVAL...): the caller reads and writes instead.
+    """
+    return os.copy_file_range(src_fd, dst_fd, count, offset, offset)
+
+
 def truncate(fd: int, size: int) -> None:
     """Cut a file to ``size`` bytes; durable only after an fsync of the file."""
     os.ftruncate(fd, size)
@@ -133,7 +144,7 @@ def temp_name() -> str:
     return _format.TEMP_PREFIX + secrets.token_hex(_format.TEMP_RANDOM_HEX_DIGITS // 2)
 
 
-def open_temp(directory: str) -> tuple[int, str]:
+def open_temp(directory: str, *, readable: bool = False) -> tuple[int, str]:
     """Create and flock a temp file in ``directory``; return (fd, path).
 
     The flock says "a writer is producing this": the janitor deletes only temp
@@ -141,7 +152,7 @@ def open_temp(directory: str) -> tuple[int, str]:
     descriptor is closed, after the rename.
     """
     path = os.path.join(directory, temp_name())
-    fd = create_exclusive(path)
+    fd = create_exclusive(path, readable=readable)
     try:
         locked = try_lock(fd)
         assert locked, "a temp file just created with O_EXCL cannot be locked by anyone else"

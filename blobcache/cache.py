@@ -26,8 +26,9 @@ import contextlib
 import io
 import logging
 import os
+import stat
 import threading
-from collections.abc import Iterable, Iterator, MutableMapping
+from collections.abc import Callable, Iterable, Iterator, MutableMapping
 from dataclasses import asdict, dataclass
 from types import TracebackType
 from typing import Any, BinaryIO, TypeVar, cast
@@ -459,7 +460,18 @@ class BlobCache(MutableMapping[N.Key, Value]):
         """
         if isinstance(src, (str, os.PathLike)):
             with open(src, "rb", buffering=0) as f:
-                self._put_chunks(key, _read_chunks(f, self.CHUNK_BYTES))
+                st = os.fstat(f.fileno())
+                if stat.S_ISREG(st.st_mode) and st.st_size >= self._options.inline_limit:
+                    # The kernel copies a regular file; the copy is hashed as stored.
+                    fd, size = f.fileno(), st.st_size
+                    self._put_version(
+                        key,
+                        lambda keydir, seq, sync: _blob.write_version_copy(
+                            keydir, seq, fd, size, sync=sync
+                        ),
+                    )
+                else:
+                    self._put_chunks(key, _read_chunks(f, self.CHUNK_BYTES))
             return
         if not callable(getattr(src, "read", None)):
             raise TypeError(f"src must be a path or a binary file object, not {type(src).__name__}")
@@ -475,8 +487,6 @@ class BlobCache(MutableMapping[N.Key, Value]):
         self._put_chunks(key, (as_buffer(chunk) for chunk in chunks))
 
     def _put_chunks(self, key: N.Key, chunks: Iterable[memoryview]) -> None:
-        tag, raw = N.encode_key(key)
-        key = N.decode_key(tag, raw)
         # A value that ends below inline_limit goes to the log, as put's would:
         # read that far first (at most inline_limit plus one chunk in memory).
         head = bytearray()
@@ -489,16 +499,25 @@ class BlobCache(MutableMapping[N.Key, Value]):
         else:
             self.put(key, bytes(head))
             return
+        first = bytes(head)
+        self._put_version(
+            key,
+            lambda keydir, seq, sync: _blob.write_version_from(keydir, seq, first, rest, sync=sync),
+        )
+
+    def _put_version(self, key: N.Key, write: Callable[[str, int, bool], Record]) -> None:
+        """Publish the version ``write(keydir, seq, sync)`` writes (a streaming put).
+
+        No second try, as ``put`` makes on a directory removed by hand: what
+        ``write`` reads may be spent by then.
+        """
+        tag, raw = N.encode_key(key)
+        key = N.decode_key(tag, raw)
         digest = N.key_hash(tag, raw)
         keydir = N.key_dir(self._blobs, digest)
-        sync = self._options.durability == "fsync"
         with self._writing(digest):
             self._ensure_key_dir(key, tag, raw, keydir)
-            # No second try as put makes on a directory removed by hand: the
-            # chunks may be spent by then.
-            record = _blob.write_version_from(
-                keydir, self._seq.take(), bytes(head), rest, sync=sync
-            )
+            record = write(keydir, self._seq.take(), self._options.durability == "fsync")
             stale = self._publish_blob(key, keydir, record)
         if stale:
             self._maybe_compact()

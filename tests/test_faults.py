@@ -183,8 +183,9 @@ def _site(name: str, args: tuple[Any, ...]) -> str:
 
 
 # Helpers that only wrap a primitive for their callers: the site is named after
-# the caller ("fdatasync@sync", not "fdatasync@_fdatasync").
-_PASS_THROUGH = frozenset({"_fdatasync"})
+# the caller ("fdatasync@sync", not "fdatasync@_fdatasync"; "pwrite_all@
+# write_version", not "pwrite_all@fill@_publish_version").
+_PASS_THROUGH = frozenset({"_fdatasync", "fill", "_publish_version"})
 
 
 def _torn_pwrite_all(real: Callable[..., Any], error: OSError, *args: Any) -> None:
