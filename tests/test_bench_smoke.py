@@ -27,6 +27,7 @@ TINY = {
     "--small-open-keys": "300,600",
     "--disk-keys": "50",
     "--maint-keys": "40",
+    "--put-file-mib": "2",
     "--crossover-kib": "1,64",
     "--crossover-puts": "2",
 }
@@ -43,6 +44,8 @@ def test_quick_run_prints_the_machine_and_every_row(tmp_path: Path) -> None:
     )
     assert done.returncode == 0, done.stderr
     out = done.stdout
+    # It measures this tree, not a copy of blobcache installed earlier.
+    assert f"imported from {BENCH.parent.parent / 'blobcache'} " in out
     for fact in ("| cpu |", "| cores |", "| python |", "| file system |", "| date (UTC) |"):
         assert fact in out, fact
     assert "| # | measurement | unit | n | blobcache | baseline | ratio | goal | met |" in out
@@ -61,6 +64,11 @@ def test_quick_run_prints_the_machine_and_every_row(tmp_path: Path) -> None:
         "| 12 | disk after overwrites + gc(): sum of file sizes vs live bytes | bytes | 1 |",
         "| 13 | disk after overwrites + gc(): blocks held (st_blocks x 512) vs live bytes |",
         "| 14 | disk after overwrites + gc(): sum of file sizes vs stats().log_record_bytes |",
+        "| 15 | `blobcache stats` on 40 keys | s | 3 |",
+        "| 16 | `blobcache verify` on 40 keys | s | 3 |",
+        "| 17 | after `blobcache gc`: file sizes vs live bytes + fixed overhead | bytes | 1 |",
+        "| 18 | put_file, 2 MiB from a path, durability='fsync' | MB/s | 3 |",
+        "| 19 | AsyncBlobCache.put of 256 MiB vs BlobCache.put | MB/s | 3 |",
     ):
         assert row in out, row
     for goal in ("| >= 100,000 puts/s (absolute) |", "| <= 0.45 ms (absolute) |", "| >= 8x |"):

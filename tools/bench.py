@@ -37,6 +37,9 @@ the same run (the goals are issue #3's):
   calling ``gc()``: bytes of the store's files (their sizes, and the blocks they
   hold) against the live bytes (keys + values). Goal: at most 1.2x. Beside it
   the same against ``stats().log_record_bytes``, which splits framing from garbage.
+* ``put_file`` of a 1 GiB file against ``cp`` of it followed by an fsync of the
+  copy and its directory, goal at least 0.85x; and ``AsyncBlobCache.put`` of
+  256 MiB against ``BlobCache.put``, goal at least 0.9x (issue #6).
 * the maintenance command (issue #5) on a store of 10,000 keys (a tenth of them
   64 KiB in files) that saw overwrites and deletes: ``blobcache stats`` and
   ``blobcache verify`` wall time as subprocesses, goals at most 5 s and 10 s
@@ -78,9 +81,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
-import blobcache
-
 PROJECT = Path(__file__).resolve().parent.parent
+# Measure this tree, not a copy installed earlier (an installed copy would come
+# first on sys.path, since this script's own directory is tools/).
+sys.path.insert(0, str(PROJECT))
+
+import blobcache  # noqa: E402
+
 KIB = 1 << 10
 MIB = 1 << 20
 MB = 10**6
@@ -116,6 +123,7 @@ class Config:
     small_open_keys: tuple[int, ...]
     disk_keys: int
     maint_keys: int
+    put_file_mib: int
     crossover_kib: tuple[int, ...]
     crossover_puts: int  # puts per layout, size and repetition
 
@@ -764,6 +772,105 @@ def bench_disk(cfg: Config, root: str) -> list[Row]:
     ]
 
 
+# --- Streaming and the async API ------------------------------------------------------
+
+STREAM_REPS = 5  # each sample writes 1 GiB (or 256 MiB) twice: fewer repetitions
+
+
+def cp_and_fsync(src: str, directory: str, name: str) -> None:
+    """The floor of put_file: `cp` (which lets the kernel copy), then fsync the copy
+    and its directory: the least that makes a copy survive power loss."""
+    dst = os.path.join(directory, name)
+    subprocess.run(["cp", src, dst], check=True)
+    for path, flags in ((dst, os.O_RDONLY), (directory, os.O_RDONLY | os.O_DIRECTORY)):
+        fd = os.open(path, flags)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
+def bench_stream(cfg: Config, root: str) -> list[Row]:
+    import asyncio  # only here: the rest of the benchmark is synchronous
+
+    store = os.path.join(root, "stream")
+    floor_dir = os.path.join(root, "stream-floor")
+    os.mkdir(floor_dir)
+    src = os.path.join(root, "stream-source.bin")
+    block = os.urandom(MIB)
+    with open(src, "wb") as f:
+        for _ in range(cfg.put_file_mib):
+            f.write(block)
+    reps = min(cfg.reps, STREAM_REPS)
+    progress(f"stream: put_file of {cfg.put_file_mib} MiB against cp + fsync, {reps} repetitions")
+    with blobcache.BlobCache(store) as cache:
+
+        def ours(rep: int) -> float:
+            ns = time_ns(lambda: cache.put_file(f"file-{rep}", src))
+            cache.delete(f"file-{rep}")
+            cache.gc()
+            return mb_per_s(cfg.put_file_mib * MIB, ns)
+
+        def floor(rep: int) -> float:
+            ns = time_ns(lambda: cp_and_fsync(src, floor_dir, f"copy-{rep}"))
+            os.unlink(os.path.join(floor_dir, f"copy-{rep}"))
+            return mb_per_s(cfg.put_file_mib * MIB, ns)
+
+        warm_up(ours, floor)
+        files, copies = interleave(reps, [ours, floor])
+    os.unlink(src)
+    value = os.urandom(MIB) * ASYNC_MIB
+    progress(f"stream: async put of {ASYNC_MIB} MiB against the sync put, {reps} repetitions")
+
+    async def async_put(key: str) -> None:
+        async with blobcache.AsyncBlobCache(store) as acache:
+            await acache.put(key, value)
+            await acache.delete(key)
+            await acache.gc()
+
+    def async_side(rep: int) -> float:
+        start = time.perf_counter_ns()
+        asyncio.run(async_put(f"async-{rep}"))
+        return mb_per_s(len(value), time.perf_counter_ns() - start)
+
+    def sync_side(rep: int) -> float:
+        def run() -> None:
+            with blobcache.BlobCache(store) as cache:
+                cache.put(f"sync-{rep}", value)
+                cache.delete(f"sync-{rep}")
+                cache.gc()
+
+        return mb_per_s(len(value), time_ns(run))
+
+    warm_up(async_side, sync_side)
+    asyncs, syncs = interleave(reps, [async_side, sync_side])
+    shutil.rmtree(store)
+    return [
+        Row(
+            label=f"put_file, {cfg.put_file_mib} MiB from a path, durability='fsync'",
+            unit="MB/s",
+            ours=files,
+            base=copies,
+            goal=Goal(">=", 0.85),
+            note="floor: `cp` of the same file (a subprocess; it lets the kernel copy) + "
+            "fsync of the copy and of its directory. blobcache copies with "
+            "copy_file_range and hashes the copy while its fsync runs.",
+        ),
+        Row(
+            label=f"AsyncBlobCache.put of {ASYNC_MIB} MiB vs BlobCache.put",
+            unit="MB/s",
+            ours=asyncs,
+            base=syncs,
+            goal=Goal(">=", 0.9),
+            note="each sample opens the store, puts, deletes, gc()s and closes, on both "
+            "sides (the async side in asyncio.run, its disk work in a worker thread).",
+        ),
+    ]
+
+
+ASYNC_MIB = 256
+
+
 # --- The maintenance command -------------------------------------------------------
 
 MAINT_LARGE_SHARE = 10  # one key in this many holds a large value
@@ -1051,8 +1158,8 @@ def machine_facts(bench_dir: str) -> list[tuple[str, str]]:
         ("same file system as the project", "yes" if same_fs else "NO"),
         (
             "blobcache",
-            f"{blobcache.__version__} at {PROJECT} (git {git_describe()}; "
-            f"sources sha256 {sources_digest()})",
+            f"{blobcache.__version__} imported from {Path(blobcache.__file__).parent} "
+            f"(git {git_describe()}; sources sha256 {sources_digest()})",
         ),
     ]
 
@@ -1203,6 +1310,9 @@ def parse_args(argv: Sequence[str] | None) -> Config:
         "--disk-keys", type=positive_int, default=10_000, help="keys for the disk-usage rows"
     )
     sizes.add_argument(
+        "--put-file-mib", type=positive_int, default=1024, help="size of the put_file row's file"
+    )
+    sizes.add_argument(
         "--maint-keys",
         type=positive_int,
         default=10_000,
@@ -1237,6 +1347,7 @@ def parse_args(argv: Sequence[str] | None) -> Config:
         small_open_keys=small_open,
         disk_keys=args.disk_keys,
         maint_keys=args.maint_keys,
+        put_file_mib=args.put_file_mib,
         crossover_kib=tuple(sorted(args.crossover_kib)),
         crossover_puts=args.crossover_puts,
     )
@@ -1259,6 +1370,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             *(bench_open_small(cfg, root, keys) for keys in cfg.small_open_keys),
             *bench_disk(cfg, root),
             *bench_maintenance(cfg, root),
+            *bench_stream(cfg, root),
         ]
         crossover = bench_crossover(cfg, root)
     finally:
