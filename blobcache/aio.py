@@ -5,7 +5,10 @@ that touches the disk runs in a worker thread, so the event loop only waits.
 Small puts therefore share the sync store's group commit with every other
 thread, and an awaited put has exactly the sync put's durability. The copies,
 writes, hashing (xxhash releases the GIL) and fsyncs of large values all run in
-that thread, outside the loop.
+that thread, outside the loop. Large values are written by the sync core's one
+writer (temp file, fsync, rename, directory fsync: the path the crash tests
+cover) in a worker thread, rather than by a second writer built on aiofiles;
+aiofiles file objects are taken as sources by ``put_file``.
 
 Cancellation: a put whose value is all in hand runs to completion in its
 thread even if the awaiting task is cancelled (so it either completed or, if
@@ -22,11 +25,9 @@ import contextlib
 import os
 import queue
 import threading
-from collections.abc import AsyncIterable, Callable, Iterable, Iterator
+from collections.abc import AsyncIterable, AsyncIterator, Callable, Iterable, Iterator
 from types import TracebackType
 from typing import Any, BinaryIO, TypeVar
-
-import aiofiles
 
 from ._janitor import GcResult
 from ._names import Key
@@ -152,18 +153,20 @@ class AsyncBlobCache:
     async def delete(self, key: Key) -> bool:
         return await self._run(self.sync_cache.delete, key)
 
-    async def put_file(self, key: Key, src: str | os.PathLike[str] | BinaryIO) -> None:
-        """As :meth:`BlobCache.put_file`. A path is read with ``aiofiles``, chunk
-        by chunk, and handed to the put running in a worker thread."""
-        if not isinstance(src, (str, os.PathLike)):
+    async def put_file(self, key: Key, src: str | os.PathLike[str] | BinaryIO | Any) -> None:
+        """As :meth:`BlobCache.put_file`, for a path (copied by the kernel, in a
+        worker thread), a binary file object, or an async one such as
+        ``aiofiles.open(path, "rb")`` gives (read chunk by chunk on the loop,
+        each chunk handed to the put running in a worker thread)."""
+        read = getattr(src, "read", None)
+        if read is None or not asyncio.iscoroutinefunction(read):
             await self._run(self.sync_cache.put_file, key, src)
             return
         size = BlobCache.CHUNK_BYTES
 
-        async def chunks() -> AsyncIterable[bytes]:
-            async with aiofiles.open(src, "rb") as f:
-                while chunk := await f.read(size):
-                    yield chunk
+        async def chunks() -> AsyncIterator[bytes]:
+            while chunk := await read(size):
+                yield chunk
 
         await self.put_stream(key, chunks())
 

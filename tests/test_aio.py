@@ -12,6 +12,7 @@ import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 
+import aiofiles
 import pytest
 
 from blobcache import AsyncBlobCache, BlobCache
@@ -34,11 +35,15 @@ def test_every_method_awaited(store: str, tmp_path: Path) -> None:
             await cache.put("small", b"config")
             await cache.put("large", b"L" * 5000)
             await cache.put_file("ckpt", source)
+            async with aiofiles.open(source, "rb") as async_file:  # an async file object
+                await async_file.seek(7)
+                await cache.put_file("ckpt-async", async_file)
             await cache.put_stream("streamed", chunks())
             await cache.put_stream("plain", [b"a", b"b"])
             assert await cache.get("small") == b"config"
             assert bytes(await cache.get("large")) == b"L" * 5000  # type: ignore[arg-type]
             assert bytes(await cache.get("ckpt")) == big  # type: ignore[arg-type]
+            assert bytes(await cache.get("ckpt-async")) == big[7:]  # type: ignore[arg-type]
             streamed = await cache.get("streamed")
             assert streamed is not None
             assert bytes(streamed) == b"".join(bytes([i]) * 100_000 for i in range(3))
@@ -51,7 +56,7 @@ def test_every_method_awaited(store: str, tmp_path: Path) -> None:
             await cache.sync()
             await cache.put("large", b"M" * 5000)
             assert (await cache.gc()).files_removed >= 1
-            assert (await cache.stats()).keys == 4
+            assert (await cache.stats()).keys == 5
 
     asyncio.run(main())
     with BlobCache(store) as cache:  # an awaited put is as durable as a sync one
