@@ -139,6 +139,30 @@ def try_lock(fd: int) -> bool:
     return True
 
 
+def lock_dir(path: str, *, exclusive: bool, wait: bool = True) -> int | None:
+    """Open directory ``path`` and flock it; return the descriptor (closing it
+    unlocks), or None when ``wait`` is False and another holder has it.
+
+    The writer holds a key directory shared while it puts a version in it;
+    ``blobcache gc`` in another process holds it exclusively while it removes
+    the directory of a deleted key, so the two never interleave.
+
+    :raises FileNotFoundError: ``path`` does not exist (any more).
+    """
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        fcntl.flock(
+            fd, (fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH) | (0 if wait else fcntl.LOCK_NB)
+        )
+    except BlockingIOError:
+        os.close(fd)
+        return None
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
 def temp_name() -> str:
     """A fresh temp file name; 64 random bits make a clash practically impossible."""
     return _format.TEMP_PREFIX + secrets.token_hex(_format.TEMP_RANDOM_HEX_DIGITS // 2)
@@ -215,13 +239,22 @@ def makedirs(top: str, path: str, *, sync: bool = True) -> list[str]:
     created: list[str] = []
     passed: list[str] = []
     current = top
-    for part in rel.split(os.sep):
-        current = os.path.join(current, part)
-        passed.append(current)
+    parts = rel.split(os.sep)
+    retries = 3  # `blobcache gc` in another process may remove an empty parent meanwhile
+    while len(passed) < len(parts):
+        current = os.path.join(current, parts[len(passed)])
         try:
             mkdir(current)
         except FileExistsError:
+            passed.append(current)
             continue
+        except FileNotFoundError:
+            if not retries:
+                raise
+            retries -= 1
+            current, passed, created = top, [], []  # from the top again
+            continue
+        passed.append(current)
         created.append(current)
     if sync:
         for directory in passed:

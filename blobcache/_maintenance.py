@@ -3,18 +3,21 @@
 A writer process holds ``LOCK``. Without it, ``gc`` opens the store as the
 writer and runs ``BlobCache.gc()`` (janitor and log compaction). With it held,
 ``gc`` works from a ``readonly=True`` snapshot and removes only what no writer
-can still need: versions below their key's live record (after fsyncing that
-record from this process: it is in the page cache the writer shares, so our
-fsync makes it durable) and temp files no writer holds an flock on. It leaves
-key files, key and fan-out directories and the log to the writer's own gc()
-(or a later offline one): the writer believes a key directory it has seen
-keeps its key file, and only the writer may rewrite its log.
+can still need, each after fsyncing the record that makes it garbage (from this
+process: the page cache is shared, so our fsync makes the writer's record
+durable): versions below their key's live record; the directories of keys
+whose live record is in the log (deleted, or shrunk into the log), holding the
+key directory's flock exclusively, which the writer holds shared while a
+version goes in (``BlobCache._in_key_dir``), and the fan-out directories that
+leaves empty; temp files no writer holds an flock on. The log is the writer's:
+compaction waits for its gc() or an offline one.
 """
 
 from __future__ import annotations
 
 import contextlib
 import datetime
+import glob
 import heapq
 import os
 import sys
@@ -287,6 +290,19 @@ def _collect_beside_writer(path: str, *, dry_run: bool) -> GcReport:
             _fsio.fsync_dir(keydir)
         if dry_run and not beside:
             report.result.bytes_reclaimed += cache.stats().log_stale_bytes
+
+        def sync_log() -> None:
+            nonlocal segments_synced
+            if not segments_synced:
+                for entry in _files(os.path.join(path, F.LOG_DIR)):
+                    if entry.name.endswith(F.SEGMENT_SUFFIX):
+                        _fsio.fsync_path(entry.path)
+                segments_synced = True
+
+        for keydir in [] if dry_run else _key_dirs(os.path.join(path, F.BLOBS_DIR)):
+            bound = None if keydir in live else _live_seq_of_dir(cache, keydir)
+            if bound is not None:
+                _remove_key_dir(keydir, bound, sync_log, report)
     for entry in list(_files(path)):
         if N.is_temp_name(entry.name):
             if dry_run:
@@ -299,6 +315,63 @@ def _collect_beside_writer(path: str, *, dry_run: bool) -> GcReport:
                 report.result.temps_removed += 1
                 report.result.bytes_reclaimed += size
     return report
+
+
+def _key_dirs(blobs: str) -> list[str]:
+    """Every ``blobs/ab/cd/<hash>`` directory there is now."""
+    pattern = os.path.join(glob.escape(blobs), "*", "*", "*")
+    return sorted(d for d in glob.glob(pattern) if os.path.isdir(d))
+
+
+def _remove_key_dir(
+    keydir: str, bound: int, sync_log: Callable[[], None], report: GcReport
+) -> None:
+    """Remove the directory of a key whose live record (``bound``) is in the log,
+    a put or a delete, and then its fan-out directories if they are empty.
+
+    It holds the directory exclusively (the writer holds it shared while a
+    version goes in, see ``BlobCache._in_key_dir``) and rescans it under that
+    lock: a version at or above ``bound``, or a temp file, means the writer has
+    put the key again since our snapshot, and the directory stays.
+    """
+    try:
+        held = _fsio.lock_dir(keydir, exclusive=True, wait=False)
+    except FileNotFoundError:
+        return
+    if held is None:
+        return  # a version is going in right now
+    try:
+        scan = _blob.scan_key_dir(keydir)
+        if scan.temps or scan.unusable or any(r.seq >= bound for r in scan.records):
+            return
+        sync_log()  # the record that makes this directory garbage is durable first
+        for record in scan.records:
+            with contextlib.suppress(FileNotFoundError):
+                _fsio.unlink(record.path)
+            report.removed.append(record.path)
+            report.result.files_removed += 1
+            report.result.bytes_reclaimed += record.length
+        _fsio.fsync_dir(keydir)  # the versions are gone for good before the key file goes
+        key_file = os.path.join(keydir, F.KEY_FILE_NAME)
+        with contextlib.suppress(FileNotFoundError):
+            _fsio.unlink(key_file)
+            report.removed.append(key_file)
+            report.result.files_removed += 1
+        directory = keydir
+        for _ in range(3):  # the key directory, then its two fan-out directories
+            try:
+                _fsio.rmdir(directory)
+            except FileNotFoundError:
+                pass
+            except OSError:
+                break  # not empty: other keys, or a file of the writer's
+            else:
+                report.removed.append(directory)
+                report.result.dirs_removed += 1
+            _fsio.fsync_dir(os.path.dirname(directory))
+            directory = os.path.dirname(directory)
+    finally:
+        os.close(held)
 
 
 def _live_seq_of_dir(cache: BlobCache, keydir: str) -> int | None:

@@ -428,15 +428,43 @@ class BlobCache(MutableMapping[N.Key, Value]):
     def _put_blob(self, key: N.Key, tag: bytes, raw: bytes, keydir: str, data: memoryview) -> bool:
         """REQUIRES: the key's stripe lock. Returns whether a sealed segment got staler."""
         sync = self._options.durability == "fsync"
-        self._ensure_key_dir(key, tag, raw, keydir)
         try:
-            record = _blob.write_version(keydir, self._seq.take(), data, sync=sync)
+            with self._in_key_dir(key, tag, raw, keydir):
+                record = _blob.write_version(keydir, self._seq.take(), data, sync=sync)
         except FileNotFoundError:
             # The directory was removed behind our back (by hand): make it again, once.
             self._key_dirs.discard(keydir)
-            self._ensure_key_dir(key, tag, raw, keydir)
-            record = _blob.write_version(keydir, self._seq.take(), data, sync=sync)
+            with self._in_key_dir(key, tag, raw, keydir):
+                record = _blob.write_version(keydir, self._seq.take(), data, sync=sync)
         return self._publish_blob(key, keydir, record)
+
+    @contextlib.contextmanager
+    def _in_key_dir(self, key: N.Key, tag: bytes, raw: bytes, keydir: str) -> Iterator[None]:
+        """Make ``keydir`` exist with its key file, and hold it (a shared flock)
+        while a version goes in. ``blobcache gc`` in another process holds it
+        exclusively while it removes a deleted key's directory: it never removes
+        one a version is going into, and no version goes into one it removed.
+
+        REQUIRES: the key's stripe lock.
+        """
+        for _ in range(3):
+            self._ensure_key_dir(key, tag, raw, keydir)
+            try:
+                held = _fsio.lock_dir(keydir, exclusive=False)
+            except FileNotFoundError:
+                held = None
+            if held is not None and os.path.exists(os.path.join(keydir, F.KEY_FILE_NAME)):
+                break
+            if held is not None:
+                os.close(held)
+            self._key_dirs.discard(keydir)  # removed by `blobcache gc` meanwhile: again
+        else:
+            raise BlobCacheError(f"{keydir} was removed three times while a put went in")
+        assert held is not None
+        try:
+            yield
+        finally:
+            os.close(held)
 
     def _publish_blob(self, key: N.Key, keydir: str, record: Record) -> bool:
         """REQUIRES: the key's stripe lock. Returns whether a sealed segment got staler."""
@@ -516,8 +544,8 @@ class BlobCache(MutableMapping[N.Key, Value]):
         digest = N.key_hash(tag, raw)
         keydir = N.key_dir(self._blobs, digest)
         with self._writing(digest):
-            self._ensure_key_dir(key, tag, raw, keydir)
-            record = write(keydir, self._seq.take(), self._options.durability == "fsync")
+            with self._in_key_dir(key, tag, raw, keydir):
+                record = write(keydir, self._seq.take(), self._options.durability == "fsync")
             stale = self._publish_blob(key, keydir, record)
         if stale:
             self._maybe_compact()
@@ -818,26 +846,50 @@ class BlobCache(MutableMapping[N.Key, Value]):
         return total
 
     def _clean(self, keydir: str) -> GcResult:
-        """REQUIRES: the stripe lock of ``keydir``."""
+        """REQUIRES: the stripe lock of ``keydir``. Holds ``keydir`` exclusively
+        (see ``_in_key_dir``) against a `blobcache gc` in another process."""
+        if keydir in self._found_at_open and not self._live_version_intact(keydir):
+            return GcResult()  # nothing intact to keep: left as found, reported
+        try:
+            held = _fsio.lock_dir(keydir, exclusive=True)
+        except FileNotFoundError:
+            held = None
+        try:
+            return self._clean_held(keydir)
+        finally:
+            if held is not None:
+                os.close(held)
+
+    def _live_version_intact(self, keydir: str) -> bool:
+        """A version found at open may have lost its bytes to a power cut (never
+        fsynced): read it whole before deleting the older ones it would fall back
+        to, and fall back if it fails. False: it failed and nothing older is
+        intact. REQUIRES: the stripe lock of ``keydir`` (not its flock: a fall
+        back writes a version into it)."""
+        try:
+            key = _blob.read_key_file(keydir)
+        except (OSError, CorruptionError):
+            return True  # nothing attributable here: clean_key_dir decides
+        entry = self._index.get(key)
+        if type(entry) is not BlobEntry or os.path.dirname(entry[RECORD].path) != keydir:
+            return True
+        try:
+            _blob.map_version(entry[RECORD], check=True)
+        except CorruptionError as damage:
+            try:
+                self._fall_back(key, entry, damage)
+            except CorruptionError:
+                return False
+        return True
+
+    def _clean_held(self, keydir: str) -> GcResult:
         try:
             scan = _blob.scan_key_dir(keydir)
-        except FileNotFoundError:  # removed by a gc() that failed right after
+        except FileNotFoundError:  # removed by a gc() that failed right after, or another
             with self._tree_lock:
                 parents = _janitor.prune_empty_dirs(os.path.dirname(keydir), self._blobs)
             return GcResult(dirs_removed=parents)
         entry = self._index.get(scan.key) if scan.key is not None else None
-        if keydir in self._found_at_open and scan.key is not None and type(entry) is BlobEntry:
-            # A version found at open may have lost its bytes to a power cut
-            # (never fsynced): read it whole before deleting the older ones it
-            # would otherwise fall back to.
-            try:
-                _blob.map_version(entry[RECORD], check=True)
-            except CorruptionError as damage:
-                try:
-                    entry = self._fall_back(scan.key, entry, damage)
-                except CorruptionError:
-                    return GcResult()  # nothing intact to keep: left as found, reported
-                scan = _blob.scan_key_dir(keydir)
         live_seq = entry[SEQ] if entry is not None else None
         # Records found at open may never have been made durable (a crash between
         # a rename and its directory fsync, or "os" puts never synced): make the
