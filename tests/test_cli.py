@@ -206,18 +206,17 @@ def test_gc_beside_a_writer_racing_puts_and_deletes_of_the_same_keys(store: str)
     """No hand-off here: collections run while puts and deletes of the same large
     keys go on, so removing a deleted key's directory races putting it again
     (the key directory flock is what keeps a version from landing in a
-    directory being removed)."""
+    directory being removed). Whether a collection wins such a race is up to
+    the scheduler; that nothing acknowledged is lost is not."""
     from blobcache import _maintenance
 
     expected: dict[str, bytes | None] = {}
-    removed_dirs = 0
     with BlobCache(store, inline_limit=64) as cache:
         done = threading.Event()
 
         def collect() -> None:
-            nonlocal removed_dirs
             while not done.is_set():
-                removed_dirs += _maintenance.collect(store).result.dirs_removed
+                _maintenance.collect(store)
 
         collector = threading.Thread(target=collect)
         collector.start()
@@ -236,7 +235,11 @@ def test_gc_beside_a_writer_racing_puts_and_deletes_of_the_same_keys(store: str)
         assert {
             k: bytes(v) if (v := cache.get(k)) is not None else None for k in expected
         } == expected
-    assert removed_dirs > 0
+        # With the writer open but idle, a deleted key's directory does go.
+        cache.put("gone", b"G" * 300)
+        cache.delete("gone")
+        report = _maintenance.collect(store)
+        assert report.beside_writer and report.result.dirs_removed >= 1
     with BlobCache(store, inline_limit=64) as cache:
         assert cache.problems == ()
         assert {
