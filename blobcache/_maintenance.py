@@ -256,12 +256,29 @@ def _collect_beside_writer(path: str, *, dry_run: bool) -> GcReport:
     beside = writer_running(path)
     report = GcReport(path, dry_run, beside)
     segments_synced = False
+
+    def sync_log() -> None:
+        """fsync every log segment, once: a record there makes files garbage."""
+        nonlocal segments_synced
+        if not segments_synced:
+            for entry in _files(os.path.join(path, F.LOG_DIR)):
+                if entry.name.endswith(F.SEGMENT_SUFFIX):
+                    _fsio.fsync_path(entry.path)
+            segments_synced = True
+
     with BlobCache(path, readonly=True) as cache:
         live = {os.path.dirname(p): (seq, p) for seq, p in cache._blob_paths()}
+        in_log: dict[str, int | None] = {}  # keydir -> its key's record in the log, read once
+
+        def log_bound(keydir: str) -> int | None:
+            if keydir not in in_log:
+                in_log[keydir] = _live_seq_of_dir(cache, keydir)
+            return in_log[keydir]
+
         found = sorted(_versions(os.path.join(path, F.BLOBS_DIR)), key=lambda v: v[1].path)
         for keydir, record in found:
             newer = live.get(keydir)
-            bound = newer[0] if newer is not None else _live_seq_of_dir(cache, keydir)
+            bound = newer[0] if newer is not None else log_bound(keydir)
             if bound is None:  # unattributable (reported by open), or a key gone
                 if dry_run and not beside and newer is None:
                     report.removed.append(record.path)  # a deleted key's directory
@@ -279,28 +296,16 @@ def _collect_beside_writer(path: str, *, dry_run: bool) -> GcReport:
             if newer is not None:
                 _fsio.fsync_path(os.path.join(keydir, F.KEY_FILE_NAME))
                 _fsio.fsync_path(newer[1])
-            elif not segments_synced:
-                for entry in _files(os.path.join(path, F.LOG_DIR)):
-                    if entry.name.endswith(F.SEGMENT_SUFFIX):
-                        _fsio.fsync_path(entry.path)
-                segments_synced = True
+            else:
+                sync_log()
             _fsio.fsync_dir(keydir)
             with contextlib.suppress(FileNotFoundError):  # the writer's janitor was first
                 _fsio.unlink(record.path)
             _fsio.fsync_dir(keydir)
         if dry_run and not beside:
             report.result.bytes_reclaimed += cache.stats().log_stale_bytes
-
-        def sync_log() -> None:
-            nonlocal segments_synced
-            if not segments_synced:
-                for entry in _files(os.path.join(path, F.LOG_DIR)):
-                    if entry.name.endswith(F.SEGMENT_SUFFIX):
-                        _fsio.fsync_path(entry.path)
-                segments_synced = True
-
         for keydir in [] if dry_run else _key_dirs(os.path.join(path, F.BLOBS_DIR)):
-            bound = None if keydir in live else _live_seq_of_dir(cache, keydir)
+            bound = None if keydir in live else log_bound(keydir)
             if bound is not None:
                 _remove_key_dir(keydir, bound, sync_log, report)
     for entry in list(_files(path)):

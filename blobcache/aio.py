@@ -36,6 +36,7 @@ from .cache import BlobCache, Stats, Value, as_buffer
 _T = TypeVar("_T")
 
 _END = object()  # the async side has no more chunks
+_STOP = object()  # wakes the worker after the async side stopped: see _Handoff.feed
 
 
 class _Cancelled(Exception):
@@ -53,10 +54,10 @@ class _Handoff:
     def __iter__(self) -> Iterator[memoryview]:
         while True:
             item = self._queue.get()
-            if item is _END:
-                return
             if self._stopped.is_set():
                 raise _Cancelled("the stream feeding this put was cancelled or failed")
+            if item is _END:
+                return
             assert isinstance(item, memoryview)
             yield item
 
@@ -69,12 +70,12 @@ class _Handoff:
                 await asyncio.to_thread(self._queue.put, view)
         except BaseException:
             self._stopped.set()
-            self._drain_and_end()
+            self._wake_worker()
             raise
         await asyncio.to_thread(self._queue.put, _END)
 
-    def _drain_and_end(self) -> None:
-        """Unblock the worker: it reads _END (after the stop flag) and raises."""
+    def _wake_worker(self) -> None:
+        """Unblock the worker: whatever it reads next, the stop flag makes it raise."""
         while True:
             try:
                 self._queue.put_nowait(_STOP)
@@ -82,9 +83,6 @@ class _Handoff:
             except queue.Full:  # make room: the chunks in it will never be written
                 with contextlib.suppress(queue.Empty):
                     self._queue.get_nowait()
-
-
-_STOP = memoryview(b"")  # any chunk: the worker checks the stop flag first
 
 
 class AsyncBlobCache:

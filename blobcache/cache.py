@@ -235,13 +235,14 @@ class BlobCache(MutableMapping[N.Key, Value]):
         self._active_seen = self._writer.number if self._writer is not None else 0
         self._stop = threading.Event()
         self._compact_wanted = threading.Event()
-        self._threads = [threading.Thread(target=self._compact_loop, name="blobcache-compact")]
-        if self._options.durability == "os":
-            self._threads.append(threading.Thread(target=self._sync_loop, name="blobcache-sync"))
-        if gc_interval is not None:
-            self._threads.append(threading.Thread(target=self._gc_loop, name="blobcache-gc"))
-        if readonly:
-            self._threads = []
+        loops: list[tuple[str, Callable[[], None]]] = []
+        if not readonly:  # a reader changes nothing: no background work
+            loops.append(("compact", self._compact_loop))
+            if self._options.durability == "os":
+                loops.append(("sync", self._sync_loop))
+            if gc_interval is not None:
+                loops.append(("gc", self._gc_loop))
+        self._threads = [threading.Thread(target=f, name=f"blobcache-{n}") for n, f in loops]
         for thread in self._threads:
             thread.daemon = True
             thread.start()

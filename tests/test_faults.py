@@ -47,27 +47,16 @@ from blobcache import _format as F
 from blobcache import _names as N
 from blobcache._names import Key
 from tests.conftest import files_named
+from tests.crashsim import RECORDED_CALLS
 
 Contents = dict[Key, bytes]
 Op = Literal["put", "delete", "gc", "sync", "open"]
 
-# The primitives of _fsio that touch the disk, in no particular order. Not here:
-# try_lock (a lock, not a durability call; recovery and the janitor depend on
-# its answer, not on its errors) and temp_name (no system call).
-PRIMITIVES = (
-    "create_exclusive",
-    "open_lock_file",
-    "pwrite_all",
-    "truncate",
-    "fsync_file",
-    "fdatasync",
-    "fsync_path",
-    "fsync_dir",
-    "rename",
-    "unlink",
-    "rmdir",
-    "mkdir",
-)
+# The primitives of _fsio that touch the disk: the calls the crash explorer
+# records are the calls that can fail. Not among them: try_lock (a lock, not a
+# durability call; recovery and the janitor depend on its answer, not on its
+# errors) and temp_name (no system call).
+PRIMITIVES = RECORDED_CALLS
 ERRNOS = (errno.ENOSPC, errno.EIO, errno.EACCES, errno.EROFS)
 
 # A full disk rarely fails a write outright: the write that fills it takes part
@@ -975,17 +964,23 @@ def test_failed_removal_of_a_temp_file_leaves_an_orphan_that_the_next_open_remov
     assert _temps(store) == []
 
 
+def _fail_a_log_write_and_its_cut(cache: BlobCache, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Put "k" = b"old", then a put of "k" whose fdatasync fails and whose cut of
+    the segment back to before it (LogWriter._undo) fails too."""
+    cache.put("k", b"old")
+    faults = Faults(monkeypatch, fail_sites=("fdatasync@_lead", "truncate@_undo"))
+    with faults.arming(), pytest.raises(OSError, match="Input/output"):
+        cache.put("k", b"failed")
+    assert cache["k"] == b"old"
+
+
 def test_failed_cut_after_a_failed_log_write_is_redone_by_the_next_put(
     store: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """LogWriter._undo's truncate is best effort: when it fails, the next batch
     seals the segment, and sealing cuts it back to its last good record."""
     with BlobCache(store, **_OPTIONS) as cache:
-        cache.put("k", b"old")
-        faults = Faults(monkeypatch, fail_sites=("fdatasync@_lead", "truncate@_undo"))
-        with faults.arming(), pytest.raises(OSError, match="Input/output"):
-            cache.put("k", b"failed")
-        assert cache["k"] == b"old"
+        _fail_a_log_write_and_its_cut(cache, monkeypatch)
         cache.put("other", b"after the failure")
     with BlobCache(store, **_OPTIONS) as cache:
         assert cache.get("k") == b"old"
@@ -1000,11 +995,7 @@ def test_failed_cut_after_a_failed_log_write_is_redone_by_close(
     store: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     with BlobCache(store, **_OPTIONS) as cache:
-        cache.put("k", b"old")
-        faults = Faults(monkeypatch, fail_sites=("fdatasync@_lead", "truncate@_undo"))
-        with faults.arming(), pytest.raises(OSError, match="Input/output"):
-            cache.put("k", b"failed")
-        assert cache["k"] == b"old"
+        _fail_a_log_write_and_its_cut(cache, monkeypatch)
     with BlobCache(store, **_OPTIONS) as cache:
         assert cache["k"] == b"old", "the failed put's value came back"
 
