@@ -1,4 +1,4 @@
-"""Smoke test of ``tools/bench.py``: a tiny run completes and prints every row.
+"""Smoke test of ``tools/bench_floor.py``: a tiny run completes and prints every row.
 
 It never looks at a timing: figures from a run this small, on a shared CI
 machine, mean nothing. It checks that the benchmark still runs against the
@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-BENCH = Path(__file__).resolve().parent.parent / "tools" / "bench.py"
+BENCH = Path(__file__).resolve().parent.parent / "tools" / "bench_floor.py"
 
 TINY = {
     "--keys": "200",

@@ -1,6 +1,8 @@
 #!/usr/bin/env python3
 """Benchmark blobcache against what plain Python does on the same machine, in one run.
 
+(Its peers, diskcache and LMDB, are in ``tools/bench.py``.)
+
 Each figure is set beside the baseline it has to be judged against, measured in
 the same run (the goals are issue #3's):
 
@@ -57,17 +59,14 @@ so drift and noise of the machine hit both; the ratio is the median of the
 per-repetition ratios. This script never asserts a timing:
 ``tests/test_bench_smoke.py`` only checks that the tables come out.
 
-Usage: ``python tools/bench.py [--dir DIR] [--quick] [sizes...]``; the Markdown
+Usage: ``python tools/bench_floor.py [--dir DIR] [--quick] [sizes...]``; the Markdown
 report goes to stdout, progress to stderr.
 """
 
 from __future__ import annotations
 
 import argparse
-import datetime
-import hashlib
 import os
-import platform
 import shutil
 import statistics
 import subprocess
@@ -75,22 +74,49 @@ import sys
 import tempfile
 import threading
 import time
-import timeit
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
-PROJECT = Path(__file__).resolve().parent.parent
-# Measure this tree, not a copy installed earlier (an installed copy would come
-# first on sys.path, since this script's own directory is tools/).
-sys.path.insert(0, str(PROJECT))
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # tools/, when imported by path
+from benchkit import (
+    KIB,
+    MB,
+    MIB,
+    DictWrapper,
+    Sample,
+    append_fd,
+    cp_and_fsync,
+    default_parent,
+    disk_usage,
+    floor_publish,
+    fmt,
+    int_list,
+    interleave,
+    key_names,
+    load_average,
+    machine_facts,
+    mb_per_s,
+    median_ratio,
+    net_get_ns,
+    per_call_sampler,
+    per_s,
+    positive_int,
+    progress,
+    put_all,
+    read_files,
+    scandir_and_stat,
+    size_name,
+    spread,
+    sweep_timer,
+    sweeps_for,
+    time_ns,
+    warm_up,
+)
 
-import blobcache  # noqa: E402
+import blobcache  # after benchkit, which puts this tree first on sys.path
 
-KIB = 1 << 10
-MIB = 1 << 20
-MB = 10**6
 FULL_REPS = 15  # the put figures on a virtio disk vary by up to 2x between repetitions
 QUICK_REPS = 3
 SMALL = 100  # bytes of a small value: every small-value row uses this size
@@ -103,8 +129,6 @@ QUICK_MAX_OPEN_KEYS = 100_000  # --quick leaves out the bigger small-key stores
 # directories takes 5-25 s here (ext4 creates slow down as unsynced ones pile up).
 QUICK_FILE_KEYS = 1_000
 CROSSOVER_RATIO = 1.25  # the file layout's put "within 1.25x of the log's"
-
-Sample = Callable[[int], float]  # repetition number -> one measurement
 
 
 @dataclass(frozen=True)
@@ -160,100 +184,6 @@ class Row:
 
     def ratio(self) -> float:
         return median_ratio(self.ours, self.base)
-
-
-def median_ratio(top: list[float], bottom: list[float]) -> float:
-    return statistics.median(t / b for t, b in zip(top, bottom, strict=True))
-
-
-# --- Timing ------------------------------------------------------------------------
-
-
-def time_ns(action: Callable[[], object]) -> int:
-    start = time.perf_counter_ns()
-    action()
-    return time.perf_counter_ns() - start
-
-
-def interleave(reps: int, samplers: Sequence[Sample]) -> list[list[float]]:
-    """Run every sampler once per repetition, rotating which goes first.
-
-    Returns the samples of each sampler, in repetition order, so that sample
-    ``i`` of one and sample ``i`` of another were taken moments apart.
-    """
-    samples: list[list[float]] = [[] for _ in samplers]
-    for rep in range(reps):
-        for offset in range(len(samplers)):
-            which = (rep + offset) % len(samplers)
-            samples[which].append(samplers[which](rep))
-    return samples
-
-
-def mb_per_s(nbytes: int, ns: int) -> float:
-    return nbytes / MB / (ns / 1e9)
-
-
-def per_s(count: int, ns: int) -> float:
-    return count / (ns / 1e9)
-
-
-def warm_up(*samplers: Sample) -> None:
-    """One untimed round: first touches of memory, files and code paths are not the steady state."""
-    for sampler in samplers:
-        sampler(-1)
-
-
-# --- get -----------------------------------------------------------------------------
-
-
-class DictWrapper:
-    """The floor for ``get``: the least a Python class can do to serve a key from memory."""
-
-    def __init__(self, values: dict[str, object]) -> None:
-        self._d = values
-
-    def get(self, k: str) -> object | None:
-        return self._d.get(k)
-
-
-def sweep_timer(stmt: str, get: Callable[[str], object], keys: list[str]) -> timeit.Timer:
-    # The setup binds ``get`` and ``keys`` to locals of timeit's inner function, so
-    # the loop pays no global lookups, the same for every contender.
-    return timeit.Timer(
-        stmt,
-        setup="get = _get; keys = _keys",
-        timer=time.perf_counter_ns,
-        globals={"_get": get, "_keys": keys},
-    )
-
-
-def sweeps_for(timer: timeit.Timer, target_ns: int) -> int:
-    """How many sweeps over the keys one sample needs to last ``target_ns``."""
-    sweeps = 1
-    while timer.timeit(sweeps) < target_ns:
-        sweeps *= 2
-    return sweeps
-
-
-def per_call_sampler(timer: timeit.Timer, sweeps: int, calls_per_sweep: int) -> Sample:
-    def sample(_rep: int) -> float:
-        # Timer.timeit turns the garbage collector off while it times.
-        return timer.timeit(sweeps) / (sweeps * calls_per_sweep)
-
-    return sample
-
-
-def net_get_ns(get: Callable[[str], object], keys: list[str], target_ns: int) -> float:
-    """ns per ``get`` over ``keys``, net of the driving loop; one sample of ``target_ns``."""
-    call = sweep_timer("for k in keys: get(k)", get, keys)
-    loop = sweep_timer("for k in keys: pass", get, keys)
-    sweeps = sweeps_for(call, target_ns)
-    return (call.timeit(sweeps) - loop.timeit(sweeps)) / (sweeps * len(keys))
-
-
-def key_names(count: int, prefix: str = "key") -> list[str]:
-    """``count`` keys of one length, as new str objects on every call."""
-    return [f"{prefix}-{i:07d}" for i in range(count)]
 
 
 def bench_get(cfg: Config, root: str, *, in_files: bool) -> Row:
@@ -315,21 +245,12 @@ def bench_get(cfg: Config, root: str, *, in_files: bool) -> Row:
 # --- small puts ----------------------------------------------------------------------
 
 
-def put_all(cache: blobcache.BlobCache, keys: list[str], value: bytes) -> None:
-    for key in keys:
-        cache.put(key, value)
-
-
 def record_bytes(cache: blobcache.BlobCache, key: str, value: bytes) -> int:
     """Bytes the log takes for one put of ``value`` under ``key`` (a key of that length),
     from ``stats()``: the baselines write as many bytes as blobcache does."""
     before = cache.stats().log_record_bytes
     cache.put(key, value)
     return cache.stats().log_record_bytes - before
-
-
-def append_fd(path: str) -> int:
-    return os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o644)
 
 
 def bench_small_put(cfg: Config, root: str) -> list[Row]:
@@ -510,30 +431,6 @@ def bench_os_put(cfg: Config, root: str) -> Row:
 # --- large puts ----------------------------------------------------------------------
 
 
-def floor_publish(directory: str, name: str, data: bytes) -> None:
-    """Publish ``data`` as ``directory/name`` with the least work that survives power loss.
-
-    temp file in the same directory, write, fsync, rename, fsync(directory). This
-    is the raw floor, so it calls ``os`` directly; blobcache itself keeps every
-    such call in ``blobcache/_fsio.py``.
-    """
-    tmp = os.path.join(directory, ".tmp-" + name)
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
-    try:
-        view = memoryview(data)
-        while view:
-            view = view[os.write(fd, view) :]
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    os.rename(tmp, os.path.join(directory, name))
-    dir_fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
-
-
 def put_row(cache: blobcache.BlobCache, floor_dir: str, mib: int, reps: int) -> Row:
     # Random bytes, so the buffer is really in memory (a bytes(n) of zeros may
     # be untouched pages); a repeated 1 MiB block keeps building it fast.
@@ -586,19 +483,6 @@ def bench_put(cfg: Config, root: str) -> list[Row]:
 # --- open ----------------------------------------------------------------------------
 
 
-def scandir_and_stat(path: str) -> int:
-    """List every directory under ``path`` and stat every file; return the file count."""
-    files = 0
-    with os.scandir(path) as entries:
-        for entry in entries:
-            if entry.is_dir(follow_symlinks=False):
-                files += scandir_and_stat(entry.path)
-            else:
-                entry.stat(follow_symlinks=False)
-                files += 1
-    return files
-
-
 def open_ms(store: str) -> float:
     """ms to open ``store`` (default options); the close after it is not timed."""
     start = time.perf_counter_ns()
@@ -638,15 +522,6 @@ def bench_open(cfg: Config, root: str) -> Row:
     )
 
 
-def read_files(directory: str) -> int:
-    """Open and read every file in ``directory`` whole; return the bytes read."""
-    total = 0
-    for name in os.listdir(directory):
-        with open(os.path.join(directory, name), "rb") as f:
-            total += len(f.read())
-    return total
-
-
 def bench_open_small(cfg: Config, root: str, keys: int) -> Row:
     store = os.path.join(root, f"open-small-{keys}")
     value = os.urandom(SMALL)
@@ -683,36 +558,6 @@ def bench_open_small(cfg: Config, root: str, keys: int) -> Row:
             else "(the store has no log files: the floor read nothing)"
         ),
     )
-
-
-# --- disk usage ----------------------------------------------------------------------
-
-
-@dataclass
-class DiskUsage:
-    """What a directory tree holds on disk, counted the two ways `du` can."""
-
-    files: int = 0
-    apparent: int = 0  # sum of the regular files' sizes
-    allocated: int = 0  # st_blocks * 512 of every file and directory, as `du` counts
-
-    def add(self, st: os.stat_result, *, is_file: bool) -> None:
-        self.allocated += st.st_blocks * 512
-        if is_file:
-            self.files += 1
-            self.apparent += st.st_size
-
-
-def disk_usage(path: str, usage: DiskUsage | None = None) -> DiskUsage:
-    usage = usage if usage is not None else DiskUsage()
-    usage.add(os.stat(path), is_file=False)
-    with os.scandir(path) as entries:
-        for entry in entries:
-            if entry.is_dir(follow_symlinks=False):
-                disk_usage(entry.path, usage)
-            else:
-                usage.add(entry.stat(follow_symlinks=False), is_file=entry.is_file())
-    return usage
 
 
 def bench_disk(cfg: Config, root: str) -> list[Row]:
@@ -775,19 +620,6 @@ def bench_disk(cfg: Config, root: str) -> list[Row]:
 # --- Streaming and the async API ------------------------------------------------------
 
 STREAM_REPS = 5  # each sample writes 1 GiB (or 256 MiB) twice: fewer repetitions
-
-
-def cp_and_fsync(src: str, directory: str, name: str) -> None:
-    """The floor of put_file: `cp` (which lets the kernel copy), then fsync the copy
-    and its directory: the least that makes a copy survive power loss."""
-    dst = os.path.join(directory, name)
-    subprocess.run(["cp", src, dst], check=True)
-    for path, flags in ((dst, os.O_RDONLY), (directory, os.O_RDONLY | os.O_DIRECTORY)):
-        fd = os.open(path, flags)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
 
 
 def bench_stream(cfg: Config, root: str) -> list[Row]:
@@ -1028,10 +860,6 @@ def bench_crossover(cfg: Config, root: str) -> list[Crossover]:
         return [crossover_point(in_log, in_file, kib * KIB, cfg) for kib in cfg.crossover_kib]
 
 
-def size_name(nbytes: int) -> str:
-    return f"{nbytes // MIB} MiB" if nbytes >= MIB else f"{nbytes // KIB} KiB"
-
-
 def crossover_from(points: list[Crossover], file_side: Callable[[Crossover], list[float]]) -> str:
     """The smallest size from which the file's put stays within CROSSOVER_RATIO of the log's."""
     within = [median_ratio(file_side(p), p.put_log) <= CROSSOVER_RATIO for p in points]
@@ -1079,106 +907,6 @@ def render_crossover(points: list[Crossover], reps: int, puts: int) -> list[str]
     return lines
 
 
-# --- The machine -------------------------------------------------------------------
-
-
-def cpu_model() -> str:
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as f:
-            for line in f:
-                name, _, value = line.partition(":")
-                if name.strip() == "model name":
-                    return value.strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
-
-
-def mount_of(path: str) -> str:
-    """File system type, device and options of the mount holding ``path``, from /proc/mounts."""
-    real = os.path.realpath(path)
-    found = "unknown (no /proc/mounts)"
-    best = -1
-    try:
-        with open("/proc/mounts", encoding="utf-8") as f:
-            lines = f.read().splitlines()
-    except OSError:
-        return found
-    for line in lines:
-        device, point, fstype, options, *_ = line.split()
-        point = point.replace("\\040", " ")
-        inside = real == point or real.startswith(point.rstrip("/") + "/")
-        # The longest mount point wins; among equals, the later line (mounted on top).
-        if inside and len(point) >= best:
-            best = len(point)
-            found = f"{fstype} on {device} (mounted at {point}, {options})"
-    return found
-
-
-def git_describe() -> str:
-    try:
-        done = subprocess.run(
-            ["git", "-C", str(PROJECT), "describe", "--always", "--dirty"],
-            capture_output=True,
-            text=True,
-            check=False,
-        )
-    except OSError:
-        return "unknown"
-    return done.stdout.strip() or "unknown"
-
-
-def sources_digest() -> str:
-    """A short digest of blobcache's sources as run: tells apart the uncommitted states
-    behind a "-dirty" git description."""
-    digest = hashlib.sha256()
-    package = Path(blobcache.__file__).parent
-    for source in sorted(package.glob("*.py")):
-        digest.update(source.name.encode() + b"\0" + source.read_bytes())
-    return digest.hexdigest()[:12]
-
-
-def load_average() -> str:
-    # Other processes on a 2-core machine show up directly in the spread of the
-    # figures; the load at start and end says whether a run was alone.
-    return " / ".join(f"{x:.2f}" for x in os.getloadavg())
-
-
-def machine_facts(bench_dir: str) -> list[tuple[str, str]]:
-    same_fs = os.stat(bench_dir).st_dev == os.stat(PROJECT).st_dev
-    return [
-        ("date (UTC)", datetime.datetime.now(datetime.timezone.utc).isoformat("T", "seconds")),
-        ("cpu", cpu_model()),
-        ("cores", f"{os.cpu_count()} ({len(os.sched_getaffinity(0))} usable by this process)"),
-        ("python", f"{platform.python_implementation()} {platform.python_version()}"),
-        ("kernel", platform.release()),
-        ("load average at start (1/5/15 min)", load_average()),
-        ("bench dir", bench_dir),
-        ("file system", mount_of(bench_dir)),
-        ("same file system as the project", "yes" if same_fs else "NO"),
-        (
-            "blobcache",
-            f"{blobcache.__version__} imported from {Path(blobcache.__file__).parent} "
-            f"(git {git_describe()}; sources sha256 {sources_digest()})",
-        ),
-    ]
-
-
-# --- Output --------------------------------------------------------------------------
-
-
-def fmt(value: float) -> str:
-    if abs(value) >= 100:
-        return f"{value:,.0f}"
-    return f"{value:.1f}" if abs(value) >= 10 else f"{value:.2f}"
-
-
-def spread(samples: list[float]) -> str:
-    if len(samples) == 1:
-        return fmt(samples[0])
-    return f"{fmt(statistics.median(samples))} [{fmt(min(samples))}..{fmt(max(samples))}]"
-
-
 def render(
     facts: list[tuple[str, str]],
     rows: list[Row],
@@ -1223,38 +951,7 @@ def render(
     return "\n".join(lines)
 
 
-_STARTED = time.monotonic()
-
-
-def progress(message: str) -> None:
-    print(f"bench: {time.monotonic() - _STARTED:5.1f} s: {message}", file=sys.stderr, flush=True)
-
-
 # --- Command line --------------------------------------------------------------------
-
-
-def default_parent() -> str:
-    """/var/tmp or /tmp, whichever is on the project's file system, so an fsync costs
-    what it costs the project's users; /var/tmp first, since /tmp is often a tmpfs."""
-    project_dev = os.stat(PROJECT).st_dev
-    for candidate in ("/var/tmp", "/tmp"):
-        if os.path.isdir(candidate) and os.stat(candidate).st_dev == project_dev:
-            return candidate
-    return tempfile.gettempdir()  # the facts then say "same file system: NO"
-
-
-def positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a number >= 1, got {value}")
-    return value
-
-
-def int_list(text: str) -> tuple[int, ...]:
-    return tuple(positive_int(part) for part in text.split(","))
 
 
 def parse_args(argv: Sequence[str] | None) -> Config:
