@@ -72,7 +72,6 @@ import statistics
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -111,6 +110,7 @@ from benchkit import (
     spread,
     sweep_timer,
     sweeps_for,
+    threaded_rate,
     time_ns,
     warm_up,
 )
@@ -329,35 +329,6 @@ def bench_small_put(cfg: Config, root: str) -> list[Row]:
     ]
 
 
-def threaded_put_rate(cache: blobcache.BlobCache, keys: list[list[str]], value: bytes) -> float:
-    """Puts per second of ``len(keys)`` threads, each putting its own list of keys.
-
-    The clock runs from the moment all threads are released together to the
-    last one's end; making the threads is not timed.
-    """
-    start_line = threading.Barrier(len(keys) + 1)
-    errors: list[BaseException] = []
-
-    def work(mine: list[str]) -> None:
-        start_line.wait()
-        try:
-            put_all(cache, mine, value)
-        except BaseException as exc:  # reraised in the main thread below
-            errors.append(exc)
-
-    threads = [threading.Thread(target=work, args=(mine,)) for mine in keys]
-    for thread in threads:
-        thread.start()
-    start_line.wait()
-    start = time.perf_counter_ns()
-    for thread in threads:
-        thread.join()
-    ns = time.perf_counter_ns() - start
-    if errors:
-        raise errors[0]
-    return per_s(sum(map(len, keys)), ns)
-
-
 def bench_threads(cfg: Config, root: str) -> Row:
     value = os.urandom(SMALL)
     n = cfg.small_puts
@@ -365,7 +336,7 @@ def bench_threads(cfg: Config, root: str) -> Row:
     def sampler(threads: int) -> Sample:
         def sample(rep: int) -> float:
             keys = [key_names(n, f"t{threads}-{rep + 1:04d}-{t}") for t in range(threads)]
-            return threaded_put_rate(cache, keys, value)
+            return threaded_rate(lambda mine: put_all(cache, mine, value), keys)
 
         return sample
 

@@ -17,6 +17,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import timeit
 from collections.abc import Callable, Sequence
@@ -362,3 +363,32 @@ def positive_int(text: str) -> int:
 
 def int_list(text: str) -> tuple[int, ...]:
     return tuple(positive_int(part) for part in text.split(","))
+
+
+def threaded_rate(work: Callable[[list[str]], object], keys: list[list[str]]) -> float:
+    """Keys per second of ``len(keys)`` threads, each calling ``work`` on its own list.
+
+    The clock runs from the moment all threads are released together to the
+    last one's end; making the threads is not timed.
+    """
+    start_line = threading.Barrier(len(keys) + 1)
+    errors: list[BaseException] = []
+
+    def run(mine: list[str]) -> None:
+        start_line.wait()
+        try:
+            work(mine)
+        except BaseException as exc:  # reraised in the calling thread below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=run, args=(mine,)) for mine in keys]
+    for thread in threads:
+        thread.start()
+    start_line.wait()
+    start = time.perf_counter_ns()
+    for thread in threads:
+        thread.join()
+    ns = time.perf_counter_ns() - start
+    if errors:
+        raise errors[0]
+    return per_s(sum(map(len, keys)), ns)
