@@ -99,7 +99,7 @@ class Config:
     parent: str
     quick: bool
     reps: int  # repetitions of the cheap workloads
-    big_reps: int  # of the 1 GiB ones and the big opens
+    big_reps: int  # of the 1 GiB puts
     get_keys: int
     get_sample_ns: int
     large_get_mib: int
@@ -120,7 +120,7 @@ def config(parent: str, quick: bool) -> Config:
         parent=parent,
         quick=False,
         reps=7,
-        big_reps=3,
+        big_reps=5,
         get_keys=10_000,
         get_sample_ns=100_000_000,
         large_get_mib=64,
@@ -174,6 +174,7 @@ class Store:
     gc: Callable[[], object]
     close: Callable[[], object]
     handle: object  # the library's own object
+    path: str
 
 
 @dataclass(frozen=True)
@@ -196,7 +197,15 @@ def open_blobcache(
         cache.sync()
 
     return Store(
-        cache.put, cache.get, cache.put_file, cache.delete, fill, cache.gc, cache.close, cache
+        cache.put,
+        cache.get,
+        cache.put_file,
+        cache.delete,
+        fill,
+        cache.gc,
+        cache.close,
+        cache,
+        path,
     )
 
 
@@ -219,7 +228,7 @@ def open_diskcache(path: str, synchronous: int = 1) -> Store:
         # removes files no row names). Documented for testing and post-mortems.
         cache.check(fix=True)
 
-    return Store(cache.set, cache.get, put_file, cache.delete, fill, gc, cache.close, cache)
+    return Store(cache.set, cache.get, put_file, cache.delete, fill, gc, cache.close, cache, path)
 
 
 def open_lmdb(path: str) -> Store:
@@ -253,7 +262,7 @@ def open_lmdb(path: str) -> Store:
         os.mkdir(copy)
         env.copy(copy, compact=True)
 
-    return Store(put, get, put_file, delete, fill, gc, env.close, env)
+    return Store(put, get, put_file, delete, fill, gc, env.close, env, path)
 
 
 BLOB_FSYNC = Contender(
@@ -645,6 +654,22 @@ def floor_unsynced(directory: str, name: str, data: bytes) -> None:
         f.write(data)
 
 
+def settle(directory: str) -> None:
+    """After a sample, untimed: flush what it left dirty, so that the next contender does
+    not pay for it, and drop the page cache of the files it keeps. LMDB's file keeps a
+    deleted value's pages cached (it never shrinks) where the others' deleted files free
+    theirs; on this kind of VM, memory not used for a while costs a first touch again
+    (about 8 us per 4 KiB page), so whoever ran after LMDB paid ~2 s per GiB for it."""
+    os.sync()
+    for parent, _, files in os.walk(directory):
+        for name in files:
+            fd = os.open(os.path.join(parent, name), os.O_RDONLY | os.O_CLOEXEC)
+            try:
+                os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+            finally:
+                os.close(fd)
+
+
 def bench_large_put(cfg: Config, root: str, mib: int, *, from_file: bool) -> Table:
     size = mib * MIB
     reps = cfg.big_reps if size >= 256 * MIB else cfg.reps
@@ -669,7 +694,7 @@ def bench_large_put(cfg: Config, root: str, mib: int, *, from_file: bool) -> Tab
             store.delete(key)  # untimed: the disk holds one such value at a time
             if store.handle.__class__ is blobcache.BlobCache:
                 store.gc()
-            os.sync()  # untimed: what one left unsynced is not flushed in the next one's time
+            settle(store.path)
             return mb_per_s(size, ns)
 
         return sample
@@ -682,7 +707,7 @@ def bench_large_put(cfg: Config, root: str, mib: int, *, from_file: bool) -> Tab
             else:
                 ns = time_ns(lambda: publish(floor_dir, name, data))
             os.unlink(os.path.join(floor_dir, name))
-            os.sync()
+            settle(floor_dir)
             return mb_per_s(size, ns)
 
         return sample
@@ -693,8 +718,8 @@ def bench_large_put(cfg: Config, root: str, mib: int, *, from_file: bool) -> Tab
     what = f"put_file of a {size_name(size)} file" if from_file else f"put, {size_name(size)}"
     progress(f"{what}: {reps} repetitions")
     try:
-        if size < 256 * MIB:  # a first write of this many bytes pays the VM's first touches
-            warm_up(*samplers)
+        # A first write of this many bytes pays the VM's first touches of page-cache memory.
+        warm_up(*samplers)
         samples = interleave(reps, samplers)
     finally:
         for store in stores:
@@ -727,12 +752,13 @@ def bench_large_put(cfg: Config, root: str, mib: int, *, from_file: bool) -> Tab
         lines=lines,
         notes=[
             "Each repetition puts a new key, then deletes it untimed (and blobcache's gc() "
-            "removes its file), so a store holds one such value at a time; after every sample "
-            "an untimed `sync` flushes what it left dirty, so that the next one does not pay "
-            "for it. diskcache writes "
+            "removes its file), so a store holds one such value at a time; after every sample, "
+            "untimed, a `sync` flushes what it left dirty and the page cache of the files its "
+            "store keeps is dropped (LMDB's file keeps the deleted value's pages), so that the "
+            "next one pays for neither. diskcache writes "
             "values of 32 KiB and more to files it never fsyncs, whatever `sqlite_synchronous` "
             "says: after a power loss its index may name a missing, short or zero-filled file."
-            + (" No warm-up round at this size." if size >= 256 * MIB else "")
+            + " One untimed warm-up round."
         ],
     )
 
@@ -740,16 +766,27 @@ def bench_large_put(cfg: Config, root: str, mib: int, *, from_file: bool) -> Tab
 # --- open ----------------------------------------------------------------------------
 
 
-def open_until_get(contender: Contender, path: str, key: str) -> float:
-    """ms from opening ``path`` until a present key's value is served; the close is untimed."""
+def open_until_get(name: str, path: str, key: str) -> None:
+    """Run in a fresh child process: print the ms from opening ``path`` with contender
+    ``name`` until a present key's value is served (the close is untimed)."""
+    contender = next(c for c in (BLOB_FSYNC, *PEERS) if c.name == name)
     start = time.perf_counter_ns()
     store = contender.open(path)
     got = store.get(key)
     ns = time.perf_counter_ns() - start
-    assert got is not None
+    if got is None:
+        raise SystemExit(f"{name}: {key!r} is missing from {path}")
+    print(ns / 1e6)
     del got
     store.close()
-    return ns / 1e6
+
+
+def child(call: str) -> list[str]:
+    """The command that runs ``bench.<call>`` in a new Python process (cwd: TOOLS)."""
+    return [sys.executable, "-c", f"import bench; bench.{call}"]
+
+
+TOOLS = os.path.dirname(os.path.abspath(__file__))
 
 
 def bench_open(cfg: Config, root: str, keys: int, value_size: int) -> Table:
@@ -773,10 +810,15 @@ def bench_open(cfg: Config, root: str, keys: int, value_size: int) -> Table:
         return time_ns(lambda: scandir_and_stat(ours)) / 1e6
 
     def opening(contender: Contender, path: str) -> Sample:
-        return lambda rep: open_until_get(contender, path, names[(rep * 7919) % keys])
+        def sample(rep: int) -> float:
+            call = f"open_until_get({contender.name!r}, {path!r}, {names[(rep * 7919) % keys]!r})"
+            done = subprocess.run(child(call), cwd=TOOLS, capture_output=True, check=True)
+            return float(done.stdout)
+
+        return sample
 
     samplers = [floor, *(opening(c, p) for c, p in zip(contenders, paths, strict=True))]
-    reps = cfg.big_reps if keys >= 1_000_000 else cfg.reps
+    reps = 3 if keys >= 1_000_000 else cfg.reps  # 4 stores of a million keys: a few s each
     progress(f"open: {keys:,} keys, {reps} repetitions")
     warm_up(*samplers)
     samples = interleave(reps, samplers)
@@ -797,9 +839,10 @@ def bench_open(cfg: Config, root: str, keys: int, value_size: int) -> Table:
         ],
         notes=[
             "Stores filled in each library's fastest way (blobcache durability='os' then "
-            f"closed; the peers in transactions of {BATCH:,} puts), then opened and closed "
-            "again at each repetition; warm page cache. blobcache pays at open what the "
-            "others pay at each get: its index is in memory."
+            f"closed; the peers in transactions of {BATCH:,} puts), then opened in a new "
+            "Python process at each repetition (timed from the open call, imports done; a "
+            "new process also pays the first touch of the memory it fills); warm page cache. "
+            "blobcache pays at open what the others pay at each get: its index is in memory."
         ],
     )
 
@@ -1001,14 +1044,10 @@ def bench_flushes(cfg: Config, root: str) -> Table:
     work = os.path.join(root, "flushes")
     os.mkdir(work)
     log = os.path.join(root, "strace.log")
-    child = f"import bench; bench.sync_child({work!r}, {small}, {large}, {mib})"
+    call = f"sync_child({work!r}, {small}, {large}, {mib})"
     progress(f"flushes: {what}, under strace")
     command = [strace, "-f", "-y", "-qq", "-s", "0", "-o", log, "-e", "trace=" + ",".join(TRACED)]
-    subprocess.run(
-        [*command, sys.executable, "-c", child],
-        check=True,
-        cwd=os.path.dirname(os.path.abspath(__file__)),
-    )
+    subprocess.run([*command, *child(call)], check=True, cwd=TOOLS)
     with open(log, encoding="utf-8", errors="replace") as f:
         counts = count_flushes(f.read())  # before the store is removed: it looks for directories
     shutil.rmtree(work)
