@@ -14,15 +14,20 @@ crash, and over blobcache's for the same crash. The workloads:
 * put of 100 B, one thread and 8 threads, at both of blobcache's durability levels;
 * put of 64 MiB and of 1 GiB, and ``put_file`` of a 1 GiB file;
 * open of a store of 100,000 and of 1,000,000 keys of 100 B, and of 1,000 keys of
-  1 MiB, until the first ``get`` is served;
-* disk space after 10 overwrites of every key, before and after each library's gc;
+  1 MiB, until the first ``get`` is served, in a new process each time;
+* disk space after 10 overwrites of every key, before and after each library's gc,
+  and the time of that gc;
 * fsync-family system calls per put, counted by ``strace`` in a child process,
-  with the files they went to.
+  with the files they went to;
+* the ``inline_limit`` crossover of ``tools/bench_floor.py`` (log against a file per
+  key, by value size), for the design notes in the README.
 
 The goals (issue 7) are checked in a table of their own. Every figure is a median
 over repetitions with its [min..max]; the contenders of a workload run back to back
 in every repetition, rotating which goes first, and a ratio is the median of the
-per-repetition ratios. Nothing here asserts a timing: ``tests/test_bench_smoke.py``
+per-repetition ratios. After each large put, untimed, what it left dirty is synced and
+the page cache of the files its store keeps is dropped, so that no contender pays for
+the one before it. Nothing here asserts a timing: ``tests/test_bench_smoke.py``
 runs ``--quick`` and checks that the tables come out.
 
 Usage: ``python tools/bench.py [--quick] [--dir DIR] [--json PATH] [--readme PATH]``.
@@ -678,7 +683,7 @@ def bench_large_put(cfg: Config, root: str, mib: int, *, from_file: bool) -> Tab
     if from_file:
         with open(source, "wb") as f:
             f.write(data)
-        del data
+        data = b""  # the puts read the file
     floor_dir = os.path.join(root, "floor")
     os.makedirs(floor_dir, exist_ok=True)
     contenders = (BLOB_FSYNC, *PEERS)
@@ -699,22 +704,27 @@ def bench_large_put(cfg: Config, root: str, mib: int, *, from_file: bool) -> Tab
 
         return sample
 
-    def floor(publish: Callable[[str, str, bytes], None]) -> Sample:
+    def floor(publish: Callable[[str], object]) -> Sample:
         def sample(rep: int) -> float:
             name = f"big-{rep + 1}"
-            if from_file:
-                ns = time_ns(lambda: cp_and_fsync(source, floor_dir, name))
-            else:
-                ns = time_ns(lambda: publish(floor_dir, name, data))
+            ns = time_ns(lambda: publish(name))
             os.unlink(os.path.join(floor_dir, name))
             settle(floor_dir)
             return mb_per_s(size, ns)
 
         return sample
 
-    samplers = [floor(floor_publish), *map(ours, stores)]
-    if not from_file:
-        samplers.insert(1, floor(floor_unsynced))
+    def copy(name: str) -> None:
+        subprocess.run(["cp", source, os.path.join(floor_dir, name)], check=True)
+
+    if from_file:
+        floors = [floor(lambda name: cp_and_fsync(source, floor_dir, name)), floor(copy)]
+    else:
+        floors = [
+            floor(lambda name: floor_publish(floor_dir, name, data)),
+            floor(lambda name: floor_unsynced(floor_dir, name, data)),
+        ]
+    samplers = [*floors, *map(ours, stores)]
     what = f"put_file of a {size_name(size)} file" if from_file else f"put, {size_name(size)}"
     progress(f"{what}: {reps} repetitions")
     try:
@@ -726,18 +736,15 @@ def bench_large_put(cfg: Config, root: str, mib: int, *, from_file: bool) -> Tab
             store.close()
         if from_file:
             os.unlink(source)
+    names = (
+        ("floor: cp + fsync(file) + fsync(dir)", "floor: cp, no sync")
+        if from_file
+        else ("floor: temp + write + fsync + rename + fsync(dir)", "floor: write + close, no sync")
+    )
     lines = [
-        Line(
-            "floor: cp + fsync(file) + fsync(dir)"
-            if from_file
-            else "floor: temp + write + fsync + rename + fsync(dir)",
-            POWER,
-            samples.pop(0),
-            floor=True,
-        )
+        Line(names[0], POWER, samples.pop(0), floor=True),
+        Line(names[1], PROCESS, samples.pop(0), floor=True),
     ]
-    if not from_file:
-        lines.append(Line("floor: write + close, no sync", PROCESS, samples.pop(0), floor=True))
     for contender, got in zip(contenders, samples, strict=True):
         note = contender.why
         if from_file and contender is LMDB_SYNC:
