@@ -36,17 +36,16 @@ class GcResult:
         self.bytes_reclaimed += other.bytes_reclaimed
 
 
-def clean_key_dir(scan: KeyDirScan, *, live_seq: int | None, make_live_durable: bool) -> GcResult:
+def clean_key_dir(scan: KeyDirScan, *, live_seq: int | None) -> GcResult:
     """Remove the garbage of one key directory; the directory too when nothing here is live.
 
     ``live_seq`` is the key's live sequence number wherever its record lies, or
     None when the key is deleted.
 
     REQUIRES: no writer changes this directory meanwhile (the cache holds the
-    key's lock); the records in ``scan`` are what the directory holds; a live
-    record outside this directory (in the log) is durable. With
-    ``make_live_durable`` a live version here is fsynced first (it may have been
-    acknowledged without fsync, or found after a crash).
+    key's lock); the records in ``scan`` are what the directory holds; the live
+    record is durable, here (with its key file and directory entry: the caller
+    fsyncs one acknowledged without fsync, or found after a crash) or in the log.
     """
     result = GcResult()
     for temp in scan.temps:
@@ -58,10 +57,6 @@ def clean_key_dir(scan: KeyDirScan, *, live_seq: int | None, make_live_durable: 
         return result  # versions whose key is unreadable: reported, kept for a human
     newest = scan.live
     if newest is not None and newest.seq == live_seq:
-        if make_live_durable:  # the key file too: without it the version is unattributable
-            _fsio.fsync_path(os.path.join(scan.path, F.KEY_FILE_NAME))
-            _fsio.fsync_path(newest.path)
-            _fsio.fsync_dir(scan.path)
         for record in scan.records[1:] + [u for u in scan.unusable if u.seq < newest.seq]:
             result.bytes_reclaimed += _remove(record.path)
             result.files_removed += 1

@@ -776,8 +776,7 @@ class BlobCache(MutableMapping[N.Key, Value]):
         self._check_open()
         self._log.sync()
         with self._pending_lock:
-            if self._sync_error is not None:
-                raise _fsio.earlier_sync_failed(self._blobs, self._sync_error)
+            self._refuse_after_failed_sync()
             files, self._pending_files = self._pending_files, set()
             dirs, self._pending_dirs = self._pending_dirs, set()
         try:
@@ -794,6 +793,11 @@ class BlobCache(MutableMapping[N.Key, Value]):
             with self._pending_lock:  # never retried: see _fsio.earlier_sync_failed
                 self._sync_error = exc
             raise
+
+    def _refuse_after_failed_sync(self) -> None:
+        """Raise once an fsync of data not known durable has failed. REQUIRES: _pending_lock."""
+        if self._sync_error is not None:
+            raise _fsio.earlier_sync_failed(self._blobs, self._sync_error)
 
     def _sync_loop(self) -> None:
         while not self._stop.wait(self._options.sync_interval):
@@ -821,11 +825,15 @@ class BlobCache(MutableMapping[N.Key, Value]):
         compact the log (whatever its stale ratio).
 
         A version goes only once its key's newer record is durable; a reader's
-        mapped view of a removed file stays valid. Returns what was removed.
+        mapped view of a removed file stays valid. Returns what was removed. After
+        a failed fsync it refuses, as ``sync()`` does: a retried fsync could
+        wrongly report success, and gc would then delete the older versions.
         """
         self._check_open()
         if self._writer is None:
             raise ReadOnlyError(self._path)
+        with self._pending_lock:
+            self._refuse_after_failed_sync()
         total = GcResult()
         with self._gc_lock:
             with self._pending_lock:
@@ -899,7 +907,9 @@ class BlobCache(MutableMapping[N.Key, Value]):
         if unsure and (entry is None or blob_of(entry) is None):
             self._log.sync()  # the newer record (a put or a delete) is in the log
         try:
-            result = _janitor.clean_key_dir(scan, live_seq=live_seq, make_live_durable=unsure)
+            if unsure and scan.live is not None and scan.live.seq == live_seq:
+                self._make_durable(keydir, scan.live.path, parents=False)
+            result = _janitor.clean_key_dir(scan, live_seq=live_seq)
         finally:
             # Invariant: a directory in _key_dirs has its key file. The janitor may
             # have removed it and then failed (or found a stray) before the rmdir:
@@ -1030,12 +1040,26 @@ class BlobCache(MutableMapping[N.Key, Value]):
             record = blob_of(entry) if entry is not None else None
             if record is None or os.path.dirname(record.path) != keydir:
                 continue  # replaced since open by a record that was made durable
+            self._make_durable(keydir, record.path, parents=True)
+
+    def _make_durable(self, keydir: str, version: str, *, parents: bool) -> None:
+        """fsync a live version that may not be durable (found at open, or put with
+        "os"), its key file (without it the version is unattributable) and its
+        directory; with ``parents``, every directory up to the store's too. A failure
+        is final, as in ``sync()``: see ``_fsio.earlier_sync_failed``."""
+        try:
             _fsio.fsync_path(os.path.join(keydir, F.KEY_FILE_NAME))
-            _fsio.fsync_path(record.path)
+            _fsio.fsync_path(version)
             directory = keydir
-            while directory != self._path:
+            while True:
                 _fsio.fsync_dir(directory)
                 directory = os.path.dirname(directory)
+                if not parents or directory == self._path:
+                    break
+        except OSError as exc:
+            with self._pending_lock:
+                self._sync_error = exc
+            raise
 
     @contextlib.contextmanager
     def _all_stripes(self) -> Iterator[None]:

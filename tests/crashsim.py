@@ -241,6 +241,7 @@ notices: skipping one of these leaves the store working, just not durable."""
 
 RECORDED_CALLS: Final = (
     "pwrite_all",
+    "copy_range",
     "truncate",
     "fsync_file",
     "fdatasync",
@@ -439,6 +440,10 @@ class Recorder:
             fd, data, offset = args
             node = self._node_of_fd(fd)
             append(Write(node, offset, bytes(data), paths[node]))
+        elif name == "copy_range":  # the kernel copied ``result`` bytes: a write of them
+            src, fd, _count, offset = args
+            node = self._node_of_fd(fd)
+            append(Write(node, offset, os.pread(src, result, offset), paths[node]))
         elif name == "truncate":
             node = self._node_of_fd(args[0])
             append(Truncate(node, args[1], paths[node]))
@@ -893,6 +898,25 @@ class Driver:
             return
         self.recorder.mark(Begin(op, key, data))
         self.cache.put(key, data)
+        self.recorder.mark(Ack(op))
+
+    def put_file(self, key: Key, size: int = 3000, *, stream: bool = False) -> None:
+        """Put a value from a file (outside the store), by path (the kernel copies
+        it) or, with ``stream``, as chunks of an iterable."""
+        op = self._take_op()
+        data = make_value(key, op, max(size, self.inline_limit))
+        if not self._step():
+            return
+        sources = os.path.join(os.path.dirname(self.store), "sources")
+        os.makedirs(sources, exist_ok=True)
+        source = os.path.join(sources, str(op))
+        with open(source, "wb") as f:
+            f.write(data)
+        self.recorder.mark(Begin(op, key, data))
+        if stream:
+            self.cache.put_stream(key, (data[i : i + 1000] for i in range(0, len(data), 1000)))
+        else:
+            self.cache.put_file(key, source)
         self.recorder.mark(Ack(op))
 
     def small(self, key: Key, size: int = 20) -> None:
@@ -1786,6 +1810,24 @@ def _os_rollover(d: Driver) -> None:
     d.gc()
 
 
+def _put_file(d: Driver) -> None:
+    d.put_file("F", 5000)  # a new key: the kernel copies the file
+    d.put_file("F", 7000)
+    d.put_file("S", 6000, stream=True)  # chunks, written as they come
+    d.small("F")
+    d.put_file("S", 3000)
+    d.gc()
+
+
+def _os_put_file(d: Driver) -> None:
+    d.put_file("F", 5000)
+    d.put_file("S", 4000, stream=True)
+    d.sync()
+    d.put_file("F", 7000)  # owed: only the synced 5000 B
+    d.put_file("S", 3000, stream=True)
+    d.reopen()  # close syncs
+
+
 def _threads(d: Driver) -> None:
     def writer(name: str) -> Callable[[], None]:
         def run() -> None:
@@ -1817,6 +1859,13 @@ WORKLOADS: Final[dict[str, Workload]] = {
             "compaction by the background thread",
         ),
         Workload("janitor", BASE, _janitor, "janitor after large overwrites and deletes"),
+        Workload("put-file", BASE, _put_file, "put_file (a kernel copy) and put_stream"),
+        Workload(
+            "os-put-file",
+            {**BASE, "durability": "os"},
+            _os_put_file,
+            'durability="os": put_file and put_stream, synced and not',
+        ),
         Workload(
             "threads",
             BASE,

@@ -54,6 +54,8 @@ MIN_STATES: Final = {
     "compaction": 48,
     "background-compaction": 80,
     "janitor": 70,
+    "put-file": 40,
+    "os-put-file": 120,
     "threads": 200,  # threads interleave differently on each run
     "reopen": 48,
     "os-synced": 150,
@@ -147,6 +149,12 @@ TEETH: Final[dict[str, tuple[str, str, Callable[[str], bool]]]] = {
     "fdatasync-of-log": ("small-puts", "fdatasync", lambda p: p.endswith(".log")),
     # fsync of a version file before its rename: a name without its bytes
     "fsync-of-version": ("overwrites", "fsync_file", lambda p: "/blobs/" in p and ".tmp-" in p),
+    # the same for a version the kernel copied (put_file): its bytes are not durable
+    "fsync-of-copied-version": (
+        "put-file",
+        "fsync_file",
+        lambda p: "/blobs/" in p and ".tmp-" in p,
+    ),
     # fsync_dir of log/ after a new segment: records in it lose their file
     "fsync_dir-of-log-dir": ("rollover", "fsync_dir", lambda p: p.endswith("/log")),
     # fsync_dir of a parent after mkdir: the key directory itself is lost

@@ -50,7 +50,7 @@ from tests.conftest import files_named
 from tests.crashsim import RECORDED_CALLS
 
 Contents = dict[Key, bytes]
-Op = Literal["put", "delete", "gc", "sync", "open"]
+Op = Literal["put", "put_file", "delete", "gc", "sync", "open"]
 
 # The primitives of _fsio that touch the disk: the calls the crash explorer
 # records are the calls that can fail. Not among them: try_lock (a lock, not a
@@ -395,6 +395,12 @@ class Workload:
         if self.op == "put":
             assert self.key is not None and self.value is not None
             cache.put(self.key, self.value)
+        elif self.op == "put_file":  # from a file beside the store: the kernel copies it
+            assert self.key is not None and self.value is not None
+            source = os.path.join(os.path.dirname(cache.directory), "source.bin")
+            with open(source, "wb") as f:
+                f.write(self.value)
+            cache.put_file(self.key, source)
         elif self.op == "delete":
             assert self.key is not None
             assert cache.delete(self.key) or self.key not in cache
@@ -408,7 +414,7 @@ class Workload:
     def apply(self, contents: Contents) -> Contents:
         """What ``contents`` become when the operation succeeds."""
         out = dict(contents)
-        if self.op == "put":
+        if self.op in ("put", "put_file"):
             assert self.key is not None and self.value is not None
             out[self.key] = self.value
         elif self.op == "delete":
@@ -454,6 +460,14 @@ WORKLOADS = (
         expect=("mkdir(keydir)@makedirs@_ensure_key_dir",),
     ),
     Workload("put-large-existing", "put", "L0", _large("L0 v2")),
+    Workload(
+        "put-file-new",
+        "put_file",
+        "F-new",
+        _large("F-new"),
+        expect=("copy_range@_copy",),
+    ),
+    Workload("put-file-existing", "put_file", "L0", _large("L0 v3")),
     Workload("grow-log-to-file", "put", "s1", _large("s1 grown")),
     Workload("shrink-file-to-log", "put", "L1", b"L1 shrunk"),
     Workload("delete-small", "delete", "s2"),
@@ -468,8 +482,7 @@ WORKLOADS = (
         prepare=_make_garbage,
         expect=(
             *_GC_EXPECT,
-            "fsync_path(version)@clean_key_dir",
-            "fsync_path(version)@_make_adopted_durable",
+            "fsync_path(version)@_make_durable",
         ),
     ),
     Workload(
@@ -485,6 +498,7 @@ WORKLOADS = (
     ),
     Workload("put-small-existing-os", "put", "s0", b"s0 v2", durability="os"),
     Workload("put-large-new-os", "put", "L-new", _large("L-new"), durability="os"),
+    Workload("put-file-existing-os", "put_file", "L0", _large("L0 v3"), durability="os"),
     Workload("delete-large-os", "delete", "L2", durability="os"),
     _rollover("rollover-os", "os"),
     Workload("gc-os", "gc", durability="os", setup=_make_garbage, expect=("fdatasync@sync",)),
@@ -658,7 +672,7 @@ KNOWN_BUGS: dict[str, str] = {}
 # were waiting for them -- which the site alone does not tell, so there the test
 # asks sync() (see _poisoned).
 def _poisons_sync(site: str, w: Workload) -> bool | None:
-    if site.endswith("@sync"):
+    if site.endswith(("@sync", "@_make_durable")):
         return True
     if w.options.get("durability") == "os" and site in ("fdatasync@_roll", "fdatasync@_extend"):
         return None
