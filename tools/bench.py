@@ -52,7 +52,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # tools/, when imported by path
 import bench_floor  # its inline_limit crossover runs here too, for the design figures
@@ -190,11 +190,13 @@ class Contender:
     large: str  # the same for a large value
     why: str  # how, in a few words
 
+    @property
+    def ours(self) -> bool:
+        return self.name.startswith("blobcache")
 
-def open_blobcache(
-    path: str, durability: Literal["fsync", "os"] = "fsync", segment_bytes: int = 64 * MIB
-) -> Store:
-    cache = blobcache.BlobCache(path, durability=durability, segment_bytes=segment_bytes)
+
+def open_blobcache(path: str, **options: Any) -> Store:
+    cache = blobcache.BlobCache(path, **options)
 
     def fill(keys: Sequence[str], value: bytes) -> None:
         for key in keys:
@@ -275,7 +277,7 @@ BLOB_FSYNC = Contender(
 )
 BLOB_OS = Contender(
     "blobcache 'os'",
-    lambda path: open_blobcache(path, "os"),
+    lambda path: open_blobcache(path, durability="os"),
     PROCESS,
     PROCESS,
     "synced in the background every second",
@@ -296,7 +298,7 @@ DISKCACHE_FULL = Contender(
 )
 BLOB_SMALL_SEGMENTS = Contender(
     "blobcache 'os', segment_bytes=1 MiB",
-    lambda path: open_blobcache(path, "os", MIB),
+    lambda path: open_blobcache(path, durability="os", segment_bytes=MIB),
     PROCESS,
     PROCESS,
     "a segment is sealed, and may be compacted, every MiB",
@@ -477,104 +479,109 @@ def xxh(buffer: object) -> int:
     return xxhash.xxh3_64_intdigest(buffer)  # type: ignore[arg-type]
 
 
+def floor_first_get(path: str, read_all: bool) -> float:
+    """ms to open + mmap ``path`` into a memoryview (and hash every byte of it)."""
+    start = time.perf_counter_ns()
+    with open(path, "rb") as f:
+        mapped = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
+    view = memoryview(mapped)
+    if read_all:
+        xxh(view)
+    ns = time.perf_counter_ns() - start
+    view.release()
+    mapped.close()
+    return ns / 1e6
+
+
+def lmdb_first_get(path: str, read_all: bool) -> float:
+    """ms to LMDB's zero-copy view of the value (valid inside its read transaction);
+    the environment is opened before the clock starts."""
+    env = lmdb.open(path, map_size=LMDB_MAP, readonly=True)
+    start = time.perf_counter_ns()
+    with env.begin(buffers=True) as txn:
+        got = txn.get(LARGE_KEY.encode())
+        if read_all:
+            xxh(got)
+        ns = time.perf_counter_ns() - start
+    env.close()
+    return ns / 1e6
+
+
+def store_first_get(contender: Contender, path: str, read_all: bool) -> float:
+    """ms to the first get of a store opened before the clock starts."""
+    store = contender.open(path)
+    start = time.perf_counter_ns()
+    got = store.get(LARGE_KEY)
+    if read_all:
+        xxh(got)
+    ns = time.perf_counter_ns() - start
+    del got
+    store.close()
+    return ns / 1e6
+
+
+LARGE_KEY = "big"
+
+
 def bench_large_get(cfg: Config, root: str) -> list[Table]:
     size = cfg.large_get_mib * MIB
     value = os.urandom(MIB) * cfg.large_get_mib
     progress(f"large get: one value of {size_name(size)} per store")
-    paths = {c.name: os.path.join(root, "lget-" + c.name) for c in (BLOB_FSYNC, DISKCACHE)}
-    paths["LMDB"] = os.path.join(root, "lget-lmdb")
     floor_file = os.path.join(root, "lget.floor")
     with open(floor_file, "wb") as f:
         f.write(value)
-    for name, path in paths.items():
-        opener = open_lmdb if name == "LMDB" else BLOB_FSYNC.open
-        opener = open_diskcache if name == DISKCACHE.name else opener
-        store = opener(path)
-        store.put("big", value)
+    contenders = (BLOB_FSYNC, DISKCACHE, LMDB_SYNC)
+    paths = [os.path.join(root, "lget-" + c.name) for c in contenders]
+    for contender, path in zip(contenders, paths, strict=True):
+        store = contender.open(path)
+        store.put(LARGE_KEY, value)
         store.close()
-
-    def timed(name: str, read_all: bool) -> Sample:
-        """Open (untimed), then time the first get, and with read_all a hash of every byte."""
-
-        def sample(_rep: int) -> float:
-            if name == "floor":
-                start = time.perf_counter_ns()
-                with open(floor_file, "rb") as f:
-                    mapped = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
-                view = memoryview(mapped)
-                if read_all:
-                    xxh(view)
-                ns = time.perf_counter_ns() - start
-                view.release()
-                mapped.close()
-                return ns / 1e6
-            if name == "LMDB":
-                env = lmdb.open(paths[name], map_size=LMDB_MAP, readonly=True)
-                start = time.perf_counter_ns()
-                with env.begin(buffers=True) as txn:
-                    buf = txn.get(b"big")
-                    if read_all:
-                        xxh(buf)
-                    ns = time.perf_counter_ns() - start
-                env.close()
-                return ns / 1e6
-            opener = open_diskcache if name == DISKCACHE.name else BLOB_FSYNC.open
-            store = opener(paths[name])
-            start = time.perf_counter_ns()
-            got = store.get("big")
-            if read_all:
-                xxh(got)
-            ns = time.perf_counter_ns() - start
-            del got
-            store.close()
-            return ns / 1e6
-
-        return sample
-
-    def again(_rep: int) -> float:
-        return time_ns(lambda: cache.get("big")) / 1e6
-
-    names = ["floor", BLOB_FSYNC.name, DISKCACHE.name, "LMDB"]
-    tables = []
-    for read_all in (False, True):
-        samplers = [timed(name, read_all) for name in names]
-        if not read_all:
-            cache = blobcache.BlobCache(paths[BLOB_FSYNC.name], readonly=True)
-            cache.get("big")
-            samplers.append(again)
-        progress(f"large get ({'every byte' if read_all else 'usable buffer'}): {cfg.reps} reps")
-        warm_up(*samplers)
-        samples = interleave(cfg.reps, samplers)
-        if not read_all:
-            cache.close()
-        lines = [
-            Line("floor: open + mmap + memoryview", "", samples[0], floor=True),
-            Line("blobcache", "", samples[1], ours=True, note="maps and checks the checksum"),
-            Line("diskcache", "", samples[2], note="reads the file into a new bytes"),
-            Line("LMDB", "", samples[3], note="zero-copy buffer, valid inside its transaction"),
-        ]
-        if not read_all:
-            lines.append(Line("blobcache, a later get", "", samples[4], note="already mapped"))
-        what = "first get after opening the store: time to a usable buffer"
-        if read_all:
-            lines[0].name = "floor: open + mmap + xxh3 of every byte"
-            what = "first get after opening the store, then xxh3 of every byte"
-        tables.append(
-            Table(
-                f"get, {size_name(size)} value, {what}",
-                "ms",
-                rate=False,
-                lines=lines,
-                notes=[
-                    "The store is opened before the clock starts and closed after it stops; "
-                    "the file is in the page cache (it was just written)."
-                ],
-            )
-        )
+    tables = [large_get_table(cfg, size, floor_file, paths, read_all) for read_all in (False, True)]
     os.unlink(floor_file)
-    for path in paths.values():
+    for path in paths:
         shutil.rmtree(path)
     return tables
+
+
+def large_get_table(
+    cfg: Config, size: int, floor_file: str, paths: list[str], read_all: bool
+) -> Table:
+    ours, disk, lm = paths
+    samplers: list[Sample] = [
+        lambda _rep: floor_first_get(floor_file, read_all),
+        lambda _rep: store_first_get(BLOB_FSYNC, ours, read_all),
+        lambda _rep: store_first_get(DISKCACHE, disk, read_all),
+        lambda _rep: lmdb_first_get(lm, read_all),
+    ]
+    later = blobcache.BlobCache(ours, readonly=True)
+    if not read_all:
+        later.get(LARGE_KEY)  # maps and checks it: what follows is every later get
+        samplers.append(lambda _rep: time_ns(lambda: later.get(LARGE_KEY)) / 1e6)
+    what = "every byte read" if read_all else "usable buffer"
+    progress(f"large get ({what}): {cfg.reps} repetitions")
+    warm_up(*samplers)
+    samples = interleave(cfg.reps, samplers)
+    later.close()
+    floor = "floor: open + mmap + " + ("xxh3 of every byte" if read_all else "memoryview")
+    lines = [
+        Line(floor, "", samples[0], floor=True),
+        Line("blobcache", "", samples[1], ours=True, note="maps and checks the checksum"),
+        Line("diskcache", "", samples[2], note="reads the file into a new bytes"),
+        Line("LMDB", "", samples[3], note="zero-copy buffer, valid inside its transaction"),
+    ]
+    if not read_all:
+        lines.append(Line("blobcache, a later get", "", samples[4], note="already mapped"))
+    then = ", then xxh3 of every byte" if read_all else ": time to a usable buffer"
+    return Table(
+        f"get, {size_name(size)} value, first get after opening the store{then}",
+        "ms",
+        rate=False,
+        lines=lines,
+        notes=[
+            "The store is opened before the clock starts and closed after it stops; "
+            "the file is in the page cache (it was just written)."
+        ],
+    )
 
 
 # --- small puts ----------------------------------------------------------------------
@@ -589,7 +596,7 @@ def bench_small_put(cfg: Config, root: str, threads: int) -> Table:
     probe = stores[0].handle
     assert isinstance(probe, blobcache.BlobCache)
     before = probe.stats().log_record_bytes
-    probe.put("t0-0000-0-0000000", value)
+    probe.put(key_names(1, "t0-0000-0")[0], value)  # as long as the keys timed below
     record = os.urandom(probe.stats().log_record_bytes - before)
     synced = append_fd(os.path.join(root, f"put{threads}.floor"))
     unsynced = append_fd(os.path.join(root, f"put{threads}-os.floor"))
@@ -634,8 +641,9 @@ def bench_small_put(cfg: Config, root: str, threads: int) -> Table:
         Line("floor: append, no sync", PROCESS, samples[1], floor=True),
     ]
     for contender, got in zip(contenders, samples[2:], strict=True):
-        ours = contender in (BLOB_FSYNC, BLOB_OS)
-        lines.append(Line(contender.name, contender.small, got, ours=ours, note=contender.why))
+        lines.append(
+            Line(contender.name, contender.small, got, ours=contender.ours, note=contender.why)
+        )
     return Table(
         f"put, {SMALL} B value, {who}",
         "puts/s",
@@ -697,7 +705,7 @@ def bench_large_put(cfg: Config, root: str, mib: int, *, from_file: bool) -> Tab
             else:
                 ns = time_ns(lambda: store.put(key, data))
             store.delete(key)  # untimed: the disk holds one such value at a time
-            if store.handle.__class__ is blobcache.BlobCache:
+            if isinstance(store.handle, blobcache.BlobCache):
                 store.gc()
             settle(store.path)
             return mb_per_s(size, ns)
@@ -749,9 +757,7 @@ def bench_large_put(cfg: Config, root: str, mib: int, *, from_file: bool) -> Tab
         note = contender.why
         if from_file and contender is LMDB_SYNC:
             note = "no stream API: the file is read whole, then put"
-        lines.append(
-            Line(contender.name, contender.large, got, ours=contender is BLOB_FSYNC, note=note)
-        )
+        lines.append(Line(contender.name, contender.large, got, ours=contender.ours, note=note))
     return Table(
         f"{what}, a fresh key",
         "MB/s",
@@ -878,7 +884,7 @@ def bench_disk(cfg: Config, root: str) -> list[Table]:
         compacted = path + ".compact" if os.path.isdir(path + ".compact") else path
         collected = disk_usage(compacted).allocated
         name = "blobcache" if contender is BLOB_OS else contender.name
-        ours = contender in (BLOB_OS, BLOB_SMALL_SEGMENTS)
+        ours = contender.ours
         note = gc_what.get(contender, "gc(): compacts the log")
         before.append(Line(name, "", [full], ours=ours))
         after.append(Line(name, "", [collected], ours=ours, note=note))
@@ -1072,7 +1078,7 @@ def bench_flushes(cfg: Config, root: str) -> Table:
                     f"{contender.name}, {kind}",
                     contender.small if phase == PHASES[0] else contender.large,
                     [sum(found.by_file.values()) / count],
-                    ours=contender in (BLOB_FSYNC, BLOB_OS),
+                    ours=contender.ours,
                     note="; ".join(where) or "none",
                 )
             )
