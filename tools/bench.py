@@ -24,11 +24,12 @@ crash, and over blobcache's for the same crash. The workloads:
 
 The goals (issue 7) are checked in a table of their own. Every figure is a median
 over repetitions with its [min..max]; the contenders of a workload run back to back
-in every repetition, rotating which goes first, and a ratio is the median of the
-per-repetition ratios. After each large put, untimed, what it left dirty is synced and
-the page cache of the files its store keeps is dropped, so that no contender pays for
-the one before it. Nothing here asserts a timing: ``tests/test_bench_smoke.py``
-runs ``--quick`` and checks that the tables come out.
+in every repetition, in an order shuffled at each (see ``benchkit.interleave``), and
+a ratio is the median of the per-repetition ratios. After each large put, untimed,
+what it left dirty is synced and the page cache of the files its store keeps is
+dropped, so that no contender pays for the one before it. Nothing here asserts a
+timing: ``tests/test_bench_peers.py`` runs ``--quick`` and checks that the tables
+come out.
 
 Usage: ``python tools/bench.py [--quick] [--dir DIR] [--json PATH] [--readme PATH]``.
 The Markdown report goes to stdout (and, with ``--readme``, between the README's
@@ -1130,7 +1131,8 @@ def render(report: Report) -> str:
         "'survives': the crash an acknowledged write outlives. '÷ floor' and '÷ blobcache': "
         "this line's cost (time, or bytes) over the floor's and over blobcache's for the same "
         "crash (else the first such line), the median of per-repetition ratios: 3.00x means "
-        "three times the time or bytes.",
+        "three times the time or bytes. In each repetition the contenders run back to back "
+        "in a shuffled order.",
         "",
     ]
     for number, table in enumerate(report.tables.values(), 1):

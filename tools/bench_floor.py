@@ -54,9 +54,9 @@ the same run (the goals are issue #3's):
   file's put is within 1.25x of the log's: the figure the default is chosen by.
 
 Every figure is a median over repetitions, shown with its [min..max]. The sides
-of a ratio are run back to back in every repetition, rotating which goes first,
-so drift and noise of the machine hit both; the ratio is the median of the
-per-repetition ratios. This script never asserts a timing:
+of a ratio are run back to back in every repetition, in an order that changes at
+each (see ``benchkit.interleave``), so drift and noise of the machine hit both;
+the ratio is the median of the per-repetition ratios. This script never asserts a timing:
 ``tests/test_bench_smoke.py`` only checks that the tables come out.
 
 Usage: ``python tools/bench_floor.py [--dir DIR] [--quick] [sizes...]``; the Markdown
@@ -910,7 +910,7 @@ def render(
     lines += [
         "",
         "Ratios are blobcache / baseline, the median of the per-repetition ratios "
-        "(the sides run back to back in each repetition, rotating which goes first). "
+        "(the sides run back to back in each repetition, in an order that changes at each). "
         "A goal marked absolute bounds blobcache's median itself.",
     ]
     if crossover:

@@ -13,6 +13,7 @@ import datetime
 import hashlib
 import os
 import platform
+import random
 import statistics
 import subprocess
 import sys
@@ -52,15 +53,21 @@ def time_ns(action: Callable[[], object]) -> int:
 
 
 def interleave(reps: int, samplers: Sequence[Sample]) -> list[list[float]]:
-    """Run every sampler once per repetition, rotating which goes first.
+    """Run every sampler once per repetition: two alternate which goes first; more
+    run in an order shuffled at each repetition (seeded by it, so every run uses the
+    same orders). A plain rotation would give each sampler the same predecessor in
+    every repetition, and whatever one leaves behind (dirty pages, cold memory)
+    would always be paid by the same next one.
 
     Returns the samples of each sampler, in repetition order, so that sample
     ``i`` of one and sample ``i`` of another were taken moments apart.
     """
     samples: list[list[float]] = [[] for _ in samplers]
     for rep in range(reps):
-        for offset in range(len(samplers)):
-            which = (rep + offset) % len(samplers)
+        order = [(rep + offset) % len(samplers) for offset in range(len(samplers))]
+        if len(samplers) > 2:
+            random.Random(rep).shuffle(order)
+        for which in order:
             samples[which].append(samplers[which](rep))
     return samples
 
