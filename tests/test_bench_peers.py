@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -80,16 +81,22 @@ def test_quick_run_prints_every_table_and_writes_json_and_readme(tmp_path: Path)
     # Each row names the crash it survives.
     assert "| LMDB sync=True (fdatasync + a write through O_DSYNC per commit) | power loss |" in out
     assert "| diskcache (SQLite WAL, synchronous=NORMAL; value files" in out
-    # What each library flushes, counted under strace (the README quotes these).
-    for row in (
+    # What each library flushes, counted under strace (the README quotes these). A
+    # machine without strace gets a table that says so, never invented counts.
+    flushes = [
         "| blobcache 'fsync', 100 B (1 fdatasync log) | power loss | 1.00 |",
         "| blobcache 'os', 100 B (none) | process crash | 0.00 |",
         "| diskcache sync=2, 1 MiB, new key (1 fdatasync SQLite; value files created 2, "
         "flushed 0) | process crash | 1.00 |",
         "| diskcache, 1 MiB, new key (value files created 2, flushed 0) | process crash |",
-    ):
-        assert row in out, row
-    assert "blobcache 'fsync', 1 MiB, same keys again (1 fsync directory; 1 fsync value " in out
+        "| blobcache 'fsync', 1 MiB, same keys again (1 fsync directory; 1 fsync value ",
+    ]
+    if shutil.which("strace") is None:
+        assert "Not measured: strace is not installed." in out
+        assert not any(row in out for row in flushes)
+    else:
+        for row in flushes:
+            assert row in out, row
 
     figures = json.loads(out_json.read_text())
     assert len(figures["tables"]) == len(titles)
