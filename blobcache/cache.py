@@ -1050,12 +1050,11 @@ class BlobCache(MutableMapping[N.Key, Value]):
         try:
             _fsio.fsync_path(os.path.join(keydir, F.KEY_FILE_NAME))
             _fsio.fsync_path(version)
-            directory = keydir
-            while True:
+            _fsio.fsync_dir(keydir)
+            directory = os.path.dirname(keydir)
+            while parents and directory != self._path:
                 _fsio.fsync_dir(directory)
                 directory = os.path.dirname(directory)
-                if not parents or directory == self._path:
-                    break
         except OSError as exc:
             with self._pending_lock:
                 self._sync_error = exc

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import importlib.util
 import os
+import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from types import ModuleType
 from typing import Any
 
 import pytest
@@ -103,3 +106,18 @@ def record_calls(
 
         monkeypatch.setattr(_fsio, name, wrapper)
     return calls
+
+
+TOOLS = Path(__file__).resolve().parent.parent / "tools"
+
+
+def load_tool(monkeypatch: pytest.MonkeyPatch, name: str) -> ModuleType:
+    """Import ``tools/<name>.py``: tools/ is not a package, so it is loaded from its
+    path, and registered while it loads (dataclasses look their module up in
+    sys.modules) under a name no other test's import takes."""
+    spec = importlib.util.spec_from_file_location(f"blobcache_tool_{name}", TOOLS / f"{name}.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    monkeypatch.setitem(sys.modules, spec.name, module)
+    spec.loader.exec_module(module)
+    return module

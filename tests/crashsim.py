@@ -64,7 +64,7 @@ import time
 import traceback
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
-from typing import Any, Final, TypeAlias
+from typing import Any, Final, Literal, TypeAlias
 
 from blobcache import BlobCache, CorruptionError, _fsio
 
@@ -891,33 +891,33 @@ class Driver:
             self.open()
         self.close()
 
-    def put(self, key: Key, value: int | bytes) -> None:
+    def put(
+        self, key: Key, value: int | bytes, via: Literal["put", "file", "stream"] = "put"
+    ) -> None:
+        """Put ``value`` (or a value of that many bytes) with ``put``, with
+        ``put_file`` from a file outside the store (the kernel copies it), or with
+        ``put_stream`` as chunks of an iterable."""
         op = self._take_op()
         data = value if isinstance(value, bytes) else make_value(key, op, value)
         if not self._step():
             return
         self.recorder.mark(Begin(op, key, data))
-        self.cache.put(key, data)
+        if via == "put":
+            self.cache.put(key, data)
+        elif via == "stream":
+            self.cache.put_stream(key, (data[i : i + 1000] for i in range(0, len(data), 1000)))
+        else:
+            sources = os.path.join(os.path.dirname(self.store), "sources")
+            os.makedirs(sources, exist_ok=True)
+            source = os.path.join(sources, str(op))
+            with open(source, "wb") as f:
+                f.write(data)
+            self.cache.put_file(key, source)
         self.recorder.mark(Ack(op))
 
     def put_file(self, key: Key, size: int = 3000, *, stream: bool = False) -> None:
-        """Put a value from a file (outside the store), by path (the kernel copies
-        it) or, with ``stream``, as chunks of an iterable."""
-        op = self._take_op()
-        data = make_value(key, op, max(size, self.inline_limit))
-        if not self._step():
-            return
-        sources = os.path.join(os.path.dirname(self.store), "sources")
-        os.makedirs(sources, exist_ok=True)
-        source = os.path.join(sources, str(op))
-        with open(source, "wb") as f:
-            f.write(data)
-        self.recorder.mark(Begin(op, key, data))
-        if stream:
-            self.cache.put_stream(key, (data[i : i + 1000] for i in range(0, len(data), 1000)))
-        else:
-            self.cache.put_file(key, source)
-        self.recorder.mark(Ack(op))
+        """Put a value that gets a file of its own, from a file or a stream."""
+        self.put(key, max(size, self.inline_limit), "stream" if stream else "file")
 
     def small(self, key: Key, size: int = 20) -> None:
         """Put a value that goes to the log."""

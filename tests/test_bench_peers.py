@@ -8,28 +8,17 @@ are what the README says each library does to survive a crash.
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import shutil
 import subprocess
 import sys
 from pathlib import Path
-from types import ModuleType
 
 import pytest
 
-BENCH = Path(__file__).resolve().parent.parent / "tools" / "bench.py"
+from tests.conftest import TOOLS, load_tool
 
-
-def load_bench(monkeypatch: pytest.MonkeyPatch) -> ModuleType:
-    # tools/ is not a package: loaded from its path, registered while it loads
-    # (dataclasses look their module up in sys.modules).
-    spec = importlib.util.spec_from_file_location("blobcache_peer_bench", BENCH)
-    assert spec is not None and spec.loader is not None
-    bench = importlib.util.module_from_spec(spec)
-    monkeypatch.setitem(sys.modules, spec.name, bench)
-    spec.loader.exec_module(bench)
-    return bench
+BENCH = TOOLS / "bench.py"
 
 
 def test_quick_run_prints_every_table_and_writes_json_and_readme(tmp_path: Path) -> None:
@@ -113,7 +102,7 @@ def test_quick_run_prints_every_table_and_writes_json_and_readme(tmp_path: Path)
 
 
 def test_flush_counting_reads_strace(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    bench = load_bench(monkeypatch)
+    bench = load_tool(monkeypatch, "bench")
     d = tmp_path
     trace = f"""\
 10 access("/blobcache-bench-phase/lib/one", F_OK) = -1 ENOENT

@@ -7,14 +7,15 @@ current API, prints its tables, and removes what it wrote.
 
 from __future__ import annotations
 
-import importlib.util
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
-BENCH = Path(__file__).resolve().parent.parent / "tools" / "bench_floor.py"
+from tests.conftest import TOOLS, load_tool
+
+BENCH = TOOLS / "bench_floor.py"
 
 TINY = {
     "--keys": "200",
@@ -80,13 +81,7 @@ def test_quick_run_prints_the_machine_and_every_row(tmp_path: Path) -> None:
 
 
 def test_quick_leaves_out_the_biggest_stores(monkeypatch: pytest.MonkeyPatch) -> None:
-    # Loaded from its path, since tools/ is not a package; registered while it
-    # loads, because dataclasses look their module up in sys.modules.
-    spec = importlib.util.spec_from_file_location("blobcache_bench", BENCH)
-    assert spec is not None and spec.loader is not None
-    bench = importlib.util.module_from_spec(spec)
-    monkeypatch.setitem(sys.modules, spec.name, bench)
-    spec.loader.exec_module(bench)
+    bench = load_tool(monkeypatch, "bench_floor")
     full, quick = bench.parse_args([]), bench.parse_args(["--quick"])
     assert (full.small_open_keys, full.file_keys) == ((100_000, 1_000_000), 10_000)
     assert (quick.small_open_keys, quick.file_keys) == ((100_000,), 1_000)

@@ -142,19 +142,21 @@ def test_process_crash_then_power_loss(name: str, tally: list[C.Report]) -> None
 # omitted (not made, not recorded) and the explorer must report a lost put.
 
 KEY_DIR: Final = re.compile(r"(^|/)blobs/[0-9a-f]{2}/[0-9a-f]{2}/[0-9a-f]{32}$")
+
+
+def _version_temp(path: str) -> bool:
+    return "/blobs/" in path and ".tmp-" in path
+
+
 TEETH: Final[dict[str, tuple[str, str, Callable[[str], bool]]]] = {
     # fsync_dir of a key directory: the version's rename (and the key file's) is lost
     "fsync_dir-of-key-dir": ("large-puts", "fsync_dir", lambda p: bool(KEY_DIR.search(p))),
     # fdatasync of the log: acknowledged records are lost
     "fdatasync-of-log": ("small-puts", "fdatasync", lambda p: p.endswith(".log")),
     # fsync of a version file before its rename: a name without its bytes
-    "fsync-of-version": ("overwrites", "fsync_file", lambda p: "/blobs/" in p and ".tmp-" in p),
+    "fsync-of-version": ("overwrites", "fsync_file", _version_temp),
     # the same for a version the kernel copied (put_file): its bytes are not durable
-    "fsync-of-copied-version": (
-        "put-file",
-        "fsync_file",
-        lambda p: "/blobs/" in p and ".tmp-" in p,
-    ),
+    "fsync-of-copied-version": ("put-file", "fsync_file", _version_temp),
     # fsync_dir of log/ after a new segment: records in it lose their file
     "fsync_dir-of-log-dir": ("rollover", "fsync_dir", lambda p: p.endswith("/log")),
     # fsync_dir of a parent after mkdir: the key directory itself is lost

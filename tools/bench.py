@@ -91,6 +91,8 @@ from benchkit import (
 
 import blobcache  # after benchkit, which puts this tree first on sys.path
 
+TOOLS = str(Path(__file__).resolve().parent)  # where child processes import bench from
+
 SMALL = 100  # bytes of a small value
 THREADS = 8
 OVERWRITES = 10
@@ -412,10 +414,6 @@ def goals_of(tables: dict[str, Table]) -> list[Goal]:
             ms = statistics.median(table.line("blobcache").samples)
             goals.append(Goal(f"{table.title}: blobcache within 150 ms", f"{ms:.0f} ms", ms <= 150))
     return goals
-
-
-def size_text(nbytes: int) -> str:
-    return size_name(nbytes) if nbytes >= KIB else f"{nbytes} B"
 
 
 # --- get -----------------------------------------------------------------------------
@@ -800,15 +798,12 @@ def child(call: str) -> list[str]:
     return [sys.executable, "-c", f"import bench; bench.{call}"]
 
 
-TOOLS = os.path.dirname(os.path.abspath(__file__))
-
-
 def bench_open(cfg: Config, root: str, keys: int, value_size: int) -> Table:
     names = key_names(keys, "o")
     value = os.urandom(value_size)
     contenders = (BLOB_FSYNC, DISKCACHE, LMDB_SYNC)
     paths = [os.path.join(root, f"open-{keys}-{c.name}") for c in contenders]
-    progress(f"open: filling stores of {keys:,} keys of {size_text(value_size)}")
+    progress(f"open: filling stores of {keys:,} keys of {size_name(value_size)}")
     for contender, path in zip(contenders, paths, strict=True):
         opener = BLOB_OS.open if contender is BLOB_FSYNC else contender.open
         store = opener(path)
@@ -842,7 +837,7 @@ def bench_open(cfg: Config, root: str, keys: int, value_size: int) -> Table:
         "floor: read blobcache's log files" if small else "floor: scandir + stat blobcache's tree"
     )
     return Table(
-        f"open a store of {keys:,} keys of {size_text(value_size)}, until a get is served",
+        f"open a store of {keys:,} keys of {size_name(value_size)}, until a get is served",
         "ms",
         rate=False,
         lines=[

@@ -238,7 +238,9 @@ def cp_and_fsync(src: str, directory: str, name: str) -> None:
 
 
 def size_name(nbytes: int) -> str:
-    return f"{nbytes // MIB} MiB" if nbytes >= MIB else f"{nbytes // KIB} KiB"
+    if nbytes >= MIB:
+        return f"{nbytes // MIB} MiB"
+    return f"{nbytes // KIB} KiB" if nbytes >= KIB else f"{nbytes} B"
 
 
 # --- The machine -------------------------------------------------------------------
