@@ -1,14 +1,12 @@
-"""What the two benchmarks in tools/ share: timing, floors done by plain Python,
-the machine's facts and the table formatting.
+"""The kit ``tools/bench.py`` is built from: timing, floors done by plain Python,
+the machine's facts and the table formatting (the workloads are in bench.py).
 
-``tools/bench.py`` sets blobcache beside its peers; ``tools/bench_floor.py`` sets it
-beside raw floors with the goals of issues 3, 5 and 6. Importing this module puts
-the project first on ``sys.path``, so both measure this tree.
+Importing this module puts the project first on ``sys.path``, so the benchmark
+measures this tree.
 """
 
 from __future__ import annotations
 
-import argparse
 import datetime
 import hashlib
 import os
@@ -21,9 +19,10 @@ import tempfile
 import threading
 import time
 import timeit
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 PROJECT = Path(__file__).resolve().parent.parent
 # Measure this tree, not a copy installed earlier (an installed copy would come
@@ -92,21 +91,21 @@ def warm_up(*samplers: Sample) -> None:
 class DictWrapper:
     """The floor for ``get``: the least a Python class can do to serve a key from memory."""
 
-    def __init__(self, values: dict[str, object]) -> None:
+    def __init__(self, values: dict[Any, object]) -> None:
         self._d = values
 
-    def get(self, k: str) -> object | None:
+    def get(self, k: object) -> object | None:
         return self._d.get(k)
 
 
-def sweep_timer(stmt: str, get: Callable[[str], object], keys: list[str]) -> timeit.Timer:
+def sweep_timer(stmt: str, get: Callable[[Any], object], keys: Sequence[object]) -> timeit.Timer:
     # The setup binds ``get`` and ``keys`` to locals of timeit's inner function, so
     # the loop pays no global lookups, the same for every contender.
     return timeit.Timer(
         stmt,
         setup="get = _get; keys = _keys",
         timer=time.perf_counter_ns,
-        globals={"_get": get, "_keys": keys},
+        globals={"_get": get, "_keys": list(keys)},
     )
 
 
@@ -118,20 +117,18 @@ def sweeps_for(timer: timeit.Timer, target_ns: int) -> int:
     return sweeps
 
 
-def per_call_sampler(timer: timeit.Timer, sweeps: int, calls_per_sweep: int) -> Sample:
-    def sample(_rep: int) -> float:
-        # Timer.timeit turns the garbage collector off while it times.
-        return timer.timeit(sweeps) / (sweeps * calls_per_sweep)
-
-    return sample
-
-
-def net_get_ns(get: Callable[[str], object], keys: list[str], target_ns: int) -> float:
-    """ns per ``get`` over ``keys``, net of the driving loop; one sample of ``target_ns``."""
+def net_sampler(get: Callable[[Any], object], keys: Sequence[object], target_ns: int) -> Sample:
+    """ns per ``get`` over ``keys``, net of the driving loop: each sample sweeps the keys
+    for about ``target_ns``, then sweeps them as often without a call, and subtracts."""
     call = sweep_timer("for k in keys: get(k)", get, keys)
     loop = sweep_timer("for k in keys: pass", get, keys)
     sweeps = sweeps_for(call, target_ns)
-    return (call.timeit(sweeps) - loop.timeit(sweeps)) / (sweeps * len(keys))
+
+    def sample(_rep: int) -> float:
+        # Timer.timeit turns the garbage collector off while it times.
+        return (call.timeit(sweeps) - loop.timeit(sweeps)) / (sweeps * len(keys))
+
+    return sample
 
 
 def key_names(count: int, prefix: str = "key") -> list[str]:
@@ -139,7 +136,7 @@ def key_names(count: int, prefix: str = "key") -> list[str]:
     return [f"{prefix}-{i:07d}" for i in range(count)]
 
 
-def put_all(cache: blobcache.BlobCache, keys: list[str], value: bytes) -> None:
+def put_all(cache: blobcache.BlobCache, keys: Iterable[str | bytes], value: bytes) -> None:
     for key in keys:
         cache.put(key, value)
 
@@ -358,20 +355,6 @@ def default_parent() -> str:
         if os.path.isdir(candidate) and os.stat(candidate).st_dev == project_dev:
             return candidate
     return tempfile.gettempdir()  # the facts then say "same file system: NO"
-
-
-def positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a number >= 1, got {value}")
-    return value
-
-
-def int_list(text: str) -> tuple[int, ...]:
-    return tuple(positive_int(part) for part in text.split(","))
 
 
 def threaded_rate(work: Callable[[list[str]], object], keys: list[list[str]]) -> float:
