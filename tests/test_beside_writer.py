@@ -273,3 +273,90 @@ def test_gc_beside_a_writer_keeps_the_older_version_when_the_newest_lost_its_byt
         out, err = writer.communicate(timeout=60)
     assert writer.returncode == 0, err
     assert out == "A" * 4096 + "\n"  # the writer fell back to the older version
+
+
+def _vanish_segment(path: str) -> None:
+    if path.endswith(F.SEGMENT_SUFFIX):
+        raise FileNotFoundError(2, "replaced by the writer's compaction", path)
+
+
+def _vanish_version(path: str) -> None:
+    if os.path.basename(path).startswith(F.VERSION_PREFIX):
+        os.unlink(path)  # superseded since the snapshot and collected by the writer
+
+
+def _vanish_fanout(path: str) -> None:
+    _, inside, below = path.partition(os.sep + F.BLOBS_DIR + os.sep)
+    levels = below.split(os.sep) if inside else []
+    if len(levels) > 2:
+        return  # a key directory, not a fan-out one
+    while levels and not os.listdir(path):  # the other gc prunes what is left empty
+        os.rmdir(path)
+        path = os.path.dirname(path)
+        levels.pop()
+
+
+@pytest.mark.parametrize(
+    ("call", "vanish"),
+    [
+        ("fsync_path", _vanish_segment),
+        ("fsync_path", _vanish_version),
+        ("fsync_dir", _vanish_fanout),
+    ],
+    ids=["segment", "superseding version", "fan-out directory"],
+)
+def test_gc_beside_a_writer_takes_what_vanishes_under_it_as_collected(
+    store: str, monkeypatch: pytest.MonkeyPatch, call: str, vanish: Any
+) -> None:
+    """The writer's own gc() and compaction remove files and directories while
+    `blobcache gc` works: at the moment it touches one, the next call finds it
+    gone. That is "already collected", never an error, and never a reason to
+    remove what could not be checked."""
+    from blobcache import _fsio, _maintenance
+
+    with BlobCache(store, inline_limit=0) as cache:
+        cache.put("kept", b"A" * 100)
+        older = str(cache.path("kept"))
+        cache.put("kept", b"B" * 100)
+        cache.put("gone", b"G" * 100)
+        cache.delete("gone")  # its directory is garbage once the log's delete is durable
+    real = getattr(_fsio, call)
+
+    def vanishing(path: str) -> None:
+        vanish(path)
+        real(path)
+
+    lock = os.open(os.path.join(store, F.LOCK_NAME), os.O_RDWR)
+    try:
+        assert _fsio.try_lock(lock)  # as a writer does: `blobcache gc` works beside it
+        monkeypatch.setattr(_fsio, call, vanishing)
+        report = _maintenance.collect(store)
+    finally:
+        os.close(lock)
+    assert report.beside_writer and report.problems == []
+    # The older version goes only once its superseder was checked and synced.
+    assert os.path.exists(older) == (vanish is _vanish_version)
+
+
+def test_the_writers_gc_takes_fan_out_directories_another_gc_removed_as_collected(
+    store: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The other way round: `blobcache gc` prunes a fan-out directory the
+    writer's gc() has just emptied, before the writer fsyncs it."""
+    from blobcache import _fsio
+
+    with BlobCache(store, inline_limit=0) as cache:
+        cache.put("gone", b"G" * 100)
+        keydir = os.path.dirname(str(cache.path("gone")))
+        cache.delete("gone")
+        real = _fsio.fsync_dir
+
+        def vanishing(path: str) -> None:
+            _vanish_fanout(path)
+            real(path)
+
+        monkeypatch.setattr(_fsio, "fsync_dir", vanishing)
+        result = cache.gc()
+        assert result.files_removed == 2 and result.dirs_removed == 1  # the key's own
+        assert not os.path.exists(os.path.dirname(os.path.dirname(keydir)))
+        assert os.listdir(os.path.join(store, F.BLOBS_DIR)) == []
