@@ -15,6 +15,7 @@ import contextlib
 import fcntl
 import os
 import secrets
+from collections.abc import Iterator
 
 from . import _format
 from .errors import BlobCacheError
@@ -143,9 +144,11 @@ def lock_dir(path: str, *, exclusive: bool, wait: bool = True) -> int | None:
     """Open directory ``path`` and flock it; return the descriptor (closing it
     unlocks), or None when ``wait`` is False and another holder has it.
 
-    The writer holds a key directory shared while it puts a version in it;
+    The writer holds a key directory shared while it puts a version in it, and
+    any directory shared while it creates a temp file there (``open_temp``);
     ``blobcache gc`` in another process holds it exclusively while it removes
-    the directory of a deleted key, so the two never interleave.
+    the directory of a deleted key, and every temp sweeper while it removes
+    temp files, so none of these interleave.
 
     :raises FileNotFoundError: ``path`` does not exist (any more).
     """
@@ -171,20 +174,62 @@ def temp_name() -> str:
 def open_temp(directory: str, *, readable: bool = False) -> tuple[int, str]:
     """Create and flock a temp file in ``directory``; return (fd, path).
 
-    The flock says "a writer is producing this": the janitor deletes only temp
+    The flock says "a writer is producing this": a sweeper deletes only temp
     files it can lock itself, so no age guess is needed. It is released when the
     descriptor is closed, after the rename.
+
+    Invariant: no live temp file is ever visible unlocked to a sweeper. Between
+    the create and the flock a sweeper in another process (``blobcache gc``)
+    would find the new file free and delete it under its writer, so both happen
+    while this holds ``directory``'s flock shared, and every sweeper holds it
+    exclusively before it tries a temp file's flock (``sweeping_temps``).
+    Why not ``O_TMPFILE``, linked in once written: Linux-only, not on every file
+    system, and the link needs ``/proc`` or a capability; a fallback for the
+    rest would bring the window back.
+
+    :raises FileNotFoundError: ``directory`` does not exist (any more).
     """
-    path = os.path.join(directory, temp_name())
-    fd = create_exclusive(path, readable=readable)
+    held = lock_dir(directory, exclusive=False)
+    assert held is not None, "a lock taken with wait=True is always held"
     try:
-        locked = try_lock(fd)
-        assert locked, "a temp file just created with O_EXCL cannot be locked by anyone else"
-    except BaseException:
-        os.close(fd)
-        unlink(path)
-        raise
+        path = os.path.join(directory, temp_name())
+        fd = create_exclusive(path, readable=readable)
+        try:
+            locked = try_lock(fd)
+            assert locked, "a temp file just created with O_EXCL cannot be locked by anyone else"
+        except BaseException:
+            os.close(fd)
+            unlink(path)
+            raise
+    finally:
+        os.close(held)
     return fd, path
+
+
+@contextlib.contextmanager
+def sweeping_temps(directory: str, *, held: bool = False) -> Iterator[bool]:
+    """Hold ``directory`` against temp file creators while a sweeper looks at its
+    temp files; yield whether it may (False: a writer is creating one right now,
+    or the directory is gone: sweep it later). ``held``: the caller holds the
+    directory's flock exclusively already; yield True.
+
+    Invariant: while this yields True, no temp file in ``directory`` is between
+    its create and its flock (see ``open_temp``), so a free flock means no
+    writer. Never waits: the writer holds a key directory shared for the whole
+    write of a version (``BlobCache._in_key_dir``), whose temp file is live anyway.
+    """
+    if held:
+        yield True
+        return
+    try:
+        fd = lock_dir(directory, exclusive=True, wait=False)
+    except FileNotFoundError:
+        fd = None
+    try:
+        yield fd is not None
+    finally:
+        if fd is not None:
+            os.close(fd)
 
 
 def write_file_atomically(directory: str, name: str, data: bytes, *, sync: bool = True) -> str:

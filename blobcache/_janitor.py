@@ -8,6 +8,7 @@ entirely. Never delete the last durable copy of a value.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
 from dataclasses import dataclass
@@ -43,13 +44,14 @@ def clean_key_dir(scan: KeyDirScan, *, live_seq: int | None) -> GcResult:
     None when the key is deleted.
 
     REQUIRES: no writer changes this directory meanwhile (the cache holds the
-    key's lock); the records in ``scan`` are what the directory holds; the live
-    record is durable, here (with its key file and directory entry: the caller
-    fsyncs one acknowledged without fsync, or found after a crash) or in the log.
+    key's lock, and the directory's flock exclusively); the records in ``scan``
+    are what the directory holds; the live record is durable, here (with its
+    key file and directory entry: the caller fsyncs one acknowledged without
+    fsync, or found after a crash) or in the log.
     """
     result = GcResult()
     for temp in scan.temps:
-        size = remove_orphan_temp(temp)
+        size = remove_orphan_temp(temp, directory_held=True)
         if size is not None:
             result.temps_removed += 1
             result.bytes_reclaimed += size
@@ -85,7 +87,8 @@ def clean_key_dir(scan: KeyDirScan, *, live_seq: int | None) -> GcResult:
             raise
         return result  # not empty: a file we do not know, reported by recovery
     result.dirs_removed += 1
-    _fsio.fsync_dir(os.path.dirname(scan.path))
+    with contextlib.suppress(FileNotFoundError):  # see prune_empty_dirs
+        _fsio.fsync_dir(os.path.dirname(scan.path))
     return result
 
 
@@ -109,7 +112,11 @@ def prune_empty_dirs(directory: str, blobs: str) -> int:
             raise
         else:
             removed += 1
-            _fsio.fsync_dir(os.path.dirname(directory))
+            # A parent gone meanwhile was removed, once empty, by `blobcache gc`
+            # in another process, which fsynced its own parent: our removal,
+            # inside it, is durable with it.
+            with contextlib.suppress(FileNotFoundError):
+                _fsio.fsync_dir(os.path.dirname(directory))
         directory = os.path.dirname(directory)
     return removed
 

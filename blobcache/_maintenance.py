@@ -5,12 +5,16 @@ writer and runs ``BlobCache.gc()`` (janitor and log compaction). With it held,
 ``gc`` works from a ``readonly=True`` snapshot and removes only what no writer
 can still need, each after fsyncing the record that makes it garbage (from this
 process: the page cache is shared, so our fsync makes the writer's record
-durable): versions below their key's live record; the directories of keys
-whose live record is in the log (deleted, or shrunk into the log), holding the
-key directory's flock exclusively, which the writer holds shared while a
-version goes in (``BlobCache._in_key_dir``), and the fan-out directories that
-leaves empty; temp files no writer holds an flock on. The log is the writer's:
-compaction waits for its gc() or an offline one.
+durable) and, when that record is a version, reading it back against its
+checksum (a damaged one keeps every older version, reported): versions below
+their key's live record; the directories of keys whose live record is in the
+log (deleted, or shrunk into the log), holding the key directory's flock
+exclusively, which the writer holds shared while a version goes in
+(``BlobCache._in_key_dir``), and the fan-out directories that leaves empty;
+temp files no writer holds an flock on (``_recovery.remove_orphan_temp``). The
+log is the writer's: compaction waits for its gc() or an offline one. Files
+and directories vanish under this meanwhile (the writer's own gc() and
+compaction): each step takes that as "already collected", never as an error.
 """
 
 from __future__ import annotations
@@ -223,6 +227,8 @@ class GcReport:
     beside_writer: bool  # a writer held the lock: only versions and temp files
     removed: list[str] = field(default_factory=list)  # paths, or what would go
     result: GcResult = field(default_factory=GcResult)
+    # Damage that kept files: a live version failing its check keeps the older ones.
+    problems: list[str] = field(default_factory=list)
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -252,23 +258,31 @@ def _collect_beside_writer(path: str, *, dry_run: bool) -> GcReport:
 
     Never a version at or above its key's live record in our snapshot: a writer
     only ever moves a key's live record up, so what is below ours is below its.
+    A file or directory that vanishes meanwhile was collected by the writer's
+    own gc() (or replaced by its compaction): already done, never an error.
     """
     beside = writer_running(path)
     report = GcReport(path, dry_run, beside)
-    segments_synced = False
+    log_synced = False
 
     def sync_log() -> None:
-        """fsync every log segment, once: a record there makes files garbage."""
-        nonlocal segments_synced
-        if not segments_synced:
-            for entry in _files(os.path.join(path, F.LOG_DIR)):
-                if entry.name.endswith(F.SEGMENT_SUFFIX):
-                    _fsio.fsync_path(entry.path)
-            segments_synced = True
+        """fsync the log once, before removing what a record there supersedes.
+
+        That record was read whole and checked against its checksum by our
+        snapshot's open, and nothing rewrites a log record in place: the fsync
+        makes durable the very bytes that were checked. (If compaction moved it
+        meanwhile, the writer wrote it from its own checked copy and fsynced it
+        before the input went.)
+        """
+        nonlocal log_synced
+        if not log_synced:
+            _sync_log(path)
+            log_synced = True
 
     with BlobCache(path, readonly=True) as cache:
-        live = {os.path.dirname(p): (seq, p) for seq, p in cache._blob_paths()}
+        live = {os.path.dirname(r.path): r for r in _live_versions(cache)}
         in_log: dict[str, int | None] = {}  # keydir -> its key's record in the log, read once
+        sound: dict[str, bool] = {}  # keydir -> its live version may stand alone, checked once
 
         def log_bound(keydir: str) -> int | None:
             if keydir not in in_log:
@@ -278,30 +292,23 @@ def _collect_beside_writer(path: str, *, dry_run: bool) -> GcReport:
         found = sorted(_versions(os.path.join(path, F.BLOBS_DIR)), key=lambda v: v[1].path)
         for keydir, record in found:
             newer = live.get(keydir)
-            bound = newer[0] if newer is not None else log_bound(keydir)
+            bound = newer.seq if newer is not None else log_bound(keydir)
             if bound is None:  # unattributable (reported by open), or a key gone
                 if dry_run and not beside and newer is None:
-                    report.removed.append(record.path)  # a deleted key's directory
-                    report.result.files_removed += 1
-                    report.result.bytes_reclaimed += record.length
+                    _count(report, record.path, record.length)  # a deleted key's directory
                 continue
             if record.seq >= bound:
                 continue
-            report.removed.append(record.path)
-            report.result.files_removed += 1
-            report.result.bytes_reclaimed += record.length
-            if dry_run:
-                continue
             # Never delete the last durable copy: the newer record first.
             if newer is not None:
-                _fsio.fsync_path(os.path.join(keydir, F.KEY_FILE_NAME))
-                _fsio.fsync_path(newer[1])
-            else:
+                if keydir not in sound:
+                    sound[keydir] = _stands_alone(keydir, newer, report, sync=not dry_run)
+                if not sound[keydir]:
+                    continue
+            elif not dry_run:
                 sync_log()
-            _fsio.fsync_dir(keydir)
-            with contextlib.suppress(FileNotFoundError):  # the writer's janitor was first
-                _fsio.unlink(record.path)
-            _fsio.fsync_dir(keydir)
+            if dry_run or _remove_version(keydir, record):
+                _count(report, record.path, record.length)
         if dry_run and not beside:
             report.result.bytes_reclaimed += cache.stats().log_stale_bytes
         for keydir in [] if dry_run else _key_dirs(os.path.join(path, F.BLOBS_DIR)):
@@ -322,6 +329,72 @@ def _collect_beside_writer(path: str, *, dry_run: bool) -> GcReport:
     return report
 
 
+def _live_versions(cache: BlobCache) -> list[Record]:
+    """The version file of every key whose live value is in one, in ``cache``'s snapshot."""
+    records = []
+    for seq, path in cache._blob_paths():
+        name = N.parse_version_name(os.path.basename(path))
+        assert name is not None and name.seq == seq, "recovery admits only version names"
+        records.append(Record(seq, path, name.length, name.checksum))
+    return records
+
+
+def _stands_alone(keydir: str, live: Record, report: GcReport, *, sync: bool) -> bool:
+    """Whether ``live``, the version of ``keydir`` that supersedes the others there,
+    may be the only one: it reads back whole and matches its checksum, and (with
+    ``sync``) it is fsynced with its key file and directory entry.
+
+    A power cut can leave a version never fsynced (a crashed writer's, or "os"
+    durability) with its name and size but not its bytes: the older version is
+    what the writer falls back to then, so it stays. That damage is reported.
+    False, silently, when ``live`` is gone: superseded since our snapshot and
+    collected by the writer, whose own gc() has this directory in hand.
+    """
+    try:
+        _blob.map_version(live, check=True).release()
+        if sync:
+            _fsio.fsync_path(os.path.join(keydir, F.KEY_FILE_NAME))
+            _fsio.fsync_path(live.path)
+            _fsio.fsync_dir(keydir)
+    except FileNotFoundError:
+        return False
+    except CorruptionError as damage:
+        if os.path.exists(live.path):
+            note = f"{damage.detail}; the older versions of this key are kept"
+            report.problems.append(str(Problem(damage.path, note)))
+        return False
+    return True
+
+
+def _sync_log(path: str) -> None:
+    """fsync every log segment there is now. One gone meanwhile was replaced by
+    the writer's compaction, which fsyncs its output and the log directory
+    before it deletes an input."""
+    for entry in _files(os.path.join(path, F.LOG_DIR)):
+        if entry.name.endswith(F.SEGMENT_SUFFIX):
+            with contextlib.suppress(FileNotFoundError):
+                _fsio.fsync_path(entry.path)
+
+
+def _remove_version(keydir: str, record: Record) -> bool:
+    """Remove a superseded version durably; False if the writer's gc() was first.
+
+    REQUIRES: what supersedes it is durable."""
+    try:
+        _fsio.unlink(record.path)
+    except FileNotFoundError:
+        return False
+    with contextlib.suppress(FileNotFoundError):  # the writer's gc() took the directory since
+        _fsio.fsync_dir(keydir)
+    return True
+
+
+def _count(report: GcReport, path: str, length: int) -> None:
+    report.removed.append(path)
+    report.result.files_removed += 1
+    report.result.bytes_reclaimed += length
+
+
 def _key_dirs(blobs: str) -> list[str]:
     """Every ``blobs/ab/cd/<hash>`` directory there is now."""
     pattern = os.path.join(glob.escape(blobs), "*", "*", "*")
@@ -335,9 +408,12 @@ def _remove_key_dir(
     a put or a delete, and then its fan-out directories if they are empty.
 
     It holds the directory exclusively (the writer holds it shared while a
-    version goes in, see ``BlobCache._in_key_dir``) and rescans it under that
-    lock: a version at or above ``bound``, or a temp file, means the writer has
-    put the key again since our snapshot, and the directory stays.
+    version goes in, see ``BlobCache._in_key_dir``, and while it creates a temp
+    file there) and rescans it under that lock: a version at or above ``bound``,
+    or a temp file, means the writer has put the key again since our snapshot,
+    and the directory stays. So does one without its key file: the writer's put
+    may have made it anew (after its own gc() removed the old one) and not yet
+    published the key file.
     """
     try:
         held = _fsio.lock_dir(keydir, exclusive=True, wait=False)
@@ -347,15 +423,18 @@ def _remove_key_dir(
         return  # a version is going in right now
     try:
         scan = _blob.scan_key_dir(keydir)
-        if scan.temps or scan.unusable or any(r.seq >= bound for r in scan.records):
+        if (
+            scan.key is None
+            or scan.temps
+            or scan.unusable
+            or any(r.seq >= bound for r in scan.records)
+        ):
             return
         sync_log()  # the record that makes this directory garbage is durable first
         for record in scan.records:
             with contextlib.suppress(FileNotFoundError):
                 _fsio.unlink(record.path)
-            report.removed.append(record.path)
-            report.result.files_removed += 1
-            report.result.bytes_reclaimed += record.length
+                _count(report, record.path, record.length)
         _fsio.fsync_dir(keydir)  # the versions are gone for good before the key file goes
         key_file = os.path.join(keydir, F.KEY_FILE_NAME)
         with contextlib.suppress(FileNotFoundError):
@@ -373,7 +452,10 @@ def _remove_key_dir(
             else:
                 report.removed.append(directory)
                 report.result.dirs_removed += 1
-            _fsio.fsync_dir(os.path.dirname(directory))
+            # A parent gone meanwhile was removed by the writer's gc() once
+            # empty, and that made ours durable with it.
+            with contextlib.suppress(FileNotFoundError):
+                _fsio.fsync_dir(os.path.dirname(directory))
             directory = os.path.dirname(directory)
     finally:
         os.close(held)

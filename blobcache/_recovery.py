@@ -144,28 +144,39 @@ def _init_store(root: str) -> None:
     _fsio.write_file_atomically(root, F.MARKER_NAME, F.MARKER_CONTENT)
 
 
-def remove_orphan_temp(path: str) -> int | None:
+def remove_orphan_temp(path: str, *, directory_held: bool = False) -> int | None:
     """Delete a temp file that no writer holds (its flock is free); return its size.
 
-    Returns None, deleting nothing, while a writer holds it. A temp file is never
-    a record, so removing it needs no fsync: if it comes back after a power cut
-    it is still an orphan.
+    Returns None, deleting nothing, while a writer holds it or may be about to:
+    a temp file is unlocked for a moment after its create, so this looks at its
+    flock only while holding its directory against creators
+    (``_fsio.sweeping_temps``), and leaves it for a later sweep when the
+    directory is busy. Every sweeper (recovery, the janitor, ``blobcache gc``)
+    comes through here. ``directory_held``: the caller holds the directory's
+    flock exclusively already (the janitor, in the writer's process: a second
+    flock there, on another open file description, would conflict with its own).
+
+    A temp file is never a record, so removing it needs no fsync: if it comes
+    back after a power cut it is still an orphan.
     """
-    try:
-        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
-    except FileNotFoundError:
-        return None  # its writer renamed or removed it meanwhile
-    try:
-        if not _fsio.try_lock(fd):
-            return None
-        size = os.fstat(fd).st_size
+    with _fsio.sweeping_temps(os.path.dirname(path), held=directory_held) as free:
+        if not free:
+            return None  # a writer is creating a temp file there, or the directory went
         try:
-            _fsio.unlink(path)
+            fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
         except FileNotFoundError:
-            return None  # renamed between our open and our lock: published, not orphaned
-        return size
-    finally:
-        os.close(fd)
+            return None  # its writer renamed or removed it meanwhile
+        try:
+            if not _fsio.try_lock(fd):
+                return None
+            size = os.fstat(fd).st_size
+            try:
+                _fsio.unlink(path)
+            except FileNotFoundError:
+                return None  # renamed between our open and our lock: published, not orphaned
+            return size
+        finally:
+            os.close(fd)
 
 
 def recover(root: str, *, salvage: bool = False, readonly: bool = False) -> Recovered:

@@ -449,8 +449,11 @@ class BlobCache(MutableMapping[N.Key, Value]):
         REQUIRES: the key's stripe lock.
         """
         for _ in range(3):
-            self._ensure_key_dir(key, tag, raw, keydir)
             try:
+                # Making it can fail too: `blobcache gc` may remove the directory
+                # (of the key deleted in its snapshot) between our key file's
+                # rename and the fsync of the directory.
+                self._ensure_key_dir(key, tag, raw, keydir)
                 held = _fsio.lock_dir(keydir, exclusive=False)
             except FileNotFoundError:
                 held = None

@@ -1,7 +1,14 @@
 """The ``blobcache`` command (also ``python -m blobcache``): demo, gc, stats, verify.
 
-Exit status: 0 done; 1 ``verify`` found a problem; 2 the command could not run
-(a missing or foreign directory, a bad argument), with a one-line message.
+Exit status, for every command:
+
+* 0: it ran. ``gc`` and ``stats`` print damage they found but exit 0: the
+  damage is ``verify``'s to judge. Files vanishing under ``gc`` beside a live
+  writer (its own gc() and compaction remove them) are normal, not failures.
+* 1: only ``verify``, when it found a problem (each printed with its path).
+* 2: the command could not run: a missing or foreign directory, a bad
+  argument, a log ``stats`` cannot read past, an I/O or permission error; one
+  line on stderr says what.
 """
 
 from __future__ import annotations
@@ -67,6 +74,7 @@ def _gc(path: str, as_json: bool, dry_run: bool) -> int:
     r = report.result
     verb = "would remove" if dry_run else "removed"
     lines = [f"{verb} {p}" for p in report.removed]
+    lines += [f"problem {p}" for p in report.problems]
     lines.append(
         f"{verb} {r.files_removed:,} files, {r.temps_removed:,} temp files, "
         f"{r.dirs_removed:,} directories; compacted {r.segments_compacted:,} log segments; "
@@ -114,6 +122,6 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "verify":
             return _verify(args.path, args.json)
         return _gc(args.path, args.json, args.dry_run)
-    except BlobCacheError as exc:
+    except (BlobCacheError, OSError) as exc:
         print(f"blobcache {args.command}: {exc}", file=sys.stderr)
         return 2

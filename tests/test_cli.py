@@ -245,3 +245,22 @@ def test_gc_beside_a_writer_racing_puts_and_deletes_of_the_same_keys(store: str)
         assert {
             k: bytes(v) if (v := cache.get(k)) is not None else None for k in expected
         } == expected
+
+
+@pytest.mark.parametrize("command", ["stats", "verify", "gc"])
+def test_a_store_that_cannot_be_read_is_status_2_not_a_traceback(store: str, command: str) -> None:
+    """Status 1 is verify's "corruption found" and nothing else: a command that
+    could not run (here an I/O error: the log directory is a file) says so in
+    one line with status 2."""
+    with BlobCache(store) as cache:
+        cache.put("k", b"v")
+    logdir = os.path.join(store, F.LOG_DIR)
+    for name in os.listdir(logdir):
+        os.unlink(os.path.join(logdir, name))
+    os.rmdir(logdir)
+    with open(logdir, "wb") as f:
+        f.write(b"not a directory")
+    done = run(command, store)
+    assert done.returncode == 2, done.stderr
+    assert "Traceback" not in done.stderr and len(done.stderr.strip().splitlines()) == 1
+    assert done.stderr.startswith(f"blobcache {command}: ") and logdir in done.stderr
