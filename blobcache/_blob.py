@@ -12,6 +12,7 @@ what a directory holds. The cache decides what is live; the janitor what is garb
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import functools
 import itertools
@@ -67,6 +68,12 @@ class KeyDirScan:
     unusable: list[Record] = field(default_factory=list)
     temps: list[str] = field(default_factory=list)
     problems: list[Problem] = field(default_factory=list)
+    # Entries under our names that are no regular files (a symbolic link, a
+    # directory...): reported, never read, never removed. The highest number a
+    # version name among them gives counts: should the real file come back
+    # there, it must not meet a newer put with its number.
+    foreign: list[str] = field(default_factory=list)
+    foreign_seq: int = 0
 
     @property
     def live(self) -> Record | None:
@@ -74,7 +81,7 @@ class KeyDirScan:
 
     @property
     def max_seq(self) -> int:
-        return max((r.seq for r in self.records + self.unusable), default=0)
+        return max([self.foreign_seq, *(r.seq for r in self.records + self.unusable)])
 
 
 # --- The key file ------------------------------------------------------------------
@@ -97,12 +104,13 @@ def read_key_file(keydir: str) -> N.Key:
     """The key stored in ``keydir/key``, checked against its checksum and the directory name.
 
     :raises FileNotFoundError: there is no key file.
-    :raises CorruptionError: it is short, has a bad checksum, or names another key.
+    :raises CorruptionError: it is short, has a bad checksum, names another key,
+        or is no regular file (a symbolic link is never followed).
     """
     path = os.path.join(keydir, F.KEY_FILE_NAME)
     # os.read, not open(): recovery reads one key file per key, and a buffered
     # file object costs twice the system calls' time.
-    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    fd = _fsio.open_regular(path)
     try:
         data = os.read(fd, F.KEY_FILE_HEADER.size + F.MAX_KEY_BYTES + F.KEY_FILE_TRAILER.size + 1)
     finally:
@@ -308,40 +316,62 @@ def _checksum_while(
 def scan_key_dir(keydir: str) -> KeyDirScan:
     """List ``keydir`` and sort its files into records, temps and problems.
 
-    Checks what is cheap (names, sizes, the key file), not value checksums: those
-    cost a pass over every byte and are checked on first ``get`` or by ``verify``.
+    Checks what is cheap (names, sizes, kinds, the key file), not value checksums:
+    those cost a pass over every byte and are checked on first ``get`` or by
+    ``verify``. Only regular files count: a symbolic link, a FIFO, a device or a
+    directory under a name of ours is reported and left alone.
     """
     scan = KeyDirScan(keydir)
+    key_kind = None
+    with os.scandir(keydir) as entries:
+        for entry in entries:
+            if entry.name == F.KEY_FILE_NAME:
+                with contextlib.suppress(FileNotFoundError):
+                    key_kind = _fsio.entry_kind(entry)
+            else:
+                _sort_entry(scan, entry)
+    key_path = os.path.join(keydir, F.KEY_FILE_NAME)
     key_missing = False
     try:
+        if key_kind is not None:
+            scan.foreign.append(key_path)
+            raise CorruptionError(key_path, _fsio.misplaced(key_kind, "a regular file"))
+        # Read even when the listing did not show it: a writer may have
+        # published it since, before the versions the listing did show.
         scan.key = read_key_file(keydir)
     except FileNotFoundError:
         key_missing = True
     except CorruptionError as exc:
         scan.problems.append(Problem(exc.path, exc.detail))
     except OSError as exc:
-        scan.problems.append(Problem(os.path.join(keydir, F.KEY_FILE_NAME), str(exc)))
-    with os.scandir(keydir) as entries:
-        for entry in entries:
-            _sort_entry(scan, entry)
+        scan.problems.append(Problem(key_path, str(exc)))
     scan.records.sort(key=lambda r: r.seq, reverse=True)
     if key_missing and (scan.records or scan.unusable):
         # Without records this is only a put killed before its key file was
         # published: garbage for the janitor, not a problem to report.
-        scan.problems.append(Problem(os.path.join(keydir, F.KEY_FILE_NAME), "key file missing"))
+        scan.problems.append(Problem(key_path, "key file missing"))
     return scan
 
 
 def _sort_entry(scan: KeyDirScan, entry: os.DirEntry[str]) -> None:
     name = entry.name
-    if name == F.KEY_FILE_NAME:
-        return
-    if N.is_temp_name(name):
-        scan.temps.append(entry.path)
-        return
-    parsed = N.parse_version_name(name)
-    if parsed is None:
+    temp = N.is_temp_name(name)
+    parsed = None if temp else N.parse_version_name(name)
+    if not temp and parsed is None:
         scan.problems.append(Problem(entry.path, "stray file: not a name blobcache writes"))
+        return
+    try:
+        kind = _fsio.entry_kind(entry)
+    except FileNotFoundError:
+        return  # a temp file renamed, or a version removed by a janitor, since the listing
+    if kind is not None:
+        scan.foreign.append(entry.path)
+        scan.problems.append(Problem(entry.path, _fsio.misplaced(kind, "a regular file")))
+        if parsed is not None:  # never used, but its number is not handed out again
+            scan.foreign_seq = max(scan.foreign_seq, parsed.seq)
+        return
+    if parsed is None:
+        scan.temps.append(entry.path)
         return
     record = Record(parsed.seq, entry.path, parsed.length, parsed.checksum)
     try:

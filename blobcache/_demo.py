@@ -21,6 +21,7 @@ from dataclasses import dataclass
 
 from ._format import TEMP_PREFIX
 from .cache import BlobCache
+from .errors import BlobCacheError
 
 _BLOCK = 1 << 20
 
@@ -92,8 +93,21 @@ def _wait_for_temp_bytes(directory: str, limit: float = 30.0) -> bool:
     return False
 
 
+def _is_empty_dir(path: str) -> bool:
+    return os.path.isdir(path) and not os.listdir(path)
+
+
 def run_demo(directory: str | None = None) -> int:
-    """Write artifacts, SIGKILL the writer mid-put, reopen, check, gc, print stats."""
+    """Write artifacts, SIGKILL the writer mid-put, reopen, check, gc, print stats.
+
+    :raises BlobCacheError: ``directory`` exists and is not an empty directory
+        (the demo makes a store of its own), or the writer failed by itself.
+    """
+    if directory is not None and os.path.lexists(directory) and not _is_empty_dir(directory):
+        raise BlobCacheError(
+            f"{directory} is not an empty directory: the demo makes a new store and "
+            "kills a writer in it; give a new or empty directory, or none for a temp one"
+        )
     directory = directory or tempfile.mkdtemp(prefix="blobcache-demo-")
     seed, sizes = 7, [300, 64 << 10, 4 << 20, 64 << 20]
     puts = list(plan(seed, 40, sizes, keys=6))
@@ -111,7 +125,11 @@ def run_demo(directory: str | None = None) -> int:
             _wait_for_temp_bytes(directory)
             child.send_signal(signal.SIGKILL)  # in the middle of a 64 MiB put
             break
-    child.wait()
+    if child.wait() != -signal.SIGKILL:
+        raise BlobCacheError(
+            f"the demo's writer exited by itself (status {child.returncode}) before put "
+            f"#{big}: its error is above"
+        )
     print(
         f"killed it (SIGKILL) during put #{big} ({_mib(puts[big].size)}), "
         f"after {len(acked)} acknowledged puts"

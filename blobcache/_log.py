@@ -102,9 +102,10 @@ def read_segment(
 
     :raises CorruptionError: a damaged header, unless ``salvage``: then the
         damage is reported in ``problems`` and the records are read anyway (each
-        has its own checksum); the segment is taken as not COMPACTED.
+        has its own checksum); the segment is taken as not COMPACTED. Also when
+        ``path`` is no regular file (a symbolic link is never followed).
     """
-    with open(path, "rb") as f:
+    with os.fdopen(_fsio.open_regular(path), "rb") as f:
         data = f.read()
     info = SegmentRead(path, number, size=len(data), report_cut=not readonly)
     head = F.SEGMENT_HEADER.size
@@ -539,7 +540,7 @@ def open_active(directory: str, number: int, end: int, zero_tail: int) -> int:
     zeros only is kept: it is room the writer zero-filled ahead.
     """
     path = os.path.join(directory, segment_name(number))
-    fd = os.open(path, os.O_RDWR | os.O_CLOEXEC)
+    fd = _fsio.open_regular(path, os.O_RDWR)
     try:
         if os.fstat(fd).st_size != end + zero_tail:
             _fsio.truncate(fd, end)

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import contextlib
 import datetime
-import glob
 import heapq
 import os
 import sys
@@ -30,7 +29,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from . import _blob, _fsio, _recovery
+from . import _blob, _fsio, _log, _recovery
 from . import _format as F
 from . import _names as N
 from ._blob import Problem, Record
@@ -66,19 +65,37 @@ class Progress:
             sys.stderr.flush()
 
 
-def _files(root: str) -> Iterator[os.DirEntry[str]]:
-    """Every regular file under ``root`` (a file removed meanwhile is skipped)."""
-    stack = [root]
+def _store_dirs(top: str, *, levels: int = 4) -> Iterator[list[os.DirEntry[str]]]:
+    """The entries of ``top`` and of every directory below it, at most ``levels``
+    down, whose name is one blobcache gives a directory (``log``, ``blobs``, fan-out,
+    key directory): never through a symbolic link, never into a stray directory
+    (whose ``.tmp-*`` files are someone else's). One removed meanwhile is skipped."""
+    stack = [(top, 0)]
     while stack:
+        path, level = stack.pop()
         try:
-            with os.scandir(stack.pop()) as entries:
-                for entry in entries:
-                    if entry.is_dir(follow_symlinks=False):
-                        stack.append(entry.path)
-                    elif entry.is_file(follow_symlinks=False):
-                        yield entry
+            with os.scandir(path) as listing:
+                entries = list(listing)
         except FileNotFoundError:
             continue
+        yield entries
+        if level < levels:
+            stack.extend(
+                (e.path, level + 1)
+                for e in entries
+                if _is_store_dir_name(e.name) and e.is_dir(follow_symlinks=False)
+            )
+
+
+def _is_store_dir_name(name: str) -> bool:
+    return name in (F.LOG_DIR, F.BLOBS_DIR) or N.is_fanout_name(name) or N.is_key_dir_name(name)
+
+
+def _files(root: str) -> Iterator[os.DirEntry[str]]:
+    """Every regular file in the store's directories under ``root`` (see
+    ``_store_dirs``); a symbolic link, a FIFO, a device is none (open reports them)."""
+    for entries in _store_dirs(root):
+        yield from (e for e in entries if e.is_file(follow_symlinks=False))
 
 
 def _versions(blobs: str) -> Iterator[tuple[str, Record]]:
@@ -120,9 +137,10 @@ class StoreStats:
         return asdict(self)
 
 
-def store_stats(path: str, *, top: int = 5) -> StoreStats:
-    """Count what the store holds, from a read-only snapshot and a walk of its files."""
-    with BlobCache(path, readonly=True) as cache:
+def store_stats(path: str, *, top: int = 5, salvage: bool = False) -> StoreStats:
+    """Count what the store holds, from a read-only snapshot and a walk of its files
+    (with ``salvage``, past damaged log records, as ``BlobCache(salvage=True)``)."""
+    with BlobCache(path, readonly=True, salvage=salvage) as cache:
         summary = cache.stats()
         sizes = cache._sizes()
         live_files = {p for _, p in cache._blob_paths()}
@@ -144,7 +162,7 @@ def store_stats(path: str, *, top: int = 5) -> StoreStats:
             if entry.path not in live_files:
                 superseded += 1
                 superseded_bytes += st.st_size
-        elif entry.name.endswith(F.SEGMENT_SUFFIX):
+        elif _log.parse_segment_name(entry.name) is not None:
             segments += 1
             times.append(st.st_mtime)
         elif N.is_temp_name(entry.name):
@@ -173,7 +191,7 @@ def writer_running(path: str) -> bool:
     """Whether a process holds the store's writer lock (this one does not take it)."""
     lock = os.path.join(path, F.LOCK_NAME)
     try:
-        fd = os.open(lock, os.O_RDONLY | os.O_CLOEXEC)
+        fd = _fsio.open_regular(lock, unlisted=True)  # a FIFO there must not hang stats
     except FileNotFoundError:
         return False
     try:
@@ -234,15 +252,23 @@ class GcReport:
         return asdict(self)
 
 
-def collect(path: str, *, dry_run: bool = False) -> GcReport:
-    """The janitor, and log compaction when no writer holds the store."""
+def collect(path: str, *, dry_run: bool = False, salvage: bool = False) -> GcReport:
+    """The janitor, and log compaction when no writer holds the store.
+
+    With ``salvage`` the store is opened as ``BlobCache(path, salvage=True)``: the
+    log is rewritten without its damaged records. That needs the store to
+    itself: a running writer raises ``LockedError``.
+    """
     path = os.path.abspath(path)
     _recovery.check_store(path)  # a gc never creates a store
+    if salvage and dry_run:
+        raise ValueError("salvage rewrites the log: it cannot be a dry run")
     if not dry_run:
         try:
-            cache = BlobCache(path)
+            cache = BlobCache(path, salvage=salvage)
         except LockedError:
-            pass
+            if salvage:
+                raise
         else:
             with cache:
                 before = set(e.path for e in _files(path))
@@ -396,9 +422,13 @@ def _count(report: GcReport, path: str, length: int) -> None:
 
 
 def _key_dirs(blobs: str) -> list[str]:
-    """Every ``blobs/ab/cd/<hash>`` directory there is now."""
-    pattern = os.path.join(glob.escape(blobs), "*", "*", "*")
-    return sorted(d for d in glob.glob(pattern) if os.path.isdir(d))
+    """Every ``blobs/ab/cd/<hash>`` directory there is now (not a symbolic link to one)."""
+    return sorted(
+        e.path
+        for entries in _store_dirs(blobs, levels=2)
+        for e in entries
+        if N.is_key_dir_name(e.name) and e.is_dir(follow_symlinks=False)
+    )
 
 
 def _remove_key_dir(

@@ -12,6 +12,7 @@ from __future__ import annotations
 import gc
 import logging
 import os
+import stat
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -20,7 +21,7 @@ from . import _format as F
 from . import _names as N
 from ._blob import KeyDirScan, Problem, Record
 from ._index import SEGMENT, SEQ, SIZE, VALUE, BlobEntry, Deleted, Entry
-from .errors import BlobCacheError, LockedError
+from .errors import BlobCacheError, CorruptionError, LockedError
 
 log = logging.getLogger("blobcache")
 
@@ -55,28 +56,32 @@ def open_store(root: str) -> int:
     :raises BlobCacheError: ``root`` is not a directory, or is a non-empty
         directory that is not a blobcache store (nothing is written into it).
     :raises LockedError: another handle holds the store for writing.
+    :raises PermissionError: the store (or its parent) may not be read or written.
     """
-    if not os.path.exists(root):
+    if not _exists(root):
         parent = _existing_ancestor(root)
         _fsio.makedirs(parent, root)
     if not has_marker(root):
         _init_store(root)
+    # A process killed between a create or rename and the fsync of its
+    # directory leaves an entry that exists but may not survive a power cut:
+    # the store directory itself, FORMAT, a new log segment, a compacted
+    # segment about to replace its inputs. Every open makes the store's own
+    # entries durable before anything relies on them (five fsyncs of
+    # directories, clean but for such leftovers). The first two come before
+    # LOCK is created: so LOCK never outlives a power cut that FORMAT does not
+    # (an init interrupted at any point leaves nothing but its temp files).
+    _fsio.fsync_dir(os.path.dirname(root))
+    _fsio.fsync_dir(root)
     lock_path = os.path.join(root, F.LOCK_NAME)
     fd = _fsio.open_lock_file(lock_path)
     if not _fsio.try_lock(fd):
         os.close(fd)
         raise LockedError(lock_path)
     try:
-        # A process killed between a create or rename and the fsync of its
-        # directory leaves an entry that exists but may not survive a power cut:
-        # the store directory itself, FORMAT, a new log segment, a compacted
-        # segment about to replace its inputs. Every open makes the store's
-        # own entries durable before anything relies on them (five fsyncs of
-        # directories, clean but for such leftovers).
-        _fsio.fsync_dir(os.path.dirname(root))
-        _fsio.fsync_dir(root)
-        _fsio.makedirs(root, os.path.join(root, F.BLOBS_DIR))
-        _fsio.makedirs(root, os.path.join(root, F.LOG_DIR))
+        for name in (F.BLOBS_DIR, F.LOG_DIR):
+            _fsio.makedirs(root, os.path.join(root, name))
+            _require_dir(os.path.join(root, name))  # not a link, a FIFO... of that name
         _fsio.fsync_dir(os.path.join(root, F.LOG_DIR))
     except BaseException:
         os.close(fd)
@@ -88,26 +93,40 @@ def check_store(root: str) -> None:
     """Check, changing nothing, that ``root`` is a store (for ``readonly=True``).
 
     :raises BlobCacheError: ``root`` is missing, not a directory, or not a store.
+    :raises PermissionError: the store (or its parent) may not be read.
     """
-    if not os.path.exists(root):
+    if not _exists(root):
         raise BlobCacheError(f"there is no store at {root}: the directory does not exist")
     if not has_marker(root):
         raise BlobCacheError(f"{root} has no {F.MARKER_NAME} file, so it is not a blobcache store")
+    # A reader never opens LOCK, but it must not call a store fine that no
+    # writer can open (nor `blobcache stats` hang on a FIFO there).
+    _fsio.require_regular(os.path.join(root, F.LOCK_NAME))
 
 
 def has_marker(root: str) -> bool:
     """Whether ``root`` holds this format's marker.
 
     :raises BlobCacheError: ``root`` is not a directory, or its marker is another
-        format version's (or damaged).
+        format version's (or damaged, or no regular file).
+    :raises PermissionError: ``root`` or its marker may not be read: never taken
+        for "no marker", which would call another user's store foreign.
     """
-    if not os.path.isdir(root):
+    try:
+        mode = os.stat(root).st_mode
+    except FileNotFoundError:
+        mode = 0  # a symbolic link to nowhere
+    if not stat.S_ISDIR(mode):
         raise BlobCacheError(f"{root} is not a directory; a store needs a directory of its own")
     marker = os.path.join(root, F.MARKER_NAME)
-    if not os.path.exists(marker):
+    try:
+        fd = _fsio.open_regular(marker, unlisted=True)
+    except FileNotFoundError:
         return False
-    with open(marker, "rb") as f:
-        content = f.read(len(F.MARKER_CONTENT) + 1)
+    try:
+        content = os.read(fd, len(F.MARKER_CONTENT) + 1)
+    finally:
+        os.close(fd)
     if content != F.MARKER_CONTENT:
         raise BlobCacheError(
             f"{marker} says {content[:40]!r}, not {F.MARKER_CONTENT!r}: this store was "
@@ -116,9 +135,18 @@ def has_marker(root: str) -> bool:
     return True
 
 
+def _exists(path: str) -> bool:
+    """``os.path.exists``, but for a permission error, which is raised, not taken for "missing"."""
+    try:
+        os.stat(path)
+    except FileNotFoundError:
+        return False
+    return True
+
+
 def _existing_ancestor(path: str) -> str:
     parent = os.path.dirname(path)
-    while not os.path.exists(parent):
+    while not _exists(parent):
         parent = os.path.dirname(parent)
     return parent
 
@@ -126,22 +154,99 @@ def _existing_ancestor(path: str) -> str:
 def _init_store(root: str) -> None:
     """Make an empty directory a store by publishing the marker durably.
 
-    Refuses a directory holding anything but temp files and LOCK (left by a
-    crash during an earlier init): a cache must never write into, or later gc,
-    a user's files.
+    Refuses, before anything is written or removed, a directory holding anything
+    but what an interrupted init leaves (``_init_leftover``): a cache must never
+    write into, or later gc, a user's files. Inits of one directory in several
+    processes take turns on an flock of the directory itself, so a temp file
+    that someone holds while we hold that flock is no init's: it is foreign.
     """
-    names = os.listdir(root)
-    # LOCK without FORMAT: an earlier init killed before FORMAT was durable.
-    foreign = [n for n in names if not N.is_temp_name(n) and n != F.LOCK_NAME]
+    # First without the flock, so that a foreign directory is refused without
+    # waiting on a lock its owner might hold.
+    _leftover_temps(root, check_locks=False)
+    held = _fsio.lock_dir(root, exclusive=True)
+    assert held is not None, "lock_dir waits for the lock"
+    try:
+        if has_marker(root):
+            return  # another process's init finished while we waited
+        for path in _leftover_temps(root, check_locks=True):
+            remove_orphan_temp(path, directory_held=True)
+        _fsio.write_file_atomically(root, F.MARKER_NAME, F.MARKER_CONTENT, directory_held=True)
+    finally:
+        os.close(held)
+
+
+def _leftover_temps(root: str, *, check_locks: bool) -> list[str]:
+    """The temp files an interrupted init left in ``root``, for removal.
+
+    :raises BlobCacheError: ``root`` holds anything else (and nothing was changed).
+    """
+    temps: list[str] = []
+    foreign: list[str] = []
+    with os.scandir(root) as entries:
+        for entry in entries:
+            if not _init_leftover(entry, check_locks=check_locks):
+                foreign.append(entry.name)
+            elif entry.name != F.LOCK_NAME:
+                temps.append(entry.path)
     if foreign:
+        foreign.sort()
         raise BlobCacheError(
             f"{root} is not empty and has no {F.MARKER_NAME} file, so it is not a blobcache "
-            f"store (it holds {sorted(foreign)[:3]}...); pick an empty or new directory"
+            f"store (it holds {foreign[:3]}{'...' if len(foreign) > 3 else ''}); nothing was "
+            "changed in it: pick an empty or new directory"
         )
-    for name in names:
-        if N.is_temp_name(name):
-            remove_orphan_temp(os.path.join(root, name))
-    _fsio.write_file_atomically(root, F.MARKER_NAME, F.MARKER_CONTENT)
+    return temps
+
+
+def _init_leftover(entry: os.DirEntry[str], *, check_locks: bool) -> bool:
+    """Whether ``entry`` of a directory without FORMAT is what an interrupted
+    init may leave there (FORMAT.md, section 1), nothing else:
+
+    * a temp file of the marker: a regular file named ``.tmp-<hex16>`` holding a
+      prefix of the marker, or zeros (written but not fsynced when the power
+      went), held by no one;
+    * an empty ``LOCK`` held by no one. This version never leaves one
+      (``open_store`` makes FORMAT durable before it creates LOCK), but earlier
+      ones could: an open killed after the rename of FORMAT, then a power cut
+      after the next open created LOCK.
+
+    With ``check_locks`` False (before the directory's flock is ours) a temp
+    file's flock is not asked: a concurrent init holds its own.
+    """
+    if entry.name == F.LOCK_NAME:
+        want, check_locks = b"", True
+    elif _is_marker_temp_name(entry.name):
+        want = F.MARKER_CONTENT
+    else:
+        return False
+    try:
+        if _fsio.entry_kind(entry) is not None:
+            return False
+        fd = _fsio.open_regular(entry.path)
+    except FileNotFoundError:
+        return True  # gone since the listing: a concurrent init renamed its temp file
+    except (OSError, CorruptionError):
+        return False  # unreadable, or swapped for no regular file: not ours
+    try:
+        data = os.read(fd, len(want) + 1)
+        free = not check_locks or _fsio.try_lock(fd)  # the close releases our lock
+    finally:
+        os.close(fd)
+    prefix = data == want[: len(data)] or not data.strip(b"\0")
+    return free and len(data) <= len(want) and prefix
+
+
+_HEX_DIGITS = frozenset("0123456789abcdef")
+
+
+def _is_marker_temp_name(name: str) -> bool:
+    """Whether ``name`` is one ``_fsio.temp_name`` makes (other tools' ``.tmp-*`` rarely are)."""
+    digits = name[len(F.TEMP_PREFIX) :]
+    return (
+        N.is_temp_name(name)
+        and len(digits) == F.TEMP_RANDOM_HEX_DIGITS
+        and _HEX_DIGITS.issuperset(digits)
+    )
 
 
 def remove_orphan_temp(path: str, *, directory_held: bool = False) -> int | None:
@@ -158,12 +263,16 @@ def remove_orphan_temp(path: str, *, directory_held: bool = False) -> int | None
 
     A temp file is never a record, so removing it needs no fsync: if it comes
     back after a power cut it is still an orphan.
+
+    REQUIRES: the listing that found ``path`` showed a regular file (a FIFO or
+    a device is never opened, see ``_fsio.open_regular``).
+    :raises CorruptionError: it was swapped for something else since the listing.
     """
     with _fsio.sweeping_temps(os.path.dirname(path), held=directory_held) as free:
         if not free:
             return None  # a writer is creating a temp file there, or the directory went
         try:
-            fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+            fd = _fsio.open_regular(path)
         except FileNotFoundError:
             return None  # its writer renamed or removed it meanwhile
         try:
@@ -208,10 +317,28 @@ def recover(root: str, *, salvage: bool = False, readonly: bool = False) -> Reco
 def _recover_into(
     result: Recovered, root: str, blobs: str, blob_live: dict[N.Key, Record], *, salvage: bool
 ) -> None:
+    logdir = os.path.join(root, F.LOG_DIR)
+    _require_dir(blobs)
+    _require_dir(logdir)
     for keydir in iter_key_dirs(blobs, result.problems, result.empty_fanouts):
         _admit(result, _blob.scan_key_dir(keydir), blob_live)
-    latest = _replay_log(os.path.join(root, F.LOG_DIR), result, salvage=salvage)
+    latest = _replay_log(logdir, result, salvage=salvage)
+    # A segment without a header yet (a writer killed right after creating it)
+    # has no records, so replay never counted its live bytes: zero, not missing.
+    for number in result.segment_total:
+        result.segment_live.setdefault(number, 0)
     _merge(result, blob_live, latest)
+
+
+def _require_dir(path: str) -> None:
+    """``path`` (``blobs/``, ``log/``) is a directory, not a symbolic link to one.
+
+    :raises CorruptionError: it is something else: the store cannot be read.
+    :raises FileNotFoundError: it is missing (a reader beside an init reads again).
+    """
+    mode = os.lstat(path).st_mode
+    if not stat.S_ISDIR(mode):
+        raise CorruptionError(path, _fsio.misplaced(_fsio.kind_of(mode), "a directory"))
 
 
 def _replay_log(logdir: str, result: Recovered, *, salvage: bool) -> dict[N.Key, Entry]:
@@ -261,20 +388,45 @@ def _replay_log(logdir: str, result: Recovered, *, salvage: bool) -> dict[N.Key,
 
 
 def _segment_numbers(logdir: str, result: Recovered) -> list[int]:
+    """The numbers of the segments in ``logdir``; temp files go, strays are reported.
+
+    :raises CorruptionError: a writer found a segment's name on something other
+        than a regular file or a directory (see ``_not_a_segment``).
+    """
     numbers = []
     with os.scandir(logdir) as entries:
         for entry in entries:
             number = _log.parse_segment_name(entry.name)
-            if number is not None and entry.is_file(follow_symlinks=False):
+            temp = N.is_temp_name(entry.name)
+            if number is None and not temp:
+                result.problems.append(_stray(entry.path))
+            elif (kind := _fsio.entry_kind(entry)) is not None:
+                # A directory never held a segment's bytes: a stray. A link, a
+                # FIFO or a device might stand in for one.
+                if number is not None and kind != "a directory" and not result.readonly:
+                    raise _not_a_segment(entry.path, kind)
+                result.problems.append(Problem(entry.path, _fsio.misplaced(kind, "a regular file")))
+            elif number is not None:
                 numbers.append(number)
-            elif N.is_temp_name(entry.name):  # a compaction output never published
-                if not result.readonly and remove_orphan_temp(entry.path) is not None:
-                    result.temps_removed += 1
-            else:
-                result.problems.append(
-                    Problem(entry.path, "stray entry: not a name blobcache writes")
-                )
+            elif not result.readonly and remove_orphan_temp(entry.path) is not None:
+                result.temps_removed += 1  # a compaction output never published
     return sorted(numbers)
+
+
+def _not_a_segment(path: str, kind: str) -> CorruptionError:
+    """A writer cannot go on past a segment it cannot read: the records there may
+    be the newest of their keys, with numbers it would hand out again; and
+    writing new segments it would meet the name ("File exists")."""
+    return CorruptionError(
+        path,
+        f"{kind} where the log keeps a segment: blobcache never follows or reads it, and "
+        "cannot know which records it holds; put the segment file itself there, or move "
+        "it away (its records are lost then), and open again",
+    )
+
+
+def _stray(path: str) -> Problem:
+    return Problem(path, "stray entry: not a name blobcache writes")
 
 
 def _compacted_floor(logdir: str, numbers: list[int]) -> int:
@@ -332,13 +484,18 @@ def iter_key_dirs(blobs: str, problems: list[Problem], empty: set[str]) -> list[
 
 
 def _subdirs(path: str, name_ok: Callable[[str], bool], problems: list[Problem]) -> list[str]:
+    """The directories in ``path`` whose names pass ``name_ok``; anything else
+    there, a symbolic link to a directory too, is reported and never entered."""
     out: list[str] = []
     with os.scandir(path) as entries:
         for entry in entries:
-            if name_ok(entry.name) and entry.is_dir(follow_symlinks=False):
+            if not name_ok(entry.name):
+                problems.append(_stray(entry.path))
+            elif entry.is_dir(follow_symlinks=False):
                 out.append(entry.path)
             else:
-                problems.append(Problem(entry.path, "stray entry: not a name blobcache writes"))
+                kind = _fsio.kind_of(entry.stat(follow_symlinks=False).st_mode)
+                problems.append(Problem(entry.path, _fsio.misplaced(kind, "a directory")))
     return out
 
 
@@ -349,8 +506,8 @@ def _admit(result: Recovered, scan: KeyDirScan, blob_live: dict[N.Key, Record]) 
         if remove_orphan_temp(temp) is not None:
             result.temps_removed += 1
     if scan.key is None:
-        if scan.records or scan.unusable:
-            return  # versions without a readable key: reported above, left for a human
+        if scan.records or scan.unusable or scan.foreign:
+            return  # versions without a readable key, or not ours: reported, left for a human
         result.dirty.add(scan.path)  # a put crashed before its key file: garbage
         return
     result.key_dirs.add(scan.path)
@@ -358,5 +515,7 @@ def _admit(result: Recovered, scan: KeyDirScan, blob_live: dict[N.Key, Record]) 
     live = scan.live
     if live is not None:
         blob_live[scan.key] = live
-    if live is None or len(scan.records) > 1 or scan.unusable:
+    # A directory holding no version but entries that are not ours (reported)
+    # is left whole for a human, as one whose key is unreadable.
+    if (live is None and not scan.foreign) or len(scan.records) > 1 or scan.unusable:
         result.dirty.add(scan.path)

@@ -6,8 +6,8 @@ Exit status, for every command:
   damage is ``verify``'s to judge. Files vanishing under ``gc`` beside a live
   writer (its own gc() and compaction remove them) are normal, not failures.
 * 1: only ``verify``, when it found a problem (each printed with its path).
-* 2: the command could not run: a missing or foreign directory, a bad
-  argument, a log ``stats`` cannot read past, an I/O or permission error; one
+* 2: the command could not run: a missing, foreign or unreadable directory, a
+  bad argument, a damaged log, an I/O or permission error; one
   line on stderr says what.
 """
 
@@ -20,7 +20,7 @@ from typing import Any
 
 from . import _maintenance as M
 from ._demo import run_demo
-from .errors import BlobCacheError
+from .errors import BlobCacheError, CorruptionError
 
 
 def _size(n: int) -> str:
@@ -42,8 +42,8 @@ def _emit(as_json: bool, data: dict[str, Any], lines: list[str]) -> None:
         sys.stdout.write("\n".join(lines) + "\n")
 
 
-def _stats(path: str, as_json: bool) -> int:
-    s = M.store_stats(path)
+def _stats(path: str, as_json: bool, salvage: bool) -> int:
+    s = M.store_stats(path, salvage=salvage)
     lines = [
         f"store       {s.path}" + ("  (a writer has it open)" if s.writer_running else ""),
         f"keys        {s.keys:,}",
@@ -69,8 +69,8 @@ def _verify(path: str, as_json: bool) -> int:
     return 1 if problems else 0
 
 
-def _gc(path: str, as_json: bool, dry_run: bool) -> int:
-    report = M.collect(path, dry_run=dry_run)
+def _gc(path: str, as_json: bool, dry_run: bool, salvage: bool) -> int:
+    report = M.collect(path, dry_run=dry_run, salvage=salvage)
     r = report.result
     verb = "would remove" if dry_run else "removed"
     lines = [f"{verb} {p}" for p in report.removed]
@@ -110,18 +110,44 @@ def main(argv: list[str] | None = None) -> int:
         command.add_argument("path", help="store directory")
         command.add_argument("--json", action="store_true", help="machine-readable output")
         if name == "gc":
-            command.add_argument(
+            mode = command.add_mutually_exclusive_group()
+            mode.add_argument(
                 "--dry-run", action="store_true", help="list what would go, remove nothing"
             )
+            mode.add_argument("--salvage", action="store_true", help=_SALVAGE_GC)
+        if name == "stats":
+            command.add_argument("--salvage", action="store_true", help=_SALVAGE_STATS)
     args = parser.parse_args(argv)
-    if args.command == "demo":
-        return run_demo(args.path)
     try:
+        if args.command == "demo":
+            return run_demo(args.path)
         if args.command == "stats":
-            return _stats(args.path, args.json)
+            return _stats(args.path, args.json, args.salvage)
         if args.command == "verify":
             return _verify(args.path, args.json)
-        return _gc(args.path, args.json, args.dry_run)
-    except (BlobCacheError, OSError) as exc:
-        print(f"blobcache {args.command}: {exc}", file=sys.stderr)
+        return _gc(args.path, args.json, args.dry_run, args.salvage)
+    except BlobCacheError as exc:
+        print(f"blobcache {args.command}: {exc}{_hint(exc)}", file=sys.stderr)
         return 2
+    except OSError as exc:  # permission denied, an I/O error: say which file
+        where = f"{exc.filename}: " if exc.filename else ""
+        print(f"blobcache {args.command}: {where}{exc.strerror or exc}", file=sys.stderr)
+        return 2
+
+
+_SALVAGE_GC = (
+    "open the store with salvage=True: read the log past damaged records and rewrite "
+    "it without them (they are lost; `blobcache verify` lists them first); needs "
+    "no process to have the store open"
+)
+_SALVAGE_STATS = "count past damaged log records (salvage=True); changes nothing"
+
+
+def _hint(exc: BlobCacheError) -> str:
+    """What to run, for a library message that names an option of ``BlobCache``."""
+    if isinstance(exc, CorruptionError) and "salvage=True" in exc.detail:
+        return (
+            " (from the command line: `blobcache verify PATH` lists every damaged record, "
+            "`blobcache gc --salvage PATH` rewrites the log without them)"
+        )
+    return ""

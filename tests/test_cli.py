@@ -264,3 +264,41 @@ def test_a_store_that_cannot_be_read_is_status_2_not_a_traceback(store: str, com
     assert done.returncode == 2, done.stderr
     assert "Traceback" not in done.stderr and len(done.stderr.strip().splitlines()) == 1
     assert done.stderr.startswith(f"blobcache {command}: ") and logdir in done.stderr
+
+
+def test_a_damaged_sealed_segment_says_what_to_run_and_gc_salvage_rewrites_it(
+    store: str,
+) -> None:
+    """e5dfd61 said "open with salvage=True", which the command line had no way to do."""
+    _garbage_store(store)
+    sealed = files_named(os.path.join(store, F.LOG_DIR), "0")[0]
+    flip_bit(sealed, F.SEGMENT_HEADER.size + F.RECORD_HEADER.size + 1)
+    for command in ("stats", "gc"):
+        done = run(command, store)
+        assert done.returncode == 2 and len(done.stderr.strip().splitlines()) == 1
+        assert "blobcache gc --salvage" in done.stderr and sealed in done.stderr
+    assert run("stats", "--salvage", store).returncode == 0
+    assert run("verify", store).returncode == 1
+    done = run("gc", "--salvage", store)
+    assert done.returncode == 0, done.stderr
+    assert not os.path.exists(sealed)  # rewritten without the damaged records
+    assert run("verify", store).returncode == 0
+    assert run("stats", store).returncode == 0
+
+
+def test_gc_salvage_beside_a_writer_is_refused_in_one_line(store: str) -> None:
+    _garbage_store(store)
+    with BlobCache(store):
+        done = run("gc", "--salvage", store)
+    assert done.returncode == 2 and len(done.stderr.strip().splitlines()) == 1
+    assert "already open for writing" in done.stderr
+
+
+def test_demo_in_a_non_empty_directory_is_one_line_and_status_2(tmp_path: Path) -> None:
+    """e5dfd61 printed a traceback (and its writer child's) and exited 1."""
+    (tmp_path / "notes.txt").write_text("mine")
+    done = run("demo", str(tmp_path))
+    assert done.returncode == 2
+    assert "Traceback" not in done.stderr and len(done.stderr.strip().splitlines()) == 1
+    assert str(tmp_path) in done.stderr
+    assert os.listdir(tmp_path) == ["notes.txt"]
