@@ -209,6 +209,7 @@ class BlobCache(MutableMapping[N.Key, Value]):
         self._found_at_open = set(recovered.dirty)
         self._blob_over_log = recovered.blob_over_log
         self._log_under_blob = recovered.log_under_blob
+        self._max_seq_at_open = recovered.max_seq  # see _newest_intact_below
         self._problems = tuple(recovered.problems)
         self._temps_removed_at_open = recovered.temps_removed
         self._torn_bytes_at_open = recovered.torn_bytes
@@ -638,38 +639,30 @@ class BlobCache(MutableMapping[N.Key, Value]):
 
     def _fall_back(self, key: N.Key, bad: Entry, damage: CorruptionError) -> Entry | None:
         """``bad``, the live version of ``key``, failed its check: make the newest
-        intact older value live again -- an older version in its directory, or the
-        log record it won over at open -- by writing it anew (a new sequence
-        number, so the damaged file is plain garbage for the janitor), and report
-        the damage. Returns the key's entry now (None: that older record was a
-        delete). A version never fsynced can come back from a power cut with its
-        name and size but not its bytes ("os" durability on XFS, say): this is how
-        the synced value before it is still served.
+        intact older record of the key live again -- whatever its layout -- by
+        writing it anew (a new sequence number, so the damaged file is plain
+        garbage for the janitor), and report the damage. Returns the key's entry
+        now (None: that older record was a delete). A version never fsynced can
+        come back from a power cut with its name and size but not its bytes ("os"
+        durability on XFS, say): this is how the synced value before it is still
+        served.
 
         REQUIRES: the key's stripe lock.
-        :raises CorruptionError: ``damage``, when there is no intact older value.
+        :raises CorruptionError: ``damage``, when there is no intact older record.
         """
         if self._index.get(key) is not bad:
             return self._index.get(key)  # replaced meanwhile
         assert type(bad) is BlobEntry, "only a version file can fail a check"
         record: Record = bad[RECORD]
         keydir = os.path.dirname(record.path)
-        older: tuple[int, bytes | memoryview | None] | None = self._log_under_blob.get(key)
-        try:
-            versions = _blob.scan_key_dir(keydir).records  # newest first
-        except FileNotFoundError:
-            versions = []
-        for version in versions:
-            if older is not None and version.seq < older[0]:
-                break  # the log record is newer than every version left
-            if version.seq < record.seq:
-                with contextlib.suppress(CorruptionError):
-                    older = (version.seq, _blob.map_version(version, check=True))
-                    break
+        older = self._newest_intact_below(key, record)
         if older is None:
             raise damage
         seq, value = older
-        note = Problem(record.path, f"{damage.detail}; serving the older record {seq} instead")
+        what = "a delete: the key is deleted" if value is None else "its value"
+        note = Problem(
+            record.path, f"{damage.detail}; serving the older record {seq} instead ({what})"
+        )
         log.warning("blobcache: %s", note)
         self._problems += (note,)
         tag, raw = N.encode_key(key)
@@ -680,6 +673,35 @@ class BlobCache(MutableMapping[N.Key, Value]):
         else:
             self._put_blob(key, tag, raw, keydir, memoryview(value))
         return self._index.get(key)
+
+    def _newest_intact_below(
+        self, key: N.Key, bad: Record
+    ) -> tuple[int, bytes | memoryview | None] | None:
+        """The newest intact record of ``key`` numbered below ``bad``, as (seq,
+        value; None for a delete), or None if there is none.
+
+        It may lie in the key's directory (a version), or in any log segment
+        (the index forgot those records once a version superseded them), or be
+        the log record that ``bad`` won over at open, which is kept in memory
+        because compaction drops it from the log. That one counts only while
+        ``bad`` is the version found at open: any record put since may have been
+        compacted away, a delete among them, and must not be jumped over.
+        Versions are checked (read whole); log records were checked as read.
+        """
+        tag, raw = N.encode_key(key)
+        found: dict[int, Record | bytes | None] = dict(_log.records_of(self._logdir, tag, raw))
+        under = self._log_under_blob.get(key)
+        if under is not None and bad.seq <= self._max_seq_at_open:
+            found.setdefault(*under)
+        with contextlib.suppress(FileNotFoundError):  # removed by hand: reported at open
+            found.update((v.seq, v) for v in _blob.scan_key_dir(os.path.dirname(bad.path)).records)
+        for seq in sorted((s for s in found if s < bad.seq), reverse=True):
+            candidate = found[seq]
+            if not isinstance(candidate, Record):
+                return seq, candidate
+            with contextlib.suppress(CorruptionError):
+                return seq, _blob.map_version(candidate, check=True)
+        return None
 
     def __delitem__(self, key: N.Key) -> None:
         if not self.delete(key):
