@@ -44,6 +44,7 @@ from ._index import (
     SEQ,
     SIZE,
     VALUE,
+    VIEW,
     BlobEntry,
     ClosedIndex,
     Deleted,
@@ -306,7 +307,9 @@ class BlobCache(MutableMapping[N.Key, Value]):
         A value stored in the log (shorter than ``inline_limit``) comes back as
         ``bytes``; a larger one as a read-only, zero-copy ``memoryview`` of its
         file, valid as long as you hold it, even after the key is overwritten,
-        deleted and garbage-collected.
+        deleted and garbage-collected, or the cache closed. Each get returns a
+        view of its own: releasing it (``with cache.get(k) as view:``) leaves
+        the key readable.
 
         :raises TypeError: ``key`` is not str or bytes.
         :raises CorruptionError: a large value's checksum failed on its first read.
@@ -320,7 +323,11 @@ class BlobCache(MutableMapping[N.Key, Value]):
                 return default
             entry = found  # put by another thread in the meantime
         value = entry[1]  # entry[VALUE], spelled as a literal on the hot path
-        return value if value is not None else self._map(key, entry, default)
+        if value is not None:
+            return value  # bytes: immutable, so the cached object itself
+        mapped: memoryview | None = entry[3]  # type: ignore[assignment]  # a blob entry's VIEW
+        # A slice, never the cached view itself: the caller may release it.
+        return mapped[:] if mapped is not None else self._map(key, entry, default)
 
     def _lookup(self, key: object) -> Entry | None:
         """The entry of ``key`` or None; the slow path, with the type checks.
@@ -366,12 +373,15 @@ class BlobCache(MutableMapping[N.Key, Value]):
         return record.path if record is not None else None
 
     def _map(self, key: N.Key, entry: Entry, default: _T | None) -> Value | _T | None:
-        """Map a file value on its first get. Two threads may both map it; both
-        views are good, one is kept."""
+        """Map a file value on its first get; return a view of its own, as get
+        does. Two threads may both map it; both views are good, one is kept."""
         while True:
             assert type(entry) is BlobEntry, "log entries always hold their bytes"
+            mapped: memoryview | None = entry[VIEW]
+            if mapped is not None:  # mapped meanwhile, or a replacement already was
+                return mapped[:]
             try:
-                view = _blob.map_version(entry[RECORD], check=self._options.verify_on_get)
+                mapped = _blob.map_version(entry[RECORD], check=self._options.verify_on_get)
             except CorruptionError as damage:
                 # get takes no lock: between its lookup and this open, another
                 # thread may have replaced the key and the janitor removed the old
@@ -388,8 +398,8 @@ class BlobCache(MutableMapping[N.Key, Value]):
                     return current[VALUE]
                 entry = current
                 continue
-            entry[VALUE] = view
-            return view
+            entry[VIEW] = mapped
+            return mapped[:]
 
     # --- writing -------------------------------------------------------------------
 

@@ -9,9 +9,12 @@ zero-size array as an empty value; the files a value lives in are read-only.
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 
 from blobcache import BlobCache, CorruptionError
@@ -167,3 +170,102 @@ def test_fall_back_never_jumps_over_a_delete_collected_since_open(store: str) ->
                 run.cache.get("k")
     finally:
         run.close()
+
+
+# --- views: one per get, no file descriptor per mapping -------------------------------
+
+
+def test_releasing_a_returned_view_leaves_the_key_readable(store: str) -> None:
+    with BlobCache(store, inline_limit=LIMIT) as cache:
+        cache.put("k", A)
+        with cache.get("k") as view:  # type: ignore[union-attr]
+            assert bytes(view) == A
+        cache["k"].release()  # type: ignore[union-attr]
+        again = cache["k"]
+        assert isinstance(again, memoryview) and again.readonly and bytes(again) == A
+
+
+def test_each_get_of_a_large_value_returns_its_own_view_of_one_mapping(store: str) -> None:
+    with BlobCache(store, inline_limit=LIMIT) as cache:
+        cache.put("k", A)
+        first, second = cache["k"], cache["k"]
+        assert isinstance(first, memoryview) and isinstance(second, memoryview)
+        assert first is not second
+        assert first.obj is second.obj  # mapped once
+        array = np.frombuffer(first, dtype=np.uint8)
+        second.release()
+        assert bytes(array) == A and bytes(first) == A
+
+
+def test_what_a_view_is_a_view_of_cannot_be_read_past_or_written(store: str) -> None:
+    with BlobCache(store, inline_limit=LIMIT) as cache:
+        cache.put("k", A)
+        view = cache["k"]
+        assert isinstance(view, memoryview)
+        with pytest.raises(TypeError):
+            view.obj[0] = 1
+        with pytest.raises((TypeError, IndexError)):  # past the value: an error, never a crash
+            view.obj[1 << 40]
+        with pytest.raises(TypeError):
+            view[0] = 1
+        assert bytes(cache["k"]) == A
+
+
+def test_views_stay_valid_after_unlink_and_close(store: str) -> None:
+    cache = BlobCache(store, inline_limit=LIMIT)
+    cache.put("k", A)
+    view = cache["k"]
+    cache.put("k", C)
+    assert cache.gc().files_removed == 1
+    cache.close()
+    assert bytes(view) == A
+
+
+def test_a_mapping_is_unmapped_once_its_last_view_is_gone(store: str) -> None:
+    def mapped() -> set[str]:
+        with open("/proc/self/maps") as f:
+            return {line.split()[-1] for line in f if F.VERSION_PREFIX in line}
+
+    with BlobCache(store, inline_limit=LIMIT) as cache:
+        cache.put("k", b"M" * 8192)
+        path = file_of(cache, "k")
+        view = cache["k"]
+        assert path in mapped()
+        cache.put("k", A)  # the index drops its view of the old version
+        assert path in mapped()  # ours holds it
+        view.release()
+        assert path not in mapped()
+
+
+_MANY_MAPPINGS = """
+import resource, sys
+from blobcache import BlobCache
+resource.setrlimit(resource.RLIMIT_NOFILE, (256, 256))
+with BlobCache(sys.argv[1], durability="os", inline_limit=16) as cache:
+    for i in range(600):
+        cache.put(f"shard{i}", b"%032d" % i)
+    views = [cache[f"shard{i}"] for i in range(600)]  # each mapped, all held
+    assert all(bytes(v) == b"%032d" % i for i, v in enumerate(views))
+print("ok", len(views))
+"""
+
+
+def test_reading_more_large_values_than_the_fd_limit_needs_no_fd_per_value(store: str) -> None:
+    done = subprocess.run(
+        [sys.executable, "-c", _MANY_MAPPINGS, store], capture_output=True, text=True
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.split() == ["ok", "600"]
+
+
+def test_a_large_get_holds_no_file_descriptor(store: str) -> None:
+    def open_fds() -> int:
+        return len(os.listdir("/proc/self/fd"))
+
+    with BlobCache(store, inline_limit=LIMIT) as cache:
+        for i in range(20):
+            cache.put(f"k{i}", A)
+        before = open_fds()
+        views = [cache[f"k{i}"] for i in range(20)]
+        assert open_fds() == before
+        assert all(bytes(v) == A for v in views)
