@@ -114,15 +114,28 @@ def mkdir(path: str) -> None:
     os.mkdir(path, 0o755)
 
 
-def create_exclusive(path: str, *, readable: bool = False) -> int:
-    """Create a new file for writing and return its descriptor (fails if it exists)."""
-    mode = os.O_RDWR if readable else os.O_WRONLY
-    return os.open(path, mode | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
+# File modes (before the umask). A version file, a key file or the marker is
+# written once through the descriptor that created it and never opened for
+# writing again: read-only, so a program writing through ``path(key)`` gets
+# EACCES instead of truncating a live value under every mapped view of it (a
+# SIGBUS in the reader). Unlinking needs only the directory's permission, so the
+# janitor is not hindered. Log segments are reopened to append after a restart.
+READ_ONLY = 0o444
+WRITABLE = 0o644
+
+
+def create_exclusive(path: str, *, readable: bool = False, mode: int = READ_ONLY) -> int:
+    """Create a new file for writing and return its descriptor (fails if it exists).
+
+    The descriptor may write whatever ``mode`` says: it applies to later opens.
+    """
+    access = os.O_RDWR if readable else os.O_WRONLY
+    return os.open(path, access | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, mode)
 
 
 def open_lock_file(path: str) -> int:
     """Open (creating if needed) a file whose only purpose is to be flocked."""
-    return os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+    return os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, WRITABLE)
 
 
 def try_lock(fd: int) -> bool:
@@ -168,7 +181,7 @@ def temp_name() -> str:
     return _format.TEMP_PREFIX + secrets.token_hex(_format.TEMP_RANDOM_HEX_DIGITS // 2)
 
 
-def open_temp(directory: str, *, readable: bool = False) -> tuple[int, str]:
+def open_temp(directory: str, *, readable: bool = False, mode: int = READ_ONLY) -> tuple[int, str]:
     """Create and flock a temp file in ``directory``; return (fd, path).
 
     The flock says "a writer is producing this": the janitor deletes only temp
@@ -176,7 +189,7 @@ def open_temp(directory: str, *, readable: bool = False) -> tuple[int, str]:
     descriptor is closed, after the rename.
     """
     path = os.path.join(directory, temp_name())
-    fd = create_exclusive(path, readable=readable)
+    fd = create_exclusive(path, readable=readable, mode=mode)
     try:
         locked = try_lock(fd)
         assert locked, "a temp file just created with O_EXCL cannot be locked by anyone else"
@@ -187,7 +200,9 @@ def open_temp(directory: str, *, readable: bool = False) -> tuple[int, str]:
     return fd, path
 
 
-def write_file_atomically(directory: str, name: str, data: bytes, *, sync: bool = True) -> str:
+def write_file_atomically(
+    directory: str, name: str, data: bytes, *, sync: bool = True, mode: int = READ_ONLY
+) -> str:
     """Publish ``directory/name`` holding ``data``, all or nothing; return its path.
 
     temp file + write + fsync + rename + fsync(directory): after a power cut the
@@ -197,7 +212,7 @@ def write_file_atomically(directory: str, name: str, data: bytes, *, sync: bool 
     a process crash still leaves all or nothing.
     """
     path = os.path.join(directory, name)
-    fd, tmp = open_temp(directory)
+    fd, tmp = open_temp(directory, mode=mode)
     try:
         pwrite_all(fd, data, 0)
         if sync:

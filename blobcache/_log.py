@@ -577,7 +577,7 @@ def create_segment(directory: str, number: int, *, flags: int) -> int:
     either does not exist or starts with a good header.
     """
     path = os.path.join(directory, segment_name(number))
-    fd = _fsio.create_exclusive(path, readable=True)
+    fd = _fsio.create_exclusive(path, readable=True, mode=_fsio.WRITABLE)
     try:
         _fsio.pwrite_all(fd, segment_header(flags), 0)
         _fsio.fsync_file(fd)

@@ -26,6 +26,7 @@ import contextlib
 import io
 import logging
 import os
+import re
 import stat
 import threading
 from collections.abc import Callable, Iterable, Iterator, MutableMapping
@@ -99,7 +100,9 @@ class Stats:
 def as_buffer(value: object) -> memoryview:
     """A flat byte view of ``value`` (bytes, bytearray, memoryview, numpy array, ...).
 
-    :raises TypeError: ``value`` is a ``str`` or has no buffer protocol.
+    :raises TypeError: ``value`` is a ``str``, has no buffer protocol, or holds
+        pointers (a numpy object array, ctypes pointers): their bytes are
+        addresses in this process, meaningless once read back.
     :raises ValueError: the buffer is not C-contiguous (e.g. a strided numpy slice).
     """
     if isinstance(value, str):
@@ -116,7 +119,29 @@ def as_buffer(value: object) -> memoryview:
             "values must be C-contiguous buffers; this one is strided "
             "(for numpy, pass numpy.ascontiguousarray(value))"
         )
-    return view if view.format == "B" and view.ndim == 1 else view.cast("B")
+    return view if view.format == "B" and view.ndim == 1 else _flatten(view)
+
+
+# The codes of PEP 3118 / struct formats whose items are pointers: "O" a Python
+# object (numpy's object arrays), "P" void*, ctypes' "z" char*, "Z" wchar_t*
+# (but "Zf", "Zd", "Zg" are complex numbers), "&" a pointer to the type after
+# it, "X{}" a function. Field names of a record ("T{<i:name:}") are left out first.
+_FIELD_NAMES = re.compile(r":[^:]*:")
+_POINTER_CODES = re.compile(r"[OPz&X]|Z(?![fdg])")
+
+
+def _flatten(view: memoryview) -> memoryview:
+    """``view`` as flat bytes. REQUIRES: ``view`` is C-contiguous."""
+    if _POINTER_CODES.search(_FIELD_NAMES.sub("", view.format)):
+        raise TypeError(
+            f"values must not hold pointers, and this buffer's items (format {view.format!r}) "
+            "do: their bytes mean nothing to another process. Convert it first: to a "
+            "numeric dtype, or pickle it explicitly (pickle.dumps(value)) if you trust "
+            "whoever reads it back"
+        )
+    if view.nbytes == 0:  # a zero in the shape, as np.zeros((0, 5)): cast refuses those
+        return memoryview(b"")
+    return view.cast("B")
 
 
 def _read_chunks(f: Any, size: int) -> Iterator[memoryview]:
@@ -487,9 +512,12 @@ class BlobCache(MutableMapping[N.Key, Value]):
     # Streaming puts read and write this much at a time: what they hold in memory.
     CHUNK_BYTES = 1 << 20
 
-    def put_file(self, key: N.Key, src: str | os.PathLike[str] | BinaryIO) -> None:
-        """Store the bytes of ``src`` -- a path, or a binary file object read from
-        where it stands to its end -- under ``key``, as ``put`` would store them.
+    def put_file(
+        self, key: N.Key, src: str | bytes | os.PathLike[str] | os.PathLike[bytes] | BinaryIO
+    ) -> None:
+        """Store the bytes of ``src`` -- a path (str, bytes or path-like), or a
+        binary file object read from where it stands to its end -- under ``key``,
+        as ``put`` would store them.
 
         Memory holds one chunk (``CHUNK_BYTES``), never the whole value; the
         checksum is computed as the chunks go by. On any error, a source that
@@ -498,8 +526,8 @@ class BlobCache(MutableMapping[N.Key, Value]):
         :raises TypeError: ``src`` is neither a path nor a binary file object.
         :raises OSError: reading ``src`` or writing the store failed; nothing changed.
         """
-        if isinstance(src, (str, os.PathLike)):
-            with open(src, "rb", buffering=0) as f:
+        if isinstance(src, (str, bytes, os.PathLike)):
+            with open(os.fsdecode(src), "rb", buffering=0) as f:
                 st = os.fstat(f.fileno())
                 if stat.S_ISREG(st.st_mode) and st.st_size >= self._options.inline_limit:
                     # The kernel copies a regular file; the copy is hashed as stored.

@@ -8,9 +8,12 @@ zero-size array as an empty value; the files a value lives in are read-only.
 
 from __future__ import annotations
 
+import ctypes
 import os
+import stat
 import subprocess
 import sys
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -269,3 +272,195 @@ def test_a_large_get_holds_no_file_descriptor(store: str) -> None:
         views = [cache[f"k{i}"] for i in range(20)]
         assert open_fds() == before
         assert all(bytes(v) == A for v in views)
+
+
+# --- what put takes ----------------------------------------------------------------
+
+
+def _tree(root: str) -> list[tuple[str, bytes]]:
+    out = []
+    for d, _, names in os.walk(root):
+        for n in names:
+            out.append((os.path.join(d, n), Path(d, n).read_bytes()))
+    return sorted(out)
+
+
+@pytest.mark.parametrize("inline_limit", [LIMIT, 0], ids=["in the log", "in a file"])
+@pytest.mark.parametrize("shape", [(0,), (0, 5), (3, 0, 2)])
+def test_put_of_a_zero_size_array_stores_an_empty_value(
+    store: str, inline_limit: int, shape: tuple[int, ...]
+) -> None:
+    with BlobCache(store, inline_limit=inline_limit) as cache:
+        cache.put("k", np.zeros(shape))
+        assert bytes(cache["k"]) == b""
+    with BlobCache(store, inline_limit=inline_limit) as cache:
+        assert bytes(cache["k"]) == b""
+
+
+def _pointer_buffers() -> Iterator[tuple[str, object]]:
+    yield "numpy object array", np.array([1, None, "x"], dtype=object)
+    yield "numpy record with an object field", np.zeros(3, dtype=[("O", "i4"), ("y", "O")])
+    yield "ctypes void pointers", (ctypes.c_void_p * 4)()
+    yield "ctypes char pointers", (ctypes.c_char_p * 4)()
+    yield "ctypes wide char pointers", (ctypes.c_wchar_p * 4)()
+    yield "ctypes int pointers", (ctypes.POINTER(ctypes.c_int) * 4)()
+    yield "ctypes function pointers", (ctypes.CFUNCTYPE(None) * 4)()
+    yield "ctypes Python objects", (ctypes.py_object * 4)()
+
+
+@pytest.mark.parametrize(
+    "value", [v for _, v in _pointer_buffers()], ids=[n for n, _ in _pointer_buffers()]
+)
+@pytest.mark.parametrize("inline_limit", [LIMIT, 0], ids=["in the log", "in a file"])
+def test_a_buffer_of_pointers_is_refused_and_changes_nothing(
+    store: str, inline_limit: int, value: object
+) -> None:
+    with BlobCache(store, inline_limit=inline_limit) as cache:
+        cache.put("k", A)
+        before = _tree(store)
+        with pytest.raises(TypeError, match=r"pointers.*pickle"):
+            cache.put("k", value)
+        with pytest.raises(TypeError, match="pointers"):
+            cache.put_stream("k", [b"x" * 100, value])
+        assert _tree(store) == before
+        assert bytes(cache["k"]) == A
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        np.zeros(3, dtype=np.complex64),  # "Zf": a complex, not a wide char pointer
+        np.zeros(3, dtype=[("Obj", "i4"), ("P", "f8")]),  # field names are not codes
+        np.zeros((2, 2), dtype="U3"),
+    ],
+    ids=["complex", "record named like pointer codes", "unicode"],
+)
+def test_buffers_without_pointers_are_stored_as_their_bytes(store: str, value: Any) -> None:
+    with BlobCache(store, inline_limit=LIMIT) as cache:
+        cache.put("k", value)
+        assert bytes(cache["k"]) == value.tobytes()
+
+
+@pytest.mark.parametrize(
+    "as_path",
+    [os.fsencode, str, Path, lambda p: _BytesPath(os.fsencode(p))],
+    ids=["bytes", "str", "Path", "PathLike of bytes"],
+)
+@pytest.mark.parametrize("size", [10, 1000], ids=["small", "large"])
+def test_put_file_takes_any_path(
+    store: str, tmp_path: Path, as_path: Callable[[str], Any], size: int
+) -> None:
+    source = tmp_path / "source"
+    source.write_bytes(b"s" * size)
+    with BlobCache(store, inline_limit=LIMIT) as cache:
+        cache.put_file("k", as_path(str(source)))
+        assert bytes(cache["k"]) == b"s" * size
+
+
+class _BytesPath:
+    def __init__(self, path: bytes) -> None:
+        self.path = path
+
+    def __fspath__(self) -> bytes:
+        return self.path
+
+
+# --- file modes -------------------------------------------------------------------
+
+
+def test_version_and_key_files_are_read_only_and_log_segments_writable(store: str) -> None:
+    with BlobCache(store, inline_limit=LIMIT) as cache:
+        cache.put("k", A)
+        cache.put("small", B)
+        cache.put("small", b"again")
+        assert cache.gc().segments_compacted  # a compacted segment too
+        version = file_of(cache, "k")
+    with BlobCache(store, inline_limit=LIMIT):
+        pass
+    key_file = os.path.join(os.path.dirname(version), F.KEY_FILE_NAME)
+    for path in (version, key_file, os.path.join(store, F.MARKER_NAME)):
+        assert stat.S_IMODE(os.stat(path).st_mode) & 0o222 == 0, path
+    segments = files_named(os.path.join(store, F.LOG_DIR), "")
+    assert len(segments) >= 2
+    for path in segments:
+        assert stat.S_IMODE(os.stat(path).st_mode) & stat.S_IWUSR, path
+
+
+_NOBODY = 65534
+
+
+def _as_nobody(work: Callable[[], None]) -> None:
+    """Run ``work`` in a forked child as an unprivileged user; raise its failure here."""
+    read_end, write_end = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child
+        status = 1
+        try:
+            if os.geteuid() == 0:
+                os.setgroups([])
+                os.setgid(_NOBODY)
+                os.setuid(_NOBODY)
+            work()
+            status = 0
+        except BaseException as exc:
+            os.write(write_end, repr(exc).encode())
+        finally:
+            os._exit(status)
+    os.close(write_end)
+    with os.fdopen(read_end, "rb") as f:
+        message = f.read().decode()
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0, message
+
+
+@pytest.fixture
+def open_dir(tmp_path: Path) -> Iterator[str]:
+    """A directory an unprivileged user can reach and write (tmp_path's parents are 0700)."""
+    import shutil
+    import tempfile
+
+    top = tempfile.mkdtemp(prefix="blobcache-nobody-")
+    os.chmod(top, 0o777)
+    try:
+        yield top
+    finally:
+        shutil.rmtree(top)
+
+
+def test_writing_through_path_is_refused_for_an_unprivileged_user(open_dir: str) -> None:
+    store = os.path.join(open_dir, "store")
+
+    def work() -> None:
+        with BlobCache(store, inline_limit=LIMIT) as cache:
+            cache.put("k", A)
+            path = file_of(cache, "k")
+            view = cache["k"]
+            for mode in ("r+b", "wb", "ab"):
+                with pytest.raises(PermissionError), open(path, mode):
+                    pass
+            assert bytes(view) == A and bytes(cache["k"]) == A
+
+    _as_nobody(work)
+
+
+def test_an_unprivileged_user_collects_read_only_files_and_reopens(open_dir: str) -> None:
+    store = os.path.join(open_dir, "store")
+
+    def work() -> None:
+        with BlobCache(store, inline_limit=LIMIT) as cache:
+            cache.put("k", A)
+            cache.put("k", C)
+            cache.put("gone", A)
+            cache.delete("gone")
+            cache.put("small", B)
+            cache.put("small", b"again")
+            result = cache.gc()  # unlinks 0444 files, rewrites the log
+            assert result.files_removed >= 3 and result.segments_compacted >= 1
+        for _ in range(2):  # the log is appended to again after each reopen
+            with BlobCache(store, inline_limit=LIMIT) as cache:
+                assert bytes(cache["k"]) == C and "gone" not in cache
+                cache.put("small", b"later")
+        with BlobCache(store, inline_limit=LIMIT) as cache:
+            assert cache["small"] == b"later"
+
+    _as_nobody(work)
