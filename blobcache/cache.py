@@ -606,7 +606,9 @@ class BlobCache(MutableMapping[N.Key, Value]):
                 raise KeyError(key)
             record = blob_of(entry)
             if record is None:
-                return io.BytesIO(inline_value(entry))
+                # Read-only, as a file's: a BytesIO alone would take writes (into
+                # a copy of its own, but a caller would think they stuck).
+                return io.BufferedReader(io.BytesIO(inline_value(entry)))
             try:
                 return io.open(record.path, "rb")  # noqa: UP020 -- this method is named open
             except FileNotFoundError:

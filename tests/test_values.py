@@ -9,6 +9,7 @@ zero-size array as an empty value; the files a value lives in are read-only.
 from __future__ import annotations
 
 import ctypes
+import io
 import os
 import stat
 import subprocess
@@ -20,7 +21,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from blobcache import BlobCache, CorruptionError
+from blobcache import BlobCache, CorruptionError, GcResult
 from blobcache import _format as F
 from tests.conftest import file_of, files_named, flip_bit
 
@@ -272,6 +273,56 @@ def test_a_large_get_holds_no_file_descriptor(store: str) -> None:
         views = [cache[f"k{i}"] for i in range(20)]
         assert open_fds() == before
         assert all(bytes(v) == A for v in views)
+
+
+# --- what else the cache hands out: can the caller break it? --------------------------
+
+
+def test_a_small_value_is_immutable_bytes(store: str) -> None:
+    with BlobCache(store, inline_limit=LIMIT) as cache:
+        cache.put("k", bytearray(B))
+        assert type(cache["k"]) is bytes
+
+
+def test_closing_or_writing_a_file_from_open_leaves_the_value(store: str) -> None:
+    with BlobCache(store, inline_limit=LIMIT) as cache:
+        cache.put("small", B)
+        cache.put("large", A)
+        for key, value in (("small", B), ("large", A)):
+            f = cache.open(key)
+            assert not f.writable()
+            with pytest.raises(io.UnsupportedOperation):
+                f.write(b"X")
+            f.close()
+            with cache.open(key) as g:
+                assert g.read() == value
+            assert bytes(cache[key]) == value
+
+
+def test_stats_problems_options_and_gc_results_are_the_callers_to_keep(store: str) -> None:
+    with BlobCache(store, inline_limit=LIMIT) as cache:
+        cache.put("k", A)
+        version = file_of(cache, "k")
+    os.truncate(version, 5)  # reported at open
+    with BlobCache(store, inline_limit=LIMIT) as cache:
+        cache.put("k", C)
+        stats = cache.stats()
+        with pytest.raises(AttributeError):
+            stats.keys = 5  # type: ignore[misc]
+        stats.as_dict()["keys"] = 99
+        assert cache.stats().keys == 1
+        problems = cache.problems
+        assert isinstance(problems, tuple) and len(problems) == 1
+        with pytest.raises(AttributeError):
+            problems[0].message = "x"  # type: ignore[misc]
+        assert "5 bytes" in cache.problems[0].message
+        with pytest.raises(AttributeError):
+            cache.options.inline_limit = 0  # type: ignore[misc]
+        result = cache.gc()
+        assert isinstance(result, GcResult) and result.files_removed == 1
+        result.files_removed = 1000
+        assert cache.gc().files_removed == 0
+        assert bytes(cache["k"]) == C
 
 
 # --- what put takes ----------------------------------------------------------------
