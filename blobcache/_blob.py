@@ -22,7 +22,7 @@ import sys
 import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from typing import NoReturn
+from typing import Any, NoReturn
 
 import xxhash
 
@@ -440,8 +440,13 @@ class _Mapping(ctypes.c_char * _SPAN):  # type: ignore[misc]
 
     _length: int
 
-    def __del__(self) -> None:
-        _libc.munmap(ctypes.addressof(self), self._length)
+    # Bound here: a view alive at interpreter exit may outlive the module globals.
+    def __del__(
+        self,
+        munmap: Callable[[int, int], int] = _libc.munmap,
+        address_of: Callable[[Any], int] = ctypes.addressof,
+    ) -> None:
+        munmap(address_of(self), self._length)
 
     def __getitem__(self, index: object) -> NoReturn:
         raise TypeError("a value's mapping is read through the view get returned, not its .obj")

@@ -11,9 +11,11 @@ from __future__ import annotations
 import ctypes
 import io
 import os
+import shutil
 import stat
 import subprocess
 import sys
+import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -21,6 +23,7 @@ from typing import Any
 import numpy as np
 import pytest
 
+import blobcache
 from blobcache import BlobCache, CorruptionError, GcResult
 from blobcache import _format as F
 from tests.conftest import file_of, files_named, flip_bit
@@ -255,8 +258,12 @@ print("ok", len(views))
 
 
 def test_reading_more_large_values_than_the_fd_limit_needs_no_fd_per_value(store: str) -> None:
+    package_root = os.path.dirname(os.path.dirname(blobcache.__file__))  # the code under test
     done = subprocess.run(
-        [sys.executable, "-c", _MANY_MAPPINGS, store], capture_output=True, text=True
+        [sys.executable, "-c", _MANY_MAPPINGS, store],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "PYTHONPATH": package_root},
     )
     assert done.returncode == 0, done.stderr[-2000:]
     assert done.stdout.split() == ["ok", "600"]
@@ -426,8 +433,6 @@ def test_version_and_key_files_are_read_only_and_log_segments_writable(store: st
         cache.put("small", b"again")
         assert cache.gc().segments_compacted  # a compacted segment too
         version = file_of(cache, "k")
-    with BlobCache(store, inline_limit=LIMIT):
-        pass
     key_file = os.path.join(os.path.dirname(version), F.KEY_FILE_NAME)
     for path in (version, key_file, os.path.join(store, F.MARKER_NAME)):
         assert stat.S_IMODE(os.stat(path).st_mode) & 0o222 == 0, path
@@ -465,11 +470,8 @@ def _as_nobody(work: Callable[[], None]) -> None:
 
 
 @pytest.fixture
-def open_dir(tmp_path: Path) -> Iterator[str]:
+def open_dir() -> Iterator[str]:
     """A directory an unprivileged user can reach and write (tmp_path's parents are 0700)."""
-    import shutil
-    import tempfile
-
     top = tempfile.mkdtemp(prefix="blobcache-nobody-")
     os.chmod(top, 0o777)
     try:
