@@ -33,7 +33,8 @@ def write_compacted(logdir: str, number: int, records: list[bytes]) -> list[int]
         offsets.append(offset)
         offset += len(record)
     body = b"".join([segment_header(F.SEGMENT_FLAG_COMPACTED), *records])
-    _fsio.write_file_atomically(logdir, segment_name(number), body)
+    # WRITABLE, as every segment: the newest one is reopened to append after a restart.
+    _fsio.write_file_atomically(logdir, segment_name(number), body, mode=_fsio.WRITABLE)
     return offsets
 
 

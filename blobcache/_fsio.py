@@ -120,10 +120,23 @@ def mkdir(path: str) -> None:
     os.mkdir(path, 0o755)
 
 
-def create_exclusive(path: str, *, readable: bool = False) -> int:
-    """Create a new file for writing and return its descriptor (fails if it exists)."""
-    mode = os.O_RDWR if readable else os.O_WRONLY
-    return os.open(path, mode | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
+# File modes (before the umask). A version file, a key file or the marker is
+# written once through the descriptor that created it and never opened for
+# writing again: read-only, so a program writing through ``path(key)`` gets
+# EACCES instead of truncating a live value under every mapped view of it (a
+# SIGBUS in the reader). Unlinking needs only the directory's permission, so the
+# janitor is not hindered. Log segments are reopened to append after a restart.
+READ_ONLY = 0o444
+WRITABLE = 0o644
+
+
+def create_exclusive(path: str, *, readable: bool = False, mode: int = READ_ONLY) -> int:
+    """Create a new file for writing and return its descriptor (fails if it exists).
+
+    The descriptor may write whatever ``mode`` says: it applies to later opens.
+    """
+    access = os.O_RDWR if readable else os.O_WRONLY
+    return os.open(path, access | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, mode)
 
 
 def open_lock_file(path: str) -> int:
@@ -279,7 +292,7 @@ def temp_name() -> str:
 
 
 def open_temp(
-    directory: str, *, readable: bool = False, directory_held: bool = False
+    directory: str, *, readable: bool = False, mode: int = READ_ONLY, directory_held: bool = False
 ) -> tuple[int, str]:
     """Create and flock a temp file in ``directory``; return (fd, path).
 
@@ -303,7 +316,7 @@ def open_temp(
     held = None if directory_held else lock_dir(directory, exclusive=False)
     try:
         path = os.path.join(directory, temp_name())
-        fd = create_exclusive(path, readable=readable)
+        fd = create_exclusive(path, readable=readable, mode=mode)
         try:
             locked = try_lock(fd)
             assert locked, "a temp file just created with O_EXCL cannot be locked by anyone else"
@@ -344,7 +357,13 @@ def sweeping_temps(directory: str, *, held: bool = False) -> Iterator[bool]:
 
 
 def write_file_atomically(
-    directory: str, name: str, data: bytes, *, sync: bool = True, directory_held: bool = False
+    directory: str,
+    name: str,
+    data: bytes,
+    *,
+    sync: bool = True,
+    mode: int = READ_ONLY,
+    directory_held: bool = False,
 ) -> str:
     """Publish ``directory/name`` holding ``data``, all or nothing; return its path.
 
@@ -355,7 +374,7 @@ def write_file_atomically(
     a process crash still leaves all or nothing. ``directory_held``: as for ``open_temp``.
     """
     path = os.path.join(directory, name)
-    fd, tmp = open_temp(directory, directory_held=directory_held)
+    fd, tmp = open_temp(directory, mode=mode, directory_held=directory_held)
     try:
         pwrite_all(fd, data, 0)
         if sync:

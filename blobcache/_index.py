@@ -22,28 +22,32 @@ from .errors import ClosedError
 #   log entry:  (seq, value: bytes, segment, size)      a tuple, never changed;
 #               compaction replaces it with one naming the new segment.
 #               value is None only in replay, for a delete record.
-#   blob entry: [seq, view: memoryview | None, record]  a BlobEntry; the view is
-#               filled in by the first get that maps the file.
+#   blob entry: [seq, None, record, view: memoryview | None]  a BlobEntry; the
+#               view is filled in by the first get that maps the file. It is
+#               never handed out itself: each get returns a slice of it, which
+#               the caller may release (``with cache.get(k) as v:``) without
+#               breaking the key for everyone else.
 SEQ: Final = 0
-VALUE: Final = 1
+VALUE: Final = 1  # the value's bytes (log entries); None: not in memory, see VIEW
 SEGMENT: Final = 2  # log entries
 SIZE: Final = 3  # log entries: the record's bytes in its segment
 RECORD: Final = 2  # blob entries
+VIEW: Final = 3  # blob entries: the mapping of the file, once mapped
 
 LogEntry = tuple[int, bytes | None, int, int]
 
 
 class BlobEntry(list[Any]):
-    """The live record of a key whose value is a version file: [seq, view, record].
+    """The live record of a key whose value is a version file: [seq, None, record, view].
 
-    A list so ``entry[VALUE]`` is the same subscript for both kinds on the ``get``
-    path and can be set once the file is mapped.
+    ``entry[VALUE]`` is None, so ``get`` tells the two kinds apart by the one
+    subscript it makes of either; a list, so the view can be set once mapped.
     """
 
     __slots__ = ()
 
     def __init__(self, record: Record) -> None:
-        super().__init__((record.seq, None, record))
+        super().__init__((record.seq, None, record, None))
 
 
 Entry = LogEntry | BlobEntry

@@ -243,6 +243,64 @@ def _bad_record(
     )
 
 
+def records_of(directory: str, tag: bytes, raw: bytes) -> dict[int, bytes | None]:
+    """Every intact record of one key in the segments in ``directory``: seq ->
+    value (None for a delete). Reads the whole log and changes nothing: for the
+    rare fall back of a damaged value, which needs the key's older records that
+    the index forgot when a version superseded them.
+
+    Crash policy: a record is taken only if its checksum holds, and a segment is
+    read up to its first bad record, past which its framing cannot be trusted
+    (the active segment may end in a batch still being written). A segment that
+    compaction removes meanwhile was replaced by one published before: listed
+    again, up to ``_LISTINGS`` times.
+    """
+    found: dict[int, bytes | None] = {}
+    for _ in range(_LISTINGS):
+        vanished = False
+        for name in sorted(os.listdir(directory)):
+            if parse_segment_name(name) is None:
+                continue
+            try:
+                with open(os.path.join(directory, name), "rb") as f:
+                    data = f.read()
+            except FileNotFoundError:
+                vanished = True
+                continue
+            if raw in data:  # a record of the key holds its bytes: skip the walk where none do
+                _find_records(data, tag, raw, found)
+        if not vanished:
+            break
+    return found
+
+
+_LISTINGS = 3
+
+
+def _find_records(data: bytes, tag: bytes, raw: bytes, found: dict[int, bytes | None]) -> None:
+    """Add the key's intact records in one segment's bytes to ``found``.
+
+    Not shared with ``replay``, whose loop is kept flat for the speed of every open.
+    """
+    view = memoryview(data)
+    total = len(data)
+    offset = F.SEGMENT_HEADER.size
+    while total - offset >= _HEADER_SIZE:
+        checksum, seq, vlen, kind, key_tag, klen = _HEADER.unpack_from(data, offset)
+        key_at = offset + _HEADER_SIZE
+        end = key_at + klen + vlen
+        if (
+            kind not in (F.RECORD_PUT, F.RECORD_DELETE)
+            or end > total
+            or xxhash.xxh3_64_intdigest(view[offset + _CHECKSUM : end]) & F.RECORD_CHECKSUM_MASK
+            != checksum
+        ):
+            return
+        if key_tag == tag and klen == len(raw) and view[key_at : key_at + klen] == raw:
+            found[seq] = data[key_at + klen : end] if kind == F.RECORD_PUT else None
+        offset = end
+
+
 # --- Writing --------------------------------------------------------------------------
 
 
@@ -520,7 +578,7 @@ def create_segment(directory: str, number: int, *, flags: int) -> int:
     either does not exist or starts with a good header.
     """
     path = os.path.join(directory, segment_name(number))
-    fd = _fsio.create_exclusive(path, readable=True)
+    fd = _fsio.create_exclusive(path, readable=True, mode=_fsio.WRITABLE)
     try:
         _fsio.pwrite_all(fd, segment_header(flags), 0)
         _fsio.fsync_file(fd)

@@ -26,6 +26,7 @@ import contextlib
 import io
 import logging
 import os
+import re
 import stat
 import threading
 from collections.abc import Callable, Iterable, Iterator, MutableMapping
@@ -44,6 +45,7 @@ from ._index import (
     SEQ,
     SIZE,
     VALUE,
+    VIEW,
     BlobEntry,
     ClosedIndex,
     Deleted,
@@ -98,7 +100,9 @@ class Stats:
 def as_buffer(value: object) -> memoryview:
     """A flat byte view of ``value`` (bytes, bytearray, memoryview, numpy array, ...).
 
-    :raises TypeError: ``value`` is a ``str`` or has no buffer protocol.
+    :raises TypeError: ``value`` is a ``str``, has no buffer protocol, or holds
+        pointers (a numpy object array, ctypes pointers): their bytes are
+        addresses in this process, meaningless once read back.
     :raises ValueError: the buffer is not C-contiguous (e.g. a strided numpy slice).
     """
     if isinstance(value, str):
@@ -115,7 +119,29 @@ def as_buffer(value: object) -> memoryview:
             "values must be C-contiguous buffers; this one is strided "
             "(for numpy, pass numpy.ascontiguousarray(value))"
         )
-    return view if view.format == "B" and view.ndim == 1 else view.cast("B")
+    return view if view.format == "B" and view.ndim == 1 else _flatten(view)
+
+
+# The codes of PEP 3118 / struct formats whose items are pointers: "O" a Python
+# object (numpy's object arrays), "P" void*, ctypes' "z" char*, "Z" wchar_t*
+# (but "Zf", "Zd", "Zg" are complex numbers), "&" a pointer to the type after
+# it, "X{}" a function. Field names of a record ("T{<i:name:}") are left out first.
+_FIELD_NAMES = re.compile(r":[^:]*:")
+_POINTER_CODES = re.compile(r"[OPz&X]|Z(?![fdg])")
+
+
+def _flatten(view: memoryview) -> memoryview:
+    """``view`` as flat bytes. REQUIRES: ``view`` is C-contiguous."""
+    if _POINTER_CODES.search(_FIELD_NAMES.sub("", view.format)):
+        raise TypeError(
+            f"values must not hold pointers, and this buffer's items (format {view.format!r}) "
+            "do: their bytes mean nothing to another process. Convert it first: to a "
+            "numeric dtype, or pickle it explicitly (pickle.dumps(value)) if you trust "
+            "whoever reads it back"
+        )
+    if view.nbytes == 0:  # a zero in the shape, as np.zeros((0, 5)): cast refuses those
+        return memoryview(b"")
+    return view.cast("B")
 
 
 def _read_chunks(f: Any, size: int) -> Iterator[memoryview]:
@@ -209,6 +235,7 @@ class BlobCache(MutableMapping[N.Key, Value]):
         self._found_at_open = set(recovered.dirty)
         self._blob_over_log = recovered.blob_over_log
         self._log_under_blob = recovered.log_under_blob
+        self._max_seq_at_open = recovered.max_seq  # see _newest_intact_below
         self._problems = tuple(recovered.problems)
         self._temps_removed_at_open = recovered.temps_removed
         self._torn_bytes_at_open = recovered.torn_bytes
@@ -305,7 +332,9 @@ class BlobCache(MutableMapping[N.Key, Value]):
         A value stored in the log (shorter than ``inline_limit``) comes back as
         ``bytes``; a larger one as a read-only, zero-copy ``memoryview`` of its
         file, valid as long as you hold it, even after the key is overwritten,
-        deleted and garbage-collected.
+        deleted and garbage-collected, or the cache closed. Each get returns a
+        view of its own: releasing it (``with cache.get(k) as view:``) leaves
+        the key readable.
 
         :raises TypeError: ``key`` is not str or bytes.
         :raises CorruptionError: a large value's checksum failed on its first read.
@@ -319,7 +348,11 @@ class BlobCache(MutableMapping[N.Key, Value]):
                 return default
             entry = found  # put by another thread in the meantime
         value = entry[1]  # entry[VALUE], spelled as a literal on the hot path
-        return value if value is not None else self._map(key, entry, default)
+        if value is not None:
+            return value  # bytes: immutable, so the cached object itself
+        mapped: memoryview | None = entry[3]  # type: ignore[assignment]  # a blob entry's VIEW
+        # A slice, never the cached view itself: the caller may release it.
+        return mapped[:] if mapped is not None else self._map(key, entry, default)
 
     def _lookup(self, key: object) -> Entry | None:
         """The entry of ``key`` or None; the slow path, with the type checks.
@@ -365,12 +398,15 @@ class BlobCache(MutableMapping[N.Key, Value]):
         return record.path if record is not None else None
 
     def _map(self, key: N.Key, entry: Entry, default: _T | None) -> Value | _T | None:
-        """Map a file value on its first get. Two threads may both map it; both
-        views are good, one is kept."""
+        """Map a file value on its first get; return a view of its own, as get
+        does. Two threads may both map it; both views are good, one is kept."""
         while True:
             assert type(entry) is BlobEntry, "log entries always hold their bytes"
+            mapped: memoryview | None = entry[VIEW]
+            if mapped is not None:  # mapped meanwhile, or a replacement already was
+                return mapped[:]
             try:
-                view = _blob.map_version(entry[RECORD], check=self._options.verify_on_get)
+                mapped = _blob.map_version(entry[RECORD], check=self._options.verify_on_get)
             except CorruptionError as damage:
                 # get takes no lock: between its lookup and this open, another
                 # thread may have replaced the key and the janitor removed the old
@@ -387,8 +423,8 @@ class BlobCache(MutableMapping[N.Key, Value]):
                     return current[VALUE]
                 entry = current
                 continue
-            entry[VALUE] = view
-            return view
+            entry[VIEW] = mapped
+            return mapped[:]
 
     # --- writing -------------------------------------------------------------------
 
@@ -479,9 +515,12 @@ class BlobCache(MutableMapping[N.Key, Value]):
     # Streaming puts read and write this much at a time: what they hold in memory.
     CHUNK_BYTES = 1 << 20
 
-    def put_file(self, key: N.Key, src: str | os.PathLike[str] | BinaryIO) -> None:
-        """Store the bytes of ``src`` -- a path, or a binary file object read from
-        where it stands to its end -- under ``key``, as ``put`` would store them.
+    def put_file(
+        self, key: N.Key, src: str | bytes | os.PathLike[str] | os.PathLike[bytes] | BinaryIO
+    ) -> None:
+        """Store the bytes of ``src`` -- a path (str, bytes or path-like), or a
+        binary file object read from where it stands to its end -- under ``key``,
+        as ``put`` would store them.
 
         Memory holds one chunk (``CHUNK_BYTES``), never the whole value; the
         checksum is computed as the chunks go by. On any error, a source that
@@ -490,8 +529,8 @@ class BlobCache(MutableMapping[N.Key, Value]):
         :raises TypeError: ``src`` is neither a path nor a binary file object.
         :raises OSError: reading ``src`` or writing the store failed; nothing changed.
         """
-        if isinstance(src, (str, os.PathLike)):
-            with open(src, "rb", buffering=0) as f:
+        if isinstance(src, (str, bytes, os.PathLike)):
+            with open(os.fsdecode(src), "rb", buffering=0) as f:
                 st = os.fstat(f.fileno())
                 if stat.S_ISREG(st.st_mode) and st.st_size >= self._options.inline_limit:
                     # The kernel copies a regular file; the copy is hashed as stored.
@@ -570,9 +609,12 @@ class BlobCache(MutableMapping[N.Key, Value]):
                 raise KeyError(key)
             record = blob_of(entry)
             if record is None:
-                return io.BytesIO(inline_value(entry))
+                # Read-only, as a file's: a BytesIO alone would take writes (into
+                # a copy of its own, but a caller would think they stuck).
+                return io.BufferedReader(io.BytesIO(inline_value(entry)))
             try:
-                return io.open(record.path, "rb")  # noqa: UP020 -- this method is named open
+                # Never through a link, never a FIFO: see _fsio.open_regular.
+                return os.fdopen(_fsio.open_regular(record.path), "rb")
             except FileNotFoundError:
                 if self._index.get(key) is entry:
                     raise CorruptionError(
@@ -641,38 +683,30 @@ class BlobCache(MutableMapping[N.Key, Value]):
 
     def _fall_back(self, key: N.Key, bad: Entry, damage: CorruptionError) -> Entry | None:
         """``bad``, the live version of ``key``, failed its check: make the newest
-        intact older value live again -- an older version in its directory, or the
-        log record it won over at open -- by writing it anew (a new sequence
-        number, so the damaged file is plain garbage for the janitor), and report
-        the damage. Returns the key's entry now (None: that older record was a
-        delete). A version never fsynced can come back from a power cut with its
-        name and size but not its bytes ("os" durability on XFS, say): this is how
-        the synced value before it is still served.
+        intact older record of the key live again -- whatever its layout -- by
+        writing it anew (a new sequence number, so the damaged file is plain
+        garbage for the janitor), and report the damage. Returns the key's entry
+        now (None: that older record was a delete). A version never fsynced can
+        come back from a power cut with its name and size but not its bytes ("os"
+        durability on XFS, say): this is how the synced value before it is still
+        served.
 
         REQUIRES: the key's stripe lock.
-        :raises CorruptionError: ``damage``, when there is no intact older value.
+        :raises CorruptionError: ``damage``, when there is no intact older record.
         """
         if self._index.get(key) is not bad:
             return self._index.get(key)  # replaced meanwhile
         assert type(bad) is BlobEntry, "only a version file can fail a check"
         record: Record = bad[RECORD]
         keydir = os.path.dirname(record.path)
-        older: tuple[int, bytes | memoryview | None] | None = self._log_under_blob.get(key)
-        try:
-            versions = _blob.scan_key_dir(keydir).records  # newest first
-        except FileNotFoundError:
-            versions = []
-        for version in versions:
-            if older is not None and version.seq < older[0]:
-                break  # the log record is newer than every version left
-            if version.seq < record.seq:
-                with contextlib.suppress(CorruptionError):
-                    older = (version.seq, _blob.map_version(version, check=True))
-                    break
+        older = self._newest_intact_below(key, record)
         if older is None:
             raise damage
         seq, value = older
-        note = Problem(record.path, f"{damage.detail}; serving the older record {seq} instead")
+        what = "a delete: the key is deleted" if value is None else "its value"
+        note = Problem(
+            record.path, f"{damage.detail}; serving the older record {seq} instead ({what})"
+        )
         log.warning("blobcache: %s", note)
         self._problems += (note,)
         tag, raw = N.encode_key(key)
@@ -683,6 +717,35 @@ class BlobCache(MutableMapping[N.Key, Value]):
         else:
             self._put_blob(key, tag, raw, keydir, memoryview(value))
         return self._index.get(key)
+
+    def _newest_intact_below(
+        self, key: N.Key, bad: Record
+    ) -> tuple[int, bytes | memoryview | None] | None:
+        """The newest intact record of ``key`` numbered below ``bad``, as (seq,
+        value; None for a delete), or None if there is none.
+
+        It may lie in the key's directory (a version), or in any log segment
+        (the index forgot those records once a version superseded them), or be
+        the log record that ``bad`` won over at open, which is kept in memory
+        because compaction drops it from the log. That one counts only while
+        ``bad`` is the version found at open: any record put since may have been
+        compacted away, a delete among them, and must not be jumped over.
+        Versions are checked (read whole); log records were checked as read.
+        """
+        tag, raw = N.encode_key(key)
+        found: dict[int, Record | bytes | None] = dict(_log.records_of(self._logdir, tag, raw))
+        under = self._log_under_blob.get(key)
+        if under is not None and bad.seq <= self._max_seq_at_open:
+            found.setdefault(*under)
+        with contextlib.suppress(FileNotFoundError):  # removed by hand: reported at open
+            found.update((v.seq, v) for v in _blob.scan_key_dir(os.path.dirname(bad.path)).records)
+        for seq in sorted((s for s in found if s < bad.seq), reverse=True):
+            candidate = found[seq]
+            if not isinstance(candidate, Record):
+                return seq, candidate
+            with contextlib.suppress(CorruptionError):
+                return seq, _blob.map_version(candidate, check=True)
+        return None
 
     def __delitem__(self, key: N.Key) -> None:
         if not self.delete(key):

@@ -155,8 +155,8 @@ _PAUSED_WRITER = """
     from blobcache import _format as F
     store, what = sys.argv[1], sys.argv[2]
     real = _fsio.create_exclusive
-    def paused(path, *, readable=False):
-        fd = real(path, readable=readable)
+    def paused(path, **options):
+        fd = real(path, **options)
         if os.path.basename(path).startswith(F.TEMP_PREFIX):
             _fsio.create_exclusive = real
             print(path, flush=True)

@@ -611,3 +611,22 @@ def test_a_key_directory_holding_only_a_symlinked_key_file_is_left_whole(
             cache.gc()
         assert run_cli("gc", store).returncode == 0
     assert os.path.islink(paths["key file"]) and target.exists()
+
+
+def test_a_version_swapped_for_a_link_after_open_is_never_read_through(store: str) -> None:
+    """The listing at open saw a regular file; a link put in its place later is
+    refused by ``get`` and ``open`` (O_NOFOLLOW on the opened name), not followed."""
+    outside = os.path.join(os.path.dirname(store), "outside")
+    with open(outside, "wb") as f:
+        f.write(b"S" * 300)
+    with BlobCache(store, inline_limit=64) as cache:
+        cache.put("k", b"v" * 300)
+    with BlobCache(store, inline_limit=64) as cache:
+        version = cache.path("k")
+        assert version is not None
+        os.unlink(version)
+        os.symlink(outside, version)
+        with pytest.raises(CorruptionError, match="symbolic link"):
+            cache.get("k")
+        with pytest.raises(CorruptionError, match="symbolic link"):
+            cache.open("k")
