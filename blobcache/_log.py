@@ -100,9 +100,10 @@ def read_segment(
     """Read a segment and check its header; return its summary and its bytes,
     for ``replay`` (which fills in the summary's ``end``, ``cut`` and ``problems``).
 
-    :raises CorruptionError: a damaged header, unless ``salvage``: then the
-        damage is reported in ``problems`` and the records are read anyway (each
-        has its own checksum); the segment is taken as not COMPACTED.
+    :raises CorruptionError: a damaged header (a zeroed one too, but in the
+        active segment with nothing but zeros after it), unless ``salvage``: then
+        the damage is reported in ``problems`` and the records are read anyway
+        (each has its own checksum); the segment is taken as not COMPACTED.
     """
     with open(path, "rb") as f:
         data = f.read()
@@ -110,12 +111,17 @@ def read_segment(
     head = F.SEGMENT_HEADER.size
     flags = header_flags(data[:head])
     if flags is None:
-        if active and (len(data) < head or not data[:head].strip(b"\0")):
-            # A crash while the segment was being created: end = 0 tells the
-            # opener to make it anew.
-            info.cut = len(data)
+        # Crash policy: create_segment makes the header durable (file, then
+        # directory) before anything else is written to the segment, so a crash
+        # while creating it leaves a header cut short or zeroed with nothing but
+        # zeros after it. Only that is taken as "no segment yet"; a zeroed header
+        # with anything else after it is damage, whatever wiped it.
+        if active and (len(data) < head or data.count(0) == len(data)):
+            info.cut = len(data)  # end = 0 tells the opener to make it anew
             return info, b""
         why = "segment header is damaged or not blobcache's"
+        if data.count(0, 0, head) == head and data.count(0) != len(data):
+            why = "segment header is zeroed, yet bytes other than zeros follow it"
         if not salvage:
             raise CorruptionError(path, f"{why}; open with salvage=True to read its records", 0)
         info.problems.append(Problem(path, f"{why}: its records were read by their checksums"))

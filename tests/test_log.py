@@ -387,6 +387,64 @@ def test_active_segment_with_zero_or_short_header_is_recreated(store: str, conte
         assert cache.problems == ()
 
 
+def _listing(store: str) -> dict[str, int]:
+    """Every file under ``store`` with its size: to check that a refused open changed nothing."""
+    return {
+        os.path.join(d, n): os.path.getsize(os.path.join(d, n))
+        for d, _, names in os.walk(store)
+        for n in names
+    }
+
+
+def test_zeroed_header_followed_by_records_is_corruption(store: str) -> None:
+    """Regression: zeroing the header of the active segment holding 1,000
+    acknowledged records made the next open delete the whole segment (0 keys, no
+    problem reported). A crash cannot leave that: the header is fsynced, and the
+    directory too, before any record is written after it."""
+    items = [(f"k{i:04}", f"acknowledged value {i} ".encode() * 4) for i in range(1000)]
+    expected = _write(store, items)
+    (active,) = _segments(store)
+    _patch(active, 0, bytes(_HEAD))
+    before = _listing(store)
+    with pytest.raises(CorruptionError) as info:
+        BlobCache(store)
+    assert (info.value.path, info.value.offset) == (active, 0)
+    assert "zeroed" in str(info.value) and "salvage=True" in str(info.value)
+    assert _listing(store) == before  # nothing deleted or cut
+    with BlobCache(store, salvage=True) as cache:
+        assert _contents(cache) == expected  # each record has its own checksum
+        (problem,) = cache.problems
+        assert problem.path == active and "zeroed" in problem.message
+        assert cache.stats().torn_bytes_at_open == 0
+        cache.put("after", b"into a new segment")
+        cache.gc()  # rewrites the damaged segment
+    with BlobCache(store) as cache:
+        assert _contents(cache) == {**expected, "after": b"into a new segment"}
+        assert cache.problems == ()
+
+
+@pytest.mark.parametrize(
+    "content",
+    [bytes(_HEAD) + b"\x01", bytes(_HEAD) + bytes(8192) + b"x" * 30],
+    ids=["a-byte-after-it", "zeros-then-bytes"],
+)
+def test_zeroed_header_with_anything_but_zeros_after_it_is_corruption(
+    store: str, content: bytes
+) -> None:
+    """Only a zeroed header with nothing but zeros after it is a crashed creation."""
+    _write(store, _THREE)
+    sealed = _segments(store)[-1]
+    truncate(sealed, _end(sealed))
+    number = int(os.path.basename(sealed)[: F.FIELD_HEX_DIGITS], 16)
+    created = os.path.join(store, F.LOG_DIR, _log.segment_name(number + 1))
+    with open(created, "wb") as f:
+        f.write(content)
+    with pytest.raises(CorruptionError) as info:
+        BlobCache(store)
+    assert (info.value.path, info.value.offset) == (created, 0)
+    assert os.path.getsize(created) == len(content)
+
+
 def test_stray_entries_in_log_dir_are_reported_not_fatal(store: str) -> None:
     expected = _write(store, _THREE)
     logdir = os.path.join(store, F.LOG_DIR)
