@@ -481,13 +481,17 @@ class LogWriter:
             if self._unsynced:
                 self._fdatasync()
 
-    def roll(self, skip: int = 0) -> int:
-        """Seal the active segment and start the next, ``skip`` numbers further on;
-        return the new active number. Used by compaction to reserve numbers."""
+    def roll(self) -> int:
+        """Seal the active segment and start the next one; return the new active
+        number. Used by compaction, whose output then replaces the sealed one.
+
+        Invariant: segment numbers are used one after the other, never skipped,
+        so recovery can tell a lost segment by the gap it leaves.
+        """
         with self._lock:
             while self._leading:
                 self._idle.wait()
-            self._roll(self.number + 1 + skip)
+            self._roll(self.number + 1)
             return self.number
 
     def _roll(self, number: int) -> None:
