@@ -100,9 +100,10 @@ def read_segment(
     """Read a segment and check its header; return its summary and its bytes,
     for ``replay`` (which fills in the summary's ``end``, ``cut`` and ``problems``).
 
-    :raises CorruptionError: a damaged header, unless ``salvage``: then the
-        damage is reported in ``problems`` and the records are read anyway (each
-        has its own checksum); the segment is taken as not COMPACTED. Also when
+    :raises CorruptionError: a damaged header (a zeroed one too, but in the
+        active segment with nothing but zeros after it), unless ``salvage``: then
+        the damage is reported in ``problems`` and the records are read anyway
+        (each has its own checksum); the segment is taken as not COMPACTED. Also when
         ``path`` is no regular file (a symbolic link is never followed).
     """
     with os.fdopen(_fsio.open_regular(path), "rb") as f:
@@ -111,12 +112,17 @@ def read_segment(
     head = F.SEGMENT_HEADER.size
     flags = header_flags(data[:head])
     if flags is None:
-        if active and (len(data) < head or not data[:head].strip(b"\0")):
-            # A crash while the segment was being created: end = 0 tells the
-            # opener to make it anew.
-            info.cut = len(data)
+        # Crash policy: create_segment makes the header durable (file, then
+        # directory) before anything else is written to the segment, so a crash
+        # while creating it leaves a header cut short or zeroed with nothing but
+        # zeros after it. Only that is taken as "no segment yet"; a zeroed header
+        # with anything else after it is damage, whatever wiped it.
+        if active and (len(data) < head or data.count(0) == len(data)):
+            info.cut = len(data)  # end = 0 tells the opener to make it anew
             return info, b""
         why = "segment header is damaged or not blobcache's"
+        if data.count(0, 0, head) == head and data.count(0) != len(data):
+            why = "segment header is zeroed, yet bytes other than zeros follow it"
         if not salvage:
             raise CorruptionError(path, f"{why}; open with salvage=True to read its records", 0)
         info.problems.append(Problem(path, f"{why}: its records were read by their checksums"))
@@ -534,13 +540,17 @@ class LogWriter:
             if self._unsynced:
                 self._fdatasync()
 
-    def roll(self, skip: int = 0) -> int:
-        """Seal the active segment and start the next, ``skip`` numbers further on;
-        return the new active number. Used by compaction to reserve numbers."""
+    def roll(self) -> int:
+        """Seal the active segment and start the next one; return the new active
+        number. Used by compaction, whose output then replaces the sealed one.
+
+        Invariant: segment numbers are used one after the other, never skipped,
+        so recovery can tell a lost segment by the gap it leaves.
+        """
         with self._lock:
             while self._leading:
                 self._idle.wait()
-            self._roll(self.number + 1 + skip)
+            self._roll(self.number + 1)
             return self.number
 
     def _roll(self, number: int) -> None:

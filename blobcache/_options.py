@@ -70,7 +70,9 @@ class Options:
     salvage: bool = False
     """Open a store whose sealed log segment has a bad record by dropping the
     rest of that segment (each drop reported in ``problems``) instead of raising
-    ``CorruptionError``. Values in the dropped part fall back to older records."""
+    ``CorruptionError``. Values in the dropped part fall back to older records.
+    The same for a missing log segment, ``log/`` or ``blobs/``: open with what
+    is left (a key deleted or overwritten there may come back or roll back)."""
 
     gc_interval: float | None = None
     """Run ``gc()`` (the janitor, then log compaction) in a background thread

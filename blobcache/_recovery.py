@@ -9,6 +9,7 @@ and falls back to the newest usable version of that key.
 
 from __future__ import annotations
 
+import errno
 import gc
 import logging
 import os
@@ -67,7 +68,7 @@ def open_store(root: str) -> int:
     # directory leaves an entry that exists but may not survive a power cut:
     # the store directory itself, FORMAT, a new log segment, a compacted
     # segment about to replace its inputs. Every open makes the store's own
-    # entries durable before anything relies on them (five fsyncs of
+    # entries durable before anything relies on them (three fsyncs of
     # directories, clean but for such leftovers). The first two come before
     # LOCK is created: so LOCK never outlives a power cut that FORMAT does not
     # (an init interrupted at any point leaves nothing but its temp files).
@@ -79,10 +80,11 @@ def open_store(root: str) -> int:
         os.close(fd)
         raise LockedError(lock_path)
     try:
-        for name in (F.BLOBS_DIR, F.LOG_DIR):
-            _fsio.makedirs(root, os.path.join(root, name))
-            _require_dir(os.path.join(root, name))  # not a link, a FIFO... of that name
-        _fsio.fsync_dir(os.path.join(root, F.LOG_DIR))
+        # A missing blobs/ or log/ is recovery's to judge (see _missing_dirs),
+        # not made here unseen; one of the wrong kind is refused there too.
+        logdir = os.path.join(root, F.LOG_DIR)
+        if os.path.isdir(logdir) and not os.path.islink(logdir):
+            _fsio.fsync_dir(logdir)
     except BaseException:
         os.close(fd)
         raise
@@ -152,8 +154,12 @@ def _existing_ancestor(path: str) -> str:
 
 
 def _init_store(root: str) -> None:
-    """Make an empty directory a store by publishing the marker durably.
+    """Make an empty directory a store: make blobs/ and log/, then publish the
+    marker, each durably.
 
+    Invariant: a store with FORMAT has both directories (stores initialised by
+    blobcache up to 0.1.0, git e5dfd61, made them after FORMAT, at the open
+    that published it: an interrupted init there leaves FORMAT alone).
     Refuses, before anything is written or removed, a directory holding anything
     but what an interrupted init leaves (``_init_leftover``): a cache must never
     write into, or later gc, a user's files. Inits of one directory in several
@@ -170,6 +176,9 @@ def _init_store(root: str) -> None:
             return  # another process's init finished while we waited
         for path in _leftover_temps(root, check_locks=True):
             remove_orphan_temp(path, directory_held=True)
+        for name in _STORE_DIRS:
+            _fsio.makedirs(root, os.path.join(root, name), sync=False)
+        _fsio.fsync_dir(root)  # both directories are durable before FORMAT can be
         _fsio.write_file_atomically(root, F.MARKER_NAME, F.MARKER_CONTENT, directory_held=True)
     finally:
         os.close(held)
@@ -186,7 +195,7 @@ def _leftover_temps(root: str, *, check_locks: bool) -> list[str]:
         for entry in entries:
             if not _init_leftover(entry, check_locks=check_locks):
                 foreign.append(entry.name)
-            elif entry.name != F.LOCK_NAME:
+            elif N.is_temp_name(entry.name):
                 temps.append(entry.path)
     if foreign:
         foreign.sort()
@@ -205,6 +214,7 @@ def _init_leftover(entry: os.DirEntry[str], *, check_locks: bool) -> bool:
     * a temp file of the marker: a regular file named ``.tmp-<hex16>`` holding a
       prefix of the marker, or zeros (written but not fsynced when the power
       went), held by no one;
+    * an empty ``blobs/`` or ``log/`` (made, with nothing in it yet, before FORMAT);
     * an empty ``LOCK`` held by no one. This version never leaves one
       (``open_store`` makes FORMAT durable before it creates LOCK), but earlier
       ones could: an open killed after the rename of FORMAT, then a power cut
@@ -213,6 +223,8 @@ def _init_leftover(entry: os.DirEntry[str], *, check_locks: bool) -> bool:
     With ``check_locks`` False (before the directory's flock is ours) a temp
     file's flock is not asked: a concurrent init holds its own.
     """
+    if entry.name in _STORE_DIRS:
+        return _empty_store_dir(entry.path)
     if entry.name == F.LOCK_NAME:
         want, check_locks = b"", True
     elif _is_marker_temp_name(entry.name):
@@ -247,6 +259,14 @@ def _is_marker_temp_name(name: str) -> bool:
         and len(digits) == F.TEMP_RANDOM_HEX_DIGITS
         and _HEX_DIGITS.issuperset(digits)
     )
+
+
+_STORE_DIRS = (F.BLOBS_DIR, F.LOG_DIR)
+
+
+def _empty_store_dir(path: str) -> bool:
+    """Whether ``path`` is an empty directory (not a link to one)."""
+    return not os.path.islink(path) and os.path.isdir(path) and not os.listdir(path)
 
 
 def remove_orphan_temp(path: str, *, directory_held: bool = False) -> int | None:
@@ -318,16 +338,87 @@ def _recover_into(
     result: Recovered, root: str, blobs: str, blob_live: dict[N.Key, Record], *, salvage: bool
 ) -> None:
     logdir = os.path.join(root, F.LOG_DIR)
-    _require_dir(blobs)
-    _require_dir(logdir)
-    for keydir in iter_key_dirs(blobs, result.problems, result.empty_fanouts):
-        _admit(result, _blob.scan_key_dir(keydir), blob_live)
-    latest = _replay_log(logdir, result, salvage=salvage)
+    for directory in (blobs, logdir):
+        if os.path.lexists(directory):
+            _require_dir(directory)  # not a link, a FIFO... of that name
+    missing = _missing_dirs(result, blobs, logdir, salvage=salvage)
+    if blobs not in missing:
+        for keydir in iter_key_dirs(blobs, result.problems, result.empty_fanouts):
+            _admit(result, _blob.scan_key_dir(keydir), blob_live)
+    latest = _replay_log(logdir, result, salvage=salvage) if logdir not in missing else {}
     # A segment without a header yet (a writer killed right after creating it)
     # has no records, so replay never counted its live bytes: zero, not missing.
     for number in result.segment_total:
         result.segment_live.setdefault(number, 0)
     _merge(result, blob_live, latest)
+    if not result.readonly:
+        for directory in missing:
+            _fsio.makedirs(root, directory)
+
+
+def _missing_dirs(result: Recovered, blobs: str, logdir: str, *, salvage: bool) -> list[str]:
+    """Which of blobs/ and log/ are missing, once sure that nothing was lost with
+    them (or ``salvage``); the writer makes them afterwards.
+
+    A crash never loses either in a store with FORMAT (see ``_init_store``),
+    except in one initialised by blobcache up to 0.1.0: FORMAT without both,
+    which holds nothing. So one missing beside the other holding something is
+    damage: what was in it could have been any key's newest record.
+
+    :raises CorruptionError: one is missing while the other holds something,
+        unless ``salvage``: then that is reported in ``problems``.
+    """
+    missing = [d for d in (blobs, logdir) if not os.path.lexists(d)]
+    # Segment 1 is made at the first open, before any put: a log without a
+    # segment beside values is as damaged as no log at all.
+    if blobs not in missing and os.listdir(blobs) and not _has_segment(logdir):
+        _damage(
+            result,
+            logdir,
+            f"the log {'directory is missing' if logdir in missing else 'has no segment'}, yet "
+            f"{F.BLOBS_DIR}/ holds values: every small value and every delete record went "
+            "with it (a deleted key would come back)",
+            salvage=salvage,
+        )
+    if blobs in missing and logdir not in missing and not _log_is_new(logdir):
+        _damage(
+            result,
+            blobs,
+            f"the directory of large values is missing, yet {F.LOG_DIR}/ holds records: "
+            "every value kept in a file went with it (a key would roll back to an older "
+            "value in the log)",
+            salvage=salvage,
+        )
+    return missing
+
+
+def _has_segment(logdir: str) -> bool:
+    try:
+        return any(_log.parse_segment_name(n) is not None for n in os.listdir(logdir))
+    except FileNotFoundError:
+        return False
+
+
+def _log_is_new(logdir: str) -> bool:
+    """Whether log/ holds at most what a store's first open makes: segment 1,
+    its header only."""
+    names = os.listdir(logdir)
+    first = _log.segment_name(1)
+    return not names or (
+        names == [first] and os.path.getsize(os.path.join(logdir, first)) <= F.SEGMENT_HEADER.size
+    )
+
+
+def _damage(result: Recovered, path: str, why: str, *, salvage: bool) -> Problem:
+    """Raise for damage that may have lost records, or with ``salvage`` report it.
+
+    :raises CorruptionError: unless ``salvage``.
+    """
+    if not salvage:
+        raise CorruptionError(path, f"{why}; open with salvage=True to open with what is left")
+    problem = Problem(path, f"{why}: opened with what is left")
+    result.problems.append(problem)
+    return problem
 
 
 def _require_dir(path: str) -> None:
@@ -346,17 +437,13 @@ def _replay_log(logdir: str, result: Recovered, *, salvage: bool) -> dict[N.Key,
     record as an entry (a delete as an entry whose ``value`` is None).
 
     Segments numbered below the newest COMPACTED one were replaced by it (a
-    compaction that crashed before deleting its inputs): they are deleted unread.
-    This loop runs once per record at every open, so it is kept flat.
+    compaction that crashed before deleting its inputs): they are deleted unread,
+    once the others were read and found whole. This loop runs once per record at
+    every open, so it is kept flat.
     """
-    numbers = _segment_numbers(logdir, result)
-    floor = _compacted_floor(logdir, numbers)
-    replaced = [n for n in numbers if n < floor] if not result.readonly else []
-    for number in replaced:
-        _fsio.unlink(os.path.join(logdir, _log.segment_name(number)))
-    if replaced:
-        _fsio.fsync_dir(logdir)
-    numbers = [n for n in numbers if n >= floor]
+    listed = _segment_numbers(logdir, result)
+    floor = _compacted_floor(logdir, listed)
+    numbers = [n for n in listed if n >= floor]
     latest: dict[N.Key, Entry] = {}
     max_seq = result.max_seq
     for number in numbers:
@@ -384,7 +471,55 @@ def _replay_log(logdir: str, result: Recovered, *, salvage: bool) -> dict[N.Key,
         result.problems.extend(info.problems)
         result.torn_bytes += info.cut
     result.max_seq = max_seq
+    _check_no_gap(logdir, listed, floor, result, salvage=salvage)
+    replaced = [n for n in listed if n < floor] if not result.readonly else []
+    for number in replaced:
+        _fsio.unlink(os.path.join(logdir, _log.segment_name(number)))
+    if replaced:
+        _fsio.fsync_dir(logdir)
     return latest
+
+
+def _check_no_gap(
+    logdir: str, listed: list[int], floor: int, result: Recovered, *, salvage: bool
+) -> None:
+    """Check that the segments in force (``result.segments``) run without a gap
+    from the COMPACTED ``floor``, or 1, to the active one.
+
+    Invariant (LogWriter.roll, _compaction): numbers are used one after the
+    other and a compaction's output takes its highest input's number, so a gap
+    is a lost segment. Any key could have had its newest record there: a
+    deleted key would come back, an overwritten one roll back.
+
+    :raises CorruptionError: a segment is missing, unless ``salvage``: then it is
+        reported, on the segment after the gap too, so ``gc()`` rewrites the log.
+    :raises FileNotFoundError: ``readonly`` and the listing changed meanwhile
+        (a live writer rolled or compacted): the caller reads again.
+    """
+    gaps: list[tuple[int, int]] = []
+    expected = floor or 1
+    for info in result.segments:
+        if info.number > expected:
+            gaps.append((expected, info.number - 1))
+        expected = info.number + 1
+    if not gaps:
+        return
+    if result.readonly and _segment_numbers(logdir, Recovered(readonly=True)) != listed:
+        raise FileNotFoundError(errno.ENOENT, "log segments came or went while read", logdir)
+    names = ", ".join(
+        _log.segment_name(a) if a == b else f"{_log.segment_name(a)} to {_log.segment_name(b)}"
+        for a, b in gaps
+    )
+    why = (
+        f"log segments missing ({names}): any key may have had its newest record there, "
+        "so a deleted key could come back or an overwritten one roll back (blobcache up "
+        "to 0.1.0, git e5dfd61, left a gap of one segment, losing nothing, when a "
+        "compaction was interrupted)"
+    )
+    path = os.path.join(logdir, _log.segment_name(gaps[0][0]))
+    problem = _damage(result, path, why, salvage=salvage)
+    after = next(s for s in result.segments if s.number > gaps[0][1])
+    after.problems.append(problem)
 
 
 def _segment_numbers(logdir: str, result: Recovered) -> list[int]:

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import itertools
 import logging
 import os
 import re
@@ -1016,7 +1017,8 @@ class BlobCache(MutableMapping[N.Key, Value]):
                 log.error("blobcache: background compaction of %s failed: %s", self._path, exc)
 
     def _compact(self, *, force: bool) -> GcResult:
-        """Rewrite the live records of every sealed segment into one new segment.
+        """Rewrite the live records of every sealed segment into one segment that
+        replaces them (numbered as the highest of them; see ``_compaction``).
 
         Reads never wait (they are served from memory) and puts go on into the
         active segment meanwhile. With ``force``, the active segment is sealed
@@ -1037,20 +1039,24 @@ class BlobCache(MutableMapping[N.Key, Value]):
             # held none is between the two: records appended before the roll
             # are published, later ones go to the new active segment.
             with self._all_stripes():
-                # Seal the active segment, leaving a number free for the output:
-                # the active segment must stay the highest-numbered one.
-                active = self._log.roll(skip=1)
+                # Seal the active segment: it is the highest input, and the
+                # output takes its number (see _compaction).
+                active = self._log.roll()
                 output = active - 1
                 with self._book.lock:
                     self._book.add(active, 0, live=False)
-                    inputs = sorted(n for n in self._book.total if n < output)
+                    inputs = sorted(n for n in self._book.total if n < active)
                     chosen = set(inputs)
-                    live = [
-                        (k, e)
-                        for k, e in self._index.items()
-                        if type(e) is not BlobEntry and e[SEGMENT] in chosen
-                    ]
+                    # Two flat lists, not a list of (key, entry) pairs: 16 bytes
+                    # per live record beside the index, which holds the values.
+                    keys: list[N.Key] = []
+                    entries: list[Entry] = []
+                    for key, entry in self._index.items():
+                        if type(entry) is not BlobEntry and entry[SEGMENT] in chosen:
+                            keys.append(key)
+                            entries.append(entry)
                     deleted = [(k, d) for k, d in self._deleted.items() if d.segment in chosen]
+            assert inputs[-1] == output, "the segment just sealed is always in the book"
             # Never delete the last durable copy: a value that supersedes a record
             # about to be dropped must be durable first ("os" puts are owed to
             # sync(); versions found at open may never have been fsynced).
@@ -1058,41 +1064,52 @@ class BlobCache(MutableMapping[N.Key, Value]):
                 self.sync()
             self._make_adopted_durable()
             kept = [(k, d) for k, d in deleted if self._still_needs_delete(k)]
-            records = [
-                _log.encode_record(e[SEQ], F.RECORD_PUT, *N.encode_key(k), inline_value(e))
-                for k, e in live
-            ]
-            records += [
-                _log.encode_record(d.seq, F.RECORD_DELETE, *N.encode_key(k), b"") for k, d in kept
-            ]
-            _compaction.write_compacted(self._logdir, output, records)
+            # Encoded one at a time as the output is written: the records are
+            # never all in memory beside the values they copy.
+            records = itertools.chain(
+                (
+                    _log.encode_record(e[SEQ], F.RECORD_PUT, *N.encode_key(k), inline_value(e))
+                    for k, e in zip(keys, entries, strict=True)
+                ),
+                (
+                    _log.encode_record(d.seq, F.RECORD_DELETE, *N.encode_key(k), b"")
+                    for k, d in kept
+                ),
+            )
+            sizes, replaced = _compaction.write_compacted(self._logdir, output, records)
+            written = sum(sizes)
             live_bytes = 0
             with self._book.lock:
-                # Entries replaced meanwhile keep pointing where their new record is.
-                for (key, entry), record in zip(live, records[: len(live)], strict=True):
-                    if self._index.get(key) is entry:
-                        self._index[key] = (entry[SEQ], entry[VALUE], output, len(record))
-                        live_bytes += len(record)
                 for key, dead in deleted:
                     if self._deleted.get(key) is dead:
                         del self._deleted[key]
-                for (key, dead), record in zip(kept, records[len(live) :], strict=True):
+                for (key, dead), size in zip(kept, sizes[len(keys) :], strict=True):
                     if key not in self._deleted and key not in self._index:
-                        self._deleted[key] = Deleted(dead.seq, output, len(record))
-                self._book.replace(inputs, output, sum(map(len, records)), live_bytes)
+                        self._deleted[key] = Deleted(dead.seq, output, size)
+                del sizes[len(keys) :]
+                # Popped as they are replaced, so an old entry is freed as soon as
+                # its new one is in: never two entries per key at once.
+                while keys:
+                    key, entry, size = keys.pop(), entries.pop(), sizes.pop()
+                    # Entries replaced meanwhile keep pointing where their new record is.
+                    if self._index.get(key) is entry:
+                        self._index[key] = (entry[SEQ], entry[VALUE], output, size)
+                        live_bytes += size
+                self._book.replace(inputs, output, written, live_bytes)
+            lower = inputs[:-1]  # the highest input was replaced by the rename
             try:
-                freed = _compaction.remove_segments(self._logdir, inputs)
+                freed = _compaction.remove_segments(self._logdir, lower) + replaced
             except BaseException:
                 # The inputs still there are garbage: booked as all stale, the
                 # next gc() takes them as inputs again and deletes them.
                 with self._book.lock:
-                    for number in inputs:
+                    for number in lower:
                         path = os.path.join(self._logdir, _log.segment_name(number))
                         if os.path.exists(path):
                             self._book.add(number, os.path.getsize(path), live=False)
                 raise
             self._salvaged = False
-            output_size = F.SEGMENT_HEADER.size + sum(map(len, records))
+            output_size = F.SEGMENT_HEADER.size + written
             return GcResult(
                 segments_compacted=len(inputs), bytes_reclaimed=max(0, freed - output_size)
             )

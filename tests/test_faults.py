@@ -446,7 +446,7 @@ def _rollover(name: str, durability: Literal["fsync", "os"]) -> Workload:
 
 _GC_EXPECT = (
     "rmdir(keydir)@clean_key_dir",
-    "rename(segment)@write_file_atomically@write_compacted",
+    "rename(segment)@write_compacted",
 )
 
 WORKLOADS = (
@@ -888,7 +888,7 @@ def test_next_gc_removes_fan_out_directories_a_failed_gc_emptied(
 
 @pytest.mark.parametrize(
     "site",
-    ["fsync_dir(log)@write_file_atomically@write_compacted", "unlink(segment)@remove_segments"],
+    ["fsync_dir(log)@write_compacted", "unlink(segment)@remove_segments"],
 )
 def test_next_gc_removes_segments_a_failed_compaction_left(
     store: str, monkeypatch: pytest.MonkeyPatch, site: str
@@ -1053,7 +1053,7 @@ def test_short_writes_are_completed(
         "pwrite_all@create_segment",
         "pwrite_all@write_version",
         "pwrite_all@write_file_atomically@write_key_file",
-        "pwrite_all@write_file_atomically@write_compacted",
+        "pwrite_all@write_compacted",
     }
     assert short > len(callers), "the writes were not cut short"
     with BlobCache(store, **_OPTIONS) as cache:

@@ -13,6 +13,8 @@ import errno
 import os
 import shutil
 import struct
+import subprocess
+import sys
 import threading
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -21,7 +23,7 @@ from typing import Any
 import pytest
 import xxhash
 
-from blobcache import BlobCache, BlobCacheError, CorruptionError, _fsio, _log
+from blobcache import BlobCache, BlobCacheError, CorruptionError, _fsio, _log, _recovery
 from blobcache import _format as F
 from blobcache import _names as N
 from tests.conftest import fail_once, files_named, flip_bit, record_calls, truncate
@@ -387,6 +389,64 @@ def test_active_segment_with_zero_or_short_header_is_recreated(store: str, conte
         assert cache.problems == ()
 
 
+def _listing(store: str) -> dict[str, int]:
+    """Every file under ``store`` with its size: to check that a refused open changed nothing."""
+    return {
+        os.path.join(d, n): os.path.getsize(os.path.join(d, n))
+        for d, _, names in os.walk(store)
+        for n in names
+    }
+
+
+def test_zeroed_header_followed_by_records_is_corruption(store: str) -> None:
+    """Regression: zeroing the header of the active segment holding 1,000
+    acknowledged records made the next open delete the whole segment (0 keys, no
+    problem reported). A crash cannot leave that: the header is fsynced, and the
+    directory too, before any record is written after it."""
+    items = [(f"k{i:04}", f"acknowledged value {i} ".encode() * 4) for i in range(1000)]
+    expected = _write(store, items)
+    (active,) = _segments(store)
+    _patch(active, 0, bytes(_HEAD))
+    before = _listing(store)
+    with pytest.raises(CorruptionError) as info:
+        BlobCache(store)
+    assert (info.value.path, info.value.offset) == (active, 0)
+    assert "zeroed" in str(info.value) and "salvage=True" in str(info.value)
+    assert _listing(store) == before  # nothing deleted or cut
+    with BlobCache(store, salvage=True) as cache:
+        assert _contents(cache) == expected  # each record has its own checksum
+        (problem,) = cache.problems
+        assert problem.path == active and "zeroed" in problem.message
+        assert cache.stats().torn_bytes_at_open == 0
+        cache.put("after", b"into a new segment")
+        cache.gc()  # rewrites the damaged segment
+    with BlobCache(store) as cache:
+        assert _contents(cache) == {**expected, "after": b"into a new segment"}
+        assert cache.problems == ()
+
+
+@pytest.mark.parametrize(
+    "content",
+    [bytes(_HEAD) + b"\x01", bytes(_HEAD) + bytes(8192) + b"x" * 30],
+    ids=["a-byte-after-it", "zeros-then-bytes"],
+)
+def test_zeroed_header_with_anything_but_zeros_after_it_is_corruption(
+    store: str, content: bytes
+) -> None:
+    """Only a zeroed header with nothing but zeros after it is a crashed creation."""
+    _write(store, _THREE)
+    sealed = _segments(store)[-1]
+    truncate(sealed, _end(sealed))
+    number = int(os.path.basename(sealed)[: F.FIELD_HEX_DIGITS], 16)
+    created = os.path.join(store, F.LOG_DIR, _log.segment_name(number + 1))
+    with open(created, "wb") as f:
+        f.write(content)
+    with pytest.raises(CorruptionError) as info:
+        BlobCache(store)
+    assert (info.value.path, info.value.offset) == (created, 0)
+    assert os.path.getsize(created) == len(content)
+
+
 def test_stray_entries_in_log_dir_are_reported_not_fatal(store: str) -> None:
     expected = _write(store, _THREE)
     logdir = os.path.join(store, F.LOG_DIR)
@@ -433,9 +493,9 @@ def test_compacted_segment_replaces_older_ones_left_by_a_crash(store: str, tmp_p
         cache.gc()
         after = _segments(store)
     compacted = [p for p in after if _flags(p) & F.SEGMENT_FLAG_COMPACTED]
-    assert len(compacted) == 1 and all(p < compacted[0] for p in inputs)
-    assert not set(inputs) & set(after)  # gc deleted its inputs...
-    for path in inputs:  # ...which the crash "undoes"
+    assert compacted == [inputs[-1]]  # the output replaced the highest input...
+    assert not set(inputs[:-1]) & set(after)  # ...and gc deleted the others...
+    for path in inputs[:-1]:  # ...which the crash "undoes"
         shutil.copy(aside / os.path.basename(path), path)
     with BlobCache(store, **options) as cache:
         assert _contents(cache) == expected
@@ -443,6 +503,286 @@ def test_compacted_segment_replaces_older_ones_left_by_a_crash(store: str, tmp_p
     assert _segments(store) == after  # the replaced inputs were deleted unread
     with BlobCache(store, **options) as cache:
         assert _contents(cache) == expected
+
+
+# --- something missing: a segment, log/, blobs/ -----------------------------------------
+
+_NO_COMPACTION: dict[str, Any] = {"segment_bytes": _SMALL_SEGMENT, "compact_ratio": 1.0}
+
+
+def _number(path: str) -> int:
+    return int(os.path.basename(path)[: F.FIELD_HEX_DIGITS], 16)
+
+
+def _segment_path(store: str, number: int) -> str:
+    return os.path.join(store, F.LOG_DIR, _log.segment_name(number))
+
+
+def _overwrites_and_deletes(cache: BlobCache) -> None:
+    """Records over several segments: puts, then overwrites and deletes of them
+    in later segments. "pinned" keeps background compaction away (compact_ratio
+    is 1: it never makes every sealed byte stale)."""
+    cache.put("pinned", b"live in the first segment")
+    value = bytes(range(256)) + bytes(144)
+    for round_ in range(5):
+        for i in range(8):
+            cache.put(f"k{i}", b"%d" % round_ + value)
+    for i in range(0, 8, 2):
+        cache.delete(f"k{i}")
+    for i in range(10):  # seal the segment of the deletes
+        cache.put(f"tail{i}", value)
+
+
+def _assert_gap_refused_then_salvaged(store: str, missing: list[int], note: str = "") -> Contents:
+    """Open raises, naming the first missing segment and changing nothing; with
+    salvage it opens with what is left and reports the gap; then gc() rewrites
+    the log and no salvage is needed any more. Returns the contents salvaged."""
+    left = _replay(_all_records(store))
+    before = _listing(store)
+    with pytest.raises(CorruptionError) as info:
+        BlobCache(store, **_NO_COMPACTION)
+    first = _segment_path(store, missing[0])
+    assert info.value.path == first
+    assert os.path.basename(first) in str(info.value) and "salvage=True" in str(info.value)
+    assert note in str(info.value)
+    assert _listing(store) == before
+    with BlobCache(store, **_NO_COMPACTION, salvage=True) as cache:
+        assert _contents(cache) == left
+        assert [p.path for p in cache.problems] == [first]
+        assert "missing" in cache.problems[0].message
+        assert cache.gc().segments_compacted >= 1
+    numbers = [_number(p) for p in _segments(store)]
+    assert numbers == list(range(numbers[0], numbers[0] + len(numbers)))  # no gap now
+    with BlobCache(store, **_NO_COMPACTION) as cache:
+        assert _contents(cache) == left
+        assert cache.problems == ()
+    return left
+
+
+@pytest.mark.parametrize("which", ["with-a-delete", "with-a-live-put", "first"])
+def test_missing_segment_is_corruption_unless_salvage(store: str, which: str) -> None:
+    """Regression: with a segment gone the store opened with no problem reported,
+    bringing back a key deleted there, or rolling back a key overwritten there."""
+    with BlobCache(store, **_NO_COMPACTION) as cache:
+        _overwrites_and_deletes(cache)
+        expected = _contents(cache)
+    segments = _segments(store)
+    assert len(segments) >= 5
+    lost = {
+        "with-a-delete": _locate(store, "k0").path,
+        "with-a-live-put": _locate(store, "k1").path,
+        "first": segments[0],
+    }[which]
+    assert lost != segments[-1]  # a sealed segment
+    os.unlink(lost)
+    left = _assert_gap_refused_then_salvaged(store, [_number(lost)])
+    if which == "with-a-delete":
+        assert "k0" in left  # what salvage means: the deleted key is back
+    elif which == "with-a-live-put":
+        assert left.get("k1") != expected["k1"]  # rolled back, or gone
+
+
+def test_missing_compacted_segment_is_corruption_unless_salvage(store: str) -> None:
+    """Regression (the review's case): after a compaction the lowest segment is
+    the COMPACTED one; with it gone, the store opened empty and said nothing."""
+    with BlobCache(store, **_NO_COMPACTION) as cache:
+        _overwrites_and_deletes(cache)
+        cache.gc()
+        cache.put("after", b"in the segment after the compacted one")
+    compacted, *_ = _segments(store)
+    assert _flags(compacted) & F.SEGMENT_FLAG_COMPACTED
+    os.unlink(compacted)
+    _assert_gap_refused_then_salvaged(store, list(range(1, _number(compacted) + 1)))
+
+
+def test_store_with_the_gap_an_interrupted_compaction_of_e5dfd61_left(store: str) -> None:
+    """Built by hand. At e5dfd61 compaction sealed the active segment N, started
+    N + 2 and kept N + 1 for its output; a crash before the output's rename left
+    N + 1 missing, and lost nothing. Nothing tells that gap from a lost segment:
+    open refuses it too, says so, and salvage then gc() repair it losslessly."""
+    with BlobCache(store, **_NO_COMPACTION) as cache:
+        _overwrites_and_deletes(cache)
+        expected = _contents(cache)
+    active = _segments(store)[-1]
+    os.rename(active, _segment_path(store, _number(active) + 1))  # numbered as e5dfd61 did
+    left = _assert_gap_refused_then_salvaged(store, [_number(active)], note="e5dfd61")
+    assert left == expected
+
+
+def test_readonly_open_of_a_store_with_a_gap_raises_corruption(store: str) -> None:
+    with BlobCache(store, **_NO_COMPACTION) as cache:
+        _overwrites_and_deletes(cache)
+    lost = _segments(store)[1]
+    os.unlink(lost)
+    before = _listing(store)
+    with pytest.raises(CorruptionError) as info:  # not FileNotFoundError after retries
+        BlobCache(store, readonly=True)
+    assert info.value.path == lost
+    with BlobCache(store, readonly=True, salvage=True) as reader:
+        assert [p.path for p in reader.problems] == [lost]
+    assert _listing(store) == before
+
+
+def test_readonly_open_reads_again_when_a_gap_was_a_listing_taken_mid_roll(
+    store: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A reader lists log/ while a writer rolls: the listing may miss a segment
+    that was created meanwhile. The gap is then not damage: it reads again."""
+    with BlobCache(store, **_NO_COMPACTION) as cache:
+        _overwrites_and_deletes(cache)
+        expected = _contents(cache)
+    real = _recovery._segment_numbers
+    calls = []
+
+    def listed_mid_roll(logdir: str, result: _recovery.Recovered) -> list[int]:
+        numbers = real(logdir, result)
+        calls.append(numbers)
+        return [n for n in numbers if n != numbers[1]] if len(calls) == 1 else numbers
+
+    monkeypatch.setattr(_recovery, "_segment_numbers", listed_mid_roll)
+    with BlobCache(store, readonly=True) as reader:
+        assert _contents(reader) == expected
+        assert reader.problems == ()
+    assert len(calls) == 3  # the short listing, the check's, the second reading's
+
+
+_COMPACTING_WRITER = """
+import sys
+from blobcache import BlobCache
+with BlobCache(sys.argv[1], segment_bytes=4096, compact_ratio=0.3) as cache:
+    for i in range(int(sys.argv[2])):
+        cache.put("k%d" % (i % 8), b"%08d" % i + b"." * 300)
+        if i % 40 == 39:
+            cache.gc()
+        if i == 16:
+            print("ready", flush=True)
+"""
+
+
+def test_readers_beside_a_compacting_writer_never_see_a_key_roll_back(store: str) -> None:
+    """Compaction renames its output over its highest input and then deletes the
+    others: a reader beside it reads each file whole, old or new, reads again
+    when one vanished, and so never sees an older state than the one before."""
+    writer = subprocess.Popen(
+        [sys.executable, "-c", _COMPACTING_WRITER, store, "600"],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    assert writer.stdout is not None
+    assert writer.stdout.readline() == "ready\n"
+    seen: dict[str, int] = {}
+    opens = 0
+    while writer.poll() is None or opens == 0:
+        with BlobCache(store, readonly=True) as reader:
+            now = {key: int(bytes(reader[key])[:8]) for key in reader}
+            assert reader.problems == ()
+        opens += 1
+        for key, counter in seen.items():
+            assert now.get(key, -1) >= counter, (key, counter, now.get(key))
+        seen = now
+    assert writer.wait() == 0
+    assert opens >= 2
+
+
+def _values_in_both_layouts(cache: BlobCache) -> None:
+    cache.put("small", b"in the log")
+    cache.put("big", b"B" * 2000)
+    cache.put("big", b"C" * 2000)  # the first version is superseded
+    cache.put("gone", b"G" * 2000)
+    cache.delete("gone")  # a delete record in the log, older versions in blobs/
+
+
+@pytest.mark.parametrize("lost", [F.LOG_DIR, "segments", F.BLOBS_DIR])
+def test_missing_store_dir_beside_the_other_holding_records_is_corruption(
+    store: str, lost: str
+) -> None:
+    """Regression for log/: a missing log/ (or one without a segment) was made
+    anew without a word, bringing deleted keys back. A store with FORMAT always
+    had both directories, and segment 1 from its first open on."""
+    with BlobCache(store, inline_limit=1000) as cache:
+        _values_in_both_layouts(cache)
+    if lost == "segments":
+        for path in _segments(store):
+            os.unlink(path)
+    else:
+        shutil.rmtree(os.path.join(store, lost))
+    damaged = os.path.join(store, F.LOG_DIR if lost == "segments" else lost)
+    before = _listing(store)
+    with pytest.raises(CorruptionError) as info:
+        BlobCache(store, inline_limit=1000)
+    assert info.value.path == damaged
+    assert "salvage=True" in str(info.value)
+    assert _listing(store) == before
+    assert os.path.exists(damaged) == (lost == "segments")  # nothing made
+    with BlobCache(store, inline_limit=1000, salvage=True) as cache:
+        assert [p.path for p in cache.problems] == [damaged]
+        left = {k: bytes(cache[k]) for k in cache}
+        cache.put("after", b"written after the salvage")
+    if lost != F.BLOBS_DIR:
+        assert left == {"big": b"C" * 2000, "gone": b"G" * 2000}  # what is left: files only
+    else:
+        assert left == {"small": b"in the log"}
+    with BlobCache(store, inline_limit=1000) as cache:
+        assert cache.problems == ()
+        assert cache["after"] == b"written after the salvage"
+
+
+@pytest.mark.parametrize("lost", [F.LOG_DIR, F.BLOBS_DIR])
+def test_missing_store_dir_beside_the_other_empty_is_made_again(store: str, lost: str) -> None:
+    BlobCache(store).close()  # the first open made segment 1, its header only
+    shutil.rmtree(os.path.join(store, lost))
+    with BlobCache(store) as cache:
+        assert cache.problems == () and len(cache) == 0
+        assert os.path.isdir(os.path.join(store, lost))
+        cache.put("k", b"v")
+    with BlobCache(store) as cache:
+        assert cache["k"] == b"v"
+
+
+@pytest.mark.parametrize("readonly", [False, True])
+def test_store_an_interrupted_init_of_e5dfd61_left_opens_empty(store: str, readonly: bool) -> None:
+    """At e5dfd61 FORMAT was published before blobs/ and log/ were made: an
+    interrupted init left FORMAT alone, an empty store."""
+    os.mkdir(store)
+    with open(os.path.join(store, F.MARKER_NAME), "wb") as f:
+        f.write(F.MARKER_CONTENT)
+    with BlobCache(store, readonly=readonly) as cache:
+        assert cache.problems == () and len(cache) == 0
+    made = sorted(os.listdir(store))
+    if readonly:  # a reader changes nothing
+        assert made == [F.MARKER_NAME]
+        return
+    assert made == sorted([F.MARKER_NAME, F.LOCK_NAME, F.BLOBS_DIR, F.LOG_DIR])
+    with BlobCache(store) as cache:
+        cache.put("k", b"v")
+    with BlobCache(store) as cache:
+        assert cache["k"] == b"v"
+
+
+def test_init_makes_blobs_and_log_durable_before_the_marker(
+    store: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    calls = record_calls(monkeypatch, ("mkdir", "fsync_dir", "rename"))
+    BlobCache(store).close()
+    monkeypatch.undo()
+    marker = calls.index(("rename", F.MARKER_NAME))
+    made = [calls.index(("mkdir", name)) for name in (F.BLOBS_DIR, F.LOG_DIR)]
+    synced = calls.index(("fsync_dir", "store"), max(made))
+    assert synced < marker
+
+
+def test_init_takes_the_empty_dirs_an_interrupted_init_left_but_nothing_else(store: str) -> None:
+    for name in (F.BLOBS_DIR, F.LOG_DIR):
+        os.makedirs(os.path.join(store, name))
+    BlobCache(store).close()
+    assert os.path.exists(os.path.join(store, F.MARKER_NAME))
+    other = store + "-other"
+    os.makedirs(os.path.join(other, F.LOG_DIR))
+    with open(os.path.join(other, F.LOG_DIR, "notes.txt"), "w") as f:
+        f.write("someone's file")
+    with pytest.raises(BlobCacheError, match="not a blobcache store"):
+        BlobCache(other)
+    assert not os.path.exists(os.path.join(other, F.MARKER_NAME))
 
 
 # --- the writer -------------------------------------------------------------------------
@@ -770,10 +1110,13 @@ def test_compaction_makes_a_superseding_file_durable_before_dropping_the_log_rec
         if durability == "fsync":
             cache.close()
             cache = BlobCache(store, sync_interval=3600)
-        calls = record_calls(monkeypatch, ("fsync_path", "fsync_dir", "unlink"))
+        calls = record_calls(monkeypatch, ("fsync_path", "fsync_dir", "unlink", "rename"))
         cache.gc()
         monkeypatch.undo()
-        first_segment_unlink = next(i for i, c in enumerate(calls) if c[1].endswith(".log"))
-        assert ("fsync_path", version) in calls[:first_segment_unlink]
-        assert ("fsync_dir", "blobs") in calls[:first_segment_unlink]
+        # The record goes when the output is renamed over its segment (or when
+        # a lower segment holding it is unlinked, after that).
+        dropped = next(i for i, c in enumerate(calls) if c[1].endswith(".log"))
+        assert calls[dropped][0] == "rename"
+        assert ("fsync_path", version) in calls[:dropped]
+        assert ("fsync_dir", "blobs") in calls[:dropped]
         cache.close()
