@@ -50,7 +50,8 @@ class Recovered:
 
 
 def open_store(root: str) -> int:
-    """Create or check the store directory, then take the writer lock; return its fd.
+    """Create or check the store directory, then take the writer lock; return its fd
+    (``_fsio.unlock`` releases it).
 
     :raises BlobCacheError: ``root`` is not a directory, or is a non-empty
         directory that is not a blobcache store (nothing is written into it).
@@ -62,9 +63,8 @@ def open_store(root: str) -> int:
     if not has_marker(root):
         _init_store(root)
     lock_path = os.path.join(root, F.LOCK_NAME)
-    fd = _fsio.open_lock_file(lock_path)
-    if not _fsio.try_lock(fd):
-        os.close(fd)
+    fd = _fsio.lock_file(lock_path)
+    if fd is None:
         raise LockedError(lock_path)
     try:
         # A process killed between a create or rename and the fsync of its
@@ -79,7 +79,7 @@ def open_store(root: str) -> int:
         _fsio.makedirs(root, os.path.join(root, F.LOG_DIR))
         _fsio.fsync_dir(os.path.join(root, F.LOG_DIR))
     except BaseException:
-        os.close(fd)
+        _fsio.unlock(fd)
         raise
     return fd
 

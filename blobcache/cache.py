@@ -200,7 +200,7 @@ class BlobCache(MutableMapping[N.Key, Value]):
                 recovered = _recovery.recover(self._path, salvage=salvage)
                 self._writer = self._open_log(recovered)
             except BaseException:
-                os.close(self._lock_fd)
+                _fsio.unlock(self._lock_fd)
                 raise
         self._index: dict[N.Key, Entry] = recovered.entries
         self._deleted = recovered.deleted
@@ -457,7 +457,7 @@ class BlobCache(MutableMapping[N.Key, Value]):
             if held is not None and os.path.exists(os.path.join(keydir, F.KEY_FILE_NAME)):
                 break
             if held is not None:
-                os.close(held)
+                _fsio.unlock(held)
             self._key_dirs.discard(keydir)  # removed by `blobcache gc` meanwhile: again
         else:
             raise BlobCacheError(f"{keydir} was removed three times while a put went in")
@@ -465,7 +465,7 @@ class BlobCache(MutableMapping[N.Key, Value]):
         try:
             yield
         finally:
-            os.close(held)
+            _fsio.unlock(held)
 
     def _publish_blob(self, key: N.Key, keydir: str, record: Record) -> bool:
         """REQUIRES: the key's stripe lock. Returns whether a sealed segment got staler."""
@@ -867,7 +867,7 @@ class BlobCache(MutableMapping[N.Key, Value]):
             return self._clean_held(keydir)
         finally:
             if held is not None:
-                os.close(held)
+                _fsio.unlock(held)
 
     def _live_version_intact(self, keydir: str) -> bool:
         """A version found at open may have lost its bytes to a power cut (never
@@ -1163,7 +1163,7 @@ class BlobCache(MutableMapping[N.Key, Value]):
                 try:
                     self._writer.close()
                 finally:
-                    os.close(self._lock_fd)
+                    _fsio.unlock(self._lock_fd)
         for thread in self._threads:
             if thread is not threading.current_thread():
                 thread.join()
