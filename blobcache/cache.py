@@ -37,7 +37,7 @@ import weakref
 from collections.abc import Callable, Iterable, Iterator, MutableMapping
 from dataclasses import asdict, dataclass
 from types import TracebackType
-from typing import Any, BinaryIO, TypeVar, cast
+from typing import Any, BinaryIO, NoReturn, TypeVar, cast
 
 from . import _blob, _compaction, _fsio, _janitor, _log, _recovery
 from . import _format as F
@@ -1133,6 +1133,25 @@ class BlobCache(MutableMapping[N.Key, Value]):
         for thread in self._threads:
             if thread is not threading.current_thread():
                 thread.join()
+
+    def clear(self) -> None:
+        """Delete every key (each as ``delete`` does, with a delete record).
+
+        MutableMapping's own clear pops one item at a time: it reads every value
+        and copies the key list for each key, quadratic in the number of keys.
+        """
+        self._check_open()
+        self._check_writer()
+        for key in list(self._index):
+            self.delete(key)
+
+    def __reduce__(self) -> NoReturn:
+        raise TypeError(
+            f"a BlobCache handle cannot be pickled or copied: it holds {self._path}'s lock "
+            "and open files. To share a store between processes, open a handle in each one "
+            "by path: BlobCache(path) in the one writer, BlobCache(path, readonly=True) "
+            "beside it"
+        )
 
     def __enter__(self) -> BlobCache:
         return self

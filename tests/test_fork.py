@@ -20,6 +20,7 @@ Children are synchronised through pipes only, never sleeps.
 from __future__ import annotations
 
 import asyncio
+import copy
 import gc
 import io
 import os
@@ -526,3 +527,56 @@ def test_a_failure_letting_go_of_a_dropped_handle_is_logged_and_the_lock_release
     monkeypatch.undo()
     with BlobCache(store) as again:  # released all the same
         assert again["k"] == b"v"
+
+
+# --- 22. clear and pickling ------------------------------------------------------------
+
+
+def test_clear_reads_no_value_and_lists_the_keys_once(
+    store: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """MutableMapping.clear pops one item at a time: every value read, and the key
+    list copied for each key (quadratic)."""
+    cache = BlobCache(store, inline_limit=1024)
+    for i in range(50):
+        cache.put(f"k{i}", b"v" if i % 2 else _large(2000))
+    listed: list[str] = []
+    read: list[object] = []
+    real_iter, real_getitem = BlobCache.__iter__, BlobCache.__getitem__
+
+    def iterate(self: BlobCache) -> Iterator[Any]:
+        listed.append("a copy of every key")
+        return real_iter(self)
+
+    def getitem(self: BlobCache, key: Any) -> Any:
+        read.append(key)
+        return real_getitem(self, key)
+
+    monkeypatch.setattr(BlobCache, "__iter__", iterate)
+    monkeypatch.setattr(BlobCache, "__getitem__", getitem)
+    cache.clear()
+    monkeypatch.undo()
+    assert len(cache) == 0
+    assert len(listed) <= 1 and read == []
+    cache.close()
+    with BlobCache(store) as again:
+        assert len(again) == 0
+        assert again.gc().dirs_removed >= 25  # the large values' directories went
+
+
+def test_a_handle_refuses_pickling_with_how_to_share_a_store(store: str) -> None:
+    with BlobCache(store) as cache:
+        cache.put("k", b"v")
+        for attempt in (pickle.dumps, copy.copy, copy.deepcopy):
+            with pytest.raises(TypeError) as info:
+                attempt(cache)
+            message = str(info.value)
+            assert "open a handle in each" in message and "readonly=True" in message
+        assert cache["k"] == b"v"
+    acache = AsyncBlobCache(store)
+    asyncio.run(acache.open_store())
+    try:
+        with pytest.raises(TypeError, match="open a handle in each"):
+            pickle.dumps(acache)
+    finally:
+        asyncio.run(acache.close())
