@@ -25,6 +25,7 @@ import gc
 import io
 import os
 import pickle
+import select
 import signal
 import subprocess
 import sys
@@ -34,6 +35,7 @@ import weakref
 from collections.abc import Callable, Iterator
 from typing import Any, Final
 
+import aiofiles
 import pytest
 
 from blobcache import AsyncBlobCache, BlobCache, BlobCacheError, _fsio
@@ -79,7 +81,14 @@ class _Child:
         os.close(ready_r)
         self._result = result_r
 
-    def result(self) -> Any:
+    def result(self, hang: float = 60.0) -> Any:
+        """What the child returned; fails the test if it has not after ``hang``
+        seconds (a deadlock: this is no synchronisation, the child says when it is done)."""
+        ready, _, _ = select.select([self._result], [], [], hang)
+        if not ready:
+            os.kill(self.pid, signal.SIGKILL)
+            os.waitpid(self.pid, 0)
+            pytest.fail(f"the child hung for {hang} s")
         with os.fdopen(self._result, "rb") as f:
             data = f.read()
         _, status = os.waitpid(self.pid, 0)
@@ -191,6 +200,7 @@ def test_every_method_of_an_inherited_handle_in_a_forked_child(store: str, tmp_p
             "directory": lambda: cache.directory,
             "repr": lambda: repr(cache),
             "setdefault of a present key": lambda: cache.setdefault("small", b"x"),
+            "==": lambda: cache == {"small": b"s", "large": _large(3000), "mapped": _large(2000)},
             # what would change files: refused
             "put": lambda: cache.put("small", b"child"),
             "put large": lambda: cache.put("large", _large(4000)),
@@ -209,7 +219,10 @@ def test_every_method_of_an_inherited_handle_in_a_forked_child(store: str, tmp_p
             "sync": cache.sync,
         }
         outcomes = {name: _outcome(call) for name, call in calls.items()}
-        outcomes["close"] = _outcome(cache.close)
+        outcomes["background threads"] = _outcome(
+            lambda: [t.name for t in threading.enumerate() if t.name.startswith("blobcache-")]
+        )
+        outcomes["leaving a with block"] = _outcome(lambda: cache.__exit__(None, None, None))
         outcomes["get after close"] = _outcome(lambda: cache.get("small"))
         outcomes["close again"] = _outcome(cache.close)
         return outcomes
@@ -235,7 +248,9 @@ def test_every_method_of_an_inherited_handle_in_a_forked_child(store: str, tmp_p
     assert outcomes.pop("directory") == ("ok", cache.directory)
     assert outcomes.pop("repr") == ("ok", repr(cache))
     assert outcomes.pop("setdefault of a present key") == ("ok", b"s")
-    assert outcomes.pop("close") == ("ok", None)
+    assert outcomes.pop("==") == ("ok", True)
+    assert outcomes.pop("background threads") == ("ok", [])  # none runs in the child
+    assert outcomes.pop("leaving a with block") == ("ok", None)  # close(): the child's copy
     assert outcomes.pop("get after close")[1][0] == "ClosedError"
     assert outcomes.pop("close again") == ("ok", None)
     refused = {name: o for name, o in outcomes.items() if not _refused_as_inherited(o)}
@@ -249,6 +264,34 @@ def test_every_method_of_an_inherited_handle_in_a_forked_child(store: str, tmp_p
     cache.close()
     with BlobCache(store) as again:
         assert dict(again.items()) == {"small": b"parent", "mapped": _large(2000)}
+
+
+def test_an_inherited_handle_takes_no_lock_a_parent_thread_held_at_the_fork(
+    store: str,
+) -> None:
+    """A lock held by another thread of the parent at the fork stays held in the
+    child forever (the thread is not there to release it)."""
+    cache = BlobCache(store, inline_limit=1024)
+    cache.put("large", _large(3000))
+    held = [cache._compact_lock, cache._book.lock, cache._gc_lock, *cache._stripes]
+    for lock in held:  # as a compaction and a put under way in other threads would
+        lock.acquire()
+    try:
+        forked = _Child(
+            lambda: (
+                cache.stats().keys,
+                bytes(cache["large"]),
+                _outcome(lambda: cache.put("large", b"x"))[0],
+                _outcome(cache.gc)[0],
+                _outcome(cache.sync)[0],
+                cache.close(),
+            )
+        )
+    finally:
+        for lock in held:
+            lock.release()
+    assert forked.result(hang=20) == (1, _large(3000), "raised", "raised", "raised", None)
+    cache.close()
 
 
 def test_a_damaged_value_read_in_a_forked_child_is_not_repaired_there(store: str) -> None:
@@ -294,7 +337,11 @@ def test_a_handle_a_forked_child_drops_without_close_leaves_the_parents_files(
         assert dict(again.items()) == {"k": b"v", "k2": b"v2"}
 
 
-def test_every_method_of_an_inherited_async_handle_in_a_forked_child(store: str) -> None:
+def test_every_method_of_an_inherited_async_handle_in_a_forked_child(
+    store: str, tmp_path: Any
+) -> None:
+    source = tmp_path / "source"
+    source.write_bytes(_large(5000))
     acache = AsyncBlobCache(store, inline_limit=1024)
     asyncio.run(acache.open_store())
     acache.sync_cache.put("small", b"s")
@@ -302,6 +349,13 @@ def test_every_method_of_an_inherited_async_handle_in_a_forked_child(store: str)
 
     async def chunks() -> Any:
         yield b"one chunk"
+
+    async def put_async_file() -> None:
+        async with aiofiles.open(source, "rb") as f:
+            await acache.put_file("f", f)
+
+    async def via_sync_cache() -> object:
+        return acache.sync_cache.get("small")
 
     async def calls() -> dict[str, Outcome]:
         async def run(call: Callable[[], Any]) -> Outcome:
@@ -317,17 +371,21 @@ def test_every_method_of_an_inherited_async_handle_in_a_forked_child(store: str)
             return (await acache.stats()).keys
 
         outcomes = {
+            "open_store": await run(acache.open_store),  # already open: nothing to do
+            "sync_cache": await run(via_sync_cache),
             "get": await run(lambda: acache.get("small")),
             "open": await run(opened),
             "stats": await run(stats),
             "put": await run(lambda: acache.put("small", b"child")),
             "delete": await run(lambda: acache.delete("small")),
             "put_file": await run(lambda: acache.put_file("f", io.BytesIO(_large(5000)))),
+            "put_file of a path": await run(lambda: acache.put_file("f", source)),
+            "put_file of an async file": await run(put_async_file),
             "put_stream": await run(lambda: acache.put_stream("f", [_large(5000)])),
             "put_stream of an async iterable": await run(lambda: acache.put_stream("f", chunks())),
             "sync": await run(acache.sync),
             "gc": await run(acache.gc),
-            "close": await run(acache.close),
+            "leaving an async with block": await run(lambda: acache.__aexit__(None, None, None)),
         }
         outcomes["get after close"] = await run(lambda: acache.get("small"))
         return outcomes
@@ -338,7 +396,9 @@ def test_every_method_of_an_inherited_async_handle_in_a_forked_child(store: str)
     assert outcomes.pop("get") == ("ok", b"s")
     assert outcomes.pop("open") == ("ok", _large(3000))
     assert outcomes.pop("stats") == ("ok", 2)
-    assert outcomes.pop("close") == ("ok", None)
+    assert outcomes.pop("open_store") == ("ok", None)
+    assert outcomes.pop("sync_cache") == ("ok", b"s")
+    assert outcomes.pop("leaving an async with block") == ("ok", None)
     assert outcomes.pop("get after close")[1][0] == "ClosedError"
     refused = {name: o for name, o in outcomes.items() if not _refused_as_inherited(o)}
     assert refused == {}, "not refused as an inherited handle's"
