@@ -242,10 +242,10 @@ def _publish_version(
         final = os.path.join(keydir, N.version_name(seq, length, checksum))
         _fsio.rename(tmp, final)
     except BaseException:
-        os.close(fd)
+        _fsio.unlock(fd)
         _fsio.discard(tmp)
         raise
-    os.close(fd)  # releases the flock: the file now has its final name
+    _fsio.unlock(fd)  # releases the flock: the file now has its final name
     if sync:
         try:
             _fsio.fsync_dir(keydir)

@@ -51,10 +51,10 @@ def write_compacted(logdir: str, number: int, records: Iterable[bytes]) -> tuple
         _fsio.fsync_file(fd)
         _fsio.rename(tmp, path)
     except BaseException:
-        os.close(fd)
+        _fsio.unlock(fd)
         _fsio.discard(tmp)
         raise
-    os.close(fd)
+    _fsio.unlock(fd)
     # Not _fsio.write_file_atomically: the rename replaced an input, so if this
     # fsync fails the name must stay as it is (old or new content, both whole);
     # taking it back would delete that input's records.

@@ -17,6 +17,7 @@ import fcntl
 import os
 import secrets
 import stat
+import threading
 from collections.abc import Iterator
 
 from . import _format
@@ -246,6 +247,65 @@ def entry_kind(entry: os.DirEntry[str]) -> str | None:
     return kind_of(entry.stat(follow_symlinks=False).st_mode)
 
 
+# --- descriptors that carry an flock, and fork ------------------------------------------
+#
+# An flock belongs to the open file description, which a fork shares: a child
+# holding its copy of a locked descriptor keeps the lock alive after the parent
+# closes its own, or dies. A forked DataLoader worker would keep the store
+# locked after its parent's close() (or SIGKILL), and a key directory locked
+# against `blobcache gc`. So every descriptor opened to carry an flock is noted
+# here, and a forked child closes its copies at once. Closing a copy releases
+# nothing in the parent (LOCK_UN would: it acts on the shared description).
+#
+# Invariant: an fd in _flocked is open in this process and was opened by
+# lock_file, lock_dir or open_temp; each is closed by unlock(). _flocked_lock
+# is held from the open to the note, and from the forgetting to the close, and
+# across a fork (the before-fork hook takes it): a child never holds a locked
+# descriptor that is not in its copy of _flocked. Reentrant: the finalizer of a
+# dropped handle (unlock of its lock) may run in a garbage collection that
+# starts while this thread holds it.
+_flocked: set[int] = set()
+_flocked_lock = threading.RLock()
+
+
+def unlock(fd: int) -> None:
+    """Close a descriptor returned by ``lock_file``, ``lock_dir`` or ``open_temp``,
+    which releases its flock."""
+    with _flocked_lock:
+        _flocked.discard(fd)
+        os.close(fd)
+
+
+def _close_flocked_in_child() -> None:
+    """After a fork, in the child: close the copies of the parent's locked descriptors."""
+    for fd in _flocked:
+        with contextlib.suppress(OSError):
+            os.close(fd)
+    _flocked.clear()
+    _flocked_lock.release()  # taken by the forking thread before the fork
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(
+        before=_flocked_lock.acquire,
+        after_in_parent=_flocked_lock.release,
+        after_in_child=_close_flocked_in_child,
+    )
+
+
+def lock_file(path: str) -> int | None:
+    """Open (creating if needed) the file ``path`` and flock it exclusively without
+    waiting; return the descriptor (``unlock`` releases it), or None when another
+    holder has it. The store's writer lock: see ``try_lock``."""
+    with _flocked_lock:
+        fd = open_lock_file(path)
+        _flocked.add(fd)
+    if not try_lock(fd):
+        unlock(fd)
+        return None
+    return fd
+
+
 def try_lock(fd: int) -> bool:
     """Take an exclusive flock without waiting; False when someone else holds it.
 
@@ -261,8 +321,8 @@ def try_lock(fd: int) -> bool:
 
 
 def lock_dir(path: str, *, exclusive: bool, wait: bool = True) -> int | None:
-    """Open directory ``path`` and flock it; return the descriptor (closing it
-    unlocks), or None when ``wait`` is False and another holder has it.
+    """Open directory ``path`` and flock it; return the descriptor (``unlock``
+    closes it), or None when ``wait`` is False and another holder has it.
 
     The writer holds a key directory shared while it puts a version in it, and
     any directory shared while it creates a temp file there (``open_temp``);
@@ -272,16 +332,18 @@ def lock_dir(path: str, *, exclusive: bool, wait: bool = True) -> int | None:
 
     :raises FileNotFoundError: ``path`` does not exist (any more).
     """
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    with _flocked_lock:
+        fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        _flocked.add(fd)
     try:
         fcntl.flock(
             fd, (fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH) | (0 if wait else fcntl.LOCK_NB)
         )
     except BlockingIOError:
-        os.close(fd)
+        unlock(fd)
         return None
     except BaseException:
-        os.close(fd)
+        unlock(fd)
         raise
     return fd
 
@@ -298,7 +360,7 @@ def open_temp(
 
     The flock says "a writer is producing this": a sweeper deletes only temp
     files it can lock itself, so no age guess is needed. It is released when the
-    descriptor is closed, after the rename.
+    descriptor is closed (``unlock``), after the rename.
 
     Invariant: no live temp file is ever visible unlocked to a sweeper. Between
     the create and the flock a sweeper in another process (``blobcache gc``)
@@ -316,17 +378,19 @@ def open_temp(
     held = None if directory_held else lock_dir(directory, exclusive=False)
     try:
         path = os.path.join(directory, temp_name())
-        fd = create_exclusive(path, readable=readable, mode=mode)
+        with _flocked_lock:
+            fd = create_exclusive(path, readable=readable, mode=mode)
+            _flocked.add(fd)
         try:
             locked = try_lock(fd)
             assert locked, "a temp file just created with O_EXCL cannot be locked by anyone else"
         except BaseException:
-            os.close(fd)
+            unlock(fd)
             unlink(path)
             raise
     finally:
         if held is not None:
-            os.close(held)
+            unlock(held)
     return fd, path
 
 
@@ -353,7 +417,7 @@ def sweeping_temps(directory: str, *, held: bool = False) -> Iterator[bool]:
         yield fd is not None
     finally:
         if fd is not None:
-            os.close(fd)
+            unlock(fd)
 
 
 def write_file_atomically(
@@ -381,10 +445,10 @@ def write_file_atomically(
             fsync_file(fd)
         rename(tmp, path)
     except BaseException:
-        os.close(fd)
+        unlock(fd)
         discard(tmp)
         raise
-    os.close(fd)
+    unlock(fd)
     if sync:
         try:
             fsync_dir(directory)

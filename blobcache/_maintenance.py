@@ -488,7 +488,7 @@ def _remove_key_dir(
                 _fsio.fsync_dir(os.path.dirname(directory))
             directory = os.path.dirname(directory)
     finally:
-        os.close(held)
+        _fsio.unlock(held)
 
 
 def _live_seq_of_dir(cache: BlobCache, keydir: str) -> int | None:

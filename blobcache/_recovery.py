@@ -52,7 +52,8 @@ class Recovered:
 
 
 def open_store(root: str) -> int:
-    """Create or check the store directory, then take the writer lock; return its fd.
+    """Create or check the store directory, then take the writer lock; return its fd
+    (``_fsio.unlock`` releases it).
 
     :raises BlobCacheError: ``root`` is not a directory, or is a non-empty
         directory that is not a blobcache store (nothing is written into it).
@@ -75,9 +76,8 @@ def open_store(root: str) -> int:
     _fsio.fsync_dir(os.path.dirname(root))
     _fsio.fsync_dir(root)
     lock_path = os.path.join(root, F.LOCK_NAME)
-    fd = _fsio.open_lock_file(lock_path)
-    if not _fsio.try_lock(fd):
-        os.close(fd)
+    fd = _fsio.lock_file(lock_path)
+    if fd is None:
         raise LockedError(lock_path)
     try:
         # A missing blobs/ or log/ is recovery's to judge (see _missing_dirs),
@@ -86,7 +86,7 @@ def open_store(root: str) -> int:
         if os.path.isdir(logdir) and not os.path.islink(logdir):
             _fsio.fsync_dir(logdir)
     except BaseException:
-        os.close(fd)
+        _fsio.unlock(fd)
         raise
     return fd
 
@@ -181,7 +181,7 @@ def _init_store(root: str) -> None:
         _fsio.fsync_dir(root)  # both directories are durable before FORMAT can be
         _fsio.write_file_atomically(root, F.MARKER_NAME, F.MARKER_CONTENT, directory_held=True)
     finally:
-        os.close(held)
+        _fsio.unlock(held)
 
 
 def _leftover_temps(root: str, *, check_locks: bool) -> list[str]:

@@ -13,11 +13,16 @@ Locking, from outermost to innermost:
   sequence order; compaction holds all of them while it picks its inputs;
 * ``_tree_lock``: creating or removing fan-out directories;
 * ``_book.lock``: the index's updates and the log's per-segment byte counts;
-* ``_pending_lock``: the sets of files and directories "os" durability owes an
-  fsync, and of key directories awaiting the janitor.
+* ``_dirty_lock``: the set of key directories awaiting the janitor;
+  ``_Owed.lock``: the files and directories "os" durability owes an fsync.
 
 ``get`` takes none of them: it is one dict lookup plus, on a key's first read in
 this process, an mmap.
+
+What a handle holds beyond its memory (the lock, the active segment, the fsyncs
+it owes) is in a ``_Held`` that does not point back at it: its background
+threads hold only a weak reference, so a handle dropped without ``close()`` is
+collected, and its finalizer lets go of the store as ``close()`` would.
 """
 
 from __future__ import annotations
@@ -30,10 +35,11 @@ import os
 import re
 import stat
 import threading
+import weakref
 from collections.abc import Callable, Iterable, Iterator, MutableMapping
 from dataclasses import asdict, dataclass
 from types import TracebackType
-from typing import Any, BinaryIO, TypeVar, cast
+from typing import Any, BinaryIO, NoReturn, TypeVar, cast
 
 from . import _blob, _compaction, _fsio, _janitor, _log, _recovery
 from . import _format as F
@@ -68,7 +74,7 @@ log = logging.getLogger("blobcache")
 _STRIPES = 1024
 
 # Bumped in a forked child, so that a handle can tell it was inherited without
-# a getpid() system call on every put.
+# a getpid() system call on every put (see _Held.inherited).
 _forks = [0]
 if hasattr(os, "register_at_fork"):
     os.register_at_fork(after_in_child=lambda: _forks.__setitem__(0, _forks[0] + 1))
@@ -218,17 +224,23 @@ class BlobCache(MutableMapping[N.Key, Value]):
         self._blobs = os.path.join(self._path, F.BLOBS_DIR)
         self._logdir = os.path.join(self._path, F.LOG_DIR)
         self._writer: LogWriter | None = None
+        lock_fd = -1  # readonly: no lock is held
         if readonly:
-            self._lock_fd = -1
             recovered = self._read_beside_writer()
         else:
-            self._lock_fd = _recovery.open_store(self._path)
+            lock_fd = _recovery.open_store(self._path)
             try:
                 recovered = _recovery.recover(self._path, salvage=salvage)
                 self._writer = self._open_log(recovered)
             except BaseException:
-                os.close(self._lock_fd)
+                _fsio.unlock(lock_fd)
                 raise
+        self._held = _Held(self._path, lock_fd, self._writer)
+        # close() lets go of it; for a handle dropped without close(), this does
+        # once the handle is collected. Not at interpreter exit: the process's end
+        # releases the lock, and "os" durability promises nothing at a crash.
+        self._release = weakref.finalize(self, _let_go_of_dropped, self._held)
+        self._release.atexit = False
         self._index: dict[N.Key, Entry] = recovered.entries
         self._deleted = recovered.deleted
         self._key_dirs = recovered.key_dirs
@@ -251,28 +263,29 @@ class BlobCache(MutableMapping[N.Key, Value]):
         self._tree_lock = threading.Lock()
         self._gc_lock = threading.Lock()
         self._compact_lock = threading.Lock()
-        self._pending_lock = threading.Lock()
-        self._pending_files: set[str] = set()
-        self._pending_dirs: set[str] = set()
-        self._sync_error: OSError | None = None  # a failed fsync in sync(): final
+        self._dirty_lock = threading.Lock()
         if self._options.durability == "os" and not readonly:
             self._owe_what_was_found(recovered)
         self._closed = False
         self._pid = os.getpid()
-        self._forks = _forks[0]  # changes in a forked child: see _writing
         self._active_seen = self._writer.number if self._writer is not None else 0
-        self._stop = threading.Event()
-        self._compact_wanted = threading.Event()
-        loops: list[tuple[str, Callable[[], None]]] = []
+        held = self._held
+        self._compact_wanted = held.compact_wanted  # set by _maybe_compact
+        loops: list[tuple[str, Callable[[], bool], Callable[[BlobCache], object]]] = []
         if not readonly:  # a reader changes nothing: no background work
-            loops.append(("compact", self._compact_loop))
+            loops.append(("compaction", held.compaction_wanted, lambda c: c._compact(force=False)))
             if self._options.durability == "os":
-                loops.append(("sync", self._sync_loop))
+                loops.append(("sync", held.every(sync_interval), BlobCache.sync))
             if gc_interval is not None:
-                loops.append(("gc", self._gc_loop))
-        self._threads = [threading.Thread(target=f, name=f"blobcache-{n}") for n, f in loops]
+                loops.append(("gc", held.every(gc_interval), BlobCache.gc))
+        me = weakref.ref(self)
+        self._threads = [
+            threading.Thread(
+                target=_background, args=(me, wake, work, n), name=f"blobcache-{n}", daemon=True
+            )
+            for n, wake, work in loops
+        ]
         for thread in self._threads:
-            thread.daemon = True
             thread.start()
 
     # How often a reader starts over when the writer removes a file it was reading.
@@ -497,7 +510,7 @@ class BlobCache(MutableMapping[N.Key, Value]):
             if held is not None and os.path.exists(os.path.join(keydir, F.KEY_FILE_NAME)):
                 break
             if held is not None:
-                os.close(held)
+                _fsio.unlock(held)
             self._key_dirs.discard(keydir)  # removed by `blobcache gc` meanwhile: again
         else:
             raise BlobCacheError(f"{keydir} was removed three times while a put went in")
@@ -505,7 +518,7 @@ class BlobCache(MutableMapping[N.Key, Value]):
         try:
             yield
         finally:
-            os.close(held)
+            _fsio.unlock(held)
 
     def _publish_blob(self, key: N.Key, keydir: str, record: Record) -> bool:
         """REQUIRES: the key's stripe lock. Returns whether a sealed segment got staler."""
@@ -753,14 +766,24 @@ class BlobCache(MutableMapping[N.Key, Value]):
             raise KeyError(key)
 
     def _writing(self, digest: str) -> _StripeGuard:
+        self._check_writer()
+        return _StripeGuard(self, self._stripes[int(digest[:3], 16) % _STRIPES])
+
+    def _check_writer(self) -> None:
+        """Refuse to change the store through a readonly handle, or through one
+        inherited across fork: the parent still writes through its own copy, and a
+        child's gc() would cut the parent's active segment back to where it stood
+        at the fork, then delete it with every put acknowledged since."""
         if self._writer is None:
             raise ReadOnlyError(self._path)
-        if _forks[0] != self._forks:
+        if self._held.inherited():
             raise BlobCacheError(
-                f"this BlobCache handle for {self._path} was opened by process {self._pid} and "
-                "inherited by a fork; a child must open its own handle (the parent holds the lock)"
+                f"this BlobCache handle for {self._path} was opened by process {self._pid} "
+                f"and inherited by a fork (this is process {os.getpid()}): it reads, but "
+                f"only process {self._pid} changes the store through it (put, delete, gc, "
+                "sync); open a handle in this process: BlobCache(path, readonly=True) "
+                f"beside process {self._pid}'s writer, or BlobCache(path) once it has closed"
             )
-        return _StripeGuard(self, self._stripes[int(digest[:3], 16) % _STRIPES])
 
     def _ensure_key_dir(self, key: N.Key, tag: bytes, raw: bytes, keydir: str) -> None:
         """Make ``keydir`` exist with its key file before any version goes in.
@@ -801,10 +824,7 @@ class BlobCache(MutableMapping[N.Key, Value]):
     # --- durability ----------------------------------------------------------------
 
     def _owe_sync(self, path: str | None, keydir: str) -> None:
-        with self._pending_lock:
-            if path is not None:
-                self._pending_files.add(path)
-            self._pending_dirs.add(keydir)
+        self._held.owed.add(path, [keydir])
 
     def _owe_what_was_found(self, recovered: _recovery.Recovered) -> None:
         """With "os", a killed process may have left versions, key files and
@@ -822,15 +842,16 @@ class BlobCache(MutableMapping[N.Key, Value]):
     def _owe_dirs(self, keydir: str) -> None:
         """Owe the next ``sync()`` an fsync of every directory from ``blobs`` down
         to ``keydir``'s parent (``keydir`` itself is owed by what goes in it)."""
-        with self._pending_lock:
-            directory = os.path.dirname(keydir)
-            while directory != self._path:
-                self._pending_dirs.add(directory)
-                directory = os.path.dirname(directory)
+        dirs = []
+        directory = os.path.dirname(keydir)
+        while directory != self._path:
+            dirs.append(directory)
+            directory = os.path.dirname(directory)
+        self._held.owed.add(None, dirs)
 
     def _mark_dirty(self, keydir: str) -> None:
         """Note that ``keydir`` holds garbage for the next ``gc()``."""
-        with self._pending_lock:
+        with self._dirty_lock:
             self._dirty.add(keydir)
 
     def sync(self) -> None:
@@ -841,51 +862,10 @@ class BlobCache(MutableMapping[N.Key, Value]):
         the last sync.
         """
         self._check_open()
-        self._log.sync()
-        with self._pending_lock:
-            self._refuse_after_failed_sync()
-            files, self._pending_files = self._pending_files, set()
-            dirs, self._pending_dirs = self._pending_dirs, set()
-        try:
-            for path in sorted(files):
-                # A missing file was superseded and collected; the janitor synced its successor.
-                with contextlib.suppress(FileNotFoundError):
-                    _fsio.fsync_path(path)
-            for keydir in sorted(dirs):
-                # A missing directory was removed by the janitor, after it made
-                # the key's newer record durable.
-                with contextlib.suppress(FileNotFoundError):
-                    _fsio.fsync_dir(keydir)
-        except OSError as exc:
-            with self._pending_lock:  # never retried: see _fsio.earlier_sync_failed
-                self._sync_error = exc
-            raise
-
-    def _refuse_after_failed_sync(self) -> None:
-        """Raise once an fsync of data not known durable has failed. REQUIRES: _pending_lock."""
-        if self._sync_error is not None:
-            raise _fsio.earlier_sync_failed(self._blobs, self._sync_error)
-
-    def _sync_loop(self) -> None:
-        while not self._stop.wait(self._options.sync_interval):
-            try:
-                self.sync()
-            except ClosedError:
-                return
-            except OSError as exc:
-                log.error("blobcache: background sync of %s failed: %s", self._path, exc)
+        self._check_writer()
+        self._held.sync()
 
     # --- the janitor and compaction --------------------------------------------------
-
-    def _gc_loop(self) -> None:
-        assert self._options.gc_interval is not None
-        while not self._stop.wait(self._options.gc_interval):
-            try:
-                self.gc()
-            except ClosedError:
-                return
-            except (OSError, BlobCacheError) as exc:
-                log.error("blobcache: background gc of %s failed: %s", self._path, exc)
 
     def gc(self) -> GcResult:
         """Delete superseded versions, deleted keys and orphaned temp files, then
@@ -897,13 +877,11 @@ class BlobCache(MutableMapping[N.Key, Value]):
         wrongly report success, and gc would then delete the older versions.
         """
         self._check_open()
-        if self._writer is None:
-            raise ReadOnlyError(self._path)
-        with self._pending_lock:
-            self._refuse_after_failed_sync()
+        self._check_writer()
+        self._held.owed.refuse_after_failure()
         total = GcResult()
         with self._gc_lock:
-            with self._pending_lock:
+            with self._dirty_lock:
                 dirty, self._dirty = self._dirty, set()
             todo = sorted(dirty)
             for done, keydir in enumerate(todo):
@@ -934,7 +912,7 @@ class BlobCache(MutableMapping[N.Key, Value]):
             return self._clean_held(keydir)
         finally:
             if held is not None:
-                os.close(held)
+                _fsio.unlock(held)
 
     def _live_version_intact(self, keydir: str) -> bool:
         """A version found at open may have lost its bytes to a power cut (never
@@ -1002,19 +980,6 @@ class BlobCache(MutableMapping[N.Key, Value]):
             stale, total = self._book.stale(below=self._log.number)
         if total and stale >= self._options.compact_ratio * total:
             self._compact_wanted.set()
-
-    def _compact_loop(self) -> None:
-        while True:
-            self._compact_wanted.wait()
-            if self._stop.is_set():
-                return
-            self._compact_wanted.clear()
-            try:
-                self._compact(force=False)
-            except ClosedError:
-                return
-            except OSError as exc:
-                log.error("blobcache: background compaction of %s failed: %s", self._path, exc)
 
     def _compact(self, *, force: bool) -> GcResult:
         """Rewrite the live records of every sealed segment into one segment that
@@ -1139,8 +1104,7 @@ class BlobCache(MutableMapping[N.Key, Value]):
                 _fsio.fsync_dir(directory)
                 directory = os.path.dirname(directory)
         except OSError as exc:
-            with self._pending_lock:
-                self._sync_error = exc
+            self._held.owed.failed(exc)
             raise
 
     @contextlib.contextmanager
@@ -1179,7 +1143,7 @@ class BlobCache(MutableMapping[N.Key, Value]):
         """Counts from memory: keys, live bytes, log segments, what awaits ``gc()``."""
         self._check_open()
         entries = list(self._index.values())
-        with self._book.lock:
+        with self._book_lock():
             stale, total = self._book.stale()
             active = {self._writer.number} if self._writer is not None else set()
             segments = len(self._book.total.keys() | active)
@@ -1220,6 +1184,12 @@ class BlobCache(MutableMapping[N.Key, Value]):
         dead = self._deleted.get(key)
         return dead.seq if dead is not None else None
 
+    def _book_lock(self) -> contextlib.AbstractContextManager[object]:
+        """The book's lock; none in a forked child, where no thread changes the book
+        (the child cannot write) and a parent thread may have held the lock at the
+        fork, never to release it there."""
+        return contextlib.nullcontext() if self._held.inherited() else self._book.lock
+
     def _check_open(self) -> None:
         if self._closed:
             raise ClosedError(self._path)
@@ -1227,29 +1197,44 @@ class BlobCache(MutableMapping[N.Key, Value]):
     def close(self) -> None:
         """Sync (with ``"os"``), release the lock, and refuse further use.
 
-        Values returned by ``get`` stay valid. Closing twice is harmless.
+        Values returned by ``get`` stay valid. Closing twice is harmless. In a
+        forked child, closing a handle inherited from the parent only closes the
+        child's copy: the files, the lock and the threads are the parent's.
         """
+        if self._held.inherited():
+            # No lock taken: a parent thread may have held one at the fork.
+            self._closed = True
+            self._index = ClosedIndex(self._path)
+            return
         with self._compact_lock, self._all_stripes():
             if self._closed:
                 return
-            self._stop.set()
-            self._compact_wanted.set()
-            if self._writer is None:  # readonly: nothing to sync, no lock held
-                self._closed = True
-                self._index = ClosedIndex(self._path)
-                return
-            try:
-                self.sync()
-            finally:
-                self._closed = True
-                self._index = ClosedIndex(self._path)
-                try:
-                    self._writer.close()
-                finally:
-                    os.close(self._lock_fd)
+            self._closed = True
+            self._index = ClosedIndex(self._path)
+            if self._release.detach() is not None:  # the finalizer will not run: let go here
+                self._held.let_go()
         for thread in self._threads:
             if thread is not threading.current_thread():
                 thread.join()
+
+    def clear(self) -> None:
+        """Delete every key (each as ``delete`` does, with a delete record).
+
+        MutableMapping's own clear pops one item at a time: it reads every value
+        and copies the key list for each key, quadratic in the number of keys.
+        """
+        self._check_open()
+        self._check_writer()
+        for key in list(self._index):
+            self.delete(key)
+
+    def __reduce__(self) -> NoReturn:
+        raise TypeError(
+            f"a BlobCache handle cannot be pickled or copied: it holds {self._path}'s lock "
+            "and open files. To share a store between processes, open a handle in each one "
+            "by path: BlobCache(path) in the one writer, BlobCache(path, readonly=True) "
+            "beside it"
+        )
 
     def __enter__(self) -> BlobCache:
         return self
@@ -1265,6 +1250,146 @@ class BlobCache(MutableMapping[N.Key, Value]):
     def __repr__(self) -> str:
         state = "closed" if self._closed else f"{len(self._index)} keys"
         return f"BlobCache({self._path!r}, durability={self._options.durability!r}, {state})"
+
+
+class _Owed:
+    """The files and directories "os" durability owes the next ``sync()`` an fsync.
+
+    REQUIRES: ``lock`` for every field."""
+
+    def __init__(self, where: str) -> None:
+        self.where = where  # named by the error after a failed fsync
+        self.lock = threading.Lock()
+        self.files: set[str] = set()
+        self.dirs: set[str] = set()
+        self.error: OSError | None = None  # a failed fsync of written data: final
+
+    def add(self, path: str | None, dirs: Iterable[str]) -> None:
+        with self.lock:
+            if path is not None:
+                self.files.add(path)
+            self.dirs.update(dirs)
+
+    def failed(self, error: OSError) -> None:
+        """Never retried: see ``_fsio.earlier_sync_failed``."""
+        with self.lock:
+            self.error = error
+
+    def refuse_after_failure(self) -> None:
+        """Raise once an fsync of data not known durable has failed."""
+        with self.lock:
+            if self.error is not None:
+                raise _fsio.earlier_sync_failed(self.where, self.error)
+
+    def sync(self) -> None:
+        """fsync every file owed, then every directory (files before their entries)."""
+        self.refuse_after_failure()
+        with self.lock:
+            files, self.files = self.files, set()
+            dirs, self.dirs = self.dirs, set()
+        try:
+            for path in sorted(files):
+                # A missing file was superseded and collected; the janitor synced its successor.
+                with contextlib.suppress(FileNotFoundError):
+                    _fsio.fsync_path(path)
+            for keydir in sorted(dirs):
+                # A missing directory was removed by the janitor, after it made
+                # the key's newer record durable.
+                with contextlib.suppress(FileNotFoundError):
+                    _fsio.fsync_dir(keydir)
+        except OSError as exc:
+            self.failed(exc)
+            raise
+
+
+class _Held:
+    """What a handle holds beyond its memory: the store's writer lock, the active
+    log segment, the fsyncs it owes, and the signals of its background threads.
+
+    Invariant: nothing here refers to the handle, so its finalizer and its
+    threads reach these without keeping a dropped handle alive.
+    """
+
+    def __init__(self, path: str, lock_fd: int, writer: LogWriter | None) -> None:
+        self.path = path
+        self.lock_fd = lock_fd  # -1: readonly, no lock held
+        self.writer = writer  # None: readonly
+        self.owed = _Owed(os.path.join(path, F.BLOBS_DIR))
+        self.stop = threading.Event()  # set once let go: the threads end
+        self.compact_wanted = threading.Event()
+        self.forks = _forks[0]
+
+    def inherited(self) -> bool:
+        """Whether this process is a fork of the one that opened the store."""
+        return _forks[0] != self.forks
+
+    def compaction_wanted(self) -> bool:
+        """Wait until compaction is asked for; False once let go."""
+        self.compact_wanted.wait()
+        self.compact_wanted.clear()
+        return not self.stop.is_set()
+
+    def every(self, seconds: float) -> Callable[[], bool]:
+        """A wait of ``seconds``, False once let go."""
+        return lambda: not self.stop.wait(seconds)
+
+    def sync(self) -> None:
+        """``BlobCache.sync``: the log, then what "os" owes. REQUIRES: a writer."""
+        assert self.writer is not None, "a readonly handle has nothing to sync"
+        self.writer.sync()
+        self.owed.sync()
+
+    def let_go(self) -> None:
+        """Stop the threads; for a writer, sync, close the log and release the lock
+        (all of it even when the sync fails, which then raises)."""
+        self.stop.set()
+        self.compact_wanted.set()
+        # Invariant: in a forked child these are the parent's; the child's copy
+        # of the lock descriptor was closed at the fork (see _fsio).
+        if self.writer is None or self.inherited():
+            return
+        try:
+            self.sync()
+        finally:
+            try:
+                self.writer.close()
+            finally:
+                _fsio.unlock(self.lock_fd)
+
+
+def _let_go_of_dropped(held: _Held) -> None:
+    """The finalizer of a handle dropped without ``close()``: let go of the store
+    as ``close()`` would. Nobody is left to raise to: a failure is logged."""
+    try:
+        held.let_go()
+    except (OSError, BlobCacheError) as exc:
+        log.error("blobcache: closing %s, dropped without close(), failed: %s", held.path, exc)
+
+
+def _background(
+    cache: weakref.ref[BlobCache],
+    wake: Callable[[], bool],
+    work: Callable[[BlobCache], object],
+    what: str,
+) -> None:
+    """A background thread: ``work(handle)`` each time ``wake()`` says so, until it
+    says stop, the handle is closed, or the handle is gone. A failure is logged and
+    tried again next time.
+
+    Invariant: the thread holds the handle only while it works, so a handle the
+    program dropped is collected, and its finalizer lets go of the store.
+    """
+    while wake():
+        handle = cache()
+        if handle is None:
+            return
+        try:
+            work(handle)
+        except ClosedError:
+            return
+        except (OSError, BlobCacheError) as exc:
+            log.error("blobcache: background %s of %s failed: %s", what, handle.directory, exc)
+        del handle
 
 
 class _Sequence:

@@ -491,7 +491,7 @@ WORKLOADS = (
         prepare=_crashed_compaction,
         damage=_revive_inputs,
         expect=(
-            "open_lock_file(lock)@open_store",
+            "open_lock_file(lock)@lock_file@open_store",
             "unlink(segment)@_replay_log",
             "truncate@open_active",
         ),

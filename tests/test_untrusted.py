@@ -464,9 +464,11 @@ def test_an_init_killed_before_its_marker_is_published_is_finished(tmp_path: Pat
     assert child.returncode == -signal.SIGKILL, child.stderr
     (temp,) = set(os.listdir(store)) - {F.BLOBS_DIR, F.LOG_DIR}  # made, empty, before FORMAT
     assert N.is_temp_name(temp)
-    assert os.listdir(os.path.join(store, F.BLOBS_DIR)) == os.listdir(
-        os.path.join(store, F.LOG_DIR)
-    ) == []
+    assert (
+        os.listdir(os.path.join(store, F.BLOBS_DIR))
+        == os.listdir(os.path.join(store, F.LOG_DIR))
+        == []
+    )
     with BlobCache(store) as cache:
         cache.put("k", b"v")
     assert sorted(os.listdir(store)) == sorted([F.MARKER_NAME, F.LOCK_NAME, F.LOG_DIR, F.BLOBS_DIR])
