@@ -13,14 +13,22 @@ Each test prints how many distinct crash states it checked (``pytest -s``) and
 asserts a floor on that number, so a change that quietly stops the explorer
 from exploring fails here. ``tools/crash_sweep.py`` runs the long sweep.
 
+The ``gc-*`` workloads (and the seeded ``beside-gc-*`` ones) add a second
+party: ``blobcache gc`` on the same store, another lock holder, run between the
+writer's operations, in their middle, or suspended in its own middle while the
+writer goes on, both parties' calls in one trace in the kernel's order
+(``crashsim.Janitor``); what gc itself raises beside the writer is a failure too.
+
 Store bugs the explorer finds and that are not fixed yet go in
 ``crashsim.KNOWN_BUGS`` (counted apart, so these tests still catch anything
-else) with a strict-xfail reproduction here; there are none today. The seven it
-found so far have regression tests at the end of this file.
+else) with a strict-xfail reproduction here: one today (gc beside a writer
+fsyncs files the writer removed). The seven fixed before have regression tests
+at the end of this file.
 """
 
 from __future__ import annotations
 
+import itertools
 import os
 import re
 import subprocess
@@ -61,14 +69,21 @@ MIN_STATES: Final = {
     "os-synced": 150,
     "os-overwrite-unsynced": 70,
     "os-rollover": 35,
+    "gc-versions": 40,
+    "gc-layouts": 60,
+    "gc-deletes": 60,
+    "gc-compaction": 80,
+    "os-gc": 90,
 }
 MIN_RANDOM_STATES: Final = 50
 MIN_KILLED_STATES: Final = 25
+MIN_BESIDE_GC_STATES: Final = 60
 
 RANDOM_SEEDS: Final = (0, 1, 2, 3)
+BESIDE_GC_SEEDS: Final = (0, 1)
 KILLED: Final = tuple(sorted(name for name, w in C.WORKLOADS.items() if w.killable))
 KILLS_PER_WORKLOAD: Final = 3
-MIN_TOTAL_STATES: Final = 4500
+MIN_TOTAL_STATES: Final = 6000
 """Of the whole module (printed at its end): the number to quote."""
 
 
@@ -85,7 +100,8 @@ def tally() -> Iterator[list[C.Report]]:
     for report in reports:
         total.add(report)
     print("\n" + total.summary())
-    if len(reports) == len(MIN_STATES) + 2 * len(RANDOM_SEEDS) + len(KILLED):  # all of them ran
+    every = len(MIN_STATES) + 2 * len(RANDOM_SEEDS) + 2 * len(BESIDE_GC_SEEDS) + len(KILLED)
+    if len(reports) == every:  # all of them ran
         assert total.states_checked >= MIN_TOTAL_STATES, total.summary()
 
 
@@ -116,6 +132,21 @@ def test_random_workload_crash_states_recover(
     print(report.summary(), "--", workload.about)
     assert not report.failures, _fail_message(report)
     assert report.states_checked >= MIN_RANDOM_STATES, report.summary()
+
+
+@pytest.mark.parametrize("durability", ["fsync", "os"])
+@pytest.mark.parametrize("seed", BESIDE_GC_SEEDS)
+def test_beside_gc_random_workload_crash_states_recover(
+    seed: int, durability: str, tally: list[C.Report]
+) -> None:
+    """Seeded writer steps with ``blobcache gc`` before, in the middle of, or
+    suspended across them; every crash point of the combined trace recovers."""
+    workload = C.beside_gc_workload(seed, durability)
+    report = C.explore(workload, CI)
+    tally.append(report)
+    print(report.summary(), "--", workload.about)
+    assert not report.failures, _fail_message(report)
+    assert report.states_checked >= MIN_BESIDE_GC_STATES, report.summary()
 
 
 @pytest.mark.parametrize("name", KILLED)
@@ -163,6 +194,12 @@ TEETH: Final[dict[str, tuple[str, str, Callable[[str], bool]]]] = {
     "fsync_dir-of-fanout": ("large-puts", "fsync_dir", lambda p: bool(re.search(r"blobs/..$", p))),
     # "os": sync() skipping the value files it owes
     "sync-fsync_path": ("os-synced", "fsync_path", lambda p: "/v-" in p or p.endswith("key")),
+    # blobcache gc beside the writer, removing a version without first fsyncing the
+    # (unsynced, "os") newer version that supersedes it
+    "gc-fsync-of-superseding-version": ("os-gc", "gc.fsync_path", lambda p: "/v-" in p),
+    # ... or removing a directory whose key's (unsynced) live record is in the log
+    # without first fsyncing the log
+    "gc-fsync-of-log-before-removing-a-dir": ("os-gc", "gc.fsync_path", lambda p: ".log" in p),
 }
 
 
@@ -423,6 +460,131 @@ def test_recovery_makes_a_compacted_segment_durable_before_deleting_its_inputs()
     )
 
 
+# --- Beside blobcache gc: the second party ---------------------------------------------------
+
+
+def _notes(recording: C.Recording) -> list[str]:
+    return [e.text for e in recording.trace if isinstance(e, C.Note)]
+
+
+def test_beside_gc_hands_over_inside_a_writer_operation_in_kernel_order() -> None:
+    """gc-versions interrupts a put between its version's rename and the fsync
+    of the directory: gc's calls sit there in the trace, each marked as gc's,
+    and the writer's fsync comes after them. Every gc found the writer there
+    (another lock holder, not a second writer)."""
+    with tempfile.TemporaryDirectory(dir=C.scratch_dir()) as scratch:
+        recording = C.record(C.WORKLOADS["gc-versions"], scratch)
+    ops = [e for e in recording.trace if not isinstance(e, C.MARKERS)]
+    interrupted = [
+        i
+        for i, op in enumerate(ops[:-1])
+        if isinstance(op, C.Rename) and op.by == C.WRITER and op.new_name.startswith("v-")
+        if ops[i + 1].by == C.GC
+    ]
+    assert interrupted, "no gc call right after a writer's version rename"
+    after = ops[interrupted[0] + 1 :]
+    gc_calls = list(itertools.takewhile(lambda op: op.by == C.GC, after))
+    assert any(isinstance(op, C.Unlink) for op in gc_calls)  # it removed the superseded one
+    resumed = after[len(gc_calls)]
+    assert isinstance(resumed, C.FsyncDir) and resumed.by == C.WRITER
+    runs = [n for n in _notes(recording) if re.match(r"blobcache gc #\d+ (returned|raised)", n)]
+    assert len(runs) == 4 and all("beside the writer" in n for n in runs), runs
+
+
+def test_a_suspended_gc_holding_a_key_dir_makes_the_writer_wait_not_hang() -> None:
+    """gc-deletes suspends gc while it holds a deleted key's directory
+    exclusively; the writer's put of that key waits for the flock (gc runs to
+    its end first), then makes the directory again."""
+    with tempfile.TemporaryDirectory(dir=C.scratch_dir()) as scratch:
+        recording = C.record(C.WORKLOADS["gc-deletes"], scratch)
+    notes = _notes(recording)
+    waits = [i for i, n in enumerate(notes) if "the writer waits for its flock" in n]
+    assert waits, notes
+    assert "returned (beside the writer" in notes[waits[0] + 1], notes[waits[0] :]
+    assert not recording.gc_errors
+
+
+def test_a_killed_writer_leaves_the_store_to_an_offline_gc() -> None:
+    """The kill variant: the writer dies, ``blobcache gc`` runs before the next
+    process opens and finds no writer (so it collects offline, compaction
+    included); the power may go at any point after."""
+    workload = C.WORKLOADS["gc-deletes"]
+    with tempfile.TemporaryDirectory(dir=C.scratch_dir()) as scratch:
+        plain = C.record(workload, scratch)
+        kill_after = C.kill_points(plain, 3)[1]
+        killed = C.record(workload, scratch, kill_after=kill_after)
+    notes = _notes(killed)
+    dead = next(i for i, n in enumerate(notes) if "is killed" in n)
+    assert "on what the killed writer left" in notes[dead + 1], notes[dead:]
+    assert "with no writer: offline" in notes[dead + 2], notes[dead:]
+    assert notes[dead + 3] == "open", notes[dead:]
+
+
+# The known bug (crashsim.GC_LOSES_A_RACE), one reproduction per call it fails in.
+# Each fails today: `blobcache gc` raises FileNotFoundError beside the writer.
+
+GC_RACE: Final = pytest.mark.xfail(strict=True, reason=f"known bug {C.GC_LOSES_A_RACE.name}")
+
+
+@GC_RACE
+def test_gc_beside_a_compacting_writer_survives_a_removed_segment() -> None:
+    """gc fsyncs every log segment it listed (the record that makes a version
+    garbage is in one of them); suspended after the first, the writer's gc()
+    compacts the log, and gc's fsync of the next, removed, segment raises."""
+
+    def steps(d: C.Driver) -> None:
+        for i in range(6):
+            d.small(f"c{i % 2}", 900)
+            d.settle()
+        d.large("c0", 2000)
+        d.small("c0", 900)
+        d.collect_suspended("file-synced")
+        d.gc()
+        d.finish_collect()
+
+    options = {**C.ROLLING, "compact_ratio": 1.0}
+    _passes(C.explore(C.Workload("gc-removed-segment", options, steps, beside_gc=True), STRICT))
+
+
+def _two_keys_superseded(d: C.Driver) -> None:
+    """K and L with a superseded version each; L's directory sorts first, so
+    gc suspended after its first unlink has done L and not K yet."""
+    d.large("K", 3000)
+    d.large("K", 4000)
+    d.large("L", 3000)
+    d.large("L", 4000)
+    d.collect_suspended("unlinked")
+
+
+@GC_RACE
+def test_gc_beside_a_collecting_writer_survives_a_removed_version() -> None:
+    """gc fsyncs K's newer version before removing K's older one; meanwhile the
+    writer put K again and its gc() removed that newer version: the fsync raises."""
+
+    def steps(d: C.Driver) -> None:
+        _two_keys_superseded(d)
+        d.large("K", 5000)
+        d.gc()
+        d.finish_collect()
+
+    _passes(C.explore(C.Workload("gc-removed-version", C.BASE, steps, beside_gc=True), STRICT))
+
+
+@GC_RACE
+def test_gc_beside_a_collecting_writer_survives_a_removed_key_dir() -> None:
+    """gc, suspended after unlinking L's older version and before fsyncing L's
+    directory: the writer deletes L and its gc() removes the directory; gc's
+    fsync of it raises."""
+
+    def steps(d: C.Driver) -> None:
+        _two_keys_superseded(d)
+        d.delete("L")
+        d.gc()
+        d.finish_collect()
+
+    _passes(C.explore(C.Workload("gc-removed-key-dir", C.BASE, steps, beside_gc=True), STRICT))
+
+
 # --- The sweep tool --------------------------------------------------------------------------
 
 
@@ -446,6 +608,21 @@ def test_sweep_tool_exits_nonzero_and_prints_a_replay_on_failure() -> None:
 
 
 # --- The long sweep ------------------------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_long_beside_gc_sweep() -> None:
+    """Only the seeded workloads beside ``blobcache gc`` (minutes): 100 seeds per
+    durability level, each also killed at 4 points (gc then runs on what the
+    dead writer left)."""
+    done = subprocess.run(
+        [sys.executable, str(ROOT / "tools" / "crash_sweep.py"), "--seeds", "0"]
+        + ["--beside-gc", "100", "--kills", "4", "--workloads"]
+        + [f"beside-gc-{d}-{s}" for s in range(100) for d in ("fsync", "os")],
+        cwd=ROOT,
+        check=False,
+    )
+    assert done.returncode == 0
 
 
 @pytest.mark.slow
