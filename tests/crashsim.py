@@ -69,6 +69,7 @@ import pickle
 import random
 import re
 import shutil
+import sys
 import tempfile
 import threading
 import time
@@ -280,6 +281,36 @@ RECORDED_CALLS: Final = (
     "open_lock_file",
 )
 
+BYPASSES: Final = (
+    "fsync",
+    "fdatasync",
+    "sync",
+    "rename",
+    "replace",
+    "unlink",
+    "remove",
+    "rmdir",
+    "removedirs",
+    "mkdir",
+    "makedirs",
+    "truncate",
+    "ftruncate",
+    "posix_fallocate",
+    "write",
+    "pwrite",
+    "writev",
+    "pwritev",
+    "copy_file_range",
+    "sendfile",
+    "link",
+    "symlink",
+    "open",  # only with O_CREAT or O_TRUNC: see ``Recorder._guard``
+)
+"""``os`` calls that change what a crash leaves. Made by blobcache anywhere but in
+``_fsio`` (directly, or through shutil and the like), the trace would miss
+them and the crash states would be wrong: while recording, such a call is a
+``ModelError`` naming the caller."""
+
 Omit: TypeAlias = Mapping[str, Callable[[str], bool]]
 """Sync call -> "is this path's call skipped?". A key ``"gc.fsync_path"`` (a party,
 a dot, a call) skips only the calls that party makes."""
@@ -369,11 +400,32 @@ class Recorder:
             real = getattr(_fsio, name)
             self._saved[name] = real
             setattr(_fsio, name, self._wrap(name, real))
+        for name in BYPASSES:
+            real = getattr(os, name)
+            self._saved["os." + name] = real
+            setattr(os, name, self._guard(name, real))
 
     def uninstall(self) -> None:
         for name, real in self._saved.items():
-            setattr(_fsio, name, real)
+            module, _, attr = name.rpartition(".")
+            setattr(os if module == "os" else _fsio, attr, real)
         self._saved.clear()
+
+    def _guard(self, name: str, real: Callable[..., Any]) -> Callable[..., Any]:
+        """``os.<name>`` that notes a call from blobcache outside ``_fsio``."""
+
+        def guard(*args: Any, **kwargs: Any) -> Any:
+            flags = args[1] if len(args) > 1 else kwargs.get("flags", 0)
+            if name != "open" or flags & (os.O_CREAT | os.O_TRUNC):
+                caller = _blobcache_caller(sys._getframe(1))
+                if caller is not None and caller != _fsio.__name__:
+                    self.errors.append(
+                        f"{caller} called os.{name} itself, not through blobcache._fsio: "
+                        "the trace misses that call, so the crash states built from it are wrong"
+                    )
+            return real(*args, **kwargs)
+
+        return guard
 
     # -- markers --
 
@@ -542,6 +594,16 @@ class Recorder:
                 append(Rmdir(parent, base, before, where))
         else:  # pragma: no cover - RECORDED_CALLS and this chain are kept in step
             raise ModelError(f"no recording rule for _fsio.{name}")
+
+
+def _blobcache_caller(frame: Any) -> str | None:
+    """The innermost blobcache module on the stack from ``frame`` up (None: none)."""
+    while frame is not None:
+        module = frame.f_globals.get("__name__", "")
+        if module == "blobcache" or module.startswith("blobcache."):
+            return str(module)
+        frame = frame.f_back
+    return None
 
 
 # --- The file-system model -------------------------------------------------------------

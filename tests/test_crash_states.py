@@ -329,6 +329,27 @@ def test_recorder_names_files_apart_when_an_inode_comes_back(tmp_path: Path) -> 
     assert [w.node for w in writes] == ids
 
 
+def test_recorder_refuses_a_durability_call_that_bypasses_fsio(tmp_path: Path) -> None:
+    """A blobcache module calling os.unlink (or fsync, rename...) itself would
+    escape the trace; while recording, that is an error naming the module. The
+    same call through _fsio is recorded, and test code's own calls are its own."""
+    from blobcache import _fsio
+
+    root = tmp_path / "root"
+    root.mkdir()
+    victim = str(root / "f")
+    bypass = compile("os.unlink(path)", "<a blobcache module>", "exec")
+    with C.Recorder(str(root)) as recorder:
+        os.close(_fsio.create_exclusive(victim))
+        _fsio.unlink(victim)
+        os.close(_fsio.create_exclusive(victim))
+        exec(bypass, {"__name__": "blobcache._elsewhere", "os": os, "path": victim})
+        os.close(os.open(str(root / "mine"), os.O_CREAT | os.O_WRONLY))
+    assert len(recorder.errors) == 1, recorder.errors
+    assert recorder.errors[0].startswith("blobcache._elsewhere called os.unlink itself")
+    assert [type(e) for e in recorder.trace] == [C.Create, C.Unlink, C.Create]
+
+
 # --- Regressions: the bugs this explorer found --------------------------------------------
 #
 # Each is the smallest workload (and kill point) that showed one bug, checked
