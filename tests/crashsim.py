@@ -2581,7 +2581,8 @@ def beside_gc_workload(seed: int, durability: str = "fsync", steps: int = 12) ->
     options = {**ROLLING, "durability": durability, "compact_ratio": 0.5}
     about = ", ".join(
         (f"[gc {how}{' ' + at if how in ('during', 'suspend') else ''}] " if how != "no" else "")
-        + f"{kind} {key!r}"
+        + kind
+        + (f" {key!r}" if kind in ("small", "large", "delete") else "")
         + (f" {size} B" if kind in ("small", "large") else "")
         for kind, key, size, how, at, _nth in plan
     )

@@ -20,7 +20,8 @@ nothing failed, 1 otherwise.
 
     python tools/crash_sweep.py                      # the default sweep (a few minutes)
     python tools/crash_sweep.py --seeds 200 --kills 20 --max-states 128
-    python tools/crash_sweep.py --seeds 0 --beside-gc 300 --kills 4   # beside gc only
+    python tools/crash_sweep.py --seeds 0 --beside-gc 300 --kills 4   # catalogue, 600 beside gc
+    python tools/crash_sweep.py --workloads gc-deletes beside-gc-os-7 --kills 10
     python tools/crash_sweep.py --workloads janitor --kill-after 15 --points 59 --strict
 """
 
