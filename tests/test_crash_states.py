@@ -21,9 +21,11 @@ writer goes on, both parties' calls in one trace in the kernel's order
 
 Store bugs the explorer finds and that are not fixed yet go in
 ``crashsim.KNOWN_BUGS`` (counted apart, so these tests still catch anything
-else) with a strict-xfail reproduction here: one today (gc beside a writer
-fsyncs files the writer removed). The seven fixed before have regression tests
-at the end of this file.
+else) with a strict-xfail reproduction here: three today, all of the writer
+and ``blobcache gc`` racing on the live store (gc fsyncs files the writer
+removed; a put gives up when gc removes its new key directory a few times; gc
+removes a temp file its writer has created but not locked yet). The seven fixed
+before have regression tests at the end of this file.
 """
 
 from __future__ import annotations
@@ -509,7 +511,7 @@ def test_beside_gc_hands_over_inside_a_writer_operation_in_kernel_order() -> Non
     resumed = after[len(gc_calls)]
     assert isinstance(resumed, C.FsyncDir) and resumed.by == C.WRITER
     runs = [n for n in _notes(recording) if re.match(r"blobcache gc #\d+ (returned|raised)", n)]
-    assert len(runs) == 4 and all("beside the writer" in n for n in runs), runs
+    assert len(runs) == 5 and all("beside the writer" in n for n in runs), runs
 
 
 def test_a_suspended_gc_holding_a_key_dir_makes_the_writer_wait_not_hang() -> None:
@@ -522,7 +524,7 @@ def test_a_suspended_gc_holding_a_key_dir_makes_the_writer_wait_not_hang() -> No
     waits = [i for i, n in enumerate(notes) if "the writer waits for its flock" in n]
     assert waits, notes
     assert "returned (beside the writer" in notes[waits[0] + 1], notes[waits[0] :]
-    assert not recording.gc_errors
+    assert not recording.raised
 
 
 def test_a_killed_writer_leaves_the_store_to_an_offline_gc() -> None:
@@ -541,10 +543,37 @@ def test_a_killed_writer_leaves_the_store_to_an_offline_gc() -> None:
     assert notes[dead + 3] == "open", notes[dead:]
 
 
-# The known bug (crashsim.GC_LOSES_A_RACE), one reproduction per call it fails in.
-# Each fails today: `blobcache gc` raises FileNotFoundError beside the writer.
+# Reproductions of the known bugs: each is expected to fail with ``StillThere``
+# (only that: any other failure is a real one), after checking that its
+# KNOWN_BUGS entry explains every failure it shows, so the entry is neither too
+# wide nor too narrow. Once the bug is fixed, that check fails: remove the
+# entry and the xfail mark.
 
-GC_RACE: Final = pytest.mark.xfail(strict=True, reason=f"known bug {C.GC_LOSES_A_RACE.name}")
+
+class StillThere(AssertionError):
+    """A known bug's reproduction still fails."""
+
+
+def _reproduces(bug: C.KnownBug, workload: C.Workload) -> None:
+    known = C.explore(workload, C.Config(deep_probe=True, known_bugs=C.KNOWN_BUGS))
+    assert known.known.get(bug.name), (
+        f"known bug {bug.name!r} not seen any more: fixed? Remove it from KNOWN_BUGS and "
+        f"the xfail mark here. {known.summary()}"
+    )
+    assert not known.failures, _fail_message(known)
+    strict = C.explore(workload, STRICT)
+    if strict.failures:
+        raise StillThere(_fail_message(strict))
+
+
+def _known_bug(bug: C.KnownBug) -> pytest.MarkDecorator:
+    return pytest.mark.xfail(strict=True, raises=StillThere, reason=f"known bug {bug.name}")
+
+
+# crashsim.GC_LOSES_A_RACE, one reproduction per call it fails in: `blobcache gc`
+# raises FileNotFoundError beside the writer.
+
+GC_RACE: Final = _known_bug(C.GC_LOSES_A_RACE)
 
 
 @GC_RACE
@@ -564,7 +593,8 @@ def test_gc_beside_a_compacting_writer_survives_a_removed_segment() -> None:
         d.finish_collect()
 
     options = {**C.ROLLING, "compact_ratio": 1.0}
-    _passes(C.explore(C.Workload("gc-removed-segment", options, steps, beside_gc=True), STRICT))
+    workload = C.Workload("gc-removed-segment", options, steps, beside_gc=True)
+    _reproduces(C.GC_LOSES_A_RACE, workload)
 
 
 def _two_keys_superseded(d: C.Driver) -> None:
@@ -588,7 +618,7 @@ def test_gc_beside_a_collecting_writer_survives_a_removed_version() -> None:
         d.gc()
         d.finish_collect()
 
-    _passes(C.explore(C.Workload("gc-removed-version", C.BASE, steps, beside_gc=True), STRICT))
+    _reproduces(C.GC_LOSES_A_RACE, C.Workload("gc-removed-version", C.BASE, steps, beside_gc=True))
 
 
 @GC_RACE
@@ -603,7 +633,108 @@ def test_gc_beside_a_collecting_writer_survives_a_removed_key_dir() -> None:
         d.gc()
         d.finish_collect()
 
-    _passes(C.explore(C.Workload("gc-removed-key-dir", C.BASE, steps, beside_gc=True), STRICT))
+    _reproduces(C.GC_LOSES_A_RACE, C.Workload("gc-removed-key-dir", C.BASE, steps, beside_gc=True))
+
+
+# The second known bug (crashsim.PUT_GIVES_UP): a put gives up when gc removes its
+# new key directory before the put holds it, a few times in a row.
+
+PUT_GIVES_UP: Final = _known_bug(C.PUT_GIVES_UP)
+
+
+def _moved_to_the_log_and_collected(d: C.Driver) -> None:
+    """k's live record is in the log and gc removed its directory: a large put
+    of k must make the directory again, and gc may remove it again meanwhile."""
+    d.large("k", 3000)
+    d.small("k", 10)
+    d.collect()
+
+
+@PUT_GIVES_UP
+def test_put_beside_gc_survives_its_key_dir_removed_after_each_key_file() -> None:
+    """gc removes k's new directory right after each key file's rename, twice:
+    the key file's directory fsync fails both times, put retries once, then
+    raises FileNotFoundError."""
+
+    def steps(d: C.Driver) -> None:
+        _moved_to_the_log_and_collected(d)
+        with d.collect_during("key-file", 1), d.collect_during("key-file", 2):
+            d.large("k", 5000)
+
+    _reproduces(C.PUT_GIVES_UP, C.Workload("put-gives-up-1", C.BASE, steps, beside_gc=True))
+
+
+@PUT_GIVES_UP
+def test_put_beside_gc_survives_its_key_dir_removed_before_each_flock() -> None:
+    """gc removes k's new directory after each key file is durable, before the
+    put takes the directory's flock (fsync_dir 4 and 8: three fan-out levels,
+    then the key file's); with the attempt the first removal already cost,
+    put gives up: "removed three times while a put went in"."""
+
+    def steps(d: C.Driver) -> None:
+        _moved_to_the_log_and_collected(d)
+        with d.collect_during("dir-synced", 4), d.collect_during("dir-synced", 8):
+            d.large("k", 5000)
+
+    _reproduces(C.PUT_GIVES_UP, C.Workload("put-gives-up-2", C.BASE, steps, beside_gc=True))
+
+
+# crashsim.TEMP_UNHELD: gc removes a writer's temp file between its create and
+# its flock.
+
+TEMP_UNHELD: Final = _known_bug(C.TEMP_UNHELD)
+COMPACTING: Final = {**C.ROLLING, "compact_ratio": 1.0}  # compaction by gc() only
+
+
+def _two_segments_with_stale_records(d: C.Driver) -> None:
+    """Six records of 900 B in segments of 4096 B, two of them overwritten and
+    none of the sealed segments all stale: gc() compacts, nothing before it."""
+    for key in ("c0", "c1", "c2", "c3", "c0", "c1"):
+        d.small(key, 900)
+        d.settle()
+
+
+@TEMP_UNHELD
+def test_gc_does_not_remove_the_temp_file_of_a_compaction_being_written() -> None:
+    """gc right after compaction creates its output's temp file, before the
+    flock: gc locks and removes it, and the writer's gc() fails at the rename."""
+
+    def steps(d: C.Driver) -> None:
+        _two_segments_with_stale_records(d)
+        with d.collect_during("temp-created"):
+            d.gc()
+
+    workload = C.Workload("gc-removes-compaction-temp", COMPACTING, steps, beside_gc=True)
+    _reproduces(C.TEMP_UNHELD, workload)
+
+
+@TEMP_UNHELD
+def test_gc_holding_a_new_temp_files_flock_does_not_fail_the_writer() -> None:
+    """The same, with gc suspended after its unlink of the temp file, still
+    holding its flock: the writer's flock fails, open_temp's assert fires, and
+    its cleanup's unlink raises FileNotFoundError out of gc()."""
+
+    def steps(d: C.Driver) -> None:
+        _two_segments_with_stale_records(d)
+        with d.collect_during("temp-created", pause=("unlinked", 1)):
+            d.gc()
+        d.finish_collect()
+
+    workload = C.Workload("gc-holds-compaction-temp", COMPACTING, steps, beside_gc=True)
+    _reproduces(C.TEMP_UNHELD, workload)
+
+
+@TEMP_UNHELD
+def test_gc_does_not_remove_the_temp_files_of_a_put_being_written() -> None:
+    """gc after each of a large put's two attempts creates its temp file: the
+    put retries the first FileNotFoundError and raises the second."""
+
+    def steps(d: C.Driver) -> None:
+        d.large("k", 3000)
+        with d.collect_during("temp-created", 1), d.collect_during("temp-created", 2):
+            d.large("k", 5000)
+
+    _reproduces(C.TEMP_UNHELD, C.Workload("gc-removes-put-temp", C.BASE, steps, beside_gc=True))
 
 
 # --- The sweep tool --------------------------------------------------------------------------
