@@ -13,14 +13,24 @@ Each test prints how many distinct crash states it checked (``pytest -s``) and
 asserts a floor on that number, so a change that quietly stops the explorer
 from exploring fails here. ``tools/crash_sweep.py`` runs the long sweep.
 
+The ``gc-*`` workloads (and the seeded ``beside-gc-*`` ones) add a second
+party: ``blobcache gc`` on the same store, another lock holder, run between the
+writer's operations, in their middle, or suspended in its own middle while the
+writer goes on, both parties' calls in one trace in the kernel's order
+(``crashsim.Janitor``); what gc itself raises beside the writer is a failure too.
+
 Store bugs the explorer finds and that are not fixed yet go in
 ``crashsim.KNOWN_BUGS`` (counted apart, so these tests still catch anything
-else) with a strict-xfail reproduction here; there are none today. The seven it
-found so far have regression tests at the end of this file.
+else) with a strict-xfail reproduction here: three today, all of the writer
+and ``blobcache gc`` racing on the live store (gc fsyncs files the writer
+removed; a put gives up when gc removes its new key directory a few times; gc
+removes a temp file its writer has created but not locked yet). The seven fixed
+before have regression tests at the end of this file.
 """
 
 from __future__ import annotations
 
+import itertools
 import os
 import re
 import subprocess
@@ -61,14 +71,21 @@ MIN_STATES: Final = {
     "os-synced": 150,
     "os-overwrite-unsynced": 70,
     "os-rollover": 35,
+    "gc-versions": 40,
+    "gc-layouts": 60,
+    "gc-deletes": 60,
+    "gc-compaction": 80,
+    "os-gc": 90,
 }
 MIN_RANDOM_STATES: Final = 50
 MIN_KILLED_STATES: Final = 25
+MIN_BESIDE_GC_STATES: Final = 60
 
 RANDOM_SEEDS: Final = (0, 1, 2, 3)
+BESIDE_GC_SEEDS: Final = (0, 1)
 KILLED: Final = tuple(sorted(name for name, w in C.WORKLOADS.items() if w.killable))
 KILLS_PER_WORKLOAD: Final = 3
-MIN_TOTAL_STATES: Final = 4500
+MIN_TOTAL_STATES: Final = 6000
 """Of the whole module (printed at its end): the number to quote."""
 
 
@@ -85,7 +102,8 @@ def tally() -> Iterator[list[C.Report]]:
     for report in reports:
         total.add(report)
     print("\n" + total.summary())
-    if len(reports) == len(MIN_STATES) + 2 * len(RANDOM_SEEDS) + len(KILLED):  # all of them ran
+    every = len(MIN_STATES) + 2 * len(RANDOM_SEEDS) + 2 * len(BESIDE_GC_SEEDS) + len(KILLED)
+    if len(reports) == every:  # all of them ran
         assert total.states_checked >= MIN_TOTAL_STATES, total.summary()
 
 
@@ -116,6 +134,21 @@ def test_random_workload_crash_states_recover(
     print(report.summary(), "--", workload.about)
     assert not report.failures, _fail_message(report)
     assert report.states_checked >= MIN_RANDOM_STATES, report.summary()
+
+
+@pytest.mark.parametrize("durability", ["fsync", "os"])
+@pytest.mark.parametrize("seed", BESIDE_GC_SEEDS)
+def test_beside_gc_random_workload_crash_states_recover(
+    seed: int, durability: str, tally: list[C.Report]
+) -> None:
+    """Seeded writer steps with ``blobcache gc`` before, in the middle of, or
+    suspended across them; every crash point of the combined trace recovers."""
+    workload = C.beside_gc_workload(seed, durability)
+    report = C.explore(workload, CI)
+    tally.append(report)
+    print(report.summary(), "--", workload.about)
+    assert not report.failures, _fail_message(report)
+    assert report.states_checked >= MIN_BESIDE_GC_STATES, report.summary()
 
 
 @pytest.mark.parametrize("name", KILLED)
@@ -163,6 +196,12 @@ TEETH: Final[dict[str, tuple[str, str, Callable[[str], bool]]]] = {
     "fsync_dir-of-fanout": ("large-puts", "fsync_dir", lambda p: bool(re.search(r"blobs/..$", p))),
     # "os": sync() skipping the value files it owes
     "sync-fsync_path": ("os-synced", "fsync_path", lambda p: "/v-" in p or p.endswith("key")),
+    # blobcache gc beside the writer, removing a version without first fsyncing the
+    # (unsynced, "os") newer version that supersedes it
+    "gc-fsync-of-superseding-version": ("os-gc", "gc.fsync_path", lambda p: "/v-" in p),
+    # ... or removing a directory whose key's (unsynced) live record is in the log
+    # without first fsyncing the log
+    "gc-fsync-of-log-before-removing-a-dir": ("os-gc", "gc.fsync_path", lambda p: ".log" in p),
 }
 
 
@@ -290,6 +329,27 @@ def test_recorder_names_files_apart_when_an_inode_comes_back(tmp_path: Path) -> 
     assert len(set(ids)) == 3
     writes = [e for e in recorder.trace if isinstance(e, C.Write)]
     assert [w.node for w in writes] == ids
+
+
+def test_recorder_refuses_a_durability_call_that_bypasses_fsio(tmp_path: Path) -> None:
+    """A blobcache module calling os.unlink (or fsync, rename...) itself would
+    escape the trace; while recording, that is an error naming the module. The
+    same call through _fsio is recorded, and test code's own calls are its own."""
+    from blobcache import _fsio
+
+    root = tmp_path / "root"
+    root.mkdir()
+    victim = str(root / "f")
+    bypass = compile("os.unlink(path)", "<a blobcache module>", "exec")
+    with C.Recorder(str(root)) as recorder:
+        os.close(_fsio.create_exclusive(victim))
+        _fsio.unlink(victim)
+        os.close(_fsio.create_exclusive(victim))
+        exec(bypass, {"__name__": "blobcache._elsewhere", "os": os, "path": victim})
+        os.close(os.open(str(root / "mine"), os.O_CREAT | os.O_WRONLY))
+    assert len(recorder.errors) == 1, recorder.errors
+    assert recorder.errors[0].startswith("blobcache._elsewhere called os.unlink itself")
+    assert [type(e) for e in recorder.trace] == [C.Create, C.Unlink, C.Create]
 
 
 # --- Regressions: the bugs this explorer found --------------------------------------------
@@ -423,6 +483,260 @@ def test_recovery_makes_a_compacted_segment_durable_before_deleting_its_inputs()
     )
 
 
+# --- Beside blobcache gc: the second party ---------------------------------------------------
+
+
+def _notes(recording: C.Recording) -> list[str]:
+    return [e.text for e in recording.trace if isinstance(e, C.Note)]
+
+
+def test_beside_gc_hands_over_inside_a_writer_operation_in_kernel_order() -> None:
+    """gc-versions interrupts a put between its version's rename and the fsync
+    of the directory: gc's calls sit there in the trace, each marked as gc's,
+    and the writer's fsync comes after them. Every gc found the writer there
+    (another lock holder, not a second writer)."""
+    with tempfile.TemporaryDirectory(dir=C.scratch_dir()) as scratch:
+        recording = C.record(C.WORKLOADS["gc-versions"], scratch)
+    ops = [e for e in recording.trace if not isinstance(e, C.MARKERS)]
+    interrupted = [
+        i
+        for i, op in enumerate(ops[:-1])
+        if isinstance(op, C.Rename) and op.by == C.WRITER and op.new_name.startswith("v-")
+        if ops[i + 1].by == C.GC
+    ]
+    assert interrupted, "no gc call right after a writer's version rename"
+    after = ops[interrupted[0] + 1 :]
+    gc_calls = list(itertools.takewhile(lambda op: op.by == C.GC, after))
+    assert any(isinstance(op, C.Unlink) for op in gc_calls)  # it removed the superseded one
+    resumed = after[len(gc_calls)]
+    assert isinstance(resumed, C.FsyncDir) and resumed.by == C.WRITER
+    runs = [n for n in _notes(recording) if re.match(r"blobcache gc #\d+ (returned|raised)", n)]
+    assert len(runs) == 5 and all("beside the writer" in n for n in runs), runs
+
+
+def test_a_suspended_gc_holding_a_key_dir_makes_the_writer_wait_not_hang() -> None:
+    """gc-deletes suspends gc while it holds a deleted key's directory
+    exclusively; the writer's put of that key waits for the flock (gc runs to
+    its end first), then makes the directory again."""
+    with tempfile.TemporaryDirectory(dir=C.scratch_dir()) as scratch:
+        recording = C.record(C.WORKLOADS["gc-deletes"], scratch)
+    notes = _notes(recording)
+    waits = [i for i, n in enumerate(notes) if "the writer waits for its flock" in n]
+    assert waits, notes
+    assert "returned (beside the writer" in notes[waits[0] + 1], notes[waits[0] :]
+    assert not recording.raised
+
+
+def test_a_killed_writer_leaves_the_store_to_an_offline_gc() -> None:
+    """The kill variant: the writer dies, ``blobcache gc`` runs before the next
+    process opens and finds no writer (so it collects offline, compaction
+    included); the power may go at any point after."""
+    workload = C.WORKLOADS["gc-deletes"]
+    with tempfile.TemporaryDirectory(dir=C.scratch_dir()) as scratch:
+        plain = C.record(workload, scratch)
+        kill_after = C.kill_points(plain, 3)[1]
+        killed = C.record(workload, scratch, kill_after=kill_after)
+    notes = _notes(killed)
+    dead = next(i for i, n in enumerate(notes) if "is killed" in n)
+    assert "on what the killed writer left" in notes[dead + 1], notes[dead:]
+    assert "with no writer: offline" in notes[dead + 2], notes[dead:]
+    assert notes[dead + 3] == "open", notes[dead:]
+
+
+# Reproductions of the known bugs: each is expected to fail with ``StillThere``
+# (only that: any other failure is a real one), after checking that its
+# KNOWN_BUGS entry explains every failure it shows, so the entry is neither too
+# wide nor too narrow. Once the bug is fixed, that check fails: remove the
+# entry and the xfail mark.
+
+
+class StillThere(AssertionError):
+    """A known bug's reproduction still fails."""
+
+
+def _reproduces(bug: C.KnownBug, workload: C.Workload) -> None:
+    known = C.explore(workload, C.Config(deep_probe=True, known_bugs=C.KNOWN_BUGS))
+    assert known.known.get(bug.name), (
+        f"known bug {bug.name!r} not seen any more: fixed? Remove it from KNOWN_BUGS and "
+        f"the xfail mark here. {known.summary()}"
+    )
+    assert not known.failures, _fail_message(known)
+    strict = C.explore(workload, STRICT)
+    if strict.failures:
+        raise StillThere(_fail_message(strict))
+
+
+def _known_bug(bug: C.KnownBug) -> pytest.MarkDecorator:
+    return pytest.mark.xfail(strict=True, raises=StillThere, reason=f"known bug {bug.name}")
+
+
+# crashsim.GC_LOSES_A_RACE, one reproduction per call it fails in: `blobcache gc`
+# raises FileNotFoundError beside the writer.
+
+GC_RACE: Final = _known_bug(C.GC_LOSES_A_RACE)
+
+
+@GC_RACE
+def test_gc_beside_a_compacting_writer_survives_a_removed_segment() -> None:
+    """gc fsyncs every log segment it listed (the record that makes a version
+    garbage is in one of them); suspended after the first, the writer's gc()
+    compacts the log, and gc's fsync of the next, removed, segment raises."""
+
+    def steps(d: C.Driver) -> None:
+        for i in range(6):
+            d.small(f"c{i % 2}", 900)
+            d.settle()
+        d.large("c0", 2000)
+        d.small("c0", 900)
+        d.collect_suspended("file-synced")
+        d.gc()
+        d.finish_collect()
+
+    options = {**C.ROLLING, "compact_ratio": 1.0}
+    workload = C.Workload("gc-removed-segment", options, steps, beside_gc=True)
+    _reproduces(C.GC_LOSES_A_RACE, workload)
+
+
+def _two_keys_superseded(d: C.Driver) -> None:
+    """K and L with a superseded version each; L's directory sorts first, so
+    gc suspended after its first unlink has done L and not K yet."""
+    d.large("K", 3000)
+    d.large("K", 4000)
+    d.large("L", 3000)
+    d.large("L", 4000)
+    d.collect_suspended("unlinked")
+
+
+@GC_RACE
+def test_gc_beside_a_collecting_writer_survives_a_removed_version() -> None:
+    """gc fsyncs K's newer version before removing K's older one; meanwhile the
+    writer put K again and its gc() removed that newer version: the fsync raises."""
+
+    def steps(d: C.Driver) -> None:
+        _two_keys_superseded(d)
+        d.large("K", 5000)
+        d.gc()
+        d.finish_collect()
+
+    _reproduces(C.GC_LOSES_A_RACE, C.Workload("gc-removed-version", C.BASE, steps, beside_gc=True))
+
+
+@GC_RACE
+def test_gc_beside_a_collecting_writer_survives_a_removed_key_dir() -> None:
+    """gc, suspended after unlinking L's older version and before fsyncing L's
+    directory: the writer deletes L and its gc() removes the directory; gc's
+    fsync of it raises."""
+
+    def steps(d: C.Driver) -> None:
+        _two_keys_superseded(d)
+        d.delete("L")
+        d.gc()
+        d.finish_collect()
+
+    _reproduces(C.GC_LOSES_A_RACE, C.Workload("gc-removed-key-dir", C.BASE, steps, beside_gc=True))
+
+
+# The second known bug (crashsim.PUT_GIVES_UP): a put gives up when gc removes its
+# new key directory before the put holds it, a few times in a row.
+
+PUT_GIVES_UP: Final = _known_bug(C.PUT_GIVES_UP)
+
+
+def _moved_to_the_log_and_collected(d: C.Driver) -> None:
+    """k's live record is in the log and gc removed its directory: a large put
+    of k must make the directory again, and gc may remove it again meanwhile."""
+    d.large("k", 3000)
+    d.small("k", 10)
+    d.collect()
+
+
+@PUT_GIVES_UP
+def test_put_beside_gc_survives_its_key_dir_removed_after_each_key_file() -> None:
+    """gc removes k's new directory right after each key file's rename, twice:
+    the key file's directory fsync fails both times, put retries once, then
+    raises FileNotFoundError."""
+
+    def steps(d: C.Driver) -> None:
+        _moved_to_the_log_and_collected(d)
+        with d.collect_during("key-file", 1), d.collect_during("key-file", 2):
+            d.large("k", 5000)
+
+    _reproduces(C.PUT_GIVES_UP, C.Workload("put-gives-up-1", C.BASE, steps, beside_gc=True))
+
+
+@PUT_GIVES_UP
+def test_put_beside_gc_survives_its_key_dir_removed_before_each_flock() -> None:
+    """gc removes k's new directory after each key file is durable, before the
+    put takes the directory's flock (fsync_dir 4 and 8: three fan-out levels,
+    then the key file's); with the attempt the first removal already cost,
+    put gives up: "removed three times while a put went in"."""
+
+    def steps(d: C.Driver) -> None:
+        _moved_to_the_log_and_collected(d)
+        with d.collect_during("dir-synced", 4), d.collect_during("dir-synced", 8):
+            d.large("k", 5000)
+
+    _reproduces(C.PUT_GIVES_UP, C.Workload("put-gives-up-2", C.BASE, steps, beside_gc=True))
+
+
+# crashsim.TEMP_UNHELD: gc removes a writer's temp file between its create and
+# its flock.
+
+TEMP_UNHELD: Final = _known_bug(C.TEMP_UNHELD)
+COMPACTING: Final = {**C.ROLLING, "compact_ratio": 1.0}  # compaction by gc() only
+
+
+def _two_segments_with_stale_records(d: C.Driver) -> None:
+    """Six records of 900 B in segments of 4096 B, two of them overwritten and
+    none of the sealed segments all stale: gc() compacts, nothing before it."""
+    for key in ("c0", "c1", "c2", "c3", "c0", "c1"):
+        d.small(key, 900)
+        d.settle()
+
+
+@TEMP_UNHELD
+def test_gc_does_not_remove_the_temp_file_of_a_compaction_being_written() -> None:
+    """gc right after compaction creates its output's temp file, before the
+    flock: gc locks and removes it, and the writer's gc() fails at the rename."""
+
+    def steps(d: C.Driver) -> None:
+        _two_segments_with_stale_records(d)
+        with d.collect_during("temp-created"):
+            d.gc()
+
+    workload = C.Workload("gc-removes-compaction-temp", COMPACTING, steps, beside_gc=True)
+    _reproduces(C.TEMP_UNHELD, workload)
+
+
+@TEMP_UNHELD
+def test_gc_holding_a_new_temp_files_flock_does_not_fail_the_writer() -> None:
+    """The same, with gc suspended after its unlink of the temp file, still
+    holding its flock: the writer's flock fails, open_temp's assert fires, and
+    its cleanup's unlink raises FileNotFoundError out of gc()."""
+
+    def steps(d: C.Driver) -> None:
+        _two_segments_with_stale_records(d)
+        with d.collect_during("temp-created", pause=("unlinked", 1)):
+            d.gc()
+        d.finish_collect()
+
+    workload = C.Workload("gc-holds-compaction-temp", COMPACTING, steps, beside_gc=True)
+    _reproduces(C.TEMP_UNHELD, workload)
+
+
+@TEMP_UNHELD
+def test_gc_does_not_remove_the_temp_files_of_a_put_being_written() -> None:
+    """gc after each of a large put's two attempts creates its temp file: the
+    put retries the first FileNotFoundError and raises the second."""
+
+    def steps(d: C.Driver) -> None:
+        d.large("k", 3000)
+        with d.collect_during("temp-created", 1), d.collect_during("temp-created", 2):
+            d.large("k", 5000)
+
+    _reproduces(C.TEMP_UNHELD, C.Workload("gc-removes-put-temp", C.BASE, steps, beside_gc=True))
+
+
 # --- The sweep tool --------------------------------------------------------------------------
 
 
@@ -445,7 +759,30 @@ def test_sweep_tool_exits_nonzero_and_prints_a_replay_on_failure() -> None:
     assert "lost" in done.stdout and "replay: python tools/crash_sweep.py" in done.stdout
 
 
+def test_sweep_tool_omits_only_gc_calls_when_told_so() -> None:
+    """``--omit gc.fsync_path:...`` skips blobcache gc's fsyncs, not the writer's:
+    gc then removes the version older than an unsynced one, and B is lost."""
+    done = _sweep(
+        "--workloads", "os-gc", "--kills", "0", "--shallow", "--omit", "gc.fsync_path:/v-"
+    )
+    assert done.returncode == 1, done.stdout + done.stderr
+    assert "lost: 'B' holds nothing" in done.stdout, done.stdout
+    assert "[gc] unlink" in done.stdout, done.stdout  # the trace shows whose call it was
+
+
 # --- The long sweep ------------------------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_long_beside_gc_sweep() -> None:
+    """Only the seeded workloads beside ``blobcache gc`` (minutes): 30 seeds per
+    durability level past the default sweep's, each also killed at 4 points (gc
+    then runs on what the dead writer left)."""
+    seeded = [f"beside-gc-{d}-{seed}" for seed in range(10, 40) for d in ("fsync", "os")]
+    catalogue = [w.name for w in C.BESIDE_GC]
+    sweep = [sys.executable, str(ROOT / "tools" / "crash_sweep.py"), "--kills", "4"]
+    done = subprocess.run([*sweep, "--workloads", *catalogue, *seeded], cwd=ROOT, check=False)
+    assert done.returncode == 0
 
 
 @pytest.mark.slow

@@ -7,6 +7,9 @@ crash state is and what is checked) over:
 
 * every workload of the catalogue (``crashsim.WORKLOADS``),
 * ``--seeds`` random workloads per durability level ("fsync" and "os"),
+* ``--beside-gc`` random workloads per durability level with ``blobcache gc``
+  (another lock holder) run between the writer's steps, in their middle, or
+  suspended in its own middle while the writer goes on,
 * for each replayable workload, ``--kills`` points where its process is killed,
 
 in ``--jobs`` processes, and prints how many distinct crash states it checked
@@ -17,6 +20,8 @@ nothing failed, 1 otherwise.
 
     python tools/crash_sweep.py                      # the default sweep (a few minutes)
     python tools/crash_sweep.py --seeds 200 --kills 20 --max-states 128
+    python tools/crash_sweep.py --seeds 0 --beside-gc 300 --kills 4   # catalogue, 600 beside gc
+    python tools/crash_sweep.py --workloads gc-deletes beside-gc-os-7 --kills 10
     python tools/crash_sweep.py --workloads janitor --kill-after 15 --points 59 --strict
 """
 
@@ -86,17 +91,18 @@ def jobs_for(args: argparse.Namespace) -> list[Job]:
     if not args.workloads:
         first = args.first_seed
         names += [
-            f"random-{durability}-{seed}"
-            for seed in range(first, first + args.seeds)
+            f"{kind}-{durability}-{seed}"
+            for kind, count in (("random", args.seeds), ("beside-gc", args.beside_gc))
+            for seed in range(first, first + count)
             for durability in ("fsync", "os")
         ]
     for name in names:
         C.workload_by_name(name)  # an unknown name fails here, before any work
     # The longest jobs first, so the workers finish together.
-    names.sort(key=lambda n: (not n.startswith("random-os"), not n.startswith("os"), n))
+    names.sort(key=lambda n: ("-os-" not in n, not n.startswith("os"), n))
     omit = tuple(tuple(o.split(":", 1)) for o in args.omit or ())
     for call, pattern in omit:
-        if call not in C.SYNC_CALLS:
+        if call.rpartition(".")[2] not in C.SYNC_CALLS:
             raise SystemExit(f"--omit: {call!r} is not one of {', '.join(C.SYNC_CALLS)}")
         re.compile(pattern)
     return [Job(name, config, args.kills, args.kill_after, omit) for name in names]
@@ -131,8 +137,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         metavar="NAME",
         help=(
             "only these workloads: names from the catalogue "
-            f"({', '.join(sorted(C.WORKLOADS))}) or random-fsync-N / random-os-N "
-            "(default: the whole catalogue and --seeds random ones)"
+            f"({', '.join(sorted(C.WORKLOADS))}), random-fsync-N / random-os-N or "
+            "beside-gc-fsync-N / beside-gc-os-N "
+            "(default: the whole catalogue, --seeds random ones and --beside-gc ones)"
         ),
     )
     parser.add_argument(
@@ -140,6 +147,14 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         type=int,
         default=20,
         help="random workloads per durability level (default: 20)",
+    )
+    parser.add_argument(
+        "--beside-gc",
+        type=int,
+        default=10,
+        metavar="SEEDS",
+        help="random workloads per durability level with blobcache gc beside the writer "
+        "(beside-gc-fsync-N, beside-gc-os-N; default: 10)",
     )
     parser.add_argument("--first-seed", type=int, default=0, help="of the random workloads")
     parser.add_argument(
@@ -179,8 +194,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         metavar="CALL:REGEX",
         help=(
             "skip (and do not record) every call CALL (one of "
-            f"{', '.join(C.SYNC_CALLS)}) on a path matching REGEX, as a store missing "
-            "that fsync would: what would the sweep catch? (repeatable)"
+            f"{', '.join(C.SYNC_CALLS)}; gc.CALL: only blobcache gc's) on a path matching "
+            "REGEX, as a store missing that fsync would: what would the sweep catch? "
+            "(repeatable)"
         ),
     )
     parser.add_argument(
