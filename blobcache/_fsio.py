@@ -174,17 +174,25 @@ def open_temp(directory: str, *, readable: bool = False) -> tuple[int, str]:
     The flock says "a writer is producing this": the janitor deletes only temp
     files it can lock itself, so no age guess is needed. It is released when the
     descriptor is closed, after the rename.
+
+    Between the create and the flock the file is unlocked, and a janitor
+    (``blobcache gc`` beside the writer) may take it as an orphan: it holds the
+    lock then (ours fails), or has already unlinked it (ours succeeds on a file
+    with no name, whose rename would fail). Either way the file is the
+    janitor's: leave it and create another. Once ours is held and the file has
+    its name, no janitor can take it.
     """
-    path = os.path.join(directory, temp_name())
-    fd = create_exclusive(path, readable=readable)
-    try:
-        locked = try_lock(fd)
-        assert locked, "a temp file just created with O_EXCL cannot be locked by anyone else"
-    except BaseException:
+    while True:
+        path = os.path.join(directory, temp_name())
+        fd = create_exclusive(path, readable=readable)
+        try:
+            if try_lock(fd) and os.fstat(fd).st_nlink > 0:
+                return fd, path
+        except BaseException:
+            os.close(fd)
+            discard(path)
+            raise
         os.close(fd)
-        unlink(path)
-        raise
-    return fd, path
 
 
 def write_file_atomically(directory: str, name: str, data: bytes, *, sync: bool = True) -> str:

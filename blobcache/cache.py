@@ -233,6 +233,7 @@ class BlobCache(MutableMapping[N.Key, Value]):
         self._pending_lock = threading.Lock()
         self._pending_files: set[str] = set()
         self._pending_dirs: set[str] = set()
+        self._warnings: list[Problem] = []  # to log once no lock is held: _warn_unlocked
         self._sync_error: OSError | None = None  # a failed fsync in sync(): final
         if self._options.durability == "os" and not readonly:
             self._owe_what_was_found(recovered)
@@ -386,6 +387,9 @@ class BlobCache(MutableMapping[N.Key, Value]):
                 if current is entry:
                     if self._writer is None:
                         raise  # a reader changes nothing: the writer falls back
+                    # The caller's key may be a str or bytes subclass: its methods
+                    # run here (encode_key), not under the stripe lock.
+                    key = N.decode_key(*N.encode_key(key))
                     with self._writing(os.path.basename(os.path.dirname(entry[RECORD].path))):
                         current = self._fall_back(key, entry, damage)
                 if current is None:
@@ -739,7 +743,7 @@ class BlobCache(MutableMapping[N.Key, Value]):
             raise damage
         seq, value = older
         note = Problem(record.path, f"{damage.detail}; serving the older record {seq} instead")
-        log.warning("blobcache: %s", note)
+        self._warn_unlocked(note)
         self._problems += (note,)
         tag, raw = N.encode_key(key)
         if value is None:
@@ -829,6 +833,20 @@ class BlobCache(MutableMapping[N.Key, Value]):
             while directory != self._path:
                 self._pending_dirs.add(directory)
                 directory = os.path.dirname(directory)
+
+    def _warn_unlocked(self, note: Problem) -> None:
+        """Log ``note`` once the stripe lock is released (``_StripeGuard`` does):
+        logging handlers are the caller's code, and may be slow or use this
+        cache, even keys of the same stripe. REQUIRES: a ``_StripeGuard`` held."""
+        self._warnings.append(note)
+
+    def _log_warnings(self) -> None:
+        while self._warnings:
+            try:
+                note = self._warnings.pop(0)
+            except IndexError:  # logged by another thread meanwhile
+                return
+            log.warning("blobcache: %s", note)
 
     def _mark_dirty(self, keydir: str) -> None:
         """Note that ``keydir`` holds garbage for the next ``gc()``."""
@@ -1303,6 +1321,8 @@ class _StripeGuard:
 
     def __exit__(self, *exc: object) -> None:
         self._lock.release()
+        if self._cache._warnings:
+            self._cache._log_warnings()
 
 
 _MISSING: Any = object()

@@ -15,6 +15,7 @@ otherwise stop the test run); no test waits for time to pass.
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import threading
 from collections.abc import Callable, Iterator
@@ -28,7 +29,7 @@ import xxhash
 from blobcache import BlobCache, ClosedError, _fsio
 from blobcache import _format as F
 from blobcache import _names as N
-from tests.conftest import files_named
+from tests.conftest import files_named, flip_bit
 
 HANG = 60.0  # seconds: far beyond what any step takes; reaching it means a deadlock
 
@@ -396,3 +397,104 @@ def test_concurrent_puts_of_one_key_leave_memory_and_disk_agreeing(store: str) -
         assert max(versions, key=_seq_of) == path, "the index's version is not the newest"
     with BlobCache(store) as cache:
         assert bytes(cache["k"]) == served
+
+
+# --- the class: no lock held while caller code runs, on the fall-back path too -------------
+
+
+def _damage_live_version(cache: BlobCache, key: str) -> None:
+    """Put two versions of ``key`` and flip a bit of the newer one: its first get
+    fails the check and falls back to the older one (writing it anew)."""
+    cache.put(key, _value(1))
+    cache.put(key, _value(2))
+    path = cache.path(key)
+    assert path is not None
+    flip_bit(path, 1000)
+
+
+def test_a_logging_handler_that_puts_a_key_of_the_stripe_completes(store: str) -> None:
+    """Regression: the fall-back warning was logged with the key's stripe lock
+    held; a handler (caller code) that put a key of that stripe waited for ever."""
+    with _opened(store) as cache:
+        neighbour = _same_stripe(cache, "k")
+        _damage_live_version(cache, "k")
+        logged: list[str] = []
+
+        class PutsWhatItLogs(logging.Handler):
+            def emit(self, record: logging.LogRecord) -> None:
+                cache.put(neighbour, record.getMessage().encode())
+                logged.append(record.getMessage())
+
+        handler = PutsWhatItLogs()
+        logger = logging.getLogger("blobcache")
+        logger.addHandler(handler)
+        try:
+            got: list[bytes] = []
+            _finish(*_start(lambda: got.append(bytes(cache["k"]))), what="the get")
+        finally:
+            logger.removeHandler(handler)
+        assert got == [_value(1)]
+        assert len(logged) == 1 and "serving the older record" in logged[0]
+        assert cache[neighbour] == logged[0].encode()
+
+
+def test_a_key_subclass_whose_methods_use_the_cache_falls_back_without_deadlock(
+    store: str,
+) -> None:
+    """The caller's key object (a str subclass) may run code of its own: put and
+    delete make a plain key of it before any lock; so does a get that falls back."""
+    with _opened(store) as cache:
+        neighbour = _same_stripe(cache, "k")
+        _damage_live_version(cache, "k")
+
+        class Key(str):
+            def encode(self, *args: Any, **kwargs: Any) -> bytes:
+                cache.put(neighbour, b"from the key's own code")
+                return str.encode(self, *args, **kwargs)
+
+        got: list[bytes] = []
+        _finish(*_start(lambda: got.append(bytes(cache[Key("k")]))), what="the get")
+        assert got == [_value(1)] and cache[neighbour] == b"from the key's own code"
+        _finish(*_start(lambda: cache.put(Key("k"), _value(3))), what="a put")
+        assert bytes(cache["k"]) == _value(3)
+
+
+# --- a janitor beside the writer, between a temp file's create and its flock ----------------
+
+
+@pytest.mark.parametrize("janitor", ["removed-it", "holds-it"])
+def test_a_temp_file_taken_by_a_janitor_before_its_flock_is_replaced(
+    store: str, monkeypatch: pytest.MonkeyPatch, janitor: str
+) -> None:
+    """Regression (found by test_cli's racing gc, flaky before): a temp file is
+    unlocked between its create and its flock, and `blobcache gc` beside the
+    writer may take it as an orphan right then. The writer saw either a failed
+    flock (an assertion) or a rename of a file already unlinked (FileNotFoundError,
+    which put() hid by trying again and put_stream did not). Now it creates
+    another temp file."""
+    with _opened(store) as cache:
+        cache.put("k", _value(1))
+        real = _fsio.create_exclusive
+        held: list[int] = []
+
+        def janitor_steps_in(path: str, *, readable: bool = False) -> int:
+            fd = real(path, readable=readable)
+            if held or not os.path.basename(path).startswith(F.TEMP_PREFIX):
+                return fd
+            other = os.open(path, os.O_RDONLY)
+            assert _fsio.try_lock(other)
+            held.append(other)
+            if janitor == "removed-it":
+                os.unlink(path)
+                os.close(other)
+            return fd
+
+        monkeypatch.setattr(_fsio, "create_exclusive", janitor_steps_in)
+        cache.put_stream("k", iter([_value(2), _value(2)]))
+        monkeypatch.undo()
+        assert held, "the janitor never stepped in"
+        if janitor == "holds-it":  # it lets go; the file it held goes at the next open
+            os.close(held[0])
+        assert bytes(cache["k"]) == _value(2) * 2
+    with BlobCache(store) as cache:
+        assert bytes(cache["k"]) == _value(2) * 2
