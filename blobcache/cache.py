@@ -483,6 +483,8 @@ class BlobCache(MutableMapping[N.Key, Value]):
         take the sequence number, rename the temp file to its final name and
         publish the entry -- so two puts of one key are published in the order
         of their numbers, and the index and the disk agree on the winner.
+        (``_fall_back`` calls this with the lock held and ``stripe`` a no-op:
+        what it writes is an older version's mapped bytes, no caller code.)
         Returns whether a sealed segment got staler.
         """
         keydir = N.key_dir(self._blobs, N.key_hash(tag, raw))

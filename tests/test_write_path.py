@@ -17,6 +17,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import shutil
 import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -498,3 +499,16 @@ def test_a_temp_file_taken_by_a_janitor_before_its_flock_is_replaced(
         assert bytes(cache["k"]) == _value(2) * 2
     with BlobCache(store) as cache:
         assert bytes(cache["k"]) == _value(2) * 2
+
+
+def test_a_key_directory_removed_by_hand_between_puts_is_made_again(store: str) -> None:
+    with _opened(store) as cache:
+        cache.put("k", _value(1))
+        path = cache.path("k")
+        assert path is not None
+        shutil.rmtree(os.path.dirname(os.path.dirname(os.path.dirname(path))))
+        cache.put("k", _value(2))
+        cache.put_stream("k", iter([_value(3), _value(3)]))
+        assert bytes(cache["k"]) == _value(3) * 2
+    with BlobCache(store) as cache:
+        assert bytes(cache["k"]) == _value(3) * 2
