@@ -143,68 +143,112 @@ def read_key_file(keydir: str) -> N.Key:
 
 
 # --- Writing versions -------------------------------------------------------------------
+#
+# A version is written in two steps, so that the cache can hold its locks only
+# for the second: ``write_version*`` fill a temp file in the key directory,
+# fsync it and hash it, with no lock of the cache held (the caller's chunks and
+# file objects are read here); ``TempVersion.publish(seq)`` then gives it its
+# name -- sequence number, length and checksum -- by one rename, under the
+# key's lock, where the number is taken.
 
 
-def write_version(keydir: str, seq: int, data: memoryview, *, sync: bool) -> Record:
-    """Publish ``data`` as version ``seq`` of the key in ``keydir``.
+class TempVersion:
+    """A version's bytes in a flocked temp file of its key directory, fsynced
+    (with ``sync``) and hashed, waiting for its sequence number.
 
-    temp file (flocked) + write + fsync + rename; then fsync(keydir) makes the new
-    name durable. With ``sync=False`` ("os" durability) both fsyncs are left to the
-    caller's next ``sync``. On any error the temp file (or the published name, if
-    the directory fsync failed) is removed: the previous version stays live.
+    Use it as a context manager: ``publish(seq)`` inside the block names it;
+    leaving the block without that (an error, a closed cache) removes the temp
+    file, so a failed put leaves no trace.
     """
 
-    def fill(fd: int) -> tuple[int, int]:
-        _fsio.pwrite_all(fd, data, 0)
-        hash_it = functools.partial(_checksum, data)
-        checksum = (
-            _checksum_while(_fsio.fsync_file, fd, hash_it, data.nbytes) if sync else hash_it()
-        )
-        return data.nbytes, checksum
+    def __init__(self, keydir: str, fd: int, tmp: str, length: int, checksum: int, *, sync: bool):
+        self.keydir = keydir
+        self.length = length
+        self.checksum = checksum  # xxh3_64 of the file's bytes, as read back from it
+        self._fd: int | None = fd  # open (holding the temp's flock) until the rename
+        self._tmp = tmp
+        self._sync = sync
 
-    return _publish_version(keydir, seq, fill, sync=sync)
+    def publish(self, seq: int) -> Record:
+        """Rename the temp file to version ``seq``'s name; with ``sync``, fsync the
+        key directory, so the name is durable. On a failed fsync the name is
+        taken back: the put fails, so its version must not win at the next open
+        (after a power cut it still may, as may any put that had not returned).
+
+        REQUIRES: the key's lock, held from taking ``seq`` to publishing the
+        record: versions of one key get their names in sequence order.
+        """
+        assert self._fd is not None, "a temp version is published once"
+        final = os.path.join(self.keydir, N.version_name(seq, self.length, self.checksum))
+        _fsio.rename(self._tmp, final)
+        _fsio.unlock(self._fd)  # releases the flock: the file now has its final name
+        self._fd = None
+        if self._sync:
+            try:
+                _fsio.fsync_dir(self.keydir)
+            except BaseException:
+                _fsio.discard(final)
+                raise
+        return Record(seq, final, self.length, self.checksum)
+
+    def abandon(self) -> None:
+        """Remove the temp file unless it was published."""
+        if self._fd is not None:
+            _fsio.unlock(self._fd)
+            self._fd = None
+            _fsio.discard(self._tmp)
+
+    def __enter__(self) -> TempVersion:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.abandon()
+
+
+def write_version(keydir: str, data: memoryview, *, sync: bool) -> TempVersion:
+    """Write ``data`` to a temp version in ``keydir``: temp file (flocked), write,
+    fsync with ``sync`` ("os" durability leaves it to the caller's next ``sync``).
+
+    The checksum is computed over the file, not over ``data``: a buffer that
+    another thread changes meanwhile may leave any mix of its states in the
+    file, and the name then carries the checksum of that mix, so what is served
+    later is exactly what was written (never a false CorruptionError).
+    """
+
+    def fill(fd: int) -> int:
+        _fsio.pwrite_all(fd, data, 0)
+        return data.nbytes
+
+    return _write_temp(keydir, fill, sync=sync)
 
 
 def write_version_from(
-    keydir: str, seq: int, head: bytes, chunks: Iterator[memoryview], *, sync: bool
-) -> Record:
+    keydir: str, head: bytes, chunks: Iterator[memoryview], *, sync: bool
+) -> TempVersion:
     """As ``write_version``, for a value given as ``head`` then ``chunks``, each
-    written and hashed as it comes: memory holds one chunk, not the value."""
+    written as it comes: memory holds one chunk, not the value."""
 
-    def fill(fd: int) -> tuple[int, int]:
-        hasher = xxhash.xxh3_64()
+    def fill(fd: int) -> int:
         offset = 0
         for chunk in itertools.chain([memoryview(head)], chunks):
             _fsio.pwrite_all(fd, chunk, offset)
-            hasher.update(chunk)
             offset += chunk.nbytes
-        if sync:
-            _fsio.fsync_file(fd)
-        return offset, hasher.intdigest()
+        return offset
 
-    return _publish_version(keydir, seq, fill, sync=sync)
+    return _write_temp(keydir, fill, sync=sync)
 
 
-def write_version_copy(keydir: str, seq: int, src_fd: int, size: int, *, sync: bool) -> Record:
+def write_version_copy(keydir: str, src_fd: int, size: int, *, sync: bool) -> TempVersion:
     """As ``write_version``, for the first ``size`` bytes of an open file, copied by
-    the kernel; the checksum is computed over the copy (mapped 16 MiB at a time:
-    RSS does not grow by the value) while its fsync
-    runs: what is hashed is what was stored, even if the source changes meanwhile.
-    Falls back to reading and writing where the kernel cannot copy."""
-
-    def fill(fd: int) -> tuple[int, int]:
-        length = _copy(src_fd, fd, size)
-        hash_it = functools.partial(_checksum_file, fd, length)
-        checksum = _checksum_while(_fsio.fsync_file, fd, hash_it, length) if sync else hash_it()
-        return length, checksum
-
-    return _publish_version(keydir, seq, fill, sync=sync, readable=True)
+    the kernel (fewer if the source is shorter now). Falls back to reading and
+    writing where the kernel cannot copy."""
+    return _write_temp(keydir, functools.partial(_copy, src_fd, size=size), sync=sync)
 
 
 _COPY_CHUNK = 64 << 20  # per copy_file_range call, and per read when falling back
 
 
-def _copy(src_fd: int, fd: int, size: int) -> int:
+def _copy(src_fd: int, fd: int, *, size: int) -> int:
     """Copy ``size`` bytes (fewer if the source is shorter now); return how many."""
     copied = 0
     try:
@@ -226,45 +270,29 @@ def _copy(src_fd: int, fd: int, size: int) -> int:
     return copied
 
 
-def _publish_version(
-    keydir: str,
-    seq: int,
-    fill: Callable[[int], tuple[int, int]],
-    *,
-    sync: bool,
-    readable: bool = False,
-) -> Record:
-    """temp file, ``fill(fd)`` -> (length, checksum) (and the fsync with ``sync``),
-    rename to the version's name, fsync(keydir) with ``sync``."""
-    fd, tmp = _fsio.open_temp(keydir, readable=readable)
+def _write_temp(keydir: str, fill: Callable[[int], int], *, sync: bool) -> TempVersion:
+    """temp file, ``fill(fd)`` -> length, then (with ``sync``) its fsync, while the
+    file's bytes are hashed: the one path of every writer.
+
+    Invariant: the checksum is of the bytes in the file, read back through
+    read-only mappings, whatever the source did meanwhile (a buffer changed by
+    another thread, a file growing under the copy): a version never fails its
+    check for a reason other than damage after it was written.
+    """
+    fd, tmp = _fsio.open_temp(keydir, readable=True)
     try:
-        length, checksum = fill(fd)
-        final = os.path.join(keydir, N.version_name(seq, length, checksum))
-        _fsio.rename(tmp, final)
+        length = fill(fd)
+        hash_it = functools.partial(_checksum_file, fd, length)
+        checksum = _checksum_while(_fsio.fsync_file, fd, hash_it, length) if sync else hash_it()
     except BaseException:
         _fsio.unlock(fd)
         _fsio.discard(tmp)
         raise
-    _fsio.unlock(fd)  # releases the flock: the file now has its final name
-    if sync:
-        try:
-            _fsio.fsync_dir(keydir)
-        except BaseException:
-            # The put fails, so its version must not win at the next open: take
-            # the name back. (After a power cut it may still win, as may any put
-            # that had not returned.)
-            _fsio.discard(final)
-            raise
-    return Record(seq, final, length, checksum)
+    return TempVersion(keydir, fd, tmp, length, checksum, sync=sync)
 
 
 # Below this size a thread costs more than hashing takes (xxh3 runs at ~30 GB/s).
 _OVERLAP_MIN_BYTES = 1 << 20
-
-
-def _checksum(data: memoryview) -> int:
-    return int(xxhash.xxh3_64_intdigest(data))
-
 
 # A file is hashed through mappings of this much at a time: they count in the
 # process's RSS while mapped, and put_file must not grow it by the value's size.

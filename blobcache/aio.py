@@ -14,14 +14,16 @@ Cancellation: a put whose value is all in hand runs to completion in its
 thread even if the awaiting task is cancelled (so it either completed or, if
 it failed, left no trace; the task sees ``CancelledError`` only once the put
 has finished). A streaming put fed from the loop (``put_stream`` with an async
-iterable, ``put_file``) stops at the next chunk: its temp file is removed and
-the previous value stays.
+iterable, ``put_file`` of an async file object) stops at the next chunk: its
+temp file is removed and the previous value stays. When that put fails instead
+(a full disk, a bad key, a read-only handle), the source is read no further and
+the awaiting task gets the put's error at once; either way nothing is left
+running when the call returns.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import os
 import queue
 import threading
@@ -36,7 +38,7 @@ from .cache import BlobCache, Stats, Value, as_buffer
 _T = TypeVar("_T")
 
 _END = object()  # the async side has no more chunks
-_STOP = object()  # wakes the worker after the async side stopped: see _Handoff.feed
+_STOP = object()  # wakes the worker after the async side stopped: see _Handoff.stop
 
 
 class _Cancelled(Exception):
@@ -45,44 +47,64 @@ class _Cancelled(Exception):
 
 class _Handoff:
     """Chunks passed from the event loop to a put running in a worker thread,
-    at most ``depth`` in flight: memory holds a few chunks, never the value."""
+    at most ``depth`` in flight: memory holds a few chunks, never the value.
 
-    def __init__(self, depth: int = 2) -> None:
-        self._queue: queue.Queue[object] = queue.Queue(maxsize=depth)
+    Nothing here blocks a thread on the other side: the loop waits for room on
+    an asyncio semaphore (released by the worker through the loop), the worker
+    on a queue that the loop never waits to put into. So when either side
+    stops -- the source fails, the task is cancelled, or the put fails (a full
+    disk, a bad key, a read-only handle) -- the other can be stopped at once
+    and nothing is left waiting.
+    """
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, depth: int = 2) -> None:
+        self._loop = loop
+        self._room = asyncio.Semaphore(depth)
+        self._queue: queue.SimpleQueue[object] = queue.SimpleQueue()
         self._stopped = threading.Event()
 
     def __iter__(self) -> Iterator[memoryview]:
+        """The worker's side: the chunks, in order (runs in the worker thread)."""
         while True:
             item = self._queue.get()
-            if self._stopped.is_set():
+            if self._stopped.is_set():  # also with chunks still queued: they go unwritten
                 raise _Cancelled("the stream feeding this put was cancelled or failed")
             if item is _END:
                 return
             assert isinstance(item, memoryview)
-            yield item
+            yield item  # returns once the put has written it: room for one more
+            self._loop.call_soon_threadsafe(self._room.release)
 
     async def feed(self, chunks: AsyncIterable[object]) -> None:
-        """Pass every chunk on, then the end; on any failure or cancellation,
-        make the worker's iterator raise so its put leaves no trace."""
-        try:
-            async for chunk in chunks:
-                view = as_buffer(chunk)
-                await asyncio.to_thread(self._queue.put, view)
-        except BaseException:
-            self._stopped.set()
-            self._wake_worker()
-            raise
-        await asyncio.to_thread(self._queue.put, _END)
+        """Pass every chunk on, then the end (runs on the loop)."""
+        async for chunk in chunks:
+            view = as_buffer(chunk)
+            await self._room.acquire()
+            self._queue.put(view)
+        self._queue.put(_END)
 
-    def _wake_worker(self) -> None:
-        """Unblock the worker: whatever it reads next, the stop flag makes it raise."""
-        while True:
-            try:
-                self._queue.put_nowait(_STOP)
-                return
-            except queue.Full:  # make room: the chunks in it will never be written
-                with contextlib.suppress(queue.Empty):
-                    self._queue.get_nowait()
+    def stop(self) -> None:
+        """Make the worker's iterator raise at its next chunk, so its put leaves no trace."""
+        self._stopped.set()
+        self._queue.put(_STOP)
+
+
+async def _settle(*futures: asyncio.Future[Any]) -> None:
+    """Wait until every one of ``futures`` is done, even through cancellation
+    (re-raised after), and mark their errors retrieved: the caller raises the
+    one that matters, asyncio must not report the others as lost."""
+    cancelled = False
+    while True:
+        try:
+            await asyncio.wait(futures)
+            break
+        except asyncio.CancelledError:
+            cancelled = True
+    for future in futures:
+        if not future.cancelled():
+            future.exception()
+    if cancelled:
+        raise asyncio.CancelledError
 
 
 class AsyncBlobCache:
@@ -136,7 +158,7 @@ class AsyncBlobCache:
         try:
             return await asyncio.shield(task)
         except asyncio.CancelledError:
-            await asyncio.wait([task])
+            await _settle(task)
             raise
 
     async def put(self, key: Key, value: object) -> None:
@@ -174,16 +196,24 @@ class AsyncBlobCache:
         if not isinstance(chunks, AsyncIterable):
             await self._run(self.sync_cache.put_stream, key, chunks)
             return
-        handoff = _Handoff()
+        handoff = _Handoff(asyncio.get_running_loop())
         writer = asyncio.ensure_future(asyncio.to_thread(self.sync_cache.put_stream, key, handoff))
+        feeder = asyncio.ensure_future(handoff.feed(chunks))
         try:
-            await handoff.feed(chunks)
-        except BaseException:
-            await asyncio.wait([writer])  # its put raises _Cancelled: no trace left
-            if not writer.cancelled():
-                writer.exception()  # retrieved, so asyncio does not report it as lost
-            raise
-        await writer
+            await asyncio.wait([writer, feeder], return_when=asyncio.FIRST_COMPLETED)
+            if not feeder.done():
+                writer.result()  # the put ended before its stream: it failed, raise why
+            feeder.result()  # the source failed, or a chunk was not bytes-like: raise that
+            await asyncio.wait([writer])  # fed to the end: the put finishes
+            writer.result()
+        finally:
+            # Whatever ended it (an error on either side, or our cancellation),
+            # neither side is left running: the worker's put stops at its next
+            # chunk, leaving no trace; the source is read no further.
+            if not writer.done():
+                handoff.stop()
+            feeder.cancel()
+            await _settle(writer, feeder)
 
     async def open(self, key: Key) -> BinaryIO:
         return await self._run(self.sync_cache.open, key)

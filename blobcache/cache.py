@@ -10,7 +10,10 @@ Locking, from outermost to innermost:
 * a stripe lock per key (1024 stripes by key hash): a put or delete holds it
   from taking its sequence number until its index update, and the janitor
   while it cleans the key's directory, so records of one key are published in
-  sequence order; compaction holds all of them while it picks its inputs;
+  sequence order; compaction holds all of them while it picks its inputs. A
+  large value is written and fsynced before its put takes the lock (see
+  ``_put_version``): no lock is held while the caller's code runs (a
+  stream's chunks, a file object's reads), nor across a large value's write;
 * ``_tree_lock``: creating or removing fan-out directories;
 * ``_book.lock``: the index's updates and the log's per-segment byte counts;
 * ``_dirty_lock``: the set of key directories awaiting the janitor;
@@ -68,9 +71,10 @@ from .errors import BlobCacheError, ClosedError, CorruptionError, ReadOnlyError
 
 log = logging.getLogger("blobcache")
 
-# Puts of one key are serialised by its stripe lock, held through the durable
-# write: 1024 stripes make two of 8 busy threads share one (and so wait out a
-# whole fdatasync for each other) about 3% of the time, against 37% with 64.
+# Puts of one key are serialised by its stripe lock, held through a small
+# value's durable append (and a large one's rename and directory fsync): 1024
+# stripes make two of 8 busy threads share one (and so wait out a whole
+# fdatasync for each other) about 3% of the time, against 37% with 64.
 _STRIPES = 1024
 
 # Bumped in a forked child, so that a handle can tell it was inherited without
@@ -80,6 +84,9 @@ if hasattr(os, "register_at_fork"):
     os.register_at_fork(after_in_child=lambda: _forks.__setitem__(0, _forks[0] + 1))
 _T = TypeVar("_T")
 Value = bytes | memoryview  # what get returns: bytes from the log, a view of a file
+# A key's stripe lock, to take with `with` (a _StripeGuard), or a nullcontext
+# where the caller holds it already.
+_Stripe = contextlib.AbstractContextManager[None]
 
 
 @dataclass(frozen=True)
@@ -264,6 +271,7 @@ class BlobCache(MutableMapping[N.Key, Value]):
         self._gc_lock = threading.Lock()
         self._compact_lock = threading.Lock()
         self._dirty_lock = threading.Lock()
+        self._warnings: list[Problem] = []  # to log once no lock is held: _warn_unlocked
         if self._options.durability == "os" and not readonly:
             self._owe_what_was_found(recovered)
         self._closed = False
@@ -429,6 +437,9 @@ class BlobCache(MutableMapping[N.Key, Value]):
                 if current is entry:
                     if self._writer is None:
                         raise  # a reader changes nothing: the writer falls back
+                    # The caller's key may be a str or bytes subclass: its methods
+                    # run here (encode_key), not under the stripe lock.
+                    key = N.decode_key(*N.encode_key(key))
                     with self._writing(os.path.basename(os.path.dirname(entry[RECORD].path))):
                         current = self._fall_back(key, entry, damage)
                 if current is None:
@@ -450,6 +461,13 @@ class BlobCache(MutableMapping[N.Key, Value]):
         than ``inline_limit`` is appended to the log, a larger one written to a
         file of its own. On any error the previous value stays stored and served.
 
+        The buffer is read while the put runs and no longer once it returns. If
+        another thread changes it meanwhile, what is stored is what the put
+        read: for a value in the log one state of the buffer (it is copied
+        first); for a value in a file, possibly a mix of the states it went
+        through during the write. Either way the checksum covers exactly the
+        bytes stored, so ``get`` serves them, never an older version.
+
         :raises TypeError: ``key`` is not str/bytes, or ``value`` is not bytes-like.
         :raises ValueError: the key is too long, or the buffer is not contiguous.
         :raises OSError: the disk failed (full, read-only, ...); nothing changed.
@@ -458,11 +476,13 @@ class BlobCache(MutableMapping[N.Key, Value]):
         data = as_buffer(value)
         key = N.decode_key(tag, raw)  # a plain str or bytes, even for a subclass
         digest = N.key_hash(tag, raw)
-        with self._writing(digest):
-            if data.nbytes < self._options.inline_limit:
-                stale = self._put_inline(key, tag, raw, bytes(data))
-            else:
-                stale = self._put_blob(key, tag, raw, N.key_dir(self._blobs, digest), data)
+        stripe = self._writing(digest)
+        if data.nbytes < self._options.inline_limit:
+            inline = bytes(data)
+            with stripe:
+                stale = self._put_inline(key, tag, raw, inline)
+        else:
+            stale = self._put_blob(key, tag, raw, stripe, data)
         if stale:
             self._maybe_compact()
 
@@ -476,44 +496,84 @@ class BlobCache(MutableMapping[N.Key, Value]):
         segment, _offset = self._log.append(record)
         return self._publish(key, (seq, value, segment, len(record)))
 
-    def _put_blob(self, key: N.Key, tag: bytes, raw: bytes, keydir: str, data: memoryview) -> bool:
-        """REQUIRES: the key's stripe lock. Returns whether a sealed segment got staler."""
+    def _put_blob(
+        self,
+        key: N.Key,
+        tag: bytes,
+        raw: bytes,
+        stripe: _Stripe,
+        data: memoryview,
+    ) -> bool:
+        """Write ``data`` as the key's new version; ``stripe`` takes the key's
+        stripe lock (a no-op where the caller holds it). Returns whether a
+        sealed segment got staler."""
+        return self._put_version(
+            key,
+            tag,
+            raw,
+            stripe,
+            lambda keydir, sync: _blob.write_version(keydir, data, sync=sync),
+        )
+
+    def _put_version(
+        self,
+        key: N.Key,
+        tag: bytes,
+        raw: bytes,
+        stripe: _Stripe,
+        write: Callable[[str, bool], _blob.TempVersion],
+    ) -> bool:
+        """Publish the version ``write(keydir, sync)`` writes to a temp file.
+
+        Invariant: the stripe lock is not held while ``write`` runs, since the
+        caller's code runs there (a stream's chunks, a file object's reads) and
+        a large value's write and fsync take long: ``gc()``, compaction,
+        ``close()`` and puts of keys sharing the stripe go on meanwhile. It is
+        taken twice, briefly: to make the key directory and hold it, and to
+        take the sequence number, rename the temp file to its final name and
+        publish the entry -- so two puts of one key are published in the order
+        of their numbers, and the index and the disk agree on the winner.
+        (``_fall_back`` calls this with the lock held and ``stripe`` a no-op:
+        what it writes is an older version's mapped bytes, no caller code.)
+        Returns whether a sealed segment got staler.
+        """
+        keydir = N.key_dir(self._blobs, N.key_hash(tag, raw))
         sync = self._options.durability == "fsync"
-        try:
-            with self._in_key_dir(key, tag, raw, keydir):
-                record = _blob.write_version(keydir, self._seq.take(), data, sync=sync)
-        except FileNotFoundError:
-            # The directory was removed behind our back (by hand): make it again, once.
-            self._key_dirs.discard(keydir)
-            with self._in_key_dir(key, tag, raw, keydir):
-                record = _blob.write_version(keydir, self._seq.take(), data, sync=sync)
-        return self._publish_blob(key, keydir, record)
+        with (
+            self._in_key_dir(key, tag, raw, keydir, stripe),  # takes the stripe lock briefly
+            write(keydir, sync) as temp,  # no lock held
+            stripe,
+        ):
+            record = temp.publish(self._seq.take())
+            return self._publish_blob(key, keydir, record)
 
     @contextlib.contextmanager
-    def _in_key_dir(self, key: N.Key, tag: bytes, raw: bytes, keydir: str) -> Iterator[None]:
-        """Make ``keydir`` exist with its key file, and hold it (a shared flock)
-        while a version goes in. ``blobcache gc`` in another process holds it
-        exclusively while it removes a deleted key's directory: it never removes
-        one a version is going into, and no version goes into one it removed.
-
-        REQUIRES: the key's stripe lock.
+    def _in_key_dir(
+        self,
+        key: N.Key,
+        tag: bytes,
+        raw: bytes,
+        keydir: str,
+        stripe: _Stripe,
+    ) -> Iterator[None]:
+        """Make ``keydir`` exist with its key file (under ``stripe``, the key's
+        stripe lock), and hold it (a shared flock) until the block ends, while a
+        version goes in. ``blobcache gc`` in another process, and this process's
+        janitor, hold it exclusively while they remove files from it, taking it
+        without waiting: they never touch one a version is going into (they
+        leave it for the next gc), and no version goes into one they removed.
         """
-        for _ in range(3):
-            try:
-                # Making it can fail too: `blobcache gc` may remove the directory
-                # (of the key deleted in its snapshot) between our key file's
-                # rename and the fsync of the directory.
-                self._ensure_key_dir(key, tag, raw, keydir)
-                held = _fsio.lock_dir(keydir, exclusive=False)
-            except FileNotFoundError:
-                held = None
-            if held is not None and os.path.exists(os.path.join(keydir, F.KEY_FILE_NAME)):
-                break
-            if held is not None:
-                _fsio.unlock(held)
-            self._key_dirs.discard(keydir)  # removed by `blobcache gc` meanwhile: again
-        else:
-            raise BlobCacheError(f"{keydir} was removed three times while a put went in")
+        with stripe:
+            for _ in range(3):
+                try:
+                    held = self._hold_key_dir(key, tag, raw, keydir)
+                except FileNotFoundError:
+                    held = None  # removed (by gc beside us, or by hand) as it was made
+                if held is not None:
+                    break
+                self._key_dirs.discard(keydir)  # removed meanwhile: make it again
+            else:
+                raise BlobCacheError(f"{keydir} was removed three times while a put went in")
         assert held is not None
         try:
             yield
@@ -536,76 +596,87 @@ class BlobCache(MutableMapping[N.Key, Value]):
         binary file object read from where it stands to its end -- under ``key``,
         as ``put`` would store them.
 
-        Memory holds one chunk (``CHUNK_BYTES``), never the whole value; the
-        checksum is computed as the chunks go by. On any error, a source that
-        fails midway included, the previous value stays stored and served.
+        Memory holds one chunk (``CHUNK_BYTES``), never the whole value. No lock
+        is held while ``src`` is read: a slow source holds up no other call.
+        The checksum is of the bytes stored, read back from the new file. On any
+        error, a source that fails midway included, the previous value stays
+        stored and served.
 
         :raises TypeError: ``src`` is neither a path nor a binary file object.
         :raises OSError: reading ``src`` or writing the store failed; nothing changed.
         """
-        if isinstance(src, (str, bytes, os.PathLike)):
+        if not isinstance(src, (str, bytes, os.PathLike)) and not callable(
+            getattr(src, "read", None)
+        ):
+            raise TypeError(f"src must be a path or a binary file object, not {type(src).__name__}")
+        tag, raw, stripe = self._stream_target(key)
+        if not isinstance(src, (str, bytes, os.PathLike)):
+            stale = self._put_chunks(tag, raw, stripe, _read_chunks(src, self.CHUNK_BYTES))
+        else:
             with open(os.fsdecode(src), "rb", buffering=0) as f:
                 st = os.fstat(f.fileno())
                 if stat.S_ISREG(st.st_mode) and st.st_size >= self._options.inline_limit:
                     # The kernel copies a regular file; the copy is hashed as stored.
                     fd, size = f.fileno(), st.st_size
-                    self._put_version(
-                        key,
-                        lambda keydir, seq, sync: _blob.write_version_copy(
-                            keydir, seq, fd, size, sync=sync
-                        ),
+                    stale = self._put_version(
+                        N.decode_key(tag, raw),
+                        tag,
+                        raw,
+                        stripe,
+                        lambda keydir, sync: _blob.write_version_copy(keydir, fd, size, sync=sync),
                     )
                 else:
-                    self._put_chunks(key, _read_chunks(f, self.CHUNK_BYTES))
-            return
-        if not callable(getattr(src, "read", None)):
-            raise TypeError(f"src must be a path or a binary file object, not {type(src).__name__}")
-        self._put_chunks(key, _read_chunks(src, self.CHUNK_BYTES))
+                    stale = self._put_chunks(tag, raw, stripe, _read_chunks(f, self.CHUNK_BYTES))
+        if stale:
+            self._maybe_compact()
 
     def put_stream(self, key: N.Key, chunks: Iterable[object]) -> None:
         """Store the concatenation of ``chunks`` (bytes-like objects) under ``key``,
-        holding one chunk at a time. If the iterable raises, the previous value
-        stays stored and served.
+        holding one chunk at a time. No lock is held while ``chunks`` is
+        iterated: a slow iterable holds up no other call, and it may itself use
+        the cache. If the iterable raises, the previous value stays stored and
+        served.
 
-        :raises TypeError: a chunk is not bytes-like.
+        :raises TypeError: ``key`` is not str or bytes, or a chunk is not bytes-like.
         """
-        self._put_chunks(key, (as_buffer(chunk) for chunk in chunks))
+        tag, raw, stripe = self._stream_target(key)
+        if self._put_chunks(tag, raw, stripe, (as_buffer(chunk) for chunk in chunks)):
+            self._maybe_compact()
 
-    def _put_chunks(self, key: N.Key, chunks: Iterable[memoryview]) -> None:
-        # A value that ends below inline_limit goes to the log, as put's would:
-        # read that far first (at most inline_limit plus one chunk in memory).
+    def _stream_target(self, key: N.Key) -> tuple[bytes, bytes, _StripeGuard]:
+        """Check ``key`` and that this handle may write, before a stream is read:
+        a bad key or a read-only handle fails at once, consuming nothing."""
+        tag, raw = N.encode_key(key)
+        stripe = self._writing(N.key_hash(tag, raw))
+        self._check_open()
+        return tag, raw, stripe
+
+    def _put_chunks(
+        self, tag: bytes, raw: bytes, stripe: _StripeGuard, chunks: Iterable[memoryview]
+    ) -> bool:
+        """Store the concatenation of ``chunks``; returns whether a sealed segment
+        got staler. A value that ends below inline_limit goes to the log, as
+        put's would: it is read that far first (at most inline_limit plus one
+        chunk in memory)."""
         head = bytearray()
         rest = iter(chunks)
         limit = self._options.inline_limit
+        key = N.decode_key(tag, raw)
         for chunk in rest:
             head += chunk
             if len(head) >= limit:
                 break
         else:
-            self.put(key, bytes(head))
-            return
+            with stripe:
+                return self._put_inline(key, tag, raw, bytes(head))
         first = bytes(head)
-        self._put_version(
+        return self._put_version(
             key,
-            lambda keydir, seq, sync: _blob.write_version_from(keydir, seq, first, rest, sync=sync),
+            tag,
+            raw,
+            stripe,
+            lambda keydir, sync: _blob.write_version_from(keydir, first, rest, sync=sync),
         )
-
-    def _put_version(self, key: N.Key, write: Callable[[str, int, bool], Record]) -> None:
-        """Publish the version ``write(keydir, seq, sync)`` writes (a streaming put).
-
-        No second try, as ``put`` makes on a directory removed by hand: what
-        ``write`` reads may be spent by then.
-        """
-        tag, raw = N.encode_key(key)
-        key = N.decode_key(tag, raw)
-        digest = N.key_hash(tag, raw)
-        keydir = N.key_dir(self._blobs, digest)
-        with self._writing(digest):
-            with self._in_key_dir(key, tag, raw, keydir):
-                record = write(keydir, self._seq.take(), self._options.durability == "fsync")
-            stale = self._publish_blob(key, keydir, record)
-        if stale:
-            self._maybe_compact()
 
     def open(self, key: N.Key) -> BinaryIO:
         """A read-only, seekable binary file object over ``key``'s value.
@@ -721,7 +792,7 @@ class BlobCache(MutableMapping[N.Key, Value]):
         note = Problem(
             record.path, f"{damage.detail}; serving the older record {seq} instead ({what})"
         )
-        log.warning("blobcache: %s", note)
+        self._warn_unlocked(note)
         self._problems += (note,)
         tag, raw = N.encode_key(key)
         if value is None:
@@ -729,7 +800,7 @@ class BlobCache(MutableMapping[N.Key, Value]):
         elif len(value) < self._options.inline_limit:
             self._put_inline(key, tag, raw, bytes(value))
         else:
-            self._put_blob(key, tag, raw, keydir, memoryview(value))
+            self._put_blob(key, tag, raw, contextlib.nullcontext(), memoryview(value))
         return self._index.get(key)
 
     def _newest_intact_below(
@@ -785,24 +856,51 @@ class BlobCache(MutableMapping[N.Key, Value]):
                 f"beside process {self._pid}'s writer, or BlobCache(path) once it has closed"
             )
 
-    def _ensure_key_dir(self, key: N.Key, tag: bytes, raw: bytes, keydir: str) -> None:
-        """Make ``keydir`` exist with its key file before any version goes in.
+    def _hold_key_dir(self, key: N.Key, tag: bytes, raw: bytes, keydir: str) -> int | None:
+        """Make ``keydir`` exist, take its flock shared, then make sure of its key
+        file; return the flock's descriptor, or None when the key file went
+        (removed since we last made it: the caller makes it again).
 
+        The flock comes before the key file: ``blobcache gc`` beside us removes
+        a key directory only under its exclusive flock, and leaves one without a
+        key file alone, so from the mkdir on no collection can take the
+        directory from under the key file we are writing (it did, when the key
+        file came first, often enough for a put to give up).
         Invariant ("fsync"): a version file is only ever published in a directory
         whose key file is already durable, so recovery never finds a value
         without its key. With "os" the directories and key file are owed to the
         next ``sync()``, which fsyncs files before directories: after it, the
         same holds. REQUIRES: the key's stripe lock.
+
+        :raises FileNotFoundError: the directory was removed before we held it.
         """
-        if keydir in self._key_dirs:
-            return
         sync = self._options.durability == "fsync"
-        with self._tree_lock:
-            _fsio.makedirs(self._blobs, keydir, sync=sync)
-        if not sync:
-            # Every directory on the way, not only those just made: one left
-            # unsynced by a killed process must not stay so after our sync().
-            self._owe_dirs(keydir)
+        made = keydir in self._key_dirs
+        if not made:
+            with self._tree_lock:
+                _fsio.makedirs(self._blobs, keydir, sync=sync)
+            if not sync:
+                # Every directory on the way, not only those just made: one left
+                # unsynced by a killed process must not stay so after our sync().
+                self._owe_dirs(keydir)
+        held = _fsio.lock_dir(keydir, exclusive=False)
+        assert held is not None, "a lock taken with wait=True is always held"
+        try:
+            if not made:
+                self._ensure_key_file(key, tag, raw, keydir, sync=sync)
+            elif not os.path.exists(os.path.join(keydir, F.KEY_FILE_NAME)):
+                _fsio.unlock(held)
+                return None
+        except BaseException:
+            _fsio.unlock(held)
+            raise
+        return held
+
+    def _ensure_key_file(
+        self, key: N.Key, tag: bytes, raw: bytes, keydir: str, *, sync: bool
+    ) -> None:
+        """Check ``keydir``'s key file names ``key``, or write it (durably with
+        ``sync``). REQUIRES: the key's stripe lock and ``keydir``'s flock."""
         try:
             found = _blob.read_key_file(keydir)
         except (FileNotFoundError, CorruptionError):
@@ -848,6 +946,20 @@ class BlobCache(MutableMapping[N.Key, Value]):
             dirs.append(directory)
             directory = os.path.dirname(directory)
         self._held.owed.add(None, dirs)
+
+    def _warn_unlocked(self, note: Problem) -> None:
+        """Log ``note`` once the stripe lock is released (``_StripeGuard`` does):
+        logging handlers are the caller's code, and may be slow or use this
+        cache, even keys of the same stripe. REQUIRES: a ``_StripeGuard`` held."""
+        self._warnings.append(note)
+
+    def _log_warnings(self) -> None:
+        while self._warnings:
+            try:
+                note = self._warnings.pop(0)
+            except IndexError:  # logged by another thread meanwhile
+                return
+            log.warning("blobcache: %s", note)
 
     def _mark_dirty(self, keydir: str) -> None:
         """Note that ``keydir`` holds garbage for the next ``gc()``."""
@@ -901,13 +1013,25 @@ class BlobCache(MutableMapping[N.Key, Value]):
 
     def _clean(self, keydir: str) -> GcResult:
         """REQUIRES: the stripe lock of ``keydir``. Holds ``keydir`` exclusively
-        (see ``_in_key_dir``) against a `blobcache gc` in another process."""
+        (see ``_in_key_dir``) against a put writing a version into it and a
+        `blobcache gc` in another process.
+
+        The flock is taken without waiting: a put holds it shared, without the
+        stripe lock, while it writes (from a stream that may take any time, or
+        that waits for this very thread), so waiting here with the stripe lock
+        held could stall every key of the stripe or deadlock. A busy directory
+        is left for the next gc.
+        """
         if keydir in self._found_at_open and not self._live_version_intact(keydir):
             return GcResult()  # nothing intact to keep: left as found, reported
         try:
-            held = _fsio.lock_dir(keydir, exclusive=True)
+            held = _fsio.lock_dir(keydir, exclusive=True, wait=False)
         except FileNotFoundError:
-            held = None
+            held = None  # gone already: _clean_held prunes its empty parents
+        else:
+            if held is None:  # a version is going in: its garbage stays for next time
+                self._mark_dirty(keydir)
+                return GcResult()
         try:
             return self._clean_held(keydir)
         finally:
@@ -1430,6 +1554,8 @@ class _StripeGuard:
 
     def __exit__(self, *exc: object) -> None:
         self._lock.release()
+        if self._cache._warnings:
+            self._cache._log_warnings()
 
 
 _MISSING: Any = object()

@@ -1077,9 +1077,23 @@ class Janitor:
             self._uninstall_lock_dir()
 
     def _wait(self, *, gc_turn: bool) -> None:
-        """REQUIRES: ``_turn``."""
-        if not self._turn.wait_for(lambda: self._gc_turn == gc_turn, STUCK_SECONDS):
-            raise ModelError(f"blobcache gc #{self.runs} and the writer wait for each other")
+        """REQUIRES: ``_turn``.
+
+        Two processes have a registry of flocked descriptors each
+        (``_fsio._flocked_lock``); these two parties share one. A party waiting for
+        its turn while it holds that lock (a hand-over right after a temp file's
+        create, inside the registry's critical section) lets go of it for the
+        wait, as the other process would never have seen it held.
+        """
+        registry: Any = _fsio._flocked_lock
+        held = registry._is_owned()
+        saved = registry._release_save() if held else None
+        try:
+            if not self._turn.wait_for(lambda: self._gc_turn == gc_turn, STUCK_SECONDS):
+                raise ModelError(f"blobcache gc #{self.runs} and the writer wait for each other")
+        finally:
+            if held:
+                registry._acquire_restore(saved)
 
     def _main(self) -> None:
         self.recorder.parties[threading.get_ident()] = GC
@@ -2183,78 +2197,11 @@ def materialise(root: str, dirs: Sequence[str], files: Mapping[str, bytes]) -> N
 # When the explorer finds a store bug, it goes here (a ``KnownBug`` whose
 # ``kind``/``detail``/``state`` match its failures) with a strict-xfail
 # reproduction in tests/test_crash_states.py, so CI stays green and still fails
-# on anything else; whoever fixes it removes both. The seven bugs found before
-# (fixed in 23867b4) have regression tests there.
+# on anything else; whoever fixes it removes both. None is open: the seven found
+# before (fixed in 23867b4) and the three of the writer and `blobcache gc`
+# racing (fixed for issue 12) have regression tests there.
 
-GC_LOSES_A_RACE: Final = KnownBug(
-    # Issue 12. `blobcache gc` beside a live writer (_collect_beside_writer) works
-    # from a snapshot and a listing taken at its start, and guards only its
-    # unlinks against files the writer removes meanwhile. Its fsyncs are not
-    # guarded: of every log segment it listed (sync_log), when the writer's
-    # compaction has removed one; of a key file, of the newer version or of a
-    # key directory, when the writer's own janitor has removed them (a newer put
-    # and gc(), or a delete and gc()). FileNotFoundError then escapes and the
-    # command fails. Nothing is lost: every such fsync comes before the unlink
-    # it guards, so what it would remove stays (garbage for the next run).
-    # Workloads: gc-compaction (crash point 99: the sync_log case), and the
-    # reproductions test_gc_beside_a_compacting_writer_survives_a_removed_segment,
-    # test_gc_beside_a_collecting_writer_survives_a_removed_version and
-    # test_gc_beside_a_collecting_writer_survives_a_removed_key_dir.
-    name="gc-beside-writer-fsyncs-what-the-writer-removed",
-    kind="gc-raised",
-    detail=r"^blobcache gc raised FileNotFoundError on .* in _fsio\.fsync_(path|dir) < "
-    r"(_maintenance\.sync_log < )?_maintenance\._collect_beside_writer",
-)
-
-PUT_GIVES_UP: Final = KnownBug(
-    # Issue 12. A large put makes its key directory and publishes the key file
-    # (_ensure_key_dir) before it takes the directory's shared flock
-    # (_in_key_dir). `blobcache gc` beside it may come in between: the key's live
-    # record is in the log (it was deleted, or small), the directory holds only
-    # the key file and nobody holds it, so gc removes it. The writer retries,
-    # but boundedly: _put_blob retries a FileNotFoundError once (the key file's
-    # directory fsync fails when gc removed the directory right after the key
-    # file's rename: twice, and FileNotFoundError escapes put), and _in_key_dir
-    # tries three times (gc removing it after each key-file fsync: BlobCacheError
-    # "removed three times"). The put fails; nothing acknowledged is lost. This
-    # is also why tests/test_cli.py::test_gc_beside_a_writer_racing_puts_and_
-    # deletes_of_the_same_keys fails now and then on e5dfd61. Reproductions:
-    # test_put_beside_gc_survives_its_key_dir_removed_after_each_key_file and
-    # test_put_beside_gc_survives_its_key_dir_removed_before_each_flock.
-    name="put-beside-gc-gives-up-on-a-removed-key-dir",
-    kind="writer-raised",
-    detail=r"^the writer's put of .* raised (FileNotFoundError on \S+ in _fsio\.fsync_dir < "
-    r"_fsio\.write_file_atomically < _blob\.write_key_file"
-    r"|BlobCacheError: \S+ was removed three times while a put went in)",
-)
-
-TEMP_UNHELD: Final = KnownBug(
-    # Issue 12. A writer's temp file is "held" by the flock the writer takes on
-    # it (_fsio.open_temp), but create_exclusive and try_lock are two calls:
-    # `blobcache gc` beside it (remove_orphan_temp) may find the file in
-    # between, lock it and unlink it. The writer then fails: its rename of the
-    # temp file raises FileNotFoundError (gc done before the writer's flock), or
-    # its flock fails while gc holds it, so open_temp's assert fires and its
-    # cleanup's unlink raises FileNotFoundError (or, when gc has not unlinked yet,
-    # the AssertionError itself escapes: seen in a seeded sweep, where it killed
-    # the background compaction thread, which catches only OSError; that thread
-    # takes no turns, so only the two forms after "|" below match it). A large put
-    # retries a FileNotFoundError once, so it fails when this happens twice; the
-    # key file and compaction's output (gc(), or the background thread) do not
-    # retry. Nothing acknowledged is lost. Reproductions:
-    # test_gc_does_not_remove_the_temp_file_of_a_compaction_being_written,
-    # test_gc_holding_a_new_temp_files_flock_does_not_fail_the_writer,
-    # test_gc_does_not_remove_the_temp_files_of_a_put_being_written.
-    name="gc-removes-a-temp-file-before-its-writer-locks-it",
-    kind="writer-raised",
-    detail=r"^the writer's (put of .*|gc\(\)) raised FileNotFoundError on \S*/\.tmp-[0-9a-f]+ "
-    r"in _fsio\.(rename|unlink) <"
-    r"|^the store logged: blobcache: background compaction of \S+ failed: \[Errno 2\] "
-    r"No such file or directory: '\S*/\.tmp-[0-9a-f]+'"
-    r"|^the store's thread blobcache-compact died: AssertionError: a temp file just created",
-)
-
-KNOWN_BUGS: Final[tuple[KnownBug, ...]] = (GC_LOSES_A_RACE, PUT_GIVES_UP, TEMP_UNHELD)
+KNOWN_BUGS: Final[tuple[KnownBug, ...]] = ()
 
 
 # --- The workloads ---------------------------------------------------------------------
@@ -2440,7 +2387,7 @@ def _gc_versions(d: Driver) -> None:
     with d.collect_during("temp-synced"):
         d.large("L", 2000)  # gc finds a temp file the writer holds: not its to remove
     with d.collect_during("temp-created"):
-        d.large("L", 2500)  # ...or not yet holds (TEMP_UNHELD): the put's one retry saves it
+        d.large("L", 2500)  # ...or not yet holds: the directory, held shared, keeps gc out
     d.collect_suspended("unlinked")  # suspended after removing the 5000 B version
     d.large("L", 6000)
     d.finish_collect()

@@ -4,18 +4,21 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import gc
 import os
 import random
 import statistics
+import threading
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
 from pathlib import Path
+from typing import Any
 
 import aiofiles
 import pytest
 
-from blobcache import AsyncBlobCache, BlobCache
+from blobcache import AsyncBlobCache, BlobCache, ReadOnlyError, _fsio
 from blobcache import _format as F
 from tests.conftest import files_named
 
@@ -166,3 +169,115 @@ def test_an_async_stream_that_raises_leaves_the_previous_value(store: str) -> No
 
     asyncio.run(main())
     assert files_named(store, F.TEMP_PREFIX) == []
+
+
+# --- a streaming put whose write fails ----------------------------------------------------
+
+HANG = 60.0  # seconds: far beyond what any step takes; reaching it means a hang
+
+
+def _run_to_the_end(main: Callable[[], Coroutine[Any, Any, None]]) -> None:
+    """``asyncio.run(main())`` in a daemon thread, joined with a timeout that only
+    detects a hang (a loop whose exit waits for a worker thread blocked for ever);
+    afterwards no thread it started may be left."""
+    before = set(threading.enumerate())
+    raised: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            asyncio.run(main())
+        except BaseException as exc:
+            raised.append(exc)
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    thread.join(HANG)
+    assert not thread.is_alive(), "asyncio.run never returned: something was left waiting"
+    if raised:
+        raise raised[0]
+    assert set(threading.enumerate()) <= before, "threads were left running"
+
+
+async def _forever() -> AsyncIterator[bytes]:
+    """A source that would yield for ever: only the put's failure can end its stream."""
+    while True:
+        await asyncio.sleep(0)
+        yield b"x" * (64 << 10)
+
+
+def _fail_writes_of_temp_files(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Make every write into a temp file of the store raise ENOSPC (a full disk)."""
+    real = _fsio.pwrite_all
+
+    def full(fd: int, data: Any, offset: int) -> None:
+        if os.path.basename(os.readlink(f"/proc/self/fd/{fd}")).startswith(F.TEMP_PREFIX):
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        real(fd, data, offset)
+
+    monkeypatch.setattr(_fsio, "pwrite_all", full)
+
+
+@pytest.mark.parametrize("failure", ["readonly", "invalid-key", "disk-full", "disk-full-aiofiles"])
+def test_a_streaming_put_whose_write_fails_raises_and_leaves_nothing_running(
+    store: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, failure: str
+) -> None:
+    """Regression: when the put in the worker thread failed, the loop's side kept
+    feeding a hand-off queue nobody read: it blocked for ever, the error was
+    never raised, and asyncio.run hung at exit."""
+    with BlobCache(store, inline_limit=1024) as cache:
+        cache.put("k", b"previous")
+    source = tmp_path / "source.bin"
+    source.write_bytes(os.urandom(8 * BlobCache.CHUNK_BYTES))
+    if failure.startswith("disk-full"):
+        _fail_writes_of_temp_files(monkeypatch)
+    expected: type[BaseException] = {
+        "readonly": ReadOnlyError,
+        "invalid-key": TypeError,
+    }.get(failure, OSError)
+
+    async def main() -> None:
+        readonly = failure == "readonly"
+        async with AsyncBlobCache(store, inline_limit=1024, readonly=readonly) as cache:
+            key: Any = 42 if failure == "invalid-key" else "k"
+            with pytest.raises(expected) as raised:
+                if failure == "disk-full-aiofiles":
+                    async with aiofiles.open(source, "rb") as f:
+                        await cache.put_file(key, f)
+                else:
+                    await cache.put_stream(key, _forever())
+            if failure.startswith("disk-full"):
+                assert isinstance(raised.value, OSError) and raised.value.errno == errno.ENOSPC
+            assert asyncio.all_tasks() == {asyncio.current_task()}
+            assert await cache.get("k") == b"previous"
+
+    _run_to_the_end(main)
+    assert files_named(store, F.TEMP_PREFIX) == []
+    with BlobCache(store) as cache:
+        assert cache["k"] == b"previous"
+
+
+def test_a_cancelled_stream_stops_its_put_before_the_call_returns(store: str) -> None:
+    """Cancelling the awaiting task stops the worker's put too: when the task
+    has seen CancelledError, no thread is still writing and no temp file is left."""
+
+    async def main() -> None:
+        async with AsyncBlobCache(store, inline_limit=1024) as cache:
+            await cache.put("k", b"previous")
+            fed = asyncio.Event()
+
+            async def source() -> AsyncIterator[bytes]:
+                yield b"x" * 300_000  # past inline_limit: the worker writes a temp file
+                fed.set()
+                await asyncio.Event().wait()  # never set: only cancellation ends this
+                yield b""
+
+            put = asyncio.ensure_future(cache.put_stream("k", source()))
+            await fed.wait()
+            put.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await put
+            assert asyncio.all_tasks() == {asyncio.current_task()}
+            assert files_named(store, F.TEMP_PREFIX) == []
+            assert await cache.get("k") == b"previous"
+
+    _run_to_the_end(main)

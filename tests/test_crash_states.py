@@ -21,11 +21,11 @@ writer goes on, both parties' calls in one trace in the kernel's order
 
 Store bugs the explorer finds and that are not fixed yet go in
 ``crashsim.KNOWN_BUGS`` (counted apart, so these tests still catch anything
-else) with a strict-xfail reproduction here: three today, all of the writer
-and ``blobcache gc`` racing on the live store (gc fsyncs files the writer
-removed; a put gives up when gc removes its new key directory a few times; gc
-removes a temp file its writer has created but not locked yet). The seven fixed
-before have regression tests at the end of this file.
+else) with a strict-xfail reproduction here: none today. The three it found of
+the writer and ``blobcache gc`` racing on the live store (gc fsynced files the
+writer removed; a put gave up when gc removed its new key directory a few
+times; gc removed a temp file its writer had created but not locked yet) and
+the seven before have regression tests in this file.
 """
 
 from __future__ import annotations
@@ -543,44 +543,26 @@ def test_a_killed_writer_leaves_the_store_to_an_offline_gc() -> None:
     assert notes[dead + 3] == "open", notes[dead:]
 
 
-# Reproductions of the known bugs: each is expected to fail with ``StillThere``
-# (only that: any other failure is a real one), after checking that its
-# KNOWN_BUGS entry explains every failure it shows, so the entry is neither too
-# wide nor too narrow. Once the bug is fixed, that check fails: remove the
-# entry and the xfail mark.
+# Regressions of the three bugs the explorer found in the writer and `blobcache
+# gc` racing on the live store (issue 12): each workload below made gc or the
+# writer raise at the crash point it names; now every crash point of it checks
+# clean, and neither party raises.
 
 
-class StillThere(AssertionError):
-    """A known bug's reproduction still fails."""
+def _survives(workload: C.Workload) -> None:
+    report = C.explore(workload, STRICT)
+    assert not report.failures, _fail_message(report)
+    assert report.states_checked > 0, report.summary()
 
 
-def _reproduces(bug: C.KnownBug, workload: C.Workload) -> None:
-    known = C.explore(workload, C.Config(deep_probe=True, known_bugs=C.KNOWN_BUGS))
-    assert known.known.get(bug.name), (
-        f"known bug {bug.name!r} not seen any more: fixed? Remove it from KNOWN_BUGS and "
-        f"the xfail mark here. {known.summary()}"
-    )
-    assert not known.failures, _fail_message(known)
-    strict = C.explore(workload, STRICT)
-    if strict.failures:
-        raise StillThere(_fail_message(strict))
+# `blobcache gc` beside the writer fsynced files the writer had removed meanwhile
+# and raised FileNotFoundError: one workload per call it failed in.
 
 
-def _known_bug(bug: C.KnownBug) -> pytest.MarkDecorator:
-    return pytest.mark.xfail(strict=True, raises=StillThere, reason=f"known bug {bug.name}")
-
-
-# crashsim.GC_LOSES_A_RACE, one reproduction per call it fails in: `blobcache gc`
-# raises FileNotFoundError beside the writer.
-
-GC_RACE: Final = _known_bug(C.GC_LOSES_A_RACE)
-
-
-@GC_RACE
 def test_gc_beside_a_compacting_writer_survives_a_removed_segment() -> None:
     """gc fsyncs every log segment it listed (the record that makes a version
     garbage is in one of them); suspended after the first, the writer's gc()
-    compacts the log, and gc's fsync of the next, removed, segment raises."""
+    compacts the log: gc takes the next, removed, segment as collected."""
 
     def steps(d: C.Driver) -> None:
         for i in range(6):
@@ -594,7 +576,7 @@ def test_gc_beside_a_compacting_writer_survives_a_removed_segment() -> None:
 
     options = {**C.ROLLING, "compact_ratio": 1.0}
     workload = C.Workload("gc-removed-segment", options, steps, beside_gc=True)
-    _reproduces(C.GC_LOSES_A_RACE, workload)
+    _survives(workload)
 
 
 def _two_keys_superseded(d: C.Driver) -> None:
@@ -607,10 +589,9 @@ def _two_keys_superseded(d: C.Driver) -> None:
     d.collect_suspended("unlinked")
 
 
-@GC_RACE
 def test_gc_beside_a_collecting_writer_survives_a_removed_version() -> None:
     """gc fsyncs K's newer version before removing K's older one; meanwhile the
-    writer put K again and its gc() removed that newer version: the fsync raises."""
+    writer put K again and its gc() removed that newer version: gc goes on."""
 
     def steps(d: C.Driver) -> None:
         _two_keys_superseded(d)
@@ -618,14 +599,13 @@ def test_gc_beside_a_collecting_writer_survives_a_removed_version() -> None:
         d.gc()
         d.finish_collect()
 
-    _reproduces(C.GC_LOSES_A_RACE, C.Workload("gc-removed-version", C.BASE, steps, beside_gc=True))
+    _survives(C.Workload("gc-removed-version", C.BASE, steps, beside_gc=True))
 
 
-@GC_RACE
 def test_gc_beside_a_collecting_writer_survives_a_removed_key_dir() -> None:
     """gc, suspended after unlinking L's older version and before fsyncing L's
-    directory: the writer deletes L and its gc() removes the directory; gc's
-    fsync of it raises."""
+    directory: the writer deletes L and its gc() removes the directory; gc
+    takes it as collected."""
 
     def steps(d: C.Driver) -> None:
         _two_keys_superseded(d)
@@ -633,13 +613,12 @@ def test_gc_beside_a_collecting_writer_survives_a_removed_key_dir() -> None:
         d.gc()
         d.finish_collect()
 
-    _reproduces(C.GC_LOSES_A_RACE, C.Workload("gc-removed-key-dir", C.BASE, steps, beside_gc=True))
+    _survives(C.Workload("gc-removed-key-dir", C.BASE, steps, beside_gc=True))
 
 
-# The second known bug (crashsim.PUT_GIVES_UP): a put gives up when gc removes its
-# new key directory before the put holds it, a few times in a row.
-
-PUT_GIVES_UP: Final = _known_bug(C.PUT_GIVES_UP)
+# A put gave up when gc removed its new key directory before the put held it, a
+# few times in a row; the put now holds the directory before it writes the key
+# file (BlobCache._hold_key_dir).
 
 
 def _moved_to_the_log_and_collected(d: C.Driver) -> None:
@@ -650,39 +629,38 @@ def _moved_to_the_log_and_collected(d: C.Driver) -> None:
     d.collect()
 
 
-@PUT_GIVES_UP
 def test_put_beside_gc_survives_its_key_dir_removed_after_each_key_file() -> None:
-    """gc removes k's new directory right after each key file's rename, twice:
-    the key file's directory fsync fails both times, put retries once, then
-    raises FileNotFoundError."""
+    """gc runs right after the key file's rename (it used to remove k's new
+    directory there, failing the key file's directory fsync, and the put's one
+    retry met the same): the put holds the directory by then, so gc leaves it
+    and the put completes with that one key file."""
 
     def steps(d: C.Driver) -> None:
         _moved_to_the_log_and_collected(d)
-        with d.collect_during("key-file", 1), d.collect_during("key-file", 2):
+        with d.collect_during("key-file", 1):
             d.large("k", 5000)
 
-    _reproduces(C.PUT_GIVES_UP, C.Workload("put-gives-up-1", C.BASE, steps, beside_gc=True))
+    _survives(C.Workload("put-gives-up-1", C.BASE, steps, beside_gc=True))
 
 
-@PUT_GIVES_UP
 def test_put_beside_gc_survives_its_key_dir_removed_before_each_flock() -> None:
-    """gc removes k's new directory after each key file is durable, before the
-    put takes the directory's flock (fsync_dir 4 and 8: three fan-out levels,
-    then the key file's); with the attempt the first removal already cost,
-    put gives up: "removed three times while a put went in"."""
+    """gc runs after the put's third directory fsync (its new directories made,
+    not yet held: gc keeps a key directory without a key file) and its fourth
+    (the key file's, under the put's flock). It used to remove k's new directory
+    after its key file was durable and before the put's flock, until the put
+    gave up: "removed three times while a put went in"."""
 
     def steps(d: C.Driver) -> None:
         _moved_to_the_log_and_collected(d)
-        with d.collect_during("dir-synced", 4), d.collect_during("dir-synced", 8):
+        with d.collect_during("dir-synced", 3), d.collect_during("dir-synced", 4):
             d.large("k", 5000)
 
-    _reproduces(C.PUT_GIVES_UP, C.Workload("put-gives-up-2", C.BASE, steps, beside_gc=True))
+    _survives(C.Workload("put-gives-up-2", C.BASE, steps, beside_gc=True))
 
 
-# crashsim.TEMP_UNHELD: gc removes a writer's temp file between its create and
-# its flock.
+# gc removed a writer's temp file between its create and its flock; both now
+# happen under the directory's shared flock (_fsio.open_temp).
 
-TEMP_UNHELD: Final = _known_bug(C.TEMP_UNHELD)
 COMPACTING: Final = {**C.ROLLING, "compact_ratio": 1.0}  # compaction by gc() only
 
 
@@ -694,10 +672,9 @@ def _two_segments_with_stale_records(d: C.Driver) -> None:
         d.settle()
 
 
-@TEMP_UNHELD
 def test_gc_does_not_remove_the_temp_file_of_a_compaction_being_written() -> None:
     """gc right after compaction creates its output's temp file, before the
-    flock: gc locks and removes it, and the writer's gc() fails at the rename."""
+    temp's flock: log/ is held shared, so gc leaves the temp file."""
 
     def steps(d: C.Driver) -> None:
         _two_segments_with_stale_records(d)
@@ -705,14 +682,13 @@ def test_gc_does_not_remove_the_temp_file_of_a_compaction_being_written() -> Non
             d.gc()
 
     workload = C.Workload("gc-removes-compaction-temp", COMPACTING, steps, beside_gc=True)
-    _reproduces(C.TEMP_UNHELD, workload)
+    _survives(workload)
 
 
-@TEMP_UNHELD
 def test_gc_holding_a_new_temp_files_flock_does_not_fail_the_writer() -> None:
-    """The same, with gc suspended after its unlink of the temp file, still
-    holding its flock: the writer's flock fails, open_temp's assert fires, and
-    its cleanup's unlink raises FileNotFoundError out of gc()."""
+    """The same, gc to be suspended after an unlink (it used to unlink the temp
+    file and hold its flock, so open_temp's assert fired): it unlinks nothing
+    of the writer's."""
 
     def steps(d: C.Driver) -> None:
         _two_segments_with_stale_records(d)
@@ -721,20 +697,21 @@ def test_gc_holding_a_new_temp_files_flock_does_not_fail_the_writer() -> None:
         d.finish_collect()
 
     workload = C.Workload("gc-holds-compaction-temp", COMPACTING, steps, beside_gc=True)
-    _reproduces(C.TEMP_UNHELD, workload)
+    _survives(workload)
 
 
-@TEMP_UNHELD
 def test_gc_does_not_remove_the_temp_files_of_a_put_being_written() -> None:
-    """gc after each of a large put's two attempts creates its temp file: the
-    put retries the first FileNotFoundError and raises the second."""
+    """gc right after a large put creates its temp file (it used to remove it,
+    and again the temp file of the put's one retry, which then raised): the
+    key directory is held shared, gc leaves the temp file, the put completes
+    with no second temp file."""
 
     def steps(d: C.Driver) -> None:
         d.large("k", 3000)
-        with d.collect_during("temp-created", 1), d.collect_during("temp-created", 2):
+        with d.collect_during("temp-created", 1):
             d.large("k", 5000)
 
-    _reproduces(C.TEMP_UNHELD, C.Workload("gc-removes-put-temp", C.BASE, steps, beside_gc=True))
+    _survives(C.Workload("gc-removes-put-temp", C.BASE, steps, beside_gc=True))
 
 
 # --- The sweep tool --------------------------------------------------------------------------

@@ -173,8 +173,8 @@ def _site(name: str, args: tuple[Any, ...]) -> str:
 
 # Helpers that only wrap a primitive for their callers: the site is named after
 # the caller ("fdatasync@sync", not "fdatasync@_fdatasync"; "pwrite_all@
-# write_version", not "pwrite_all@fill@_publish_version").
-_PASS_THROUGH = frozenset({"_fdatasync", "fill", "_publish_version"})
+# write_version", not "pwrite_all@fill@_write_temp").
+_PASS_THROUGH = frozenset({"_fdatasync", "fill", "_write_temp"})
 
 
 def _torn_pwrite_all(real: Callable[..., Any], error: OSError, *args: Any) -> None:
@@ -457,7 +457,7 @@ WORKLOADS = (
         "put",
         "L-new",
         _large("L-new"),
-        expect=("mkdir(keydir)@makedirs@_ensure_key_dir",),
+        expect=("mkdir(keydir)@makedirs@_hold_key_dir",),
     ),
     Workload("put-large-existing", "put", "L0", _large("L0 v2")),
     Workload(
@@ -861,7 +861,7 @@ def test_failed_directory_fsync_after_publishing_a_version_takes_the_version_bac
     # won at the next open, so the failed put's value was served.
     with BlobCache(store, **_OPTIONS) as cache:
         cache.put("k", _large("old"))
-        faults = Faults(monkeypatch, fail_sites=("fsync_dir(keydir)@write_version",))
+        faults = Faults(monkeypatch, fail_sites=("fsync_dir(keydir)@publish",))
         with faults.arming(), pytest.raises(OSError, match="Input/output"):
             cache.put("k", _large("failed"))
         assert bytes(cache["k"]) == _large("old")
@@ -963,12 +963,12 @@ def test_failed_removal_of_a_temp_file_leaves_an_orphan_that_the_next_open_remov
         cache.put("k", _large("old"))
         faults = Faults(
             monkeypatch,
-            fail_sites=("rename(version)@write_version", "unlink(temp)@discard@write_version"),
+            fail_sites=("rename(version)@publish", "unlink(temp)@discard@abandon"),
             code=errno.ENOSPC,
         )
         with faults.arming(), pytest.raises(OSError, match="No space left"):
             cache.put("k", _large("failed"))
-        assert faults.sites[-1] == "unlink(temp)@discard@write_version"
+        assert faults.sites[-1] == "unlink(temp)@discard@abandon"
         assert len(_temps(store)) == 1
         assert bytes(cache["k"]) == _large("old")
         cache.put("k", _large("new"))  # the store goes on
