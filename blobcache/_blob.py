@@ -407,6 +407,8 @@ def _sort_entry(scan: KeyDirScan, entry: os.DirEntry[str]) -> None:
     record = Record(parsed.seq, entry.path, parsed.length, parsed.checksum)
     try:
         size = entry.stat(follow_symlinks=False).st_size
+    except FileNotFoundError:
+        return  # removed by a janitor since the listing (blobcache gc beside a writer)
     except OSError as exc:
         scan.unusable.append(record)
         scan.problems.append(Problem(entry.path, f"cannot stat version file: {exc}"))

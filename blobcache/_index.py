@@ -80,9 +80,10 @@ def inline_value(entry: Entry) -> bytes:
 
 @dataclass
 class Deleted:
-    """A delete record in the log, kept in memory while its key still has a blob
-    directory: compaction must copy it forward until the janitor removes that
-    directory, or older versions there would come back."""
+    """A delete record in the log, kept in memory while versions older than it
+    may lie in its key's directory (the key deleted, or put again as a newer
+    version): compaction must copy it forward until the janitor removes them,
+    or they would come back (see ``BlobCache._still_needs_delete``)."""
 
     seq: int
     segment: int

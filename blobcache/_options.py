@@ -49,7 +49,8 @@ class Options:
     for a new key its directories and key file too. Raising it holds more bytes
     in memory and makes compaction copy more; 0 puts every value in a file.
 
-    The default is the crossover measured by ``tools/bench_floor.py`` (2026-11-28,
+    The default is the crossover measured by ``tools/bench.py --only crossover``
+    (then ``tools/bench_floor.py``; 2026-11-28,
     git 1c2dfcf, one thread, durability="fsync"): a file's put costs 3.4x /
     3.3x / 3.1x / 1.9x / 1.23x / 0.81x the log's for 1 KiB / 4 / 16 / 64 /
     256 KiB / 1 MiB values of an existing key (3.1x at 256 KiB for a new key).

@@ -435,8 +435,10 @@ class BlobCache(MutableMapping[N.Key, Value]):
                 # file. Only an entry that is still live is really damaged.
                 current = self._index.get(key)
                 if current is entry:
-                    if self._writer is None:
-                        raise  # a reader changes nothing: the writer falls back
+                    if self._writer is None or self._held.inherited():
+                        # A reader, or a forked child, changes nothing: the
+                        # writer falls back; here the damage is what to say.
+                        raise
                     # The caller's key may be a str or bytes subclass: its methods
                     # run here (encode_key), not under the stripe lock.
                     key = N.decode_key(*N.encode_key(key))
@@ -720,8 +722,8 @@ class BlobCache(MutableMapping[N.Key, Value]):
                 self._index.pop(key, None)
             else:
                 self._index[key] = entry
-                self._deleted.pop(key, None)
                 if type(entry) is not BlobEntry:
+                    self._deleted.pop(key, None)  # superseded in the log: see _still_needs_delete
                     self._book.add(entry[SEGMENT], entry[SIZE], live=True)
             old_segment = None if old is None or type(old) is BlobEntry else old[SEGMENT]
             if old is not None and old_segment is not None:
@@ -1152,7 +1154,7 @@ class BlobCache(MutableMapping[N.Key, Value]):
             if self._options.durability == "os":
                 self.sync()
             self._make_adopted_durable()
-            kept = [(k, d) for k, d in deleted if self._still_needs_delete(k)]
+            kept = [(k, d) for k, d in deleted if self._still_needs_delete(k, d.seq)]
             # Encoded one at a time as the output is written: the records are
             # never all in memory beside the values they copy.
             records = itertools.chain(
@@ -1173,7 +1175,9 @@ class BlobCache(MutableMapping[N.Key, Value]):
                     if self._deleted.get(key) is dead:
                         del self._deleted[key]
                 for (key, dead), size in zip(kept, sizes[len(keys) :], strict=True):
-                    if key not in self._deleted and key not in self._index:
+                    # Not if a newer delete took its place, nor a put to the log.
+                    live = self._index.get(key)
+                    if key not in self._deleted and (live is None or type(live) is BlobEntry):
                         self._deleted[key] = Deleted(dead.seq, output, size)
                 del sizes[len(keys) :]
                 # Popped as they are replaced, so an old entry is freed as soon as
@@ -1227,6 +1231,8 @@ class BlobCache(MutableMapping[N.Key, Value]):
             while parents and directory != self._path:
                 _fsio.fsync_dir(directory)
                 directory = os.path.dirname(directory)
+        except FileNotFoundError:
+            raise  # gone (by hand, or collected once superseded): no write was lost
         except OSError as exc:
             self._held.owed.failed(exc)
             raise
@@ -1242,10 +1248,33 @@ class BlobCache(MutableMapping[N.Key, Value]):
             for lock in self._stripes:
                 lock.release()
 
-    def _still_needs_delete(self, key: N.Key) -> bool:
-        """A delete record must be kept while its key's directory may hold older versions."""
-        digest = N.key_hash(*N.encode_key(key))
-        return N.key_dir(self._blobs, digest) in self._key_dirs
+    def _still_needs_delete(self, key: N.Key, seq: int) -> bool:
+        """Whether compaction must copy ``key``'s delete record ``seq`` forward: while
+        it is what hides an older version still in the key's directory.
+
+        The key still deleted: while the directory is there (the janitor removes
+        it). Put again as a version: while a version numbered below the delete
+        is there, since a fall back from a damaged newer version must find the
+        delete, not that version (dropping it served a deleted value again). Put
+        again to the log: never, as a log record newer than any version wins at
+        open and is never damaged unseen (its checksum is read then).
+        """
+        keydir = N.key_dir(self._blobs, N.key_hash(*N.encode_key(key)))
+        if keydir not in self._key_dirs:
+            return False
+        entry = self._index.get(key)
+        if entry is None:
+            return True
+        if type(entry) is not BlobEntry:
+            return False
+        try:
+            names = os.listdir(keydir)
+        except FileNotFoundError:
+            return False
+        return any(
+            (version := N.parse_version_name(name)) is not None and version.seq < seq
+            for name in names
+        )
 
     # --- state -----------------------------------------------------------------------
 

@@ -78,7 +78,7 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any, Final, Literal, TypeAlias
 
-from blobcache import BlobCache, CorruptionError, _format, _fsio, _maintenance
+from blobcache import BlobCache, BlobCacheError, CorruptionError, _format, _fsio, _maintenance
 
 PAGE: Final = 4096
 """Writes are torn only at page boundaries: the unit a page cache writes back."""
@@ -1103,6 +1103,14 @@ class Janitor:
             report = _maintenance.collect(self.store)
             how = "beside the writer" if report.beside_writer else "with no writer: offline"
             outcome = f"returned ({how}; {len(report.removed)} paths removed)"
+        except BlobCacheError as exc:
+            if os.path.exists(os.path.join(self.store, _format.MARKER_NAME)):
+                outcome = f"raised {_raised(exc, self.recorder.root)}"
+                self.raised.append(
+                    Raised(self.recorder.state.fs_ops, GC, f"blobcache gc {outcome}")
+                )
+            else:  # a writer killed in its init: not a store yet, and gc never makes one
+                outcome = f"refused a directory with no {_format.MARKER_NAME} yet: {exc}"
         except Exception as exc:
             outcome = f"raised {_raised(exc, self.recorder.root)}"
             self.raised.append(Raised(self.recorder.state.fs_ops, GC, f"blobcache gc {outcome}"))

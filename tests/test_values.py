@@ -517,3 +517,23 @@ def test_an_unprivileged_user_collects_read_only_files_and_reopens(open_dir: str
             assert cache["small"] == b"later"
 
     _as_nobody(work)
+
+
+def test_a_delete_compacted_before_the_janitor_ran_still_hides_the_older_version(
+    store: str,
+) -> None:
+    """Put A (large), delete, put C (large), compact before the janitor removed A,
+    damage C: the key is deleted, not A again. Compaction must copy the delete
+    forward while A may still be in the key's directory, though a newer put
+    superseded the delete (it dropped it, and the fallback then found A)."""
+    with BlobCache(store, inline_limit=LIMIT) as cache:
+        cache.put("k", A)
+        cache.delete("k")
+        cache.put("k", C)
+        cache._compact(force=True)  # what background compaction may do before any gc()
+        assert len(files_named(os.path.dirname(file_of(cache, "k")), "v-")) == 2  # A is there
+        flip_bit(file_of(cache, "k"), 50)
+        assert cache.get("k") is None
+        assert "k" not in cache
+    with BlobCache(store, inline_limit=LIMIT) as cache:
+        assert cache.get("k") is None
