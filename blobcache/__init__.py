@@ -5,9 +5,9 @@
 acknowledged put. See README.md for the guarantees and FORMAT.md for the bytes.
 """
 
-from ._blob import Problem
 from ._janitor import GcResult
 from ._options import Options
+from ._problems import Problem
 from .aio import AsyncBlobCache
 from .cache import BlobCache, Stats
 from .errors import BlobCacheError, ClosedError, CorruptionError, LockedError, ReadOnlyError

@@ -30,18 +30,8 @@ import xxhash
 from . import _format as F
 from . import _fsio
 from . import _names as N
+from ._problems import Problem
 from .errors import CorruptionError
-
-
-@dataclass(frozen=True)
-class Problem:
-    """A file the store could not use, with what was wrong; reported, never served."""
-
-    path: str
-    message: str
-
-    def __str__(self) -> str:
-        return f"{self.path}: {self.message}"
 
 
 @dataclass(frozen=True)

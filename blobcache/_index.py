@@ -8,11 +8,13 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Any, Final, NoReturn
+from typing import TYPE_CHECKING, Any, Final, NoReturn
 
-from ._blob import Record
 from ._names import Key
 from .errors import ClosedError
+
+if TYPE_CHECKING:  # the index names the layouts' records; it imports neither layout
+    from ._blob import Record
 
 # Entries are positional, not objects with named fields: opening a store makes
 # one entry per log record, and building a tuple costs far less than calling a class

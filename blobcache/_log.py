@@ -28,9 +28,9 @@ import xxhash
 
 from . import _format as F
 from . import _fsio
-from ._blob import Problem
 from ._index import Entry
 from ._names import Key
+from ._problems import Problem
 from .errors import CorruptionError
 
 _HEADER = F.RECORD_HEADER

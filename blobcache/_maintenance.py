@@ -32,8 +32,9 @@ from typing import Any
 from . import _blob, _fsio, _log, _recovery
 from . import _format as F
 from . import _names as N
-from ._blob import Problem, Record
+from ._blob import Record
 from ._janitor import GcResult
+from ._problems import Problem
 from .cache import BlobCache
 from .errors import CorruptionError, LockedError
 

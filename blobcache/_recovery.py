@@ -20,8 +20,9 @@ from dataclasses import dataclass, field
 from . import _blob, _fsio, _log
 from . import _format as F
 from . import _names as N
-from ._blob import KeyDirScan, Problem, Record
+from ._blob import KeyDirScan, Record
 from ._index import SEGMENT, SEQ, SIZE, VALUE, BlobEntry, Deleted, Entry
+from ._problems import Problem
 from .errors import BlobCacheError, CorruptionError, LockedError
 
 log = logging.getLogger("blobcache")

@@ -47,7 +47,7 @@ from typing import Any, BinaryIO, NoReturn, TypeVar, cast
 from . import _blob, _compaction, _fsio, _janitor, _log, _recovery
 from . import _format as F
 from . import _names as N
-from ._blob import Problem, Record
+from ._blob import Record
 from ._compaction import SegmentBook
 from ._index import (
     RECORD,
@@ -67,6 +67,7 @@ from ._index import (
 from ._janitor import GcResult
 from ._log import LogWriter
 from ._options import Durability, Options
+from ._problems import Problem
 from .errors import BlobCacheError, ClosedError, CorruptionError, ReadOnlyError
 
 log = logging.getLogger("blobcache")

@@ -1,0 +1,20 @@
+"""What a store reports instead of serving: the vocabulary both layouts share.
+
+The log (``_log``) and the key directories (``_blob``) each find files they
+cannot use; neither knows the other, so the word for it lives here.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Problem:
+    """A file the store could not use, with what was wrong; reported, never served."""
+
+    path: str
+    message: str
+
+    def __str__(self) -> str:
+        return f"{self.path}: {self.message}"

@@ -1,0 +1,45 @@
+"""The module layers DESIGN.md draws: the two layouts meet only in the cache.
+
+Read from each module's own import statements (``ast``), since importing any
+module runs the package's ``__init__``, which imports them all.
+"""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import pytest
+
+PACKAGE = Path(__file__).resolve().parent.parent / "blobcache"
+
+
+def _imports(module: str) -> set[str]:
+    """The package's modules that ``module`` imports, at any level of its code."""
+    tree = ast.parse((PACKAGE / f"{module}.py").read_text(encoding="utf-8"))
+    found: set[str] = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.ImportFrom) and node.level == 1:
+            if node.module is not None:
+                found.add(node.module.split(".")[0])
+            else:
+                found.update(alias.name for alias in node.names)
+    return found
+
+
+@pytest.mark.parametrize(
+    ("module", "not_imported"),
+    [
+        ("_log", {"_blob", "_recovery", "_janitor", "_compaction", "cache"}),
+        ("_blob", {"_log", "_index", "_recovery", "_janitor", "_compaction", "cache"}),
+        ("_index", {"_log", "_recovery", "cache"}),
+        ("_problems", {"_log", "_blob", "_index", "cache"}),
+    ],
+)
+def test_a_layout_does_not_import_the_other(module: str, not_imported: set[str]) -> None:
+    assert not _imports(module) & not_imported, _imports(module)
+
+
+@pytest.mark.parametrize("module", ["_format", "_fsio", "_names", "_problems", "errors"])
+def test_the_bottom_layer_imports_only_the_format_and_errors(module: str) -> None:
+    assert _imports(module) <= {"_format", "errors"}, _imports(module)
