@@ -19,7 +19,6 @@ import functools
 import itertools
 import mmap
 import os
-import sys
 import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -470,25 +469,20 @@ _libc.munmap.restype = ctypes.c_int
 _libc.munmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t]
 _MAP_FAILED = ctypes.c_void_p(-1).value
 
-# One array type for every mapping, however long: ctypes keeps each array type
-# it makes for good, so a type per value length would grow without bound. Views
-# are cut to the value's length before they are handed out; the span beyond is
-# address space never touched.
-_SPAN = 1 << 46 if sys.maxsize > 2**32 else 1 << 30
 
+class _Unmaps:
+    """Owns one read-only mapping, as the base of its exact-length ctypes array
+    type (``_mapping_type``); unmaps it when collected, i.e. once no view of it
+    is left (every memoryview of it holds a reference).
 
-class _Mapping(ctypes.c_char * _SPAN):  # type: ignore[misc]
-    """Owns one read-only mapping; unmaps it when collected, i.e. once no view
-    of it is left (every memoryview of it holds a reference).
-
-    A caller can reach it as ``view.obj``: indexing it raises, as indexing a
-    read-only mmap would, rather than touch memory past the value or write to
-    a page mapped read-only (a crash, not an error).
+    A caller can reach it as ``view.obj``: it is exactly the value's length
+    (a read past it would touch memory that is not the value's), and writing
+    raises, as a read-only mmap's would, rather than touch a page mapped
+    read-only (a crash, not an error).
     """
 
-    __slots__ = ("_length",)
-
-    _length: int
+    __slots__ = ()
+    _length_: int
 
     # Bound here: a view alive at interpreter exit may outlive the module globals.
     def __del__(
@@ -496,13 +490,25 @@ class _Mapping(ctypes.c_char * _SPAN):  # type: ignore[misc]
         munmap: Callable[[int, int], int] = _libc.munmap,
         address_of: Callable[[Any], int] = ctypes.addressof,
     ) -> None:
-        munmap(address_of(self), self._length)
-
-    def __getitem__(self, index: object) -> NoReturn:
-        raise TypeError("a value's mapping is read through the view get returned, not its .obj")
+        munmap(address_of(self), self._length_)
 
     def __setitem__(self, index: object, value: object) -> NoReturn:
         raise TypeError("a value's mapping is read-only")
+
+
+def _mapping_type(length: int) -> type[ctypes.Array[ctypes.c_char]]:
+    """A ctypes array type of exactly ``length`` bytes whose instances unmap.
+
+    Made through the metaclass, not ``c_char * length``: ctypes caches the
+    types the latter makes for good, one per length ever mapped; these go
+    with their last instance. About 6 us, once per value's first get.
+    """
+    namespace = {"_type_": ctypes.c_char, "_length_": length, "__slots__": ()}
+    metaclass: Any = type(ctypes.Array)
+    made: type[ctypes.Array[ctypes.c_char]] = metaclass(
+        "_Mapping", (_Unmaps, ctypes.Array), namespace
+    )
+    return made
 
 
 def _map_read_only(fd: int, length: int) -> memoryview:
@@ -514,6 +520,4 @@ def _map_read_only(fd: int, length: int) -> memoryview:
     if address is None or address == _MAP_FAILED:
         code = ctypes.get_errno()
         raise OSError(code, f"mmap of {length} bytes failed: {os.strerror(code)}")
-    mapping = _Mapping.from_address(address)
-    mapping._length = length
-    return memoryview(mapping).cast("B")[:length].toreadonly()
+    return memoryview(_mapping_type(length).from_address(address)).cast("B").toreadonly()

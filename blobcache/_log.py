@@ -31,7 +31,7 @@ from . import _fsio
 from ._index import Entry
 from ._names import Key
 from ._problems import Problem
-from .errors import CorruptionError
+from .errors import BlobCacheError, CorruptionError
 
 _HEADER = F.RECORD_HEADER
 _HEADER_SIZE = F.RECORD_HEADER.size
@@ -114,15 +114,16 @@ def read_segment(
     if flags is None:
         # Crash policy: create_segment makes the header durable (file, then
         # directory) before anything else is written to the segment, so a crash
-        # while creating it leaves a header cut short or zeroed with nothing but
-        # zeros after it. Only that is taken as "no segment yet"; a zeroed header
-        # with anything else after it is damage, whatever wiped it.
-        if active and (len(data) < head or data.count(0) == len(data)):
+        # while creating it leaves a header cut short, or zeroed, and nothing
+        # after it (room is zero-filled ahead only once the header is durable).
+        # Only that is taken as "no segment yet"; a zeroed header with anything
+        # after it, zeros included, is damage, whatever wiped it.
+        if active and (len(data) < head or (len(data) == head and not data.strip(b"\0"))):
             info.cut = len(data)  # end = 0 tells the opener to make it anew
             return info, b""
         why = "segment header is damaged or not blobcache's"
-        if data.count(0, 0, head) == head and data.count(0) != len(data):
-            why = "segment header is zeroed, yet bytes other than zeros follow it"
+        if data.count(0, 0, head) == head:
+            why = "segment header is zeroed, yet bytes follow it"
         if not salvage:
             raise CorruptionError(path, f"{why}; open with salvage=True to read its records", 0)
         info.problems.append(Problem(path, f"{why}: its records were read by their checksums"))
@@ -268,11 +269,14 @@ def records_of(directory: str, tag: bytes, raw: bytes) -> dict[int, bytes | None
             if parse_segment_name(name) is None:
                 continue
             try:
-                with open(os.path.join(directory, name), "rb") as f:
+                # Never through a link, never a FIFO (a get would hang on it).
+                with os.fdopen(_fsio.open_regular(os.path.join(directory, name)), "rb") as f:
                     data = f.read()
             except FileNotFoundError:
                 vanished = True
                 continue
+            except CorruptionError:
+                continue  # no regular file: none of the log's (open reports such a name)
             if raw in data:  # a record of the key holds its bytes: skip the walk where none do
                 _find_records(data, tag, raw, found)
         if not vanished:
@@ -588,7 +592,15 @@ def create_segment(directory: str, number: int, *, flags: int) -> int:
     either does not exist or starts with a good header.
     """
     path = os.path.join(directory, segment_name(number))
-    fd = _fsio.create_exclusive(path, readable=True, mode=_fsio.WRITABLE)
+    try:
+        fd = _fsio.create_exclusive(path, readable=True, mode=_fsio.WRITABLE)
+    except FileExistsError:
+        # Numbers only grow and each is made once: what holds the name is a
+        # stray (reported at open), a directory named like a segment, say.
+        raise BlobCacheError(
+            f"{path} is in the way of the log's next segment: it is no segment this "
+            "store made (reported at open); move it out of the store"
+        ) from None
     try:
         _fsio.pwrite_all(fd, segment_header(flags), 0)
         _fsio.fsync_file(fd)

@@ -364,7 +364,8 @@ def _missing_dirs(result: Recovered, blobs: str, logdir: str, *, salvage: bool) 
     A crash never loses either in a store with FORMAT (see ``_init_store``),
     except in one initialised by blobcache up to 0.1.0: FORMAT without both,
     which holds nothing. So one missing beside the other holding something is
-    damage: what was in it could have been any key's newest record.
+    damage: what was in it could have been any key's newest record. One missing
+    beside the other empty is reported (what it held cannot be known).
 
     :raises CorruptionError: one is missing while the other holds something,
         unless ``salvage``: then that is reported in ``problems``.
@@ -381,7 +382,7 @@ def _missing_dirs(result: Recovered, blobs: str, logdir: str, *, salvage: bool) 
             "with it (a deleted key would come back)",
             salvage=salvage,
         )
-    if blobs in missing and logdir not in missing and not _log_is_new(logdir):
+    elif blobs in missing and logdir not in missing and not _log_is_new(logdir):
         _damage(
             result,
             blobs,
@@ -389,6 +390,14 @@ def _missing_dirs(result: Recovered, blobs: str, logdir: str, *, salvage: bool) 
             "every value kept in a file went with it (a key would roll back to an older "
             "value in the log)",
             salvage=salvage,
+        )
+    elif len(missing) == 1:
+        # The other is empty: whatever the lost one held cannot be told (this
+        # version makes both before FORMAT), so say it went, and go on.
+        (lost,) = missing
+        other = F.LOG_DIR if lost == blobs else F.BLOBS_DIR
+        result.problems.append(
+            Problem(lost, f"missing beside an empty {other}/: whatever it held is gone; made anew")
         )
     return missing
 
@@ -568,7 +577,8 @@ def _stray(path: str) -> Problem:
 def _compacted_floor(logdir: str, numbers: list[int]) -> int:
     """The number of the newest segment whose header says COMPACTED, or 0."""
     for number in reversed(numbers):
-        with open(os.path.join(logdir, _log.segment_name(number)), "rb") as f:
+        path = os.path.join(logdir, _log.segment_name(number))
+        with os.fdopen(_fsio.open_regular(path), "rb") as f:
             flags = _log.header_flags(f.read(F.SEGMENT_HEADER.size))
         if flags is not None and flags & F.SEGMENT_FLAG_COMPACTED:
             return number

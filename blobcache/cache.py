@@ -1116,6 +1116,9 @@ class BlobCache(MutableMapping[N.Key, Value]):
         active segment meanwhile. With ``force``, the active segment is sealed
         and compacted too, if it holds anything stale.
         """
+        # Here too, not only in gc(): compaction through a handle inherited by a
+        # fork would cut the parent's active segment back and delete it.
+        self._check_writer()
         with self._compact_lock:
             self._check_open()
             with self._book.lock:

@@ -641,3 +641,19 @@ def test_a_handle_refuses_pickling_with_how_to_share_a_store(store: str) -> None
             pickle.dumps(acache)
     finally:
         asyncio.run(acache.close())
+
+
+def test_compaction_itself_refuses_an_inherited_handle(
+    store: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Defence in depth (review of issue 12): not only gc() but the compaction it
+    calls refuses in a forked child, which would cut the parent's active segment."""
+    cache = BlobCache(store, segment_bytes=4096)
+    monkeypatch.setattr(cache, "_maybe_compact", lambda: None)  # the parent's files stay still
+    for i in range(60):
+        cache.put(f"k{i % 5}", b"x" * 100)
+    before = _files(store)
+    outcome = _Child(lambda: _outcome(lambda: cache._compact(force=True))).result()
+    assert _refused_as_inherited(outcome), outcome
+    assert _files(store) == before
+    cache.close()

@@ -635,3 +635,19 @@ def test_a_version_swapped_for_a_link_after_open_is_never_read_through(store: st
             cache.get("k")
         with pytest.raises(CorruptionError, match="symbolic link"):
             cache.open("k")
+
+
+def test_a_directory_named_like_the_next_segment_stops_the_roll_with_what_to_do(
+    store: str,
+) -> None:
+    """Regression (review of issue 12): a directory carrying the next segment's
+    name was reported at open, then the roll to it raised a bare FileExistsError."""
+    with BlobCache(store, segment_bytes=4096) as cache:
+        cache.put("a", b"v")
+    os.mkdir(os.path.join(store, F.LOG_DIR, "0000000000000002.log"))
+    with BlobCache(store, segment_bytes=4096) as cache:
+        assert any("a directory, where blobcache keeps" in p.message for p in cache.problems)
+        with pytest.raises(BlobCacheError, match="in the way of the log's next segment"):
+            for i in range(100):
+                cache.put(f"k{i}", b"x" * 100)
+        assert cache["a"] == b"v"

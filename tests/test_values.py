@@ -215,6 +215,10 @@ def test_what_a_view_is_a_view_of_cannot_be_read_past_or_written(store: str) -> 
             view.obj[1 << 40]
         with pytest.raises(TypeError):
             view[0] = 1
+        # A buffer of what it is a view of is the value's bytes, no more (it was a
+        # span of 64 TiB: reading past the value's pages segfaulted).
+        assert memoryview(view.obj).nbytes == len(A)
+        assert bytes(memoryview(view.obj).cast("B")) == A
         assert bytes(cache["k"]) == A
 
 
