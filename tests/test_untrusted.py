@@ -37,6 +37,7 @@ import xxhash
 from blobcache import BlobCache, BlobCacheError, CorruptionError, _maintenance, cli
 from blobcache import _format as F
 from blobcache import _names as N
+from tests.conftest import file_of, flip_bit
 
 BIG = b"big value " * 100  # in a file of its own (inline_limit below)
 SMALL = b"small"  # in the log
@@ -651,3 +652,18 @@ def test_a_directory_named_like_the_next_segment_stops_the_roll_with_what_to_do(
             for i in range(100):
                 cache.put(f"k{i}", b"x" * 100)
         assert cache["a"] == b"v"
+
+
+def test_a_fifo_named_like_a_segment_after_open_does_not_hang_a_fallback(store: str) -> None:
+    """Regression (review of issue 12): a damaged value's fallback scans the log's
+    segments for older records of its key; it opened them with a plain open(), so
+    a FIFO named like a segment that appeared after open blocked it for ever,
+    with the key's stripe lock held."""
+    with BlobCache(store, inline_limit=64) as cache:
+        cache.put("k", b"A" * 100)
+        cache.put("k", b"C" * 100)
+        fifo = os.path.join(store, F.LOG_DIR, "00000000000000ff.log")
+        os.mkfifo(fifo)
+        flip_bit(file_of(cache, "k"), 10)
+        assert cache.get("k") == b"A" * 100  # fell back, past the FIFO, to the older version
+        assert stat.S_ISFIFO(os.lstat(fifo).st_mode)
