@@ -2594,18 +2594,7 @@ def random_workload(seed: int, durability: str = "fsync", steps: int = 14) -> Wo
 
     def steps_(d: Driver) -> None:
         for kind, key, size in plan:
-            if kind == "small":
-                d.small(key, min(size, 900))
-            elif kind == "large":
-                d.large(key, size)
-            elif kind == "delete":
-                d.delete(key)
-            elif kind == "gc":
-                d.gc()
-            elif kind == "sync":
-                d.sync()
-            else:
-                d.reopen()
+            _writer_step(d, kind, key, min(size, 900) if kind == "small" else size)
             d.settle()
 
     options = {**ROLLING, "durability": durability, "compact_ratio": 0.5}
