@@ -9,7 +9,7 @@ owning process starts compaction by itself.
 Not a crash model: a resource bound. The measure is taken in a child process
 that opens the store, then reads ``VmRSS`` from ``/proc/self/status``, resets
 the peak (``clear_refs`` 5: ``VmHWM`` becomes the current RSS) and reads
-``VmHWM`` after ``gc()``. The bound leaves a wide margin over what the
+``VmHWM`` after ``gc()``. The bound (the issue: about 1.2x) leaves a margin over what the
 streaming compaction measures (1.02x to 1.10x, printed with ``pytest -s``) and
 is far below what the old one took (2.2x to 2.8x).
 """
@@ -25,7 +25,7 @@ import pytest
 
 from blobcache import BlobCache
 
-PEAK_OVER_BEFORE = 1.5
+PEAK_OVER_BEFORE = 1.25  # the issue asks "about 1.2x"; measured 1.02x-1.10x
 
 _MEASURE = textwrap.dedent(
     """
