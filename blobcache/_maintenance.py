@@ -35,7 +35,7 @@ from . import _names as N
 from ._blob import Record
 from ._janitor import GcResult
 from ._problems import Problem
-from .cache import BlobCache
+from .cache import BlobCache, Inventory
 from .errors import CorruptionError, LockedError
 
 
@@ -143,8 +143,9 @@ def store_stats(path: str, *, top: int = 5, salvage: bool = False) -> StoreStats
     (with ``salvage``, past damaged log records, as ``BlobCache(salvage=True)``)."""
     with BlobCache(path, readonly=True, salvage=salvage) as cache:
         summary = cache.stats()
-        sizes = cache._sizes()
-        live_files = {p for _, p in cache._blob_paths()}
+        inventory = cache._inventory()
+        sizes = inventory.sizes
+        live_files = {p for _, p in inventory.live_versions}
         problems = [str(p) for p in cache.problems]
     largest = heapq.nlargest(top, sizes, key=lambda kv: kv[1])
     file_bytes = disk_bytes = superseded = superseded_bytes = versions = segments = temps = 0
@@ -307,13 +308,14 @@ def _collect_beside_writer(path: str, *, dry_run: bool) -> GcReport:
             log_synced = True
 
     with BlobCache(path, readonly=True) as cache:
-        live = {os.path.dirname(r.path): r for r in _live_versions(cache)}
+        inventory = cache._inventory()
+        live = {os.path.dirname(r.path): r for r in _live_versions(inventory)}
         in_log: dict[str, int | None] = {}  # keydir -> its key's record in the log, read once
         sound: dict[str, bool] = {}  # keydir -> its live version may stand alone, checked once
 
         def log_bound(keydir: str) -> int | None:
             if keydir not in in_log:
-                in_log[keydir] = _live_seq_of_dir(cache, keydir)
+                in_log[keydir] = _live_seq_of_dir(inventory, keydir)
             return in_log[keydir]
 
         found = sorted(_versions(os.path.join(path, F.BLOBS_DIR)), key=lambda v: v[1].path)
@@ -356,10 +358,10 @@ def _collect_beside_writer(path: str, *, dry_run: bool) -> GcReport:
     return report
 
 
-def _live_versions(cache: BlobCache) -> list[Record]:
-    """The version file of every key whose live value is in one, in ``cache``'s snapshot."""
+def _live_versions(inventory: Inventory) -> list[Record]:
+    """The version file of every key whose live value is in one, in the snapshot."""
     records = []
-    for seq, path in cache._blob_paths():
+    for seq, path in inventory.live_versions:
         name = N.parse_version_name(os.path.basename(path))
         assert name is not None and name.seq == seq, "recovery admits only version names"
         records.append(Record(seq, path, name.length, name.checksum))
@@ -492,14 +494,14 @@ def _remove_key_dir(
         _fsio.unlock(held)
 
 
-def _live_seq_of_dir(cache: BlobCache, keydir: str) -> int | None:
+def _live_seq_of_dir(inventory: Inventory, keydir: str) -> int | None:
     """The sequence number of the live record (or kept delete) of the key whose
     directory is ``keydir``, when that record is in the log; None if unknown."""
     try:
         key = _blob.read_key_file(keydir)
     except (OSError, CorruptionError):
         return None
-    return cache._record_seq(key)
+    return inventory.record_seqs.get(key)
 
 
 __all__ = ["GcReport", "Progress", "StoreStats", "collect", "store_stats", "verify"]

@@ -112,6 +112,19 @@ class Stats:
         return asdict(self)
 
 
+@dataclass(frozen=True)
+class Inventory:
+    """What the maintenance command (``_maintenance``) reads of an open store,
+    and all it may read: a snapshot, taken by ``BlobCache._inventory``, so the
+    command never reaches into the handle's index or its bookkeeping."""
+
+    sizes: list[tuple[N.Key, int]]  # (key, value length) of every live key
+    live_versions: list[tuple[int, str]]  # (seq, path) of every live value in a file
+    # The sequence number of each key's live record, or of its delete record
+    # while compaction keeps it (older versions may lie in its directory).
+    record_seqs: dict[N.Key, int]
+
+
 def as_buffer(value: object) -> memoryview:
     """A flat byte view of ``value`` (bytes, bytearray, memoryview, numpy array, ...).
 
@@ -1322,24 +1335,20 @@ class BlobCache(MutableMapping[N.Key, Value]):
 
     # --- for the maintenance command (_maintenance.py) ------------------------------
 
-    def _sizes(self) -> list[tuple[N.Key, int]]:
-        """(key, value length) of every live key."""
-        return [(k, length(e)) for k, e in list(self._index.items())]
-
-    def _blob_paths(self) -> list[tuple[int, str]]:
-        """(seq, path) of every live value in a file."""
-        return [
-            (e[SEQ], e[RECORD].path) for e in list(self._index.values()) if type(e) is BlobEntry
-        ]
-
-    def _record_seq(self, key: N.Key) -> int | None:
-        """The sequence number of ``key``'s live record, or of its delete record
-        kept for compaction; None when neither is known."""
-        entry = self._index.get(key)
-        if entry is not None:
-            return int(entry[SEQ])
-        dead = self._deleted.get(key)
-        return dead.seq if dead is not None else None
+    def _inventory(self) -> Inventory:
+        """What ``blobcache stats | verify | gc`` read of this handle: all of it."""
+        entries = list(self._index.items())
+        seqs = {key: dead.seq for key, dead in list(self._deleted.items())}
+        seqs.update((key, int(entry[SEQ])) for key, entry in entries)
+        return Inventory(
+            sizes=[(key, length(entry)) for key, entry in entries],
+            live_versions=[
+                (int(entry[SEQ]), entry[RECORD].path)
+                for _, entry in entries
+                if type(entry) is BlobEntry
+            ],
+            record_seqs=seqs,
+        )
 
     def _book_lock(self) -> contextlib.AbstractContextManager[object]:
         """The book's lock; none in a forked child, where no thread changes the book
