@@ -2410,7 +2410,7 @@ def _gc_layouts(d: Driver) -> None:
     d.small("k", 12)
     d.collect()  # k's directory goes again
     with d.collect_during("dir-synced", 4):
-        d.large("k", 2500)  # gc after the new key file's directory fsync, before the flock
+        d.large("k", 2500)  # gc after the new key file's directory fsync: the put holds it
     d.collect()
     d.small("k", 20)
     d.gc()

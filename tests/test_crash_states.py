@@ -128,12 +128,16 @@ def test_every_crash_state_recovers(name: str, tally: list[C.Report]) -> None:
 def test_random_workload_crash_states_recover(
     seed: int, durability: str, tally: list[C.Report]
 ) -> None:
-    workload = C.random_workload(seed, durability)
+    _explore_seeded(C.random_workload(seed, durability), tally, MIN_RANDOM_STATES)
+
+
+def _explore_seeded(workload: C.Workload, tally: list[C.Report], least: int) -> None:
+    """Every crash state of a seeded workload recovers, and there are enough of them."""
     report = C.explore(workload, CI)
     tally.append(report)
     print(report.summary(), "--", workload.about)
     assert not report.failures, _fail_message(report)
-    assert report.states_checked >= MIN_RANDOM_STATES, report.summary()
+    assert report.states_checked >= least, report.summary()
 
 
 @pytest.mark.parametrize("durability", ["fsync", "os"])
@@ -143,12 +147,7 @@ def test_beside_gc_random_workload_crash_states_recover(
 ) -> None:
     """Seeded writer steps with ``blobcache gc`` before, in the middle of, or
     suspended across them; every crash point of the combined trace recovers."""
-    workload = C.beside_gc_workload(seed, durability)
-    report = C.explore(workload, CI)
-    tally.append(report)
-    print(report.summary(), "--", workload.about)
-    assert not report.failures, _fail_message(report)
-    assert report.states_checked >= MIN_BESIDE_GC_STATES, report.summary()
+    _explore_seeded(C.beside_gc_workload(seed, durability), tally, MIN_BESIDE_GC_STATES)
 
 
 @pytest.mark.parametrize("name", KILLED)
