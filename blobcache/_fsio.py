@@ -18,10 +18,13 @@ import os
 import secrets
 import stat
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from typing import ParamSpec
 
 from . import _format
 from .errors import BlobCacheError, CorruptionError
+
+_P = ParamSpec("_P")
 
 
 def fsync_file(fd: int) -> None:
@@ -268,6 +271,15 @@ _flocked: set[int] = set()
 _flocked_lock = threading.RLock()
 
 
+def _flocked_open(opener: Callable[_P, int], *args: _P.args, **kwargs: _P.kwargs) -> int:
+    """``opener(*args, **kwargs)``'s descriptor, noted in ``_flocked`` before any
+    fork can copy it unnoted (see the invariant above); ``unlock`` closes it."""
+    with _flocked_lock:
+        fd = opener(*args, **kwargs)
+        _flocked.add(fd)
+    return fd
+
+
 def unlock(fd: int) -> None:
     """Close a descriptor returned by ``lock_file``, ``lock_dir`` or ``open_temp``,
     which releases its flock."""
@@ -297,9 +309,7 @@ def lock_file(path: str) -> int | None:
     """Open (creating if needed) the file ``path`` and flock it exclusively without
     waiting; return the descriptor (``unlock`` releases it), or None when another
     holder has it. The store's writer lock: see ``try_lock``."""
-    with _flocked_lock:
-        fd = open_lock_file(path)
-        _flocked.add(fd)
+    fd = _flocked_open(open_lock_file, path)
     if not try_lock(fd):
         unlock(fd)
         return None
@@ -332,9 +342,7 @@ def lock_dir(path: str, *, exclusive: bool, wait: bool = True) -> int | None:
 
     :raises FileNotFoundError: ``path`` does not exist (any more).
     """
-    with _flocked_lock:
-        fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-        _flocked.add(fd)
+    fd = _flocked_open(os.open, path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
     try:
         fcntl.flock(
             fd, (fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH) | (0 if wait else fcntl.LOCK_NB)
@@ -378,9 +386,7 @@ def open_temp(
     held = None if directory_held else lock_dir(directory, exclusive=False)
     try:
         path = os.path.join(directory, temp_name())
-        with _flocked_lock:
-            fd = create_exclusive(path, readable=readable, mode=mode)
-            _flocked.add(fd)
+        fd = _flocked_open(create_exclusive, path, readable=readable, mode=mode)
         try:
             locked = try_lock(fd)
             assert locked, "a temp file just created with O_EXCL cannot be locked by anyone else"
