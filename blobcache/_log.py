@@ -28,7 +28,7 @@ import xxhash
 
 from . import _format as F
 from . import _fsio
-from ._index import Entry
+from ._index import FIELD_MASK, SEGMENT_SHIFT, SEQ_SHIFT
 from ._names import Key
 from ._problems import Problem
 from .errors import BlobCacheError, CorruptionError
@@ -136,21 +136,24 @@ def read_segment(
 def replay(
     data: bytes,
     info: SegmentRead,
-    latest: dict[Key, Entry],
+    values: dict[Key, bytes | None],
+    meta: dict[Key, int],
     live: dict[int, int],
     deletes: list[Key],
     *,
     active: bool,
     salvage: bool,
 ) -> int:
-    """Apply the segment's good records to ``latest`` (key -> newest entry; a
-    delete as an entry whose ``value`` is None; the keys of deletes are added to
-    ``deletes``) and ``live`` (live put bytes per
-    segment); return the highest sequence number seen.
+    """Apply the segment's good records to ``values`` and ``meta`` (key -> the
+    newest record's value, None for a delete, and its packed place, as the index
+    holds them: see ``_index.pack``; the keys of deletes are added to
+    ``deletes``) and ``live`` (live put bytes per segment); return the highest
+    sequence number seen.
 
     The reader and "highest sequence number wins" share one loop because it
     runs once per record at every open: a generator between them cost a third
-    of the time. Names are bound to locals for the same reason.
+    of the time. Names are bound to locals, and ``_index.pack`` spelled out,
+    for the same reason.
     """
     view = memoryview(data)
     unpack = _HEADER.unpack_from
@@ -158,8 +161,10 @@ def replay(
     mask, skip, head = F.RECORD_CHECKSUM_MASK, _CHECKSUM, _HEADER_SIZE
     put, kinds = F.RECORD_PUT, (F.RECORD_PUT, F.RECORD_DELETE)
     str_tag, tags = F.KEY_TAG_STR, (F.KEY_TAG_STR, F.KEY_TAG_BYTES)
-    setdefault = latest.setdefault
+    setdefault = meta.setdefault
+    seq_shift, field = SEQ_SHIFT, FIELD_MASK
     number = info.number
+    in_segment = number << SEGMENT_SHIFT
     here = 0  # live put bytes of this segment, added to live[number] at the end
     total = len(data)
     offset = F.SEGMENT_HEADER.size
@@ -185,26 +190,28 @@ def replay(
                 key: Key = raw.decode() if tag == str_tag else raw
                 if seq > max_seq:
                     max_seq = seq
-                # An entry of the index (_index.py): (seq, value, segment, size).
-                entry: Entry
-                if kind == put:
-                    entry = (seq, data[value_at:end], number, end - offset)
-                    here += end - offset
-                else:
-                    entry = (seq, None, number, end - offset)
-                    deletes.append(key)
+                size = end - offset
+                packed = seq << seq_shift | in_segment | size
                 # One hash lookup for a key seen first (the common case), not two.
-                old = setdefault(key, entry)
-                if old is not entry:
-                    if old[0] < seq:
-                        if old[1] is not None:
-                            if old[2] == number:
-                                here -= old[3]
-                            else:
-                                live[old[2]] -= old[3]
-                        latest[key] = entry
-                    elif kind == put:
-                        here -= end - offset  # an older record, read late
+                old = setdefault(key, packed)
+                if old is not packed:
+                    if old >> seq_shift >= seq:
+                        if kind == put:
+                            here -= size  # an older record, read late
+                        offset = end
+                        continue
+                    if values[key] is not None:  # the record superseded was a put
+                        if old >> SEGMENT_SHIFT & field == number:
+                            here -= old & field
+                        else:
+                            live[old >> SEGMENT_SHIFT & field] -= old & field
+                    meta[key] = packed
+                if kind == put:
+                    values[key] = data[value_at:end]
+                    here += size
+                else:
+                    values[key] = None
+                    deletes.append(key)
                 offset = end
                 continue
         info.end = offset

@@ -21,7 +21,7 @@ from . import _blob, _fsio, _log
 from . import _format as F
 from . import _names as N
 from ._blob import KeyDirScan, Record
-from ._index import SEGMENT, SEQ, SIZE, VALUE, BlobEntry, Deleted, Entry
+from ._index import IN_A_FILE, Deleted, Mapped, Value, pack, segment_of, seq_of, size_of
 from ._problems import Problem
 from .errors import BlobCacheError, CorruptionError, LockedError
 
@@ -32,7 +32,8 @@ log = logging.getLogger("blobcache")
 class Recovered:
     """What open found: the index, the highest sequence number, and what needs the janitor."""
 
-    entries: dict[N.Key, Entry] = field(default_factory=dict)
+    values: dict[N.Key, Value] = field(default_factory=dict)  # the index (see _index)
+    meta: dict[N.Key, int] = field(default_factory=dict)
     max_seq: int = 0
     key_dirs: set[str] = field(default_factory=set)  # dirs with a valid key file
     dirty: set[str] = field(default_factory=set)  # dirs holding something the janitor removes
@@ -346,12 +347,12 @@ def _recover_into(
     if blobs not in missing:
         for keydir in iter_key_dirs(blobs, result.problems, result.empty_fanouts):
             _admit(result, _blob.scan_key_dir(keydir), blob_live)
-    latest = _replay_log(logdir, result, salvage=salvage) if logdir not in missing else {}
+    values, meta = ({}, {}) if logdir in missing else _replay_log(logdir, result, salvage=salvage)
     # A segment without a header yet (a writer killed right after creating it)
     # has no records, so replay never counted its live bytes: zero, not missing.
     for number in result.segment_total:
         result.segment_live.setdefault(number, 0)
-    _merge(result, blob_live, latest)
+    _merge(result, blob_live, values, meta)
     if not result.readonly:
         for directory in missing:
             _fsio.makedirs(root, directory)
@@ -442,9 +443,11 @@ def _require_dir(path: str) -> None:
         raise CorruptionError(path, _fsio.misplaced(_fsio.kind_of(mode), "a directory"))
 
 
-def _replay_log(logdir: str, result: Recovered, *, salvage: bool) -> dict[N.Key, Entry]:
+def _replay_log(
+    logdir: str, result: Recovered, *, salvage: bool
+) -> tuple[dict[N.Key, bytes | None], dict[N.Key, int]]:
     """Read every segment still in force, oldest first; return each key's newest
-    record as an entry (a delete as an entry whose ``value`` is None).
+    record as the index holds it (value, and meta): a delete's value is None.
 
     Segments numbered below the newest COMPACTED one were replaced by it (a
     compaction that crashed before deleting its inputs): they are deleted unread,
@@ -454,7 +457,8 @@ def _replay_log(logdir: str, result: Recovered, *, salvage: bool) -> dict[N.Key,
     listed = _segment_numbers(logdir, result)
     floor = _compacted_floor(logdir, listed)
     numbers = [n for n in listed if n >= floor]
-    latest: dict[N.Key, Entry] = {}
+    values: dict[N.Key, bytes | None] = {}
+    meta: dict[N.Key, int] = {}
     max_seq = result.max_seq
     for number in numbers:
         active = number == numbers[-1]
@@ -469,7 +473,8 @@ def _replay_log(logdir: str, result: Recovered, *, salvage: bool) -> dict[N.Key,
             seen = _log.replay(
                 data,
                 info,
-                latest,
+                values,
+                meta,
                 result.segment_live,
                 result.log_deletes,
                 active=active,
@@ -487,7 +492,7 @@ def _replay_log(logdir: str, result: Recovered, *, salvage: bool) -> dict[N.Key,
         _fsio.unlink(os.path.join(logdir, _log.segment_name(number)))
     if replaced:
         _fsio.fsync_dir(logdir)
-    return latest
+    return values, meta
 
 
 def _check_no_gap(
@@ -585,31 +590,42 @@ def _compacted_floor(logdir: str, numbers: list[int]) -> int:
     return 0
 
 
-def _merge(result: Recovered, blob_live: dict[N.Key, Record], latest: dict[N.Key, Entry]) -> None:
-    """Highest sequence number wins, across the two layouts. ``latest`` becomes the index."""
+def _merge(
+    result: Recovered,
+    blob_live: dict[N.Key, Record],
+    values: dict[N.Key, bytes | None],
+    meta: dict[N.Key, int],
+) -> None:
+    """Highest sequence number wins, across the two layouts. ``values`` and
+    ``meta``, the log's newest records, become the index."""
+    index: dict[N.Key, Value | None] = values  # type: ignore[assignment]  # gains Mapped
     for key, record in blob_live.items():
-        newest = latest.get(key)
-        if newest is None or newest[SEQ] < record.seq:
+        newest = meta.get(key)
+        if newest is None or seq_of(newest) < record.seq:
             if newest is not None:
-                if newest[VALUE] is not None:
-                    result.segment_live[newest[SEGMENT]] -= newest[SIZE]
+                value = values[key]
+                if value is not None:
+                    result.segment_live[segment_of(newest)] -= size_of(newest)
                 # A version found at open may never have been made durable:
                 # compaction must fix that before it drops the log record.
                 result.blob_over_log[key] = os.path.dirname(record.path)
                 # What the key falls back to if that version fails its check.
-                result.log_under_blob[key] = (newest[SEQ], newest[VALUE])
-            latest[key] = BlobEntry(record)
+                result.log_under_blob[key] = (seq_of(newest), value)
+            index[key] = Mapped(record)
+            meta[key] = pack(record.seq, IN_A_FILE, 0)
         else:  # superseded by a log record: the whole key directory is garbage
             result.dirty.add(os.path.dirname(record.path))
     for key in set(result.log_deletes):
-        dead = latest[key]
-        if dead[VALUE] is not None or type(dead) is BlobEntry:
+        if index[key] is not None:
             continue  # put again after this delete
-        del latest[key]
+        del index[key]
+        dead = meta.pop(key)
         if key in result.dir_of:  # older versions there: compaction keeps the delete
-            result.deleted[key] = Deleted(dead[SEQ], dead[SEGMENT], dead[SIZE])
+            result.deleted[key] = Deleted(seq_of(dead), segment_of(dead), size_of(dead))
             result.dirty.add(result.dir_of[key])
-    result.entries = latest
+    # Invariant: no None is left, since each delete that won was dropped above.
+    result.values = index  # type: ignore[assignment]
+    result.meta = meta
 
 
 def iter_key_dirs(blobs: str, problems: list[Problem], empty: set[str]) -> list[str]:

@@ -50,20 +50,17 @@ from . import _names as N
 from ._blob import Record
 from ._compaction import SegmentBook
 from ._index import (
-    RECORD,
-    SEGMENT,
-    SEQ,
-    SIZE,
-    VALUE,
-    VIEW,
-    BlobEntry,
+    IN_A_FILE,
     ClosedIndex,
     Deleted,
-    Entry,
-    blob_of,
-    inline_value,
+    Mapped,
     length,
+    pack,
+    segment_of,
+    seq_of,
+    size_of,
 )
+from ._index import Value as Stored
 from ._janitor import GcResult
 from ._log import LogWriter
 from ._options import Durability, Options
@@ -262,7 +259,9 @@ class BlobCache(MutableMapping[N.Key, Value]):
         # releases the lock, and "os" durability promises nothing at a crash.
         self._release = weakref.finalize(self, _let_go_of_dropped, self._held)
         self._release.atexit = False
-        self._index: dict[N.Key, Entry] = recovered.entries
+        # The index (see _index): get reads only _values.
+        self._values: dict[N.Key, Stored] = recovered.values
+        self._meta: dict[N.Key, int] = recovered.meta
         self._deleted = recovered.deleted
         self._key_dirs = recovered.key_dirs
         self._dirty = recovered.dirty | recovered.empty_fanouts
@@ -377,20 +376,19 @@ class BlobCache(MutableMapping[N.Key, Value]):
         :raises ClosedError: the cache was closed.
         """
         try:
-            entry = self._index[key]
+            value = self._values[key]
         except (KeyError, TypeError):
             found = self._lookup(key)  # raises TypeError for a key of the wrong type
             if found is None:
                 return default
-            entry = found  # put by another thread in the meantime
-        value = entry[1]  # entry[VALUE], spelled as a literal on the hot path
-        if value is not None:
-            return value  # bytes: immutable, so the cached object itself
-        mapped: memoryview | None = entry[3]  # type: ignore[assignment]  # a blob entry's VIEW
-        # A slice, never the cached view itself: the caller may release it.
-        return mapped[:] if mapped is not None else self._map(key, entry, default)
+            value = found  # put by another thread in the meantime
+        if value.__class__ is bytes:
+            return value  # immutable, so the stored object itself
+        # A Mapped. A slice, never the cached view itself: the caller may release it.
+        mapped = value.view  # type: ignore[union-attr]
+        return mapped[:] if mapped is not None else self._map(key, value, default)  # type: ignore[arg-type]
 
-    def _lookup(self, key: object) -> Entry | None:
+    def _lookup(self, key: object) -> Stored | None:
         """The entry of ``key`` or None; the slow path, with the type checks.
 
         :raises TypeError: ``key`` is not str or bytes (a dict would just say "missing",
@@ -398,7 +396,7 @@ class BlobCache(MutableMapping[N.Key, Value]):
         """
         if not isinstance(key, (str, bytes)):
             raise _key_type_error(key)
-        return self._index.get(key)
+        return self._values.get(key)
 
     def __getitem__(self, key: N.Key) -> Value:
         value = self.get(key, _MISSING)
@@ -410,11 +408,11 @@ class BlobCache(MutableMapping[N.Key, Value]):
         return self._lookup(key) is not None
 
     def __len__(self) -> int:
-        return len(self._index)
+        return len(self._values)
 
     def __iter__(self) -> Iterator[N.Key]:
         """Iterate over a snapshot of the keys taken when iteration starts."""
-        return iter(list(self._index))
+        return iter(list(self._values))
 
     def path(self, key: N.Key) -> str | None:
         """The file holding ``key``'s live value, exactly its bytes, for programs
@@ -427,28 +425,26 @@ class BlobCache(MutableMapping[N.Key, Value]):
 
         :raises KeyError: ``key`` is not in the cache.
         """
-        entry = self._lookup(key)
-        if entry is None:
+        value = self._lookup(key)
+        if value is None:
             raise KeyError(key)
-        record = blob_of(entry)
-        return record.path if record is not None else None
+        return value.record.path if type(value) is Mapped else None
 
-    def _map(self, key: N.Key, entry: Entry, default: _T | None) -> Value | _T | None:
+    def _map(self, key: N.Key, value: Mapped, default: _T | None) -> Value | _T | None:
         """Map a file value on its first get; return a view of its own, as get
         does. Two threads may both map it; both views are good, one is kept."""
         while True:
-            assert type(entry) is BlobEntry, "log entries always hold their bytes"
-            mapped: memoryview | None = entry[VIEW]
+            mapped = value.view
             if mapped is not None:  # mapped meanwhile, or a replacement already was
                 return mapped[:]
             try:
-                mapped = _blob.map_version(entry[RECORD], check=self._options.verify_on_get)
+                mapped = _blob.map_version(value.record, check=self._options.verify_on_get)
             except CorruptionError as damage:
                 # get takes no lock: between its lookup and this open, another
                 # thread may have replaced the key and the janitor removed the old
-                # file. Only an entry that is still live is really damaged.
-                current = self._index.get(key)
-                if current is entry:
+                # file. Only a value that is still live is really damaged.
+                current = self._values.get(key)
+                if current is value:
                     if self._writer is None or self._held.inherited():
                         # A reader, or a forked child, changes nothing: the
                         # writer falls back; here the damage is what to say.
@@ -456,15 +452,15 @@ class BlobCache(MutableMapping[N.Key, Value]):
                     # The caller's key may be a str or bytes subclass: its methods
                     # run here (encode_key), not under the stripe lock.
                     key = N.decode_key(*N.encode_key(key))
-                    with self._writing(os.path.basename(os.path.dirname(entry[RECORD].path))):
-                        current = self._fall_back(key, entry, damage)
+                    with self._writing(os.path.basename(os.path.dirname(value.record.path))):
+                        current = self._fall_back(key, value, damage)
                 if current is None:
                     return default
-                if current[VALUE] is not None:
-                    return current[VALUE]
-                entry = current
+                if not isinstance(current, Mapped):
+                    return current
+                value = current
                 continue
-            entry[VIEW] = mapped
+            value.view = mapped
             return mapped[:]
 
     # --- writing -------------------------------------------------------------------
@@ -510,7 +506,7 @@ class BlobCache(MutableMapping[N.Key, Value]):
         seq = self._seq.take()
         record = _log.encode_record(seq, F.RECORD_PUT, tag, raw, value)
         segment, _offset = self._log.append(record)
-        return self._publish(key, (seq, value, segment, len(record)))
+        return self._publish(key, value, pack(seq, segment, len(record)))
 
     def _put_blob(
         self,
@@ -600,7 +596,7 @@ class BlobCache(MutableMapping[N.Key, Value]):
         """REQUIRES: the key's stripe lock. Returns whether a sealed segment got staler."""
         if self._options.durability != "fsync":
             self._owe_sync(record.path, keydir)
-        return self._publish(key, BlobEntry(record))
+        return self._publish(key, Mapped(record), pack(record.seq, IN_A_FILE, 0))
 
     # Streaming puts read and write this much at a time: what they hold in memory.
     CHUNK_BYTES = 1 << 20
@@ -705,47 +701,51 @@ class BlobCache(MutableMapping[N.Key, Value]):
         :raises KeyError: ``key`` is not in the cache.
         """
         while True:
-            entry = self._lookup(key)
-            if entry is None:
+            value = self._lookup(key)
+            if value is None:
                 raise KeyError(key)
-            record = blob_of(entry)
-            if record is None:
+            if not isinstance(value, Mapped):
                 # Read-only, as a file's: a BytesIO alone would take writes (into
                 # a copy of its own, but a caller would think they stuck).
-                return io.BufferedReader(io.BytesIO(inline_value(entry)))
+                return io.BufferedReader(io.BytesIO(value))
+            record = value.record
             try:
                 # Never through a link, never a FIFO: see _fsio.open_regular.
                 return os.fdopen(_fsio.open_regular(record.path), "rb")
             except FileNotFoundError:
-                if self._index.get(key) is entry:
+                if self._values.get(key) is value:
                     raise CorruptionError(
                         record.path,
                         "version file is missing: something other than blobcache removed it",
                     ) from None
                 # replaced and collected between our lookup and the open: again
 
-    def _publish(self, key: N.Key, entry: Entry | None) -> bool:
-        """Make ``entry`` the key's live record (None: deleted) and account for
-        what it supersedes; return whether that was in a sealed log segment (or
-        the log rolled over), so compaction may be due.
+    def _publish(self, key: N.Key, value: Stored | None, meta: int = 0) -> bool:
+        """Make ``value``, with its ``meta`` (see ``_index.pack``), the key's live
+        record (None: deleted) and account for what it supersedes; return whether
+        that was in a sealed log segment (or the log rolled over), so compaction
+        may be due.
 
         REQUIRES: the key's stripe lock; the record is acknowledged."""
         with self._book.lock:
-            old = self._index.get(key)
-            if entry is None:
-                self._index.pop(key, None)
+            old = self._values.get(key)
+            old_meta = self._meta.get(key)
+            if value is None:
+                self._values.pop(key, None)
+                self._meta.pop(key, None)
             else:
-                self._index[key] = entry
-                if type(entry) is not BlobEntry:
+                self._values[key] = value
+                self._meta[key] = meta
+                if type(value) is not Mapped:
                     self._deleted.pop(key, None)  # superseded in the log: see _still_needs_delete
-                    self._book.add(entry[SEGMENT], entry[SIZE], live=True)
-            old_segment = None if old is None or type(old) is BlobEntry else old[SEGMENT]
-            if old is not None and old_segment is not None:
-                self._book.supersede(old_segment, old[SIZE])
-        old_blob = blob_of(old) if old is not None else None
-        if old_blob is not None:
+                    self._book.add(segment_of(meta), size_of(meta), live=True)
+            old_segment = None
+            if old_meta is not None and type(old) is not Mapped:
+                old_segment = segment_of(old_meta)
+                self._book.supersede(old_segment, size_of(old_meta))
+        if type(old) is Mapped:
             # An older version to remove, or the whole directory if the key left it.
-            self._mark_dirty(os.path.dirname(old_blob.path))
+            self._mark_dirty(os.path.dirname(old.record.path))
         active = self._log.number
         rolled, self._active_seen = active != self._active_seen, active
         return rolled or (old_segment is not None and old_segment != active)
@@ -760,7 +760,7 @@ class BlobCache(MutableMapping[N.Key, Value]):
         key = N.decode_key(tag, raw)
         digest = N.key_hash(tag, raw)
         with self._writing(digest):
-            if self._index.get(key) is None:
+            if self._values.get(key) is None:
                 return False
             stale = self._delete(key, tag, raw, N.key_dir(self._blobs, digest))
         if stale:
@@ -782,11 +782,11 @@ class BlobCache(MutableMapping[N.Key, Value]):
             self._mark_dirty(keydir)
         return self._publish(key, None)
 
-    def _fall_back(self, key: N.Key, bad: Entry, damage: CorruptionError) -> Entry | None:
+    def _fall_back(self, key: N.Key, bad: Mapped, damage: CorruptionError) -> Stored | None:
         """``bad``, the live version of ``key``, failed its check: make the newest
         intact older record of the key live again -- whatever its layout -- by
         writing it anew (a new sequence number, so the damaged file is plain
-        garbage for the janitor), and report the damage. Returns the key's entry
+        garbage for the janitor), and report the damage. Returns the key's value
         now (None: that older record was a delete). A version never fsynced can
         come back from a power cut with its name and size but not its bytes ("os"
         durability on XFS, say): this is how the synced value before it is still
@@ -795,10 +795,9 @@ class BlobCache(MutableMapping[N.Key, Value]):
         REQUIRES: the key's stripe lock.
         :raises CorruptionError: ``damage``, when there is no intact older record.
         """
-        if self._index.get(key) is not bad:
-            return self._index.get(key)  # replaced meanwhile
-        assert type(bad) is BlobEntry, "only a version file can fail a check"
-        record: Record = bad[RECORD]
+        if self._values.get(key) is not bad:
+            return self._values.get(key)  # replaced meanwhile
+        record = bad.record
         keydir = os.path.dirname(record.path)
         older = self._newest_intact_below(key, record)
         if older is None:
@@ -817,7 +816,7 @@ class BlobCache(MutableMapping[N.Key, Value]):
             self._put_inline(key, tag, raw, bytes(value))
         else:
             self._put_blob(key, tag, raw, contextlib.nullcontext(), memoryview(value))
-        return self._index.get(key)
+        return self._values.get(key)
 
     def _newest_intact_below(
         self, key: N.Key, bad: Record
@@ -948,10 +947,9 @@ class BlobCache(MutableMapping[N.Key, Value]):
         for key, keydir in recovered.dir_of.items():
             self._owe_sync(os.path.join(keydir, F.KEY_FILE_NAME), keydir)
             self._owe_dirs(keydir)
-            entry = self._index.get(key)
-            record = blob_of(entry) if entry is not None else None
-            if record is not None:
-                self._owe_sync(record.path, keydir)
+            value = self._values.get(key)
+            if type(value) is Mapped:
+                self._owe_sync(value.record.path, keydir)
 
     def _owe_dirs(self, keydir: str) -> None:
         """Owe the next ``sync()`` an fsync of every directory from ``blobs`` down
@@ -1064,14 +1062,14 @@ class BlobCache(MutableMapping[N.Key, Value]):
             key = _blob.read_key_file(keydir)
         except (OSError, CorruptionError):
             return True  # nothing attributable here: clean_key_dir decides
-        entry = self._index.get(key)
-        if type(entry) is not BlobEntry or os.path.dirname(entry[RECORD].path) != keydir:
+        value = self._values.get(key)
+        if type(value) is not Mapped or os.path.dirname(value.record.path) != keydir:
             return True
         try:
-            _blob.map_version(entry[RECORD], check=True)
+            _blob.map_version(value.record, check=True)
         except CorruptionError as damage:
             try:
-                self._fall_back(key, entry, damage)
+                self._fall_back(key, value, damage)
             except CorruptionError:
                 return False
         return True
@@ -1083,13 +1081,13 @@ class BlobCache(MutableMapping[N.Key, Value]):
             with self._tree_lock:
                 parents = _janitor.prune_empty_dirs(os.path.dirname(keydir), self._blobs)
             return GcResult(dirs_removed=parents)
-        entry = self._index.get(scan.key) if scan.key is not None else None
-        live_seq = entry[SEQ] if entry is not None else None
+        meta = self._meta.get(scan.key) if scan.key is not None else None
+        live_seq = seq_of(meta) if meta is not None else None
         # Records found at open may never have been made durable (a crash between
         # a rename and its directory fsync, or "os" puts never synced): make the
         # live one durable before deleting anything older, whatever the mode.
         unsure = keydir in self._found_at_open or self._options.durability == "os"
-        if unsure and (entry is None or blob_of(entry) is None):
+        if unsure and (meta is None or segment_of(meta) != IN_A_FILE):
             self._log.sync()  # the newer record (a put or a delete) is in the log
         try:
             if unsure and scan.live is not None and scan.live.seq == live_seq:
@@ -1155,14 +1153,19 @@ class BlobCache(MutableMapping[N.Key, Value]):
                     self._book.add(active, 0, live=False)
                     inputs = sorted(n for n in self._book.total if n < active)
                     chosen = set(inputs)
-                    # Two flat lists, not a list of (key, entry) pairs: 16 bytes
-                    # per live record beside the index, which holds the values.
+                    # Three flat lists, not a list of tuples: 24 bytes per live
+                    # record beside the index, which holds the values. The values
+                    # are taken now, with the records' places: a put after the
+                    # stripes are let go must not lend its value to an old number.
                     keys: list[N.Key] = []
-                    entries: list[Entry] = []
-                    for key, entry in self._index.items():
-                        if type(entry) is not BlobEntry and entry[SEGMENT] in chosen:
+                    metas: list[int] = []
+                    values: list[bytes] = []
+                    get_value = self._values.__getitem__
+                    for key, meta in self._meta.items():
+                        if segment_of(meta) in chosen:  # never IN_A_FILE
                             keys.append(key)
-                            entries.append(entry)
+                            metas.append(meta)
+                            values.append(get_value(key))  # type: ignore[arg-type]
                     deleted = [(k, d) for k, d in self._deleted.items() if d.segment in chosen]
             assert inputs[-1] == output, "the segment just sealed is always in the book"
             # Never delete the last durable copy: a value that supersedes a record
@@ -1176,8 +1179,8 @@ class BlobCache(MutableMapping[N.Key, Value]):
             # never all in memory beside the values they copy.
             records = itertools.chain(
                 (
-                    _log.encode_record(e[SEQ], F.RECORD_PUT, *N.encode_key(k), inline_value(e))
-                    for k, e in zip(keys, entries, strict=True)
+                    _log.encode_record(seq_of(m), F.RECORD_PUT, *N.encode_key(k), v)
+                    for k, m, v in zip(keys, metas, values, strict=True)
                 ),
                 (
                     _log.encode_record(d.seq, F.RECORD_DELETE, *N.encode_key(k), b"")
@@ -1193,17 +1196,18 @@ class BlobCache(MutableMapping[N.Key, Value]):
                         del self._deleted[key]
                 for (key, dead), size in zip(kept, sizes[len(keys) :], strict=True):
                     # Not if a newer delete took its place, nor a put to the log.
-                    live = self._index.get(key)
-                    if key not in self._deleted and (live is None or type(live) is BlobEntry):
+                    live = self._values.get(key)
+                    if key not in self._deleted and (live is None or type(live) is Mapped):
                         self._deleted[key] = Deleted(dead.seq, output, size)
                 del sizes[len(keys) :]
-                # Popped as they are replaced, so an old entry is freed as soon as
+                # Popped as they are replaced, so an old meta is freed as soon as
                 # its new one is in: never two entries per key at once.
                 while keys:
-                    key, entry, size = keys.pop(), entries.pop(), sizes.pop()
-                    # Entries replaced meanwhile keep pointing where their new record is.
-                    if self._index.get(key) is entry:
-                        self._index[key] = (entry[SEQ], entry[VALUE], output, size)
+                    key, meta, size = keys.pop(), metas.pop(), sizes.pop()
+                    # Keys replaced meanwhile keep pointing where their new record is
+                    # (a new record has a new number, so a meta never comes back).
+                    if self._meta.get(key) == meta:
+                        self._meta[key] = pack(seq_of(meta), output, size)
                         live_bytes += size
                 self._book.replace(inputs, output, written, live_bytes)
             lower = inputs[:-1]  # the highest input was replaced by the rename
@@ -1229,11 +1233,10 @@ class BlobCache(MutableMapping[N.Key, Value]):
         every directory entry they depend on. REQUIRES: ``_compact_lock``."""
         adopted, self._blob_over_log = self._blob_over_log, {}
         for key, keydir in adopted.items():
-            entry = self._index.get(key)
-            record = blob_of(entry) if entry is not None else None
-            if record is None or os.path.dirname(record.path) != keydir:
+            value = self._values.get(key)
+            if type(value) is not Mapped or os.path.dirname(value.record.path) != keydir:
                 continue  # replaced since open by a record that was made durable
-            self._make_durable(keydir, record.path, parents=True)
+            self._make_durable(keydir, value.record.path, parents=True)
 
     def _make_durable(self, keydir: str, version: str, *, parents: bool) -> None:
         """fsync a live version that may not be durable (found at open, or put with
@@ -1279,10 +1282,10 @@ class BlobCache(MutableMapping[N.Key, Value]):
         keydir = N.key_dir(self._blobs, N.key_hash(*N.encode_key(key)))
         if keydir not in self._key_dirs:
             return False
-        entry = self._index.get(key)
-        if entry is None:
+        value = self._values.get(key)
+        if value is None:
             return True
-        if type(entry) is not BlobEntry:
+        if type(value) is not Mapped:
             return False
         try:
             names = os.listdir(keydir)
@@ -1312,7 +1315,7 @@ class BlobCache(MutableMapping[N.Key, Value]):
     def stats(self) -> Stats:
         """Counts from memory: keys, live bytes, log segments, what awaits ``gc()``."""
         self._check_open()
-        entries = list(self._index.values())
+        values = list(self._values.values())
         with self._book_lock():
             stale, total = self._book.stale()
             active = {self._writer.number} if self._writer is not None else set()
@@ -1320,9 +1323,9 @@ class BlobCache(MutableMapping[N.Key, Value]):
         return Stats(
             path=self._path,
             durability=self._options.durability,
-            keys=len(entries),
-            live_bytes=sum(map(length, entries)),
-            inline_keys=sum(1 for e in entries if type(e) is not BlobEntry),
+            keys=len(values),
+            live_bytes=sum(map(length, values)),
+            inline_keys=sum(1 for v in values if type(v) is not Mapped),
             next_seq=self._seq.peek(),
             segments=segments,
             log_record_bytes=total,
@@ -1337,15 +1340,15 @@ class BlobCache(MutableMapping[N.Key, Value]):
 
     def _inventory(self) -> Inventory:
         """What ``blobcache stats | verify | gc`` read of this handle: all of it."""
-        entries = list(self._index.items())
+        values = list(self._values.items())
         seqs = {key: dead.seq for key, dead in list(self._deleted.items())}
-        seqs.update((key, int(entry[SEQ])) for key, entry in entries)
+        seqs.update((key, seq_of(meta)) for key, meta in list(self._meta.items()))
         return Inventory(
-            sizes=[(key, length(entry)) for key, entry in entries],
+            sizes=[(key, length(value)) for key, value in values],
             live_versions=[
-                (int(entry[SEQ]), entry[RECORD].path)
-                for _, entry in entries
-                if type(entry) is BlobEntry
+                (value.record.seq, value.record.path)
+                for _, value in values
+                if type(value) is Mapped
             ],
             record_seqs=seqs,
         )
@@ -1370,13 +1373,13 @@ class BlobCache(MutableMapping[N.Key, Value]):
         if self._held.inherited():
             # No lock taken: a parent thread may have held one at the fork.
             self._closed = True
-            self._index = ClosedIndex(self._path)
+            self._values = ClosedIndex(self._path)
             return
         with self._compact_lock, self._all_stripes():
             if self._closed:
                 return
             self._closed = True
-            self._index = ClosedIndex(self._path)
+            self._values = ClosedIndex(self._path)
             if self._release.detach() is not None:  # the finalizer will not run: let go here
                 self._held.let_go()
         for thread in self._threads:
@@ -1391,7 +1394,7 @@ class BlobCache(MutableMapping[N.Key, Value]):
         """
         self._check_open()
         self._check_writer()
-        for key in list(self._index):
+        for key in list(self._values):
             self.delete(key)
 
     def __reduce__(self) -> NoReturn:
@@ -1414,7 +1417,7 @@ class BlobCache(MutableMapping[N.Key, Value]):
         self.close()
 
     def __repr__(self) -> str:
-        state = "closed" if self._closed else f"{len(self._index)} keys"
+        state = "closed" if self._closed else f"{len(self._values)} keys"
         return f"BlobCache({self._path!r}, durability={self._options.durability!r}, {state})"
 
 
