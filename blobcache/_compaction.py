@@ -16,7 +16,6 @@ module only moves bytes.
 from __future__ import annotations
 
 import os
-import threading
 from array import array
 from collections.abc import Iterable, Iterator
 
@@ -89,42 +88,3 @@ def remove_segments(logdir: str, numbers: list[int]) -> int:
     if numbers:
         _fsio.fsync_dir(logdir)
     return freed
-
-
-class SegmentBook:
-    """How many record bytes each log segment holds, and how many are still live.
-
-    A record is live while it is its key's newest record in the log and a put;
-    overwritten values and delete records count as stale. The ratio of stale
-    bytes in sealed segments decides when compaction pays.
-    REQUIRES: callers serialise through ``lock``.
-    """
-
-    def __init__(self, total: dict[int, int], live: dict[int, int]) -> None:
-        self.lock = threading.Lock()
-        self.total = total
-        self.live = live
-
-    def add(self, segment: int, size: int, *, live: bool) -> None:
-        self.total[segment] = self.total.get(segment, 0) + size
-        if live:
-            self.live[segment] = self.live.get(segment, 0) + size
-        else:
-            self.live.setdefault(segment, 0)
-
-    def supersede(self, segment: int, size: int) -> None:
-        if segment in self.live:  # not if its segment was compacted away meanwhile
-            self.live[segment] -= size
-
-    def stale(self, *, below: int | None = None) -> tuple[int, int]:
-        """(stale bytes, total bytes) over the segments numbered below ``below`` (all: None)."""
-        numbers = [n for n in self.total if below is None or n < below]
-        total = sum(self.total[n] for n in numbers)
-        return total - sum(self.live[n] for n in numbers), total
-
-    def replace(self, inputs: list[int], output: int, total: int, live: int) -> None:
-        for number in inputs:
-            self.total.pop(number, None)
-            self.live.pop(number, None)
-        self.total[output] = total
-        self.live[output] = live

@@ -1,4 +1,4 @@
-"""The in-memory index, in two dicts: what ``get`` reads, and what only writers read.
+"""The in-memory index: each key's live record, what is no longer live, and the log's book.
 
 * ``values``: key -> the value itself (``bytes``) for a value in the log, or a
   ``Mapped`` for a value in a file. ``get`` is one lookup here: a small value
@@ -12,10 +12,18 @@
 
 Invariant: the two have the same keys, outside a writer's stripe lock (and,
 during recovery, until ``_recovery._merge`` drops the deletes).
+
+``Index`` keeps them with what a record that stops being live leaves behind:
+the log's stale bytes per segment (``SegmentBook``, compaction's measure), the
+delete records compaction must keep, and the key directories the janitor has
+to visit. Its methods publish records; compaction (``_garbage``) reads and
+swaps its fields under ``lock``.
 """
 
 from __future__ import annotations
 
+import os
+import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Final, NoReturn
@@ -84,11 +92,132 @@ class Deleted:
     """A delete record in the log, kept in memory while versions older than it
     may lie in its key's directory (the key deleted, or put again as a newer
     version): compaction must copy it forward until the janitor removes them,
-    or they would come back (see ``BlobCache._still_needs_delete``)."""
+    or they would come back (see ``_garbage.Garbage.still_needs_delete``)."""
 
     seq: int
     segment: int
     size: int
+
+
+class SegmentBook:
+    """How many record bytes each log segment holds, and how many are still live.
+
+    A record is live while it is its key's newest record in the log and a put;
+    overwritten values and delete records count as stale. The ratio of stale
+    bytes in sealed segments decides when compaction pays.
+    REQUIRES: callers serialise through ``Index.lock``.
+    """
+
+    def __init__(self, total: dict[int, int], live: dict[int, int]) -> None:
+        self.total = total
+        self.live = live
+
+    def add(self, segment: int, size: int, *, live: bool) -> None:
+        self.total[segment] = self.total.get(segment, 0) + size
+        if live:
+            self.live[segment] = self.live.get(segment, 0) + size
+        else:
+            self.live.setdefault(segment, 0)
+
+    def supersede(self, segment: int, size: int) -> None:
+        if segment in self.live:  # not if its segment was compacted away meanwhile
+            self.live[segment] -= size
+
+    def stale(self, *, below: int | None = None) -> tuple[int, int]:
+        """(stale bytes, total bytes) over the segments numbered below ``below`` (all: None)."""
+        numbers = [n for n in self.total if below is None or n < below]
+        total = sum(self.total[n] for n in numbers)
+        return total - sum(self.live[n] for n in numbers), total
+
+    def replace(self, inputs: list[int], output: int, total: int, live: int) -> None:
+        for number in inputs:
+            self.total.pop(number, None)
+            self.live.pop(number, None)
+        self.total[output] = total
+        self.live[output] = live
+
+
+class Index:
+    """The live records (``values``, ``meta``), the delete records compaction
+    keeps (``deleted``), the log's ``book``, and the key directories holding
+    records no longer live (``dirty``, the janitor's to-do list).
+
+    REQUIRES: ``lock`` for ``meta``, ``deleted`` and ``book``, and for every
+    change of ``values`` (which ``get`` reads without it); ``dirty_lock`` for
+    ``dirty``. A writer holds its key's stripe lock too: the records of one key
+    are published in the order of their numbers.
+    """
+
+    def __init__(
+        self,
+        values: dict[Key, Value],
+        meta: dict[Key, int],
+        deleted: dict[Key, Deleted],
+        book: SegmentBook,
+        dirty: set[str],
+    ) -> None:
+        self.values = values
+        self.meta = meta
+        self.deleted = deleted
+        self.book = book
+        self.lock = threading.Lock()
+        self.dirty = dirty
+        self.dirty_lock = threading.Lock()
+
+    def publish(self, key: Key, value: Value | None, meta: int = 0) -> int | None:
+        """Make ``value``, with its ``meta`` (see ``pack``), the key's live record
+        (None: deleted), and account for what it supersedes; return the log
+        segment of the record superseded, or None (there was none, or it was a
+        version file, whose directory is now the janitor's to visit).
+
+        REQUIRES: the key's stripe lock; the record is acknowledged."""
+        with self.lock:
+            old = self.values.get(key)
+            old_meta = self.meta.get(key)
+            if value is None:
+                self.values.pop(key, None)
+                self.meta.pop(key, None)
+            else:
+                self.values[key] = value
+                self.meta[key] = meta
+                if type(value) is not Mapped:
+                    self.deleted.pop(key, None)  # superseded in the log: see Deleted
+                    self.book.add(segment_of(meta), size_of(meta), live=True)
+            old_segment = None
+            if old_meta is not None and type(old) is not Mapped:
+                old_segment = segment_of(old_meta)
+                self.book.supersede(old_segment, size_of(old_meta))
+        if isinstance(old, Mapped):
+            # An older version to remove, or the whole directory if the key left it.
+            self.mark_dirty(os.path.dirname(old.record.path))
+        return old_segment
+
+    def publish_delete(
+        self, key: Key, seq: int, segment: int, size: int, keydir: str | None
+    ) -> int | None:
+        """Publish the delete record ``seq`` of ``key``, ``size`` bytes in log
+        ``segment``; ``keydir`` is the key's directory if it has one. Returns
+        what ``publish`` does. REQUIRES: the key's stripe lock."""
+        with self.lock:
+            self.book.add(segment, size, live=False)
+            if keydir is not None:
+                # Older versions may lie in the key's directory until the janitor
+                # removes it: compaction must keep this record until then.
+                self.deleted[key] = Deleted(seq, segment, size)
+        if keydir is not None:
+            self.mark_dirty(keydir)
+        return self.publish(key, None)
+
+    def mark_dirty(self, keydir: str) -> None:
+        """Note that ``keydir`` holds garbage for the next ``gc()``."""
+        with self.dirty_lock:
+            self.dirty.add(keydir)
+
+    def take_dirty(self) -> set[str]:
+        """The directories to visit, leaving none."""
+        with self.dirty_lock:
+            dirty, self.dirty = self.dirty, set()
+        return dirty
 
 
 class ClosedIndex(dict[Key, Value]):

@@ -35,7 +35,8 @@ from . import _names as N
 from ._blob import Record
 from ._janitor import GcResult
 from ._problems import Problem
-from .cache import BlobCache, Inventory
+from ._stats import Inventory
+from .cache import BlobCache
 from .errors import CorruptionError, LockedError
 
 

@@ -31,9 +31,10 @@ from collections.abc import AsyncIterable, AsyncIterator, Callable, Iterable, It
 from types import TracebackType
 from typing import Any, BinaryIO, TypeVar
 
+from ._buffers import as_buffer
 from ._janitor import GcResult
 from ._names import Key
-from .cache import BlobCache, Stats, Value, as_buffer
+from .cache import BlobCache, Stats, Value
 
 _T = TypeVar("_T")
 

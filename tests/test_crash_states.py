@@ -617,7 +617,7 @@ def test_gc_beside_a_collecting_writer_survives_a_removed_key_dir() -> None:
 
 # A put gave up when gc removed its new key directory before the put held it, a
 # few times in a row; the put now holds the directory before it writes the key
-# file (BlobCache._hold_key_dir).
+# file (_writes.Writes._hold_key_dir).
 
 
 def _moved_to_the_log_and_collected(d: C.Driver) -> None:

@@ -483,7 +483,7 @@ WORKLOADS = (
         prepare=_make_garbage,
         expect=(
             *_GC_EXPECT,
-            "fsync_path(version)@_make_durable",
+            "fsync_path(version)@make_durable",
         ),
     ),
     Workload(
@@ -673,7 +673,7 @@ KNOWN_BUGS: dict[str, str] = {}
 # were waiting for them -- which the site alone does not tell, so there the test
 # asks sync() (see _poisoned).
 def _poisons_sync(site: str, w: Workload) -> bool | None:
-    if site.endswith(("@sync", "@_make_durable")):
+    if site.endswith(("@sync", "@make_durable")):
         return True
     if w.options.get("durability") == "os" and site in ("fdatasync@_roll", "fdatasync@_extend"):
         return None

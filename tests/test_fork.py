@@ -273,7 +273,12 @@ def test_an_inherited_handle_takes_no_lock_a_parent_thread_held_at_the_fork(
     child forever (the thread is not there to release it)."""
     cache = BlobCache(store, inline_limit=1024)
     cache.put("large", _large(3000))
-    held = [cache._compact_lock, cache._book.lock, cache._gc_lock, *cache._stripes]
+    held = [
+        cache._garbage.compact_lock,
+        cache._index.lock,
+        cache._garbage.gc_lock,
+        *cache._writes.stripes,
+    ]
     for lock in held:  # as a compaction and a put under way in other threads would
         lock.acquire()
     try:

@@ -1083,10 +1083,10 @@ def test_compaction_waits_for_a_put_or_delete_between_its_append_and_its_index_u
     cache.put("b", b"old")
     digest = N.key_hash(*N.encode_key("b"))
     progress = threading.Event()  # gc() finished, or it waits for b's stripe
-    stripe = int(digest[:3], 16) % len(cache._stripes)
-    cache._stripes[stripe] = _ContendedLock(progress)  # type: ignore[call-overload]
+    stripe = int(digest[:3], 16) % len(cache._writes.stripes)
+    cache._writes.stripes[stripe] = _ContendedLock(progress)  # type: ignore[call-overload]
     appended, go = threading.Event(), threading.Event()
-    real_append = cache._log.append
+    real_append = cache._writes.log.append
 
     def paused_append(record: bytes) -> tuple[int, int]:
         where = real_append(record)
@@ -1095,7 +1095,7 @@ def test_compaction_waits_for_a_put_or_delete_between_its_append_and_its_index_u
             go.wait()
         return where
 
-    cache._log.append = paused_append  # type: ignore[method-assign]
+    cache._writes.log.append = paused_append  # type: ignore[method-assign]
     call = (lambda: cache.put("b", b"new")) if op == "put" else (lambda: cache.delete("b"))
     writer = threading.Thread(target=call, name="writer")
     writer.start()

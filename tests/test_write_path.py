@@ -49,7 +49,7 @@ def _same_stripe(cache: BlobCache, key: str) -> str:
 
 
 def _stripe_of(cache: BlobCache, key: str) -> threading.Lock:
-    guard = cache._writing(N.key_hash(*N.encode_key(key)))
+    guard = cache._writes.writing(N.key_hash(*N.encode_key(key)))
     return guard._lock
 
 

@@ -1,0 +1,326 @@
+"""Garbage in an open store: the janitor's visits and log compaction, both online.
+
+The rule (DESIGN.md): a record is garbage once its key's live record has a
+higher number and is durable; the last durable copy of a value is never
+deleted. ``Garbage.gc`` visits each key directory the index marked dirty
+(under the key's stripe lock and the directory's exclusive flock) and then
+compacts the log; ``compact`` also runs on its own, in the background, once
+sealed segments are stale enough. What is garbage in one directory is
+``_janitor``'s to say; how segments are rewritten is ``_compaction``'s; this
+module decides when, and keeps the index right meanwhile.
+
+Locking: ``gc_lock`` (one gc at a time) is taken before a stripe lock;
+``compact_lock`` (one compaction, or close, at a time) before every stripe.
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+import threading
+
+from . import _blob, _compaction, _fsio, _janitor, _log
+from . import _format as F
+from . import _names as N
+from ._fallback import FallBack
+from ._index import IN_A_FILE, Deleted, Mapped, pack, segment_of, seq_of
+from ._janitor import GcResult
+from ._writes import Writes
+from .errors import ClosedError, CorruptionError
+
+
+class Garbage:
+    """The janitor and compaction of one writing handle.
+
+    ``found_at_open``: key directories recovery found holding garbage, whose live
+    version may never have been made durable (checked, and fsynced, first).
+    ``blob_over_log``: key -> directory of a version found at open that won over
+    a log record; it is made durable before compaction drops that record.
+    """
+
+    def __init__(
+        self,
+        writes: Writes,
+        fallback: FallBack,
+        found_at_open: set[str],
+        blob_over_log: dict[N.Key, str],
+        *,
+        salvaged: bool,
+    ) -> None:
+        self.writes = writes
+        self.index = writes.index
+        self.fallback = fallback
+        self.options = writes.options
+        self.owed = writes.held.owed
+        self.logdir = os.path.join(writes.path, F.LOG_DIR)
+        self.found_at_open = found_at_open
+        self.blob_over_log = blob_over_log
+        self.salvaged = salvaged  # a segment salvage cut short: gc() rewrites it
+        self.gc_lock = threading.Lock()
+        self.compact_lock = threading.Lock()
+        self.compact_wanted = writes.held.compact_wanted  # wakes the compaction thread
+
+    def gc(self) -> GcResult:
+        """``BlobCache.gc``. REQUIRES: a writer; no earlier fsync failed."""
+        self.owed.refuse_after_failure()
+        total = GcResult()
+        with self.gc_lock:
+            todo = sorted(self.index.take_dirty())
+            for done, keydir in enumerate(todo):
+                try:
+                    name = os.path.basename(keydir)
+                    if not N.is_key_dir_name(name):
+                        total.add(self._prune(keydir))
+                        continue
+                    with self.writes.writing(name):
+                        total.add(self._clean(keydir))
+                except BaseException:
+                    for left in todo[done:]:  # not cleaned: still garbage for next time
+                        self.index.mark_dirty(left)
+                    raise
+        total.add(self.compact(force=True))
+        return total
+
+    # --- the janitor ---------------------------------------------------------------
+
+    def _clean(self, keydir: str) -> GcResult:
+        """REQUIRES: the stripe lock of ``keydir``. Holds ``keydir`` exclusively
+        (see ``Writes._in_key_dir``) against a put writing a version into it and a
+        `blobcache gc` in another process.
+
+        The flock is taken without waiting: a put holds it shared, without the
+        stripe lock, while it writes (from a stream that may take any time, or
+        that waits for this very thread), so waiting here with the stripe lock
+        held could stall every key of the stripe or deadlock. A busy directory
+        is left for the next gc.
+        """
+        if keydir in self.found_at_open and not self._live_version_intact(keydir):
+            return GcResult()  # nothing intact to keep: left as found, reported
+        try:
+            held = _fsio.lock_dir(keydir, exclusive=True, wait=False)
+        except FileNotFoundError:
+            held = None  # gone already: _clean_held prunes its empty parents
+        else:
+            if held is None:  # a version is going in: its garbage stays for next time
+                self.index.mark_dirty(keydir)
+                return GcResult()
+        try:
+            return self._clean_held(keydir)
+        finally:
+            if held is not None:
+                _fsio.unlock(held)
+
+    def _live_version_intact(self, keydir: str) -> bool:
+        """A version found at open may have lost its bytes to a power cut (never
+        fsynced): read it whole before deleting the older ones it would fall back
+        to, and fall back if it fails. False: it failed and nothing older is
+        intact. REQUIRES: the stripe lock of ``keydir`` (not its flock: a fall
+        back writes a version into it)."""
+        try:
+            key = _blob.read_key_file(keydir)
+        except (OSError, CorruptionError):
+            return True  # nothing attributable here: clean_key_dir decides
+        value = self.index.values.get(key)
+        if not isinstance(value, Mapped) or os.path.dirname(value.record.path) != keydir:
+            return True
+        try:
+            _blob.map_version(value.record, check=True)
+        except CorruptionError as damage:
+            try:
+                self.fallback.fall_back(key, value, damage)
+            except CorruptionError:
+                return False
+        return True
+
+    def _clean_held(self, keydir: str) -> GcResult:
+        writes = self.writes
+        try:
+            scan = _blob.scan_key_dir(keydir)
+        except FileNotFoundError:  # removed by a gc() that failed right after, or another
+            return self._prune(os.path.dirname(keydir))
+        meta = self.index.meta.get(scan.key) if scan.key is not None else None
+        live_seq = seq_of(meta) if meta is not None else None
+        # Records found at open may never have been made durable (a crash between
+        # a rename and its directory fsync, or "os" puts never synced): make the
+        # live one durable before deleting anything older, whatever the mode.
+        unsure = keydir in self.found_at_open or self.options.durability == "os"
+        if unsure and (meta is None or segment_of(meta) != IN_A_FILE):
+            writes.log.sync()  # the newer record (a put or a delete) is in the log
+        try:
+            if unsure and scan.live is not None and scan.live.seq == live_seq:
+                self.owed.make_durable(keydir, scan.live.path, parents=False)
+            result = _janitor.clean_key_dir(scan, live_seq=live_seq)
+        finally:
+            # Invariant: a directory in key_dirs has its key file. The janitor may
+            # have removed it and then failed (or found a stray) before the rmdir:
+            # the next put into it must write the key file again.
+            if not os.path.exists(os.path.join(keydir, F.KEY_FILE_NAME)):
+                writes.key_dirs.discard(keydir)
+        self.found_at_open.discard(keydir)
+        if result.dirs_removed:
+            result.dirs_removed += self._prune(os.path.dirname(keydir)).dirs_removed
+        return result
+
+    def _prune(self, directory: str) -> GcResult:
+        """Remove ``directory`` if empty (a fan-out directory found so at open, or a
+        key directory's parent), and its empty parents."""
+        with self.writes.tree_lock:
+            return GcResult(dirs_removed=_janitor.prune_empty_dirs(directory, self.writes.blobs))
+
+    # --- compaction ------------------------------------------------------------------
+
+    def maybe_compact(self) -> None:
+        """Wake the compaction thread once sealed segments are stale enough."""
+        with self.index.lock:
+            stale, total = self.index.book.stale(below=self.writes.log.number)
+        if total and stale >= self.options.compact_ratio * total:
+            self.compact_wanted.set()
+
+    def compact(self, *, force: bool) -> GcResult:
+        """Rewrite the live records of every sealed segment into one segment that
+        replaces them (numbered as the highest of them; see ``_compaction``).
+
+        Reads never wait (they are served from memory) and puts go on into the
+        active segment meanwhile. With ``force``, the active segment is sealed
+        and compacted too, if it holds anything stale.
+        """
+        writes, index = self.writes, self.index
+        # Here too, not only in gc(): compaction through a handle inherited by a
+        # fork would cut the parent's active segment back and delete it.
+        writes.check_writer()
+        with self.compact_lock:
+            if writes.closed:
+                raise ClosedError(writes.path)
+            with index.lock:
+                stale, total = index.book.stale(below=None if force else writes.log.number)
+            damaged = force and self.salvaged  # rewrite a segment salvage cut short
+            if not damaged and (
+                stale == 0 or (not force and stale < self.options.compact_ratio * total)
+            ):
+                return GcResult()
+            # Invariant: every record in an input is in the index (or deleted)
+            # when the inputs are chosen. A put or delete holds its key's stripe
+            # lock from its append until its index update, so with every stripe
+            # held none is between the two: records appended before the roll
+            # are published, later ones go to the new active segment.
+            with writes.all_stripes():
+                # Seal the active segment: it is the highest input, and the
+                # output takes its number (see _compaction).
+                active = writes.log.roll()
+                output = active - 1
+                with index.lock:
+                    index.book.add(active, 0, live=False)
+                    inputs = sorted(n for n in index.book.total if n < active)
+                    chosen = set(inputs)
+                    # Three flat lists, not a list of tuples: 24 bytes per live
+                    # record beside the index, which holds the values. The values
+                    # are taken now, with the records' places: a put after the
+                    # stripes are let go must not lend its value to an old number.
+                    keys: list[N.Key] = []
+                    metas: list[int] = []
+                    values: list[bytes] = []
+                    get_value = index.values.__getitem__
+                    for key, meta in index.meta.items():
+                        if segment_of(meta) in chosen:  # never IN_A_FILE
+                            keys.append(key)
+                            metas.append(meta)
+                            values.append(get_value(key))  # type: ignore[arg-type]
+                    deleted = [(k, d) for k, d in index.deleted.items() if d.segment in chosen]
+            assert inputs[-1] == output, "the segment just sealed is always in the book"
+            # Never delete the last durable copy: a value that supersedes a record
+            # about to be dropped must be durable first ("os" puts are owed to
+            # sync(); versions found at open may never have been fsynced).
+            if self.options.durability == "os":
+                writes.held.sync()
+            self._make_adopted_durable()
+            kept = [(k, d) for k, d in deleted if self.still_needs_delete(k, d.seq)]
+            # Encoded one at a time as the output is written: the records are
+            # never all in memory beside the values they copy.
+            records = itertools.chain(
+                (
+                    _log.encode_record(seq_of(m), F.RECORD_PUT, *N.encode_key(k), v)
+                    for k, m, v in zip(keys, metas, values, strict=True)
+                ),
+                (
+                    _log.encode_record(d.seq, F.RECORD_DELETE, *N.encode_key(k), b"")
+                    for k, d in kept
+                ),
+            )
+            sizes, replaced = _compaction.write_compacted(self.logdir, output, records)
+            written = sum(sizes)
+            live_bytes = 0
+            with index.lock:
+                for key, dead in deleted:
+                    if index.deleted.get(key) is dead:
+                        del index.deleted[key]
+                for (key, dead), size in zip(kept, sizes[len(keys) :], strict=True):
+                    # Not if a newer delete took its place, nor a put to the log.
+                    live = index.values.get(key)
+                    if key not in index.deleted and (live is None or type(live) is Mapped):
+                        index.deleted[key] = Deleted(dead.seq, output, size)
+                del sizes[len(keys) :]
+                # Popped as they are replaced, so an old meta is freed as soon as
+                # its new one is in: never two per key at once.
+                while keys:
+                    key, meta, size = keys.pop(), metas.pop(), sizes.pop()
+                    # Keys replaced meanwhile keep pointing where their new record is
+                    # (a new record has a new number, so a meta never comes back).
+                    if index.meta.get(key) == meta:
+                        index.meta[key] = pack(seq_of(meta), output, size)
+                        live_bytes += size
+                index.book.replace(inputs, output, written, live_bytes)
+            lower = inputs[:-1]  # the highest input was replaced by the rename
+            try:
+                freed = _compaction.remove_segments(self.logdir, lower) + replaced
+            except BaseException:
+                # The inputs still there are garbage: booked as all stale, the
+                # next gc() takes them as inputs again and deletes them.
+                with index.lock:
+                    for number in lower:
+                        path = os.path.join(self.logdir, _log.segment_name(number))
+                        if os.path.exists(path):
+                            index.book.add(number, os.path.getsize(path), live=False)
+                raise
+            self.salvaged = False
+            output_size = F.SEGMENT_HEADER.size + written
+            return GcResult(
+                segments_compacted=len(inputs), bytes_reclaimed=max(0, freed - output_size)
+            )
+
+    def _make_adopted_durable(self) -> None:
+        """fsync the live versions found at open that won over a log record, with
+        every directory entry they depend on. REQUIRES: ``compact_lock``."""
+        adopted, self.blob_over_log = self.blob_over_log, {}
+        for key, keydir in adopted.items():
+            value = self.index.values.get(key)
+            if not isinstance(value, Mapped) or os.path.dirname(value.record.path) != keydir:
+                continue  # replaced since open by a record that was made durable
+            self.owed.make_durable(keydir, value.record.path, parents=True)
+
+    def still_needs_delete(self, key: N.Key, seq: int) -> bool:
+        """Whether compaction must copy ``key``'s delete record ``seq`` forward: while
+        it is what hides an older version still in the key's directory.
+
+        The key still deleted: while the directory is there (the janitor removes
+        it). Put again as a version: while a version numbered below the delete
+        is there, since a fall back from a damaged newer version must find the
+        delete, not that version (dropping it served a deleted value again). Put
+        again to the log: never, as a log record newer than any version wins at
+        open and is never damaged unseen (its checksum is read then).
+        """
+        keydir = N.key_dir(self.writes.blobs, N.key_hash(*N.encode_key(key)))
+        if keydir not in self.writes.key_dirs:
+            return False
+        value = self.index.values.get(key)
+        if value is None:
+            return True
+        if type(value) is not Mapped:
+            return False
+        try:
+            names = os.listdir(keydir)
+        except FileNotFoundError:
+            return False
+        return any(
+            (version := N.parse_version_name(name)) is not None and version.seq < seq
+            for name in names
+        )

@@ -1,0 +1,62 @@
+"""What an open store says of itself, from memory: ``Stats`` for users, ``Inventory``
+for the maintenance command. Neither scans the disk."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Any
+
+from . import _names as N
+from ._index import Index, Mapped, length, seq_of
+from ._options import Durability
+
+
+@dataclass(frozen=True)
+class Stats:
+    """A snapshot of an open store, from memory (no disk scan)."""
+
+    path: str
+    durability: Durability
+    keys: int  # live keys
+    live_bytes: int  # sum of the live values' lengths
+    inline_keys: int  # keys whose value is in the log (the rest have a file each)
+    next_seq: int  # the sequence number the next put or delete takes
+    segments: int  # log segment files
+    log_record_bytes: int  # bytes of records in the log
+    log_stale_bytes: int  # of those, overwritten values and deletes: compaction's to free
+    dirs_awaiting_gc: int  # key directories holding superseded or deleted records
+    problems: int  # unusable files reported at open (see ``BlobCache.problems``)
+    temps_removed_at_open: int  # orphaned temp files of crashed puts, deleted by recovery
+    torn_bytes_at_open: int  # a torn log tail (a crash mid-write) cut off at open
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class Inventory:
+    """What the maintenance command (``_maintenance``) reads of an open store,
+    and all it may read: a snapshot, taken by ``BlobCache._inventory``, so the
+    command never reaches into the handle's index or its bookkeeping."""
+
+    sizes: list[tuple[N.Key, int]]  # (key, value length) of every live key
+    live_versions: list[tuple[int, str]]  # (seq, path) of every live value in a file
+    # The sequence number of each key's live record, or of its delete record
+    # while compaction keeps it (older versions may lie in its directory).
+    record_seqs: dict[N.Key, int]
+
+    @classmethod
+    def of(cls, index: Index) -> Inventory:
+        """Taken without the index's lock: each list() is one atomic copy."""
+        values = list(index.values.items())
+        seqs = {key: dead.seq for key, dead in list(index.deleted.items())}
+        seqs.update((key, seq_of(meta)) for key, meta in list(index.meta.items()))
+        return cls(
+            sizes=[(key, length(value)) for key, value in values],
+            live_versions=[
+                (value.record.seq, value.record.path)
+                for _, value in values
+                if isinstance(value, Mapped)
+            ],
+            record_seqs=seqs,
+        )

@@ -1,0 +1,370 @@
+"""The write path: the store-wide sequence, the stripe locks, routing by size, publishing.
+
+A put of a value shorter than ``inline_limit`` is one record appended to the
+log (group commit: ``_log.LogWriter``); a larger one is a version file in its
+key's directory (``_blob``). Either way the record takes the next sequence
+number and is published in the index (``_index.Index``) under its key's
+stripe lock, so the records of one key are published in the order of their
+numbers and the index and the disk agree on the winner.
+
+Locking, from outermost to innermost: a stripe lock per key (1024 by key
+hash), then ``tree_lock`` (making or removing fan-out directories), then the
+index's ``lock``. A large value is written and fsynced before its put takes the
+stripe lock (see ``put_version``): no lock is held while the caller's code runs
+(a stream's chunks, a file object's reads), nor across a large value's write.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import threading
+from collections.abc import Callable, Iterable, Iterator
+
+from . import _blob, _fsio, _log
+from . import _format as F
+from . import _names as N
+from ._blob import Record
+from ._held import Held
+from ._index import IN_A_FILE, Index, Mapped, pack
+from ._log import LogWriter
+from ._options import Options
+from ._problems import Problem
+from .errors import BlobCacheError, ClosedError, CorruptionError, ReadOnlyError
+
+log = logging.getLogger("blobcache")
+
+# Puts of one key are serialised by its stripe lock, held through a small
+# value's durable append (and a large one's rename and directory fsync): 1024
+# stripes make two of 8 busy threads share one (and so wait out a whole
+# fdatasync for each other) about 3% of the time, against 37% with 64.
+STRIPES = 1024
+
+# A key's stripe lock, to take with `with` (a StripeGuard), or a nullcontext
+# where the caller holds it already.
+Stripe = contextlib.AbstractContextManager[None]
+
+
+class Writes:
+    """Puts and deletes of one handle, from the sequence number to the index.
+
+    Invariant: every number handed out is above every number on disk.
+    Invariant: a directory in ``key_dirs`` has its key file.
+    """
+
+    def __init__(
+        self,
+        path: str,
+        options: Options,
+        held: Held,
+        index: Index,
+        recovered_max_seq: int,
+        key_dirs: set[str],
+    ) -> None:
+        self.path = path
+        self.blobs = os.path.join(path, F.BLOBS_DIR)
+        self.options = options
+        self.held = held
+        self.index = index
+        self.key_dirs = key_dirs  # directories whose key file is there
+        self.seq = Sequence(recovered_max_seq + 1)
+        self.stripes = [threading.Lock() for _ in range(STRIPES)]
+        self.tree_lock = threading.Lock()
+        self.closed = False  # set by close() with every stripe held
+        self.warnings: list[Problem] = []  # to log once no lock is held: warn_unlocked
+        self.pid = os.getpid()
+        writer = held.writer
+        self.active_seen = writer.number if writer is not None else 0
+
+    @property
+    def log(self) -> LogWriter:
+        if self.held.writer is None:
+            raise ReadOnlyError(self.path)
+        return self.held.writer
+
+    # --- locks -------------------------------------------------------------------
+
+    def writing(self, digest: str) -> StripeGuard:
+        """The stripe lock of the key hashing to ``digest``, once this handle may write."""
+        self.check_writer()
+        return StripeGuard(self, self.stripes[int(digest[:3], 16) % STRIPES])
+
+    def check_writer(self) -> None:
+        """Refuse to change the store through a readonly handle, or through one
+        inherited across fork: the parent still writes through its own copy, and a
+        child's gc() would cut the parent's active segment back to where it stood
+        at the fork, then delete it with every put acknowledged since."""
+        if self.held.writer is None:
+            raise ReadOnlyError(self.path)
+        if self.held.inherited():
+            raise BlobCacheError(
+                f"this BlobCache handle for {self.path} was opened by process {self.pid} "
+                f"and inherited by a fork (this is process {os.getpid()}): it reads, but "
+                f"only process {self.pid} changes the store through it (put, delete, gc, "
+                "sync); open a handle in this process: BlobCache(path, readonly=True) "
+                f"beside process {self.pid}'s writer, or BlobCache(path) once it has closed"
+            )
+
+    @contextlib.contextmanager
+    def all_stripes(self) -> Iterator[None]:
+        """Hold every stripe lock: no put or delete is under way meanwhile."""
+        for lock in self.stripes:
+            lock.acquire()
+        try:
+            yield
+        finally:
+            for lock in self.stripes:
+                lock.release()
+
+    def warn_unlocked(self, note: Problem) -> None:
+        """Log ``note`` once the stripe lock is released (``StripeGuard`` does):
+        logging handlers are the caller's code, and may be slow or use this
+        cache, even keys of the same stripe. REQUIRES: a ``StripeGuard`` held."""
+        self.warnings.append(note)
+
+    def log_warnings(self) -> None:
+        while self.warnings:
+            try:
+                note = self.warnings.pop(0)
+            except IndexError:  # logged by another thread meanwhile
+                return
+            log.warning("blobcache: %s", note)
+
+    # --- publishing ----------------------------------------------------------------
+
+    def _stale(self, old_segment: int | None) -> bool:
+        """Whether a publish that superseded a record of ``old_segment`` made a
+        sealed segment staler (or the log rolled over): compaction may be due."""
+        active = self.log.number
+        rolled, self.active_seen = active != self.active_seen, active
+        return rolled or (old_segment is not None and old_segment != active)
+
+    def put_inline(self, key: N.Key, tag: bytes, raw: bytes, value: bytes) -> bool:
+        """REQUIRES: the key's stripe lock. Returns whether a sealed segment got staler."""
+        seq = self.seq.take()
+        record = _log.encode_record(seq, F.RECORD_PUT, tag, raw, value)
+        segment, _offset = self.log.append(record)
+        return self._stale(self.index.publish(key, value, pack(seq, segment, len(record))))
+
+    def delete(self, key: N.Key, tag: bytes, raw: bytes, keydir: str) -> bool:
+        """REQUIRES: the key's stripe lock. Returns whether a sealed segment got staler."""
+        seq = self.seq.take()
+        record = _log.encode_record(seq, F.RECORD_DELETE, tag, raw, b"")
+        segment, _offset = self.log.append(record)
+        has_dir = keydir if keydir in self.key_dirs else None
+        return self._stale(self.index.publish_delete(key, seq, segment, len(record), has_dir))
+
+    def put_blob(
+        self, key: N.Key, tag: bytes, raw: bytes, stripe: Stripe, data: memoryview
+    ) -> bool:
+        """Write ``data`` as the key's new version; ``stripe`` takes the key's
+        stripe lock (a no-op where the caller holds it). Returns whether a
+        sealed segment got staler."""
+        return self.put_version(
+            key,
+            tag,
+            raw,
+            stripe,
+            lambda keydir, sync: _blob.write_version(keydir, data, sync=sync),
+        )
+
+    def put_version(
+        self,
+        key: N.Key,
+        tag: bytes,
+        raw: bytes,
+        stripe: Stripe,
+        write: Callable[[str, bool], _blob.TempVersion],
+    ) -> bool:
+        """Publish the version ``write(keydir, sync)`` writes to a temp file.
+
+        Invariant: the stripe lock is not held while ``write`` runs, since the
+        caller's code runs there (a stream's chunks, a file object's reads) and
+        a large value's write and fsync take long: ``gc()``, compaction,
+        ``close()`` and puts of keys sharing the stripe go on meanwhile. It is
+        taken twice, briefly: to make the key directory and hold it, and to
+        take the sequence number, rename the temp file to its final name and
+        publish the value -- so two puts of one key are published in the order
+        of their numbers, and the index and the disk agree on the winner.
+        (``_fallback`` calls this with the lock held and ``stripe`` a no-op:
+        what it writes is an older version's mapped bytes, no caller code.)
+        Returns whether a sealed segment got staler.
+        """
+        keydir = N.key_dir(self.blobs, N.key_hash(tag, raw))
+        sync = self.options.durability == "fsync"
+        with (
+            self._in_key_dir(key, tag, raw, keydir, stripe),  # takes the stripe lock briefly
+            write(keydir, sync) as temp,  # no lock held
+            stripe,
+        ):
+            record = temp.publish(self.seq.take())
+            return self._publish_blob(key, keydir, record)
+
+    def put_chunks(
+        self, tag: bytes, raw: bytes, stripe: StripeGuard, chunks: Iterable[memoryview]
+    ) -> bool:
+        """Store the concatenation of ``chunks``; returns whether a sealed segment
+        got staler. A value that ends below inline_limit goes to the log, as
+        put's would: it is read that far first (at most inline_limit plus one
+        chunk in memory)."""
+        head = bytearray()
+        rest = iter(chunks)
+        limit = self.options.inline_limit
+        key = N.decode_key(tag, raw)
+        for chunk in rest:
+            head += chunk
+            if len(head) >= limit:
+                break
+        else:
+            with stripe:
+                return self.put_inline(key, tag, raw, bytes(head))
+        first = bytes(head)
+        return self.put_version(
+            key,
+            tag,
+            raw,
+            stripe,
+            lambda keydir, sync: _blob.write_version_from(keydir, first, rest, sync=sync),
+        )
+
+    def _publish_blob(self, key: N.Key, keydir: str, record: Record) -> bool:
+        """REQUIRES: the key's stripe lock. Returns whether a sealed segment got staler."""
+        if self.options.durability != "fsync":
+            self.held.owed.owe_file(record.path, keydir)
+        return self._stale(self.index.publish(key, Mapped(record), pack(record.seq, IN_A_FILE, 0)))
+
+    # --- key directories ---------------------------------------------------------------
+
+    @contextlib.contextmanager
+    def _in_key_dir(
+        self, key: N.Key, tag: bytes, raw: bytes, keydir: str, stripe: Stripe
+    ) -> Iterator[None]:
+        """Make ``keydir`` exist with its key file (under ``stripe``, the key's
+        stripe lock), and hold it (a shared flock) until the block ends, while a
+        version goes in. ``blobcache gc`` in another process, and this process's
+        janitor, hold it exclusively while they remove files from it, taking it
+        without waiting: they never touch one a version is going into (they
+        leave it for the next gc), and no version goes into one they removed.
+        """
+        with stripe:
+            for _ in range(3):
+                try:
+                    held = self._hold_key_dir(key, tag, raw, keydir)
+                except FileNotFoundError:
+                    held = None  # removed (by gc beside us, or by hand) as it was made
+                if held is not None:
+                    break
+                self.key_dirs.discard(keydir)  # removed meanwhile: make it again
+            else:
+                raise BlobCacheError(f"{keydir} was removed three times while a put went in")
+        assert held is not None
+        try:
+            yield
+        finally:
+            _fsio.unlock(held)
+
+    def _hold_key_dir(self, key: N.Key, tag: bytes, raw: bytes, keydir: str) -> int | None:
+        """Make ``keydir`` exist, take its flock shared, then make sure of its key
+        file; return the flock's descriptor, or None when the key file went
+        (removed since we last made it: the caller makes it again).
+
+        The flock comes before the key file: ``blobcache gc`` beside us removes
+        a key directory only under its exclusive flock, and leaves one without a
+        key file alone, so from the mkdir on no collection can take the
+        directory from under the key file we are writing (it did, when the key
+        file came first, often enough for a put to give up).
+        Invariant ("fsync"): a version file is only ever published in a directory
+        whose key file is already durable, so recovery never finds a value
+        without its key. With "os" the directories and key file are owed to the
+        next ``sync()``, which fsyncs files before directories: after it, the
+        same holds. REQUIRES: the key's stripe lock.
+
+        :raises FileNotFoundError: the directory was removed before we held it.
+        """
+        sync = self.options.durability == "fsync"
+        made = keydir in self.key_dirs
+        if not made:
+            with self.tree_lock:
+                _fsio.makedirs(self.blobs, keydir, sync=sync)
+            if not sync:
+                # Every directory on the way, not only those just made: one left
+                # unsynced by a killed process must not stay so after our sync().
+                self.held.owed.owe_dirs(keydir)
+        held = _fsio.lock_dir(keydir, exclusive=False)
+        assert held is not None, "a lock taken with wait=True is always held"
+        try:
+            if not made:
+                self._ensure_key_file(key, tag, raw, keydir, sync=sync)
+            elif not os.path.exists(os.path.join(keydir, F.KEY_FILE_NAME)):
+                _fsio.unlock(held)
+                return None
+        except BaseException:
+            _fsio.unlock(held)
+            raise
+        return held
+
+    def _ensure_key_file(
+        self, key: N.Key, tag: bytes, raw: bytes, keydir: str, *, sync: bool
+    ) -> None:
+        """Check ``keydir``'s key file names ``key``, or write it (durably with
+        ``sync``). REQUIRES: the key's stripe lock and ``keydir``'s flock."""
+        try:
+            found = _blob.read_key_file(keydir)
+        except (FileNotFoundError, CorruptionError):
+            # Missing, or damaged (reported at open): a key file not yet synced
+            # when the power went can come back empty. The key is the one that
+            # hashes to this directory: write it again.
+            key_file = _blob.write_key_file(keydir, tag, raw, sync=sync)
+            if not sync:
+                self.held.owed.owe_file(key_file, keydir)
+        else:
+            if found != key:
+                raise CorruptionError(
+                    os.path.join(keydir, F.KEY_FILE_NAME),
+                    f"holds the key {found!r}, which hashes like {key!r}: an xxh3-128 "
+                    "collision or a tampered store; move this directory away",
+                )
+        self.key_dirs.add(keydir)
+
+
+class Sequence:
+    """The store-wide sequence: each ``take`` returns a number above all before it."""
+
+    __slots__ = ("_lock", "_next")
+
+    def __init__(self, first: int) -> None:
+        if first > F.MAX_SEQ:
+            raise BlobCacheError(f"sequence numbers are exhausted (next would be {first})")
+        self._lock = threading.Lock()
+        self._next = first
+
+    def take(self) -> int:
+        with self._lock:
+            seq = self._next
+            self._next += 1
+        return seq
+
+    def peek(self) -> int:
+        return self._next
+
+
+class StripeGuard:
+    """Holds a stripe lock and checks, once inside, that the cache is still open."""
+
+    __slots__ = ("_lock", "_writes")
+
+    def __init__(self, writes: Writes, lock: threading.Lock) -> None:
+        self._writes = writes
+        self._lock = lock
+
+    def __enter__(self) -> None:
+        self._lock.acquire()
+        if self._writes.closed:
+            self._lock.release()
+            raise ClosedError(self._writes.path)
+
+    def __exit__(self, *exc: object) -> None:
+        self._lock.release()
+        if self._writes.warnings:
+            self._writes.log_warnings()
