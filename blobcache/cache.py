@@ -44,7 +44,7 @@ from dataclasses import asdict, dataclass
 from types import TracebackType
 from typing import Any, BinaryIO, NoReturn, TypeVar, cast
 
-from . import _blob, _compaction, _fsio, _janitor, _log, _recovery
+from . import _blob, _compaction, _filekinds, _fsio, _janitor, _log, _recovery
 from . import _format as F
 from . import _names as N
 from ._blob import Record
@@ -714,8 +714,8 @@ class BlobCache(MutableMapping[N.Key, Value]):
                 # a copy of its own, but a caller would think they stuck).
                 return io.BufferedReader(io.BytesIO(inline_value(entry)))
             try:
-                # Never through a link, never a FIFO: see _fsio.open_regular.
-                return os.fdopen(_fsio.open_regular(record.path), "rb")
+                # Never through a link, never a FIFO: see _filekinds.open_regular.
+                return os.fdopen(_filekinds.open_regular(record.path), "rb")
             except FileNotFoundError:
                 if self._index.get(key) is entry:
                     raise CorruptionError(
