@@ -26,8 +26,8 @@ from typing import Any, NoReturn
 
 import xxhash
 
+from . import _filekinds, _fsio
 from . import _format as F
-from . import _fsio
 from . import _names as N
 from ._problems import Problem
 from .errors import CorruptionError
@@ -102,7 +102,7 @@ def read_key_file(keydir: str) -> N.Key:
     path = os.path.join(keydir, F.KEY_FILE_NAME)
     # os.read, not open(): recovery reads one key file per key, and a buffered
     # file object costs twice the system calls' time.
-    fd = _fsio.open_regular(path)
+    fd = _filekinds.open_regular(path)
     try:
         data = os.read(fd, F.KEY_FILE_HEADER.size + F.MAX_KEY_BYTES + F.KEY_FILE_TRAILER.size + 1)
     finally:
@@ -347,7 +347,7 @@ def scan_key_dir(keydir: str) -> KeyDirScan:
         for entry in entries:
             if entry.name == F.KEY_FILE_NAME:
                 with contextlib.suppress(FileNotFoundError):
-                    key_kind = _fsio.entry_kind(entry)
+                    key_kind = _filekinds.entry_kind(entry)
             else:
                 _sort_entry(scan, entry)
     key_path = os.path.join(keydir, F.KEY_FILE_NAME)
@@ -355,7 +355,7 @@ def scan_key_dir(keydir: str) -> KeyDirScan:
     try:
         if key_kind is not None:
             scan.foreign.append(key_path)
-            raise CorruptionError(key_path, _fsio.misplaced(key_kind, "a regular file"))
+            raise CorruptionError(key_path, _filekinds.misplaced(key_kind, "a regular file"))
         # Read even when the listing did not show it: a writer may have
         # published it since, before the versions the listing did show.
         scan.key = read_key_file(keydir)
@@ -381,12 +381,12 @@ def _sort_entry(scan: KeyDirScan, entry: os.DirEntry[str]) -> None:
         scan.problems.append(Problem(entry.path, "stray file: not a name blobcache writes"))
         return
     try:
-        kind = _fsio.entry_kind(entry)
+        kind = _filekinds.entry_kind(entry)
     except FileNotFoundError:
         return  # a temp file renamed, or a version removed by a janitor, since the listing
     if kind is not None:
         scan.foreign.append(entry.path)
-        scan.problems.append(Problem(entry.path, _fsio.misplaced(kind, "a regular file")))
+        scan.problems.append(Problem(entry.path, _filekinds.misplaced(kind, "a regular file")))
         if parsed is not None:  # never used, but its number is not handed out again
             scan.foreign_seq = max(scan.foreign_seq, parsed.seq)
         return
@@ -426,7 +426,7 @@ def map_version(record: Record, *, check: bool) -> memoryview:
         view = memoryview(b"")
     else:
         try:
-            fd = _fsio.open_regular(record.path)  # never through a link, never a FIFO
+            fd = _filekinds.open_regular(record.path)  # never through a link, never a FIFO
         except FileNotFoundError:
             raise CorruptionError(
                 record.path, "version file is missing: something other than blobcache removed it"

@@ -12,17 +12,14 @@ create, rename, unlink or mkdir) is durable only once its directory is fsynced.
 from __future__ import annotations
 
 import contextlib
-import errno
 import fcntl
 import os
-import secrets
-import stat
 import threading
 from collections.abc import Callable, Iterator
 from typing import ParamSpec
 
-from . import _format
-from .errors import BlobCacheError, CorruptionError
+from . import _filekinds, _names
+from .errors import BlobCacheError
 
 _P = ParamSpec("_P")
 
@@ -83,9 +80,9 @@ def truncate(fd: int, size: int) -> None:
 def fsync_path(path: str) -> None:
     """fsync a file by path: used by ``sync()`` for files written in "os" mode.
 
-    :raises CorruptionError: ``path`` is not a regular file (see ``open_regular``).
+    :raises CorruptionError: ``path`` is not a regular file (see ``_filekinds.open_regular``).
     """
-    fd = open_regular(path)
+    fd = _filekinds.open_regular(path)
     try:
         os.fsync(fd)
     finally:
@@ -148,106 +145,12 @@ def open_lock_file(path: str) -> int:
 
     :raises CorruptionError: ``path`` is not a regular file (a symbolic link, a FIFO...).
     """
-    return open_regular(path, os.O_RDWR | os.O_CREAT, unlisted=True)
+    return _filekinds.open_regular(path, os.O_RDWR, unlisted=True, opener=_open_creating)
 
 
-# Not a durability call, but every open of a store file by its name goes
-# through it, the one place that decides what such a name may be.
-def open_regular(path: str, flags: int = os.O_RDONLY, *, unlisted: bool = False) -> int:
-    """Open ``path`` only if it is a regular file (created, with ``os.O_CREAT`` in
-    ``flags``, if missing); return its descriptor.
-
-    A name in the store says nothing about what it is: another program, or a
-    user, may have put a symbolic link, a FIFO, a device or a directory there.
-    ``O_NOFOLLOW`` refuses a link (else ``path()`` and ``get`` would serve any
-    file of the machine, ``/etc/passwd`` say), ``O_NONBLOCK`` keeps the open of a
-    FIFO from waiting forever for a writer, and the check is made on the opened
-    descriptor, so nothing swapped in after a look slips through. A device is
-    not even opened (an open may rewind a tape): callers that list a directory
-    skip what the listing shows is no regular file, and ``unlisted`` looks first
-    (an ``lstat``) for a name that was not listed, as ``FORMAT`` or ``LOCK``.
-
-    :raises CorruptionError: ``path`` is something other than a regular file.
-    :raises OSError: it cannot be opened (missing, permission denied...).
-    """
-    if unlisted:
-        require_regular(path)
-    try:
-        fd = os.open(
-            path, flags | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC, 0o644
-        )
-    except OSError as exc:
-        kind = _OPEN_REFUSALS.get(exc.errno or 0)
-        if kind is None:
-            raise
-        raise CorruptionError(path, misplaced(kind, "a regular file")) from None
-    try:
-        mode = os.fstat(fd).st_mode
-        if not stat.S_ISREG(mode):
-            raise CorruptionError(path, misplaced(kind_of(mode), "a regular file"))
-    except BaseException:
-        os.close(fd)
-        raise
-    return fd
-
-
-def require_regular(path: str) -> None:
-    """Check, opening nothing (an ``lstat``), that ``path`` is a regular file or missing.
-
-    :raises CorruptionError: it is something else.
-    """
-    try:
-        mode = os.lstat(path).st_mode
-    except FileNotFoundError:
-        return
-    if not stat.S_ISREG(mode):
-        raise CorruptionError(path, misplaced(kind_of(mode), "a regular file"))
-
-
-# What a failed open with O_NOFOLLOW | O_NONBLOCK says about the file: ELOOP for
-# a symbolic link; EISDIR for a directory opened for writing; ENXIO for a socket.
-_OPEN_REFUSALS = {
-    errno.ELOOP: "a symbolic link",
-    errno.EISDIR: "a directory",
-    errno.ENXIO: "a socket",
-}
-
-
-def kind_of(mode: int) -> str:
-    """What a file of this ``st_mode`` is, in words ("a symbolic link", "a FIFO"...)."""
-    kinds = (
-        (stat.S_ISREG, "a regular file"),
-        (stat.S_ISDIR, "a directory"),
-        (stat.S_ISLNK, "a symbolic link"),
-        (stat.S_ISFIFO, "a FIFO"),
-        (stat.S_ISCHR, "a character device"),
-        (stat.S_ISBLK, "a block device"),
-        (stat.S_ISSOCK, "a socket"),
-    )
-    return next((word for test, word in kinds if test(mode)), "a special file")
-
-
-def misplaced(kind: str, wanted: str) -> str:
-    """The sentence for a name of the store that holds ``kind`` instead of ``wanted``
-    ("a regular file", "a directory")."""
-    return (
-        f"{kind}, where blobcache keeps {wanted}: it never follows, opens or removes "
-        "such an entry in its store (move it away if it is not yours)"
-    )
-
-
-def entry_kind(entry: os.DirEntry[str]) -> str | None:
-    """None when a listed entry is a regular file, else what it is (see ``kind_of``);
-    a symbolic link is one, whatever it points to.
-
-    The listing's file type answers for free in the common case; only an entry
-    that is not a regular file costs an ``lstat``.
-
-    :raises FileNotFoundError: the entry was removed since the listing.
-    """
-    if entry.is_file(follow_symlinks=False):
-        return None
-    return kind_of(entry.stat(follow_symlinks=False).st_mode)
+def _open_creating(path: str, flags: int) -> int:
+    """``os.open``, creating ``path`` if missing: a new directory entry, so made here."""
+    return os.open(path, flags | os.O_CREAT, 0o644)
 
 
 # --- descriptors that carry an flock, and fork ------------------------------------------
@@ -356,11 +259,6 @@ def lock_dir(path: str, *, exclusive: bool, wait: bool = True) -> int | None:
     return fd
 
 
-def temp_name() -> str:
-    """A fresh temp file name; 64 random bits make a clash practically impossible."""
-    return _format.TEMP_PREFIX + secrets.token_hex(_format.TEMP_RANDOM_HEX_DIGITS // 2)
-
-
 def open_temp(
     directory: str, *, readable: bool = False, mode: int = READ_ONLY, directory_held: bool = False
 ) -> tuple[int, str]:
@@ -385,7 +283,7 @@ def open_temp(
     """
     held = None if directory_held else lock_dir(directory, exclusive=False)
     try:
-        path = os.path.join(directory, temp_name())
+        path = os.path.join(directory, _names.temp_name())
         fd = _flocked_open(create_exclusive, path, readable=readable, mode=mode)
         try:
             locked = try_lock(fd)

@@ -26,8 +26,8 @@ from dataclasses import dataclass, field
 
 import xxhash
 
+from . import _filekinds, _fsio
 from . import _format as F
-from . import _fsio
 from ._index import FIELD_MASK, SEGMENT_SHIFT, SEQ_SHIFT
 from ._names import Key
 from ._problems import Problem
@@ -106,7 +106,7 @@ def read_segment(
         (each has its own checksum); the segment is taken as not COMPACTED. Also when
         ``path`` is no regular file (a symbolic link is never followed).
     """
-    with os.fdopen(_fsio.open_regular(path), "rb") as f:
+    with os.fdopen(_filekinds.open_regular(path), "rb") as f:
         data = f.read()
     info = SegmentRead(path, number, size=len(data), report_cut=not readonly)
     head = F.SEGMENT_HEADER.size
@@ -277,7 +277,7 @@ def records_of(directory: str, tag: bytes, raw: bytes) -> dict[int, bytes | None
                 continue
             try:
                 # Never through a link, never a FIFO (a get would hang on it).
-                with os.fdopen(_fsio.open_regular(os.path.join(directory, name)), "rb") as f:
+                with os.fdopen(_filekinds.open_regular(os.path.join(directory, name)), "rb") as f:
                     data = f.read()
             except FileNotFoundError:
                 vanished = True
@@ -627,7 +627,7 @@ def open_active(directory: str, number: int, end: int, zero_tail: int) -> int:
     zeros only is kept: it is room the writer zero-filled ahead.
     """
     path = os.path.join(directory, segment_name(number))
-    fd = _fsio.open_regular(path, os.O_RDWR)
+    fd = _filekinds.open_regular(path, os.O_RDWR)
     try:
         if os.fstat(fd).st_size != end + zero_tail:
             _fsio.truncate(fd, end)

@@ -29,7 +29,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from . import _blob, _fsio, _log, _recovery
+from . import _blob, _filekinds, _fsio, _log, _recovery
 from . import _format as F
 from . import _names as N
 from ._blob import Record
@@ -194,7 +194,7 @@ def writer_running(path: str) -> bool:
     """Whether a process holds the store's writer lock (this one does not take it)."""
     lock = os.path.join(path, F.LOCK_NAME)
     try:
-        fd = _fsio.open_regular(lock, unlisted=True)  # a FIFO there must not hang stats
+        fd = _filekinds.open_regular(lock, unlisted=True)  # a FIFO there must not hang stats
     except FileNotFoundError:
         return False
     try:

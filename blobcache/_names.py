@@ -1,13 +1,15 @@
 """Keys to directories, and the names of version and temp files.
 
-Pure functions over strings: no I/O. ``FORMAT.md`` gives the grammar these
-format and parse; the constants come from ``_format``.
+Pure functions over strings (but for ``temp_name``'s random bits): no I/O.
+``FORMAT.md`` gives the grammar these format and parse; the constants come
+from ``_format``.
 """
 
 from __future__ import annotations
 
 import os
 import re
+import secrets
 from typing import NamedTuple
 
 import xxhash
@@ -108,6 +110,11 @@ def parse_version_name(name: str) -> VersionName | None:
         return None
     seq, length, checksum = match.groups()
     return VersionName(int(seq, 16), int(length, 16), int(checksum, 16))
+
+
+def temp_name() -> str:
+    """A fresh temp file name; 64 random bits make a clash practically impossible."""
+    return F.TEMP_PREFIX + secrets.token_hex(F.TEMP_RANDOM_HEX_DIGITS // 2)
 
 
 def is_temp_name(name: str) -> bool:

@@ -17,7 +17,7 @@ import stat
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from . import _blob, _fsio, _log
+from . import _blob, _filekinds, _fsio, _log
 from . import _format as F
 from . import _names as N
 from ._blob import KeyDirScan, Record
@@ -105,7 +105,7 @@ def check_store(root: str) -> None:
         raise BlobCacheError(f"{root} has no {F.MARKER_NAME} file, so it is not a blobcache store")
     # A reader never opens LOCK, but it must not call a store fine that no
     # writer can open (nor `blobcache stats` hang on a FIFO there).
-    _fsio.require_regular(os.path.join(root, F.LOCK_NAME))
+    _filekinds.require_regular(os.path.join(root, F.LOCK_NAME))
 
 
 def has_marker(root: str) -> bool:
@@ -124,7 +124,7 @@ def has_marker(root: str) -> bool:
         raise BlobCacheError(f"{root} is not a directory; a store needs a directory of its own")
     marker = os.path.join(root, F.MARKER_NAME)
     try:
-        fd = _fsio.open_regular(marker, unlisted=True)
+        fd = _filekinds.open_regular(marker, unlisted=True)
     except FileNotFoundError:
         return False
     try:
@@ -234,9 +234,9 @@ def _init_leftover(entry: os.DirEntry[str], *, check_locks: bool) -> bool:
     else:
         return False
     try:
-        if _fsio.entry_kind(entry) is not None:
+        if _filekinds.entry_kind(entry) is not None:
             return False
-        fd = _fsio.open_regular(entry.path)
+        fd = _filekinds.open_regular(entry.path)
     except FileNotFoundError:
         return True  # gone since the listing: a concurrent init renamed its temp file
     except (OSError, CorruptionError):
@@ -254,7 +254,7 @@ _HEX_DIGITS = frozenset("0123456789abcdef")
 
 
 def _is_marker_temp_name(name: str) -> bool:
-    """Whether ``name`` is one ``_fsio.temp_name`` makes (other tools' ``.tmp-*`` rarely are)."""
+    """Whether ``name`` is one ``N.temp_name`` makes (other tools' ``.tmp-*`` rarely are)."""
     digits = name[len(F.TEMP_PREFIX) :]
     return (
         N.is_temp_name(name)
@@ -287,14 +287,14 @@ def remove_orphan_temp(path: str, *, directory_held: bool = False) -> int | None
     back after a power cut it is still an orphan.
 
     REQUIRES: the listing that found ``path`` showed a regular file (a FIFO or
-    a device is never opened, see ``_fsio.open_regular``).
+    a device is never opened, see ``_filekinds.open_regular``).
     :raises CorruptionError: it was swapped for something else since the listing.
     """
     with _fsio.sweeping_temps(os.path.dirname(path), held=directory_held) as free:
         if not free:
             return None  # a writer is creating a temp file there, or the directory went
         try:
-            fd = _fsio.open_regular(path)
+            fd = _filekinds.open_regular(path)
         except FileNotFoundError:
             return None  # its writer renamed or removed it meanwhile
         try:
@@ -440,7 +440,7 @@ def _require_dir(path: str) -> None:
     """
     mode = os.lstat(path).st_mode
     if not stat.S_ISDIR(mode):
-        raise CorruptionError(path, _fsio.misplaced(_fsio.kind_of(mode), "a directory"))
+        raise CorruptionError(path, _filekinds.misplaced(_filekinds.kind_of(mode), "a directory"))
 
 
 def _replay_log(
@@ -550,12 +550,14 @@ def _segment_numbers(logdir: str, result: Recovered) -> list[int]:
             temp = N.is_temp_name(entry.name)
             if number is None and not temp:
                 result.problems.append(_stray(entry.path))
-            elif (kind := _fsio.entry_kind(entry)) is not None:
+            elif (kind := _filekinds.entry_kind(entry)) is not None:
                 # A directory never held a segment's bytes: a stray. A link, a
                 # FIFO or a device might stand in for one.
                 if number is not None and kind != "a directory" and not result.readonly:
                     raise _not_a_segment(entry.path, kind)
-                result.problems.append(Problem(entry.path, _fsio.misplaced(kind, "a regular file")))
+                result.problems.append(
+                    Problem(entry.path, _filekinds.misplaced(kind, "a regular file"))
+                )
             elif number is not None:
                 numbers.append(number)
             elif not result.readonly and remove_orphan_temp(entry.path) is not None:
@@ -583,7 +585,7 @@ def _compacted_floor(logdir: str, numbers: list[int]) -> int:
     """The number of the newest segment whose header says COMPACTED, or 0."""
     for number in reversed(numbers):
         path = os.path.join(logdir, _log.segment_name(number))
-        with os.fdopen(_fsio.open_regular(path), "rb") as f:
+        with os.fdopen(_filekinds.open_regular(path), "rb") as f:
             flags = _log.header_flags(f.read(F.SEGMENT_HEADER.size))
         if flags is not None and flags & F.SEGMENT_FLAG_COMPACTED:
             return number
@@ -656,8 +658,8 @@ def _subdirs(path: str, name_ok: Callable[[str], bool], problems: list[Problem])
             elif entry.is_dir(follow_symlinks=False):
                 out.append(entry.path)
             else:
-                kind = _fsio.kind_of(entry.stat(follow_symlinks=False).st_mode)
-                problems.append(Problem(entry.path, _fsio.misplaced(kind, "a directory")))
+                kind = _filekinds.kind_of(entry.stat(follow_symlinks=False).st_mode)
+                problems.append(Problem(entry.path, _filekinds.misplaced(kind, "a directory")))
     return out
 
 

@@ -29,7 +29,7 @@ from collections.abc import Iterable, Iterator, MutableMapping
 from types import TracebackType
 from typing import Any, BinaryIO, NoReturn, TypeVar, cast
 
-from . import _blob, _fsio, _held
+from . import _blob, _filekinds, _held
 from . import _names as N
 from ._buffers import as_buffer, read_chunks
 from ._fallback import FallBack
@@ -260,8 +260,8 @@ class BlobCache(MutableMapping[N.Key, Value]):
                 return io.BufferedReader(io.BytesIO(value))
             record = value.record
             try:
-                # Never through a link, never a FIFO: see _fsio.open_regular.
-                return os.fdopen(_fsio.open_regular(record.path), "rb")
+                # Never through a link, never a FIFO: see _filekinds.open_regular.
+                return os.fdopen(_filekinds.open_regular(record.path), "rb")
             except FileNotFoundError:
                 if self._values.get(key) is value:
                     raise CorruptionError(

@@ -55,7 +55,7 @@ Op = Literal["put", "put_file", "delete", "gc", "sync", "open"]
 # The primitives of _fsio that touch the disk: the calls the crash explorer
 # records are the calls that can fail. Not among them: try_lock (a lock, not a
 # durability call; recovery and the janitor depend on its answer, not on its
-# errors) and temp_name (no system call).
+# errors).
 PRIMITIVES = RECORDED_CALLS
 ERRNOS = (errno.ENOSPC, errno.EIO, errno.EACCES, errno.EROFS)
 

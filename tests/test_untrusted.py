@@ -42,7 +42,7 @@ from tests.conftest import file_of, flip_bit
 BIG = b"big value " * 100  # in a file of its own (inline_limit below)
 SMALL = b"small"  # in the log
 SECRET = b"not the cache's: must never be served or changed\n"
-TEMP = ".tmp-0123456789abcdef"  # a name _fsio.temp_name could give
+TEMP = ".tmp-0123456789abcdef"  # a name N.temp_name could give
 
 
 @pytest.fixture(autouse=True)
