@@ -40,6 +40,12 @@ def test_a_layout_does_not_import_the_other(module: str, not_imported: set[str])
     assert not _imports(module) & not_imported, _imports(module)
 
 
+def test_stats_and_verify_do_not_import_gc() -> None:
+    """``_collect`` (gc from outside) walks the store with ``_maintenance``'s
+    helpers; the arrow points one way only."""
+    assert "_collect" not in _imports("_maintenance"), _imports("_maintenance")
+
+
 @pytest.mark.parametrize("module", ["_format", "_fsio", "_names", "_problems", "errors"])
 def test_the_bottom_layer_imports_only_the_format_and_errors(module: str) -> None:
     assert _imports(module) <= {"_format", "errors"}, _imports(module)
