@@ -35,7 +35,7 @@ class Stats:
 
 @dataclass(frozen=True)
 class Inventory:
-    """What the maintenance command (``_maintenance``) reads of an open store,
+    """What the maintenance command (``_maintenance``, ``_collect``) reads of an open store,
     and all it may read: a snapshot, taken by ``BlobCache._inventory``, so the
     command never reaches into the handle's index or its bookkeeping."""
 

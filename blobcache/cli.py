@@ -18,6 +18,7 @@ import json
 import sys
 from typing import Any
 
+from . import _collect
 from . import _maintenance as M
 from ._demo import run_demo
 from .errors import BlobCacheError, CorruptionError
@@ -70,7 +71,7 @@ def _verify(path: str, as_json: bool) -> int:
 
 
 def _gc(path: str, as_json: bool, dry_run: bool, salvage: bool) -> int:
-    report = M.collect(path, dry_run=dry_run, salvage=salvage)
+    report = _collect.collect(path, dry_run=dry_run, salvage=salvage)
     r = report.result
     verb = "would remove" if dry_run else "removed"
     lines = [f"{verb} {p}" for p in report.removed]

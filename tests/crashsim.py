@@ -34,7 +34,7 @@ this process then recovers the store and finishes the workload, still
 recording. Its crash points are power cuts after a process crash: what neither
 process made durable may be lost, nothing owed may.
 
-A second party rides on it too: ``blobcache gc`` (``_maintenance.collect``)
+A second party rides on it too: ``blobcache gc`` (``_collect.collect``)
 on the same store beside the writer, another lock holder (``Janitor``), run
 between the workload's operations, in their middle (right after a recorded call
 of the writer's: ``INTERRUPTS``), or suspended in its own middle while the
@@ -78,7 +78,7 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any, Final, Literal, TypeAlias
 
-from blobcache import BlobCache, BlobCacheError, CorruptionError, _format, _fsio, _maintenance
+from blobcache import BlobCache, BlobCacheError, CorruptionError, _collect, _format, _fsio
 
 PAGE: Final = 4096
 """Writes are torn only at page boundaries: the unit a page cache writes back."""
@@ -997,7 +997,7 @@ loudly rather than hang the test run. Nothing is timed by it."""
 
 
 class Janitor:
-    """``blobcache gc PATH`` beside the workload's writer: ``_maintenance.collect``
+    """``blobcache gc PATH`` beside the workload's writer: ``_collect.collect``
     on the same store, in a thread that takes turns with the workload's (one
     runs while the other waits), so both parties' calls land in one trace, in
     the order the kernel saw them, and in the same order on every run.
@@ -1100,7 +1100,7 @@ class Janitor:
         try:
             with self._turn:
                 self._wait(gc_turn=True)
-            report = _maintenance.collect(self.store)
+            report = _collect.collect(self.store)
             how = "beside the writer" if report.beside_writer else "with no writer: offline"
             outcome = f"returned ({how}; {len(report.removed)} paths removed)"
         except BlobCacheError as exc:

@@ -312,7 +312,7 @@ def test_gc_beside_a_writer_takes_what_vanishes_under_it_as_collected(
     `blobcache gc` works: at the moment it touches one, the next call finds it
     gone. That is "already collected", never an error, and never a reason to
     remove what could not be checked."""
-    from blobcache import _fsio, _maintenance
+    from blobcache import _collect, _fsio
 
     with BlobCache(store, inline_limit=0) as cache:
         cache.put("kept", b"A" * 100)
@@ -330,7 +330,7 @@ def test_gc_beside_a_writer_takes_what_vanishes_under_it_as_collected(
     try:
         assert _fsio.try_lock(lock)  # as a writer does: `blobcache gc` works beside it
         monkeypatch.setattr(_fsio, call, vanishing)
-        report = _maintenance.collect(store)
+        report = _collect.collect(store)
     finally:
         os.close(lock)
     assert report.beside_writer and report.problems == []

@@ -208,7 +208,7 @@ def test_gc_beside_a_writer_racing_puts_and_deletes_of_the_same_keys(store: str)
     (the key directory flock is what keeps a version from landing in a
     directory being removed). Whether a collection wins such a race is up to
     the scheduler; that nothing acknowledged is lost is not."""
-    from blobcache import _maintenance
+    from blobcache import _collect
 
     expected: dict[str, bytes | None] = {}
     with BlobCache(store, inline_limit=64) as cache:
@@ -216,7 +216,7 @@ def test_gc_beside_a_writer_racing_puts_and_deletes_of_the_same_keys(store: str)
 
         def collect() -> None:
             while not done.is_set():
-                _maintenance.collect(store)
+                _collect.collect(store)
 
         collector = threading.Thread(target=collect)
         collector.start()
@@ -238,7 +238,7 @@ def test_gc_beside_a_writer_racing_puts_and_deletes_of_the_same_keys(store: str)
         # With the writer open but idle, a deleted key's directory does go.
         cache.put("gone", b"G" * 300)
         cache.delete("gone")
-        report = _maintenance.collect(store)
+        report = _collect.collect(store)
         assert report.beside_writer and report.result.dirs_removed >= 1
     with BlobCache(store, inline_limit=64) as cache:
         assert cache.problems == ()

@@ -40,6 +40,12 @@ def test_a_layout_does_not_import_the_other(module: str, not_imported: set[str])
     assert not _imports(module) & not_imported, _imports(module)
 
 
+def test_stats_and_verify_do_not_import_gc() -> None:
+    """``_collect`` (gc from outside) walks the store with ``_maintenance``'s
+    helpers; the arrow points one way only."""
+    assert "_collect" not in _imports("_maintenance"), _imports("_maintenance")
+
+
 # The bottom layer's leaves: _fsio stands on them too (a temp file's name, what
 # kind of file a name holds), and none of them on _fsio.
 _LEAVES = {"_format", "_names", "_filekinds", "errors"}

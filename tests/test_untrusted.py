@@ -34,7 +34,7 @@ from typing import Any, TypeVar, cast
 import pytest
 import xxhash
 
-from blobcache import BlobCache, BlobCacheError, CorruptionError, _maintenance, cli
+from blobcache import BlobCache, BlobCacheError, CorruptionError, _collect, _maintenance, cli
 from blobcache import _format as F
 from blobcache import _names as N
 from tests.conftest import file_of, flip_bit
@@ -208,7 +208,7 @@ def test_an_entry_of_the_wrong_kind_is_never_followed_opened_or_removed(
             BlobCache(store)
         assert path in str(refused.value)
         with pytest.raises(BlobCacheError, match=says):
-            _maintenance.collect(store)
+            _collect.collect(store)
     else:
         with BlobCache(store) as cache:
             check_problem([str(p) for p in cache.problems])
@@ -220,7 +220,7 @@ def test_an_entry_of_the_wrong_kind_is_never_followed_opened_or_removed(
             else:
                 assert got is not None and bytes(got) == BIG
             cache.gc()
-        _maintenance.collect(store)
+        _collect.collect(store)
     # A reader, and the commands that read: stats, verify.
     if _refused(location, kind, "r"):
         with pytest.raises(BlobCacheError, match=says):
