@@ -14,7 +14,7 @@ from ._names import Key
 from .errors import ClosedError
 
 if TYPE_CHECKING:  # the index names the layouts' records; it imports neither layout
-    from ._blob import Record
+    from ._keydir import Record
 
 # Entries are positional, not objects with named fields: opening a store makes
 # one entry per log record, and building a tuple costs far less than calling a class

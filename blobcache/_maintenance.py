@@ -29,11 +29,11 @@ from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from . import _blob, _fsio, _log, _recovery
 from . import _format as F
+from . import _fsio, _keydir, _log, _mapping, _recovery
 from . import _names as N
-from ._blob import Record
 from ._janitor import GcResult
+from ._keydir import Record
 from ._problems import Problem
 from .cache import BlobCache, Inventory
 from .errors import CorruptionError, LockedError
@@ -229,7 +229,7 @@ def verify(path: str, *, progress: Callable[[str, int], Progress] = Progress) ->
     bar = progress("verify", sum(r.length for _, r in found))
     for _, record in found:
         try:
-            _blob.map_version(record, check=True).release()
+            _mapping.map_version(record, check=True).release()
         except CorruptionError as exc:
             if os.path.exists(record.path):
                 problems.append(Problem(exc.path, exc.detail))
@@ -380,7 +380,7 @@ def _stands_alone(keydir: str, live: Record, report: GcReport, *, sync: bool) ->
     collected by the writer, whose own gc() has this directory in hand.
     """
     try:
-        _blob.map_version(live, check=True).release()
+        _mapping.map_version(live, check=True).release()
         if sync:
             _fsio.fsync_path(os.path.join(keydir, F.KEY_FILE_NAME))
             _fsio.fsync_path(live.path)
@@ -455,7 +455,7 @@ def _remove_key_dir(
     if held is None:
         return  # a version is going in right now
     try:
-        scan = _blob.scan_key_dir(keydir)
+        scan = _keydir.scan_key_dir(keydir)
         if (
             scan.key is None
             or scan.temps
@@ -498,7 +498,7 @@ def _live_seq_of_dir(inventory: Inventory, keydir: str) -> int | None:
     """The sequence number of the live record (or kept delete) of the key whose
     directory is ``keydir``, when that record is in the log; None if unknown."""
     try:
-        key = _blob.read_key_file(keydir)
+        key = _keydir.read_key_file(keydir)
     except (OSError, CorruptionError):
         return None
     return inventory.record_seqs.get(key)

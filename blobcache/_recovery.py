@@ -17,11 +17,11 @@ import stat
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from . import _blob, _fsio, _log
 from . import _format as F
+from . import _fsio, _keydir, _log
 from . import _names as N
-from ._blob import KeyDirScan, Record
 from ._index import SEGMENT, SEQ, SIZE, VALUE, BlobEntry, Deleted, Entry
+from ._keydir import KeyDirScan, Record
 from ._problems import Problem
 from .errors import BlobCacheError, CorruptionError, LockedError
 
@@ -345,7 +345,7 @@ def _recover_into(
     missing = _missing_dirs(result, blobs, logdir, salvage=salvage)
     if blobs not in missing:
         for keydir in iter_key_dirs(blobs, result.problems, result.empty_fanouts):
-            _admit(result, _blob.scan_key_dir(keydir), blob_live)
+            _admit(result, _keydir.scan_key_dir(keydir), blob_live)
     latest = _replay_log(logdir, result, salvage=salvage) if logdir not in missing else {}
     # A segment without a header yet (a writer killed right after creating it)
     # has no records, so replay never counted its live bytes: zero, not missing.

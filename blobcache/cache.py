@@ -44,10 +44,9 @@ from dataclasses import asdict, dataclass
 from types import TracebackType
 from typing import Any, BinaryIO, NoReturn, TypeVar, cast
 
-from . import _blob, _compaction, _fsio, _janitor, _log, _recovery
+from . import _blob, _compaction, _fsio, _janitor, _keydir, _log, _mapping, _recovery
 from . import _format as F
 from . import _names as N
-from ._blob import Record
 from ._compaction import SegmentBook
 from ._index import (
     RECORD,
@@ -65,6 +64,7 @@ from ._index import (
     length,
 )
 from ._janitor import GcResult
+from ._keydir import Record
 from ._log import LogWriter
 from ._options import Durability, Options
 from ._problems import Problem
@@ -442,7 +442,7 @@ class BlobCache(MutableMapping[N.Key, Value]):
             if mapped is not None:  # mapped meanwhile, or a replacement already was
                 return mapped[:]
             try:
-                mapped = _blob.map_version(entry[RECORD], check=self._options.verify_on_get)
+                mapped = _mapping.map_version(entry[RECORD], check=self._options.verify_on_get)
             except CorruptionError as damage:
                 # get takes no lock: between its lookup and this open, another
                 # thread may have replaced the key and the janitor removed the old
@@ -839,13 +839,15 @@ class BlobCache(MutableMapping[N.Key, Value]):
         if under is not None and bad.seq <= self._max_seq_at_open:
             found.setdefault(*under)
         with contextlib.suppress(FileNotFoundError):  # removed by hand: reported at open
-            found.update((v.seq, v) for v in _blob.scan_key_dir(os.path.dirname(bad.path)).records)
+            found.update(
+                (v.seq, v) for v in _keydir.scan_key_dir(os.path.dirname(bad.path)).records
+            )
         for seq in sorted((s for s in found if s < bad.seq), reverse=True):
             candidate = found[seq]
             if not isinstance(candidate, Record):
                 return seq, candidate
             with contextlib.suppress(CorruptionError):
-                return seq, _blob.map_version(candidate, check=True)
+                return seq, _mapping.map_version(candidate, check=True)
         return None
 
     def __delitem__(self, key: N.Key) -> None:
@@ -918,12 +920,12 @@ class BlobCache(MutableMapping[N.Key, Value]):
         """Check ``keydir``'s key file names ``key``, or write it (durably with
         ``sync``). REQUIRES: the key's stripe lock and ``keydir``'s flock."""
         try:
-            found = _blob.read_key_file(keydir)
+            found = _keydir.read_key_file(keydir)
         except (FileNotFoundError, CorruptionError):
             # Missing, or damaged (reported at open): a key file not yet synced
             # when the power went can come back empty. The key is the one that
             # hashes to this directory: write it again.
-            key_file = _blob.write_key_file(keydir, tag, raw, sync=sync)
+            key_file = _keydir.write_key_file(keydir, tag, raw, sync=sync)
             if not sync:
                 self._owe_sync(key_file, keydir)
         else:
@@ -1061,14 +1063,14 @@ class BlobCache(MutableMapping[N.Key, Value]):
         intact. REQUIRES: the stripe lock of ``keydir`` (not its flock: a fall
         back writes a version into it)."""
         try:
-            key = _blob.read_key_file(keydir)
+            key = _keydir.read_key_file(keydir)
         except (OSError, CorruptionError):
             return True  # nothing attributable here: clean_key_dir decides
         entry = self._index.get(key)
         if type(entry) is not BlobEntry or os.path.dirname(entry[RECORD].path) != keydir:
             return True
         try:
-            _blob.map_version(entry[RECORD], check=True)
+            _mapping.map_version(entry[RECORD], check=True)
         except CorruptionError as damage:
             try:
                 self._fall_back(key, entry, damage)
@@ -1078,7 +1080,7 @@ class BlobCache(MutableMapping[N.Key, Value]):
 
     def _clean_held(self, keydir: str) -> GcResult:
         try:
-            scan = _blob.scan_key_dir(keydir)
+            scan = _keydir.scan_key_dir(keydir)
         except FileNotFoundError:  # removed by a gc() that failed right after, or another
             with self._tree_lock:
                 parents = _janitor.prune_empty_dirs(os.path.dirname(keydir), self._blobs)
