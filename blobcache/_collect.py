@@ -29,11 +29,11 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from . import _blob, _fsio, _recovery
 from . import _format as F
+from . import _fsio, _keydir, _mapping, _recovery
 from . import _names as N
-from ._blob import Record
 from ._janitor import GcResult
+from ._keydir import Record
 from ._maintenance import store_dirs, store_files, version_files, writer_running
 from ._problems import Problem
 from ._stats import Inventory
@@ -183,7 +183,7 @@ def _stands_alone(keydir: str, live: Record, report: GcReport, *, sync: bool) ->
     collected by the writer, whose own gc() has this directory in hand.
     """
     try:
-        _blob.map_version(live, check=True).release()
+        _mapping.map_version(live, check=True).release()
         if sync:
             _fsio.fsync_path(os.path.join(keydir, F.KEY_FILE_NAME))
             _fsio.fsync_path(live.path)
@@ -258,7 +258,7 @@ def _remove_key_dir(
     if held is None:
         return  # a version is going in right now
     try:
-        scan = _blob.scan_key_dir(keydir)
+        scan = _keydir.scan_key_dir(keydir)
         if (
             scan.key is None
             or scan.temps
@@ -301,7 +301,7 @@ def _live_seq_of_dir(inventory: Inventory, keydir: str) -> int | None:
     """The sequence number of the live record (or kept delete) of the key whose
     directory is ``keydir``, when that record is in the log; None if unknown."""
     try:
-        key = _blob.read_key_file(keydir)
+        key = _keydir.read_key_file(keydir)
     except (OSError, CorruptionError):
         return None
     return inventory.record_seqs.get(key)

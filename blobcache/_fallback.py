@@ -14,11 +14,11 @@ from __future__ import annotations
 import contextlib
 import os
 
-from . import _blob, _log
 from . import _format as F
+from . import _keydir, _log, _mapping
 from . import _names as N
-from ._blob import Record
 from ._index import Mapped, Value
+from ._keydir import Record
 from ._problems import Problem
 from ._writes import Writes
 from .errors import CorruptionError
@@ -97,11 +97,13 @@ class FallBack:
         if under is not None and bad.seq <= self.max_seq_at_open:
             found.setdefault(*under)
         with contextlib.suppress(FileNotFoundError):  # removed by hand: reported at open
-            found.update((v.seq, v) for v in _blob.scan_key_dir(os.path.dirname(bad.path)).records)
+            found.update(
+                (v.seq, v) for v in _keydir.scan_key_dir(os.path.dirname(bad.path)).records
+            )
         for seq in sorted((s for s in found if s < bad.seq), reverse=True):
             candidate = found[seq]
             if not isinstance(candidate, Record):
                 return seq, candidate
             with contextlib.suppress(CorruptionError):
-                return seq, _blob.map_version(candidate, check=True)
+                return seq, _mapping.map_version(candidate, check=True)
         return None

@@ -19,7 +19,7 @@ import itertools
 import os
 import threading
 
-from . import _blob, _compaction, _fsio, _janitor, _log
+from . import _compaction, _fsio, _janitor, _keydir, _log, _mapping
 from . import _format as F
 from . import _names as N
 from ._fallback import FallBack
@@ -117,14 +117,14 @@ class Garbage:
         intact. REQUIRES: the stripe lock of ``keydir`` (not its flock: a fall
         back writes a version into it)."""
         try:
-            key = _blob.read_key_file(keydir)
+            key = _keydir.read_key_file(keydir)
         except (OSError, CorruptionError):
             return True  # nothing attributable here: clean_key_dir decides
         value = self.index.values.get(key)
         if not isinstance(value, Mapped) or os.path.dirname(value.record.path) != keydir:
             return True
         try:
-            _blob.map_version(value.record, check=True)
+            _mapping.map_version(value.record, check=True)
         except CorruptionError as damage:
             try:
                 self.fallback.fall_back(key, value, damage)
@@ -135,7 +135,7 @@ class Garbage:
     def _clean_held(self, keydir: str) -> GcResult:
         writes = self.writes
         try:
-            scan = _blob.scan_key_dir(keydir)
+            scan = _keydir.scan_key_dir(keydir)
         except FileNotFoundError:  # removed by a gc() that failed right after, or another
             return self._prune(os.path.dirname(keydir))
         meta = self.index.meta.get(scan.key) if scan.key is not None else None

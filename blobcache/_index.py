@@ -32,7 +32,7 @@ from ._names import Key
 from .errors import ClosedError
 
 if TYPE_CHECKING:  # the index names the layouts' records; it imports neither layout
-    from ._blob import Record
+    from ._keydir import Record
 
 
 class Mapped:

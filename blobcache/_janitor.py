@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 from . import _format as F
 from . import _fsio
-from ._blob import KeyDirScan
+from ._keydir import KeyDirScan
 from ._recovery import remove_orphan_temp
 
 

@@ -19,10 +19,10 @@ from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from . import _blob, _filekinds, _fsio, _log
+from . import _filekinds, _fsio, _log, _mapping
 from . import _format as F
 from . import _names as N
-from ._blob import Record
+from ._keydir import Record
 from ._problems import Problem
 from .cache import BlobCache
 from .errors import CorruptionError
@@ -218,7 +218,7 @@ def verify(path: str, *, progress: Callable[[str, int], Progress] = Progress) ->
     bar = progress("verify", sum(r.length for _, r in found))
     for _, record in found:
         try:
-            _blob.map_version(record, check=True).release()
+            _mapping.map_version(record, check=True).release()
         except CorruptionError as exc:
             if os.path.exists(record.path):
                 problems.append(Problem(exc.path, exc.detail))

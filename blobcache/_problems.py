@@ -1,6 +1,6 @@
 """What a store reports instead of serving: the vocabulary both layouts share.
 
-The log (``_log``) and the key directories (``_blob``) each find files they
+The log (``_log``) and the key directories (``_keydir``) each find files they
 cannot use; neither knows the other, so the word for it lives here.
 """
 

@@ -17,11 +17,11 @@ import stat
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from . import _blob, _filekinds, _fsio, _log
+from . import _filekinds, _fsio, _keydir, _log
 from . import _format as F
 from . import _names as N
-from ._blob import KeyDirScan, Record
 from ._index import IN_A_FILE, Deleted, Mapped, Value, pack, segment_of, seq_of, size_of
+from ._keydir import KeyDirScan, Record
 from ._problems import Problem
 from .errors import BlobCacheError, CorruptionError, LockedError
 
@@ -346,7 +346,7 @@ def _recover_into(
     missing = _missing_dirs(result, blobs, logdir, salvage=salvage)
     if blobs not in missing:
         for keydir in iter_key_dirs(blobs, result.problems, result.empty_fanouts):
-            _admit(result, _blob.scan_key_dir(keydir), blob_live)
+            _admit(result, _keydir.scan_key_dir(keydir), blob_live)
     values, meta = ({}, {}) if logdir in missing else _replay_log(logdir, result, salvage=salvage)
     # A segment without a header yet (a writer killed right after creating it)
     # has no records, so replay never counted its live bytes: zero, not missing.

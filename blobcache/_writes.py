@@ -22,12 +22,12 @@ import os
 import threading
 from collections.abc import Callable, Iterable, Iterator
 
-from . import _blob, _fsio, _log
+from . import _blob, _fsio, _keydir, _log
 from . import _format as F
 from . import _names as N
-from ._blob import Record
 from ._held import Held
 from ._index import IN_A_FILE, Index, Mapped, pack
+from ._keydir import Record
 from ._log import LogWriter
 from ._options import Options
 from ._problems import Problem
@@ -310,12 +310,12 @@ class Writes:
         """Check ``keydir``'s key file names ``key``, or write it (durably with
         ``sync``). REQUIRES: the key's stripe lock and ``keydir``'s flock."""
         try:
-            found = _blob.read_key_file(keydir)
+            found = _keydir.read_key_file(keydir)
         except (FileNotFoundError, CorruptionError):
             # Missing, or damaged (reported at open): a key file not yet synced
             # when the power went can come back empty. The key is the one that
             # hashes to this directory: write it again.
-            key_file = _blob.write_key_file(keydir, tag, raw, sync=sync)
+            key_file = _keydir.write_key_file(keydir, tag, raw, sync=sync)
             if not sync:
                 self.held.owed.owe_file(key_file, keydir)
         else:

@@ -29,7 +29,7 @@ from collections.abc import Iterable, Iterator, MutableMapping
 from types import TracebackType
 from typing import Any, BinaryIO, NoReturn, TypeVar, cast
 
-from . import _blob, _filekinds, _held
+from . import _blob, _filekinds, _held, _mapping
 from . import _names as N
 from ._buffers import as_buffer, read_chunks
 from ._fallback import FallBack
@@ -183,7 +183,7 @@ class BlobCache(MutableMapping[N.Key, Value]):
             if mapped is not None:  # mapped meanwhile, or a replacement already was
                 return mapped[:]
             try:
-                mapped = _blob.map_version(value.record, check=self._options.verify_on_get)
+                mapped = _mapping.map_version(value.record, check=self._options.verify_on_get)
             except CorruptionError as damage:
                 # get takes no lock: between its lookup and this open, another
                 # thread may have replaced the key and the janitor removed the old

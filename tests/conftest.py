@@ -13,6 +13,7 @@ from typing import Any
 import pytest
 
 from blobcache import BlobCache, _fsio
+from blobcache import _format as F
 
 
 @pytest.fixture
@@ -46,6 +47,11 @@ def files_named(root: str, prefix: str) -> list[str]:
     return sorted(
         os.path.join(d, n) for d, _, names in os.walk(root) for n in names if n.startswith(prefix)
     )
+
+
+def versions(root: str) -> list[str]:
+    """Every version file under ``root``, sorted."""
+    return files_named(root, F.VERSION_PREFIX)
 
 
 def flip_bit(path: str, offset: int, bit: int = 0) -> None:

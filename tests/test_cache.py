@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from blobcache import BlobCache, BlobCacheError, ClosedError, LockedError, _blob
+from blobcache import BlobCache, BlobCacheError, ClosedError, LockedError, _mapping
 from blobcache import _format as F
 from tests.conftest import DURABILITY_CALLS, fail_once, file_of, files_named, record_calls
 
@@ -511,7 +511,7 @@ def test_first_get_racing_an_overwrite_and_gc_returns_the_new_value(
     cache = blob_cache
     cache.put("k", b"old")
     cache.put("gone", b"old")
-    real = _blob.map_version
+    real = _mapping.map_version
     raced: list[str] = []
 
     def racing(record: Any, *, check: bool) -> memoryview:
@@ -522,7 +522,7 @@ def test_first_get_racing_an_overwrite_and_gc_returns_the_new_value(
             cache.gc()
         return real(record, check=check)
 
-    monkeypatch.setattr(_blob, "map_version", racing)
+    monkeypatch.setattr(_mapping, "map_version", racing)
     assert bytes(cache["k"]) == b"new"
     raced.clear()
     assert cache.get("gone", b"default") == b"default"

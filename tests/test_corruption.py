@@ -1,12 +1,13 @@
 """Bit flips everywhere: every file of a small store, one flipped bit at a time.
 
-The named-failure tests (test_blob.py, test_log.py) pin what each kind of damage
-does. This sweep checks the promise they add up to, at every offset of every
-file a store writes: open either succeeds or raises a ``BlobCacheError`` that
-names the damaged file; a ``get`` returns the key's newest value, or -- only
-when the store reported something (a problem, a cut log tail, or a
-``CorruptionError`` from that ``get``) -- an older value of that key or nothing.
-It never returns bytes that were not put, and never crashes on a stray byte.
+The named-failure tests (test_keydir.py, test_mapping.py, test_log.py) pin what
+each kind of damage does. This sweep checks the promise they add up to, at every
+offset of every file a store writes: open either succeeds or raises a
+``BlobCacheError`` that names the damaged file; a ``get`` returns the key's
+newest value, or -- only when the store reported something (a problem, a cut log
+tail, or a ``CorruptionError`` from that ``get``) -- an older value of that key
+or nothing. It never returns bytes that were not put, and never crashes on a
+stray byte.
 """
 
 from __future__ import annotations

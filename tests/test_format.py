@@ -8,7 +8,7 @@ import struct
 
 import xxhash
 
-from blobcache import BlobCache, _blob, _log
+from blobcache import BlobCache, _keydir, _log
 from blobcache import _format as F
 from blobcache import _names as N
 
@@ -50,7 +50,7 @@ def test_torn_tail_example() -> None:
 
 
 def test_worked_example(tmp_path: object) -> None:
-    key_file = _blob.key_file_bytes(b"s", b"cfg")
+    key_file = _keydir.key_file_bytes(b"s", b"cfg")
     assert key_file[:12] == bytes.fromhex("42434b31 73 03000000 636667")
     assert key_file[12:] == struct.pack("<Q", xxhash.xxh3_64_intdigest(key_file[:12]))
     assert len(key_file) == 17 + 3

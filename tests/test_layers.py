@@ -30,13 +30,26 @@ def _imports(module: str) -> set[str]:
 @pytest.mark.parametrize(
     ("module", "not_imported"),
     [
-        ("_log", {"_blob", "_recovery", "_janitor", "_compaction", "cache"}),
+        ("_log", {"_blob", "_keydir", "_mapping", "_recovery", "_janitor", "_compaction", "cache"}),
         ("_blob", {"_log", "_index", "_recovery", "_janitor", "_compaction", "cache"}),
+        ("_keydir", {"_log", "_index", "_recovery", "_janitor", "_compaction", "cache"}),
+        ("_mapping", {"_log", "_index", "_recovery", "_janitor", "_compaction", "cache"}),
         ("_index", {"_log", "_recovery", "cache"}),
-        ("_problems", {"_log", "_blob", "_index", "cache"}),
+        ("_problems", {"_log", "_blob", "_keydir", "_mapping", "_index", "cache"}),
     ],
 )
 def test_a_layout_does_not_import_the_other(module: str, not_imported: set[str]) -> None:
+    assert not _imports(module) & not_imported, _imports(module)
+
+
+@pytest.mark.parametrize(
+    ("module", "not_imported"), [("_keydir", {"_blob", "_mapping"}), ("_mapping", {"_blob"})]
+)
+def test_the_key_directory_imports_neither_the_writer_nor_the_mapping(
+    module: str, not_imported: set[str]
+) -> None:
+    # Record lives in _keydir, the lowest of the three: _blob makes records and
+    # _mapping maps them; reading a directory needs neither, serving no writer.
     assert not _imports(module) & not_imported, _imports(module)
 
 
