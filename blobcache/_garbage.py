@@ -22,9 +22,9 @@ import threading
 from . import _compaction, _fsio, _janitor, _keydir, _log, _mapping
 from . import _format as F
 from . import _names as N
-from ._fallback import FallBack
 from ._index import IN_A_FILE, Deleted, Mapped, pack, segment_of, seq_of
 from ._janitor import GcResult
+from ._reads import Reads
 from ._writes import Writes
 from .errors import ClosedError, CorruptionError
 
@@ -41,7 +41,7 @@ class Garbage:
     def __init__(
         self,
         writes: Writes,
-        fallback: FallBack,
+        reads: Reads,
         found_at_open: set[str],
         blob_over_log: dict[N.Key, str],
         *,
@@ -49,7 +49,7 @@ class Garbage:
     ) -> None:
         self.writes = writes
         self.index = writes.index
-        self.fallback = fallback
+        self.reads = reads
         self.options = writes.options
         self.owed = writes.held.owed
         self.logdir = os.path.join(writes.path, F.LOG_DIR)
@@ -127,7 +127,7 @@ class Garbage:
             _mapping.map_version(value.record, check=True)
         except CorruptionError as damage:
             try:
-                self.fallback.fall_back(key, value, damage)
+                self.reads.fall_back(key, value, damage)
             except CorruptionError:
                 return False
         return True

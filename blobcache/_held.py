@@ -161,11 +161,20 @@ def let_go_of_dropped(held: Held) -> None:
         log.error("blobcache: closing %s, dropped without close(), failed: %s", held.path, exc)
 
 
-Work = tuple[str, Callable[[], bool], Callable[["BlobCache"], object]]
-
-
-def start_background(cache: BlobCache, loops: list[Work]) -> list[threading.Thread]:
-    """One daemon thread per ``(name, wake, work)``: see ``_background``."""
+def start_background(cache: BlobCache, options: Options) -> list[threading.Thread]:
+    """The threads of a writing handle, each a ``_background`` loop: compaction
+    when asked for; with "os" durability a sync every ``sync_interval``; with a
+    ``gc_interval``, a gc that often. A reader changes nothing: none."""
+    held = cache._held
+    if held.writer is None:
+        return []
+    loops: list[tuple[str, Callable[[], bool], Callable[[BlobCache], object]]] = [
+        ("compaction", held.compaction_wanted, lambda c: c._compact(force=False))
+    ]
+    if options.durability == "os":
+        loops.append(("sync", held.every(options.sync_interval), lambda c: c.sync()))
+    if options.gc_interval is not None:
+        loops.append(("gc", held.every(options.gc_interval), lambda c: c.gc()))
     me = weakref.ref(cache)
     threads = [
         threading.Thread(

@@ -3,12 +3,16 @@ for the maintenance command. Neither scans the disk."""
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import asdict, dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from . import _names as N
 from ._index import Index, Mapped, length, seq_of
 from ._options import Durability
+
+if TYPE_CHECKING:
+    from ._writes import Writes
 
 
 @dataclass(frozen=True)
@@ -31,6 +35,40 @@ class Stats:
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+    @classmethod
+    def of(
+        cls,
+        index: Index,
+        writes: Writes,
+        *,
+        problems: int,
+        temps_removed_at_open: int,
+        torn_bytes_at_open: int,
+    ) -> Stats:
+        values = list(index.values.values())
+        writer = writes.held.writer
+        # No lock in a forked child, where no thread changes the book (the child
+        # cannot write) and a parent thread may have held it at the fork.
+        inherited = writes.held.inherited()
+        with contextlib.nullcontext() if inherited else index.lock:
+            stale, total = index.book.stale()
+            segments = len(index.book.total.keys() | ({writer.number} if writer else set()))
+        return cls(
+            path=writes.path,
+            durability=writes.options.durability,
+            keys=len(values),
+            live_bytes=sum(map(length, values)),
+            inline_keys=sum(1 for v in values if type(v) is not Mapped),
+            next_seq=writes.seq.peek(),
+            segments=segments,
+            log_record_bytes=total,
+            log_stale_bytes=stale,
+            dirs_awaiting_gc=len(index.dirty),
+            problems=problems,
+            temps_removed_at_open=temps_removed_at_open,
+            torn_bytes_at_open=torn_bytes_at_open,
+        )
 
 
 @dataclass(frozen=True)

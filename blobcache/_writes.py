@@ -19,12 +19,15 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import stat
 import threading
 from collections.abc import Callable, Iterable, Iterator
+from typing import BinaryIO
 
 from . import _blob, _fsio, _keydir, _log
 from . import _format as F
 from . import _names as N
+from ._buffers import read_chunks
 from ._held import Held
 from ._index import IN_A_FILE, Index, Mapped, pack
 from ._keydir import Record
@@ -44,6 +47,8 @@ STRIPES = 1024
 # A key's stripe lock, to take with `with` (a StripeGuard), or a nullcontext
 # where the caller holds it already.
 Stripe = contextlib.AbstractContextManager[None]
+# What put_file reads: a path, or a binary file object from where it stands.
+Source = str | bytes | os.PathLike[str] | os.PathLike[bytes] | BinaryIO
 
 
 class Writes:
@@ -187,7 +192,7 @@ class Writes:
         take the sequence number, rename the temp file to its final name and
         publish the value -- so two puts of one key are published in the order
         of their numbers, and the index and the disk agree on the winner.
-        (``_fallback`` calls this with the lock held and ``stripe`` a no-op:
+        (``_reads`` calls this with the lock held and ``stripe`` a no-op:
         what it writes is an older version's mapped bytes, no caller code.)
         Returns whether a sealed segment got staler.
         """
@@ -227,6 +232,27 @@ class Writes:
             stripe,
             lambda keydir, sync: _blob.write_version_from(keydir, first, rest, sync=sync),
         )
+
+    def put_file(
+        self, tag: bytes, raw: bytes, stripe: StripeGuard, src: Source, chunk: int
+    ) -> bool:
+        """``BlobCache.put_file``: a regular file of ``inline_limit`` bytes or more
+        is copied by the kernel (and the copy hashed as stored); anything else is
+        read ``chunk`` bytes at a time. Returns whether a sealed segment got staler."""
+        if not isinstance(src, (str, bytes, os.PathLike)):
+            return self.put_chunks(tag, raw, stripe, read_chunks(src, chunk))
+        with open(os.fsdecode(src), "rb", buffering=0) as f:
+            st = os.fstat(f.fileno())
+            if not stat.S_ISREG(st.st_mode) or st.st_size < self.options.inline_limit:
+                return self.put_chunks(tag, raw, stripe, read_chunks(f, chunk))
+            fd, size = f.fileno(), st.st_size
+            return self.put_version(
+                N.decode_key(tag, raw),
+                tag,
+                raw,
+                stripe,
+                lambda keydir, sync: _blob.write_version_copy(keydir, fd, size, sync=sync),
+            )
 
     def _publish_blob(self, key: N.Key, keydir: str, record: Record) -> bool:
         """REQUIRES: the key's stripe lock. Returns whether a sealed segment got staler."""

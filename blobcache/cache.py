@@ -9,7 +9,8 @@ owns it:
   its ``values``;
 * ``_ledger.Ledger``: the fsyncs "os" durability owes, and the failed-fsync rule;
 * ``_garbage.Garbage``: ``gc()`` and compaction, in the foreground or background;
-* ``_fallback.FallBack``: serving the older record when a version fails its check;
+* ``_reads.Reads``: a large value's first get (map, check), ``open()``, and
+  serving the older record when a version fails its check;
 * ``_held``: opening, the lock and active segment a handle holds, its threads;
 * ``_stats``: what the store says of itself.
 
@@ -19,29 +20,26 @@ read in this process, an mmap.
 
 from __future__ import annotations
 
-import contextlib
-import io
 import os
-import stat
 import threading
 import weakref
 from collections.abc import Iterable, Iterator, MutableMapping
 from types import TracebackType
 from typing import Any, BinaryIO, NoReturn, TypeVar, cast
 
-from . import _blob, _filekinds, _held, _mapping
+from . import _held
 from . import _names as N
-from ._buffers import as_buffer, read_chunks
-from ._fallback import FallBack
+from ._buffers import as_buffer
 from ._garbage import Garbage
-from ._index import ClosedIndex, Index, Mapped, SegmentBook, length
+from ._index import ClosedIndex, Index, Mapped, SegmentBook
 from ._index import Value as Stored
 from ._janitor import GcResult
 from ._options import Durability, Options
 from ._problems import Problem
+from ._reads import Reads
 from ._stats import Inventory, Stats
-from ._writes import StripeGuard, Writes
-from .errors import ClosedError, CorruptionError
+from ._writes import Source, StripeGuard, Writes
+from .errors import ClosedError
 
 _T = TypeVar("_T")
 Value = bytes | memoryview  # what get returns: bytes from the log, a view of a file
@@ -112,11 +110,11 @@ class BlobCache(MutableMapping[N.Key, Value]):
         self._writes = Writes(
             self._path, options, self._held, self._index, found.max_seq, found.key_dirs
         )
-        self._fallback = FallBack(self._writes, found.log_under_blob, found.max_seq)
+        self._reads = Reads(self._writes, found.log_under_blob, found.max_seq)
         # Without salvage the only log problems are cut tails: nothing to rewrite.
         salvaged = salvage and any(s.problems for s in found.segments)
         self._garbage = Garbage(
-            self._writes, self._fallback, set(found.dirty), found.blob_over_log, salvaged=salvaged
+            self._writes, self._reads, set(found.dirty), found.blob_over_log, salvaged=salvaged
         )
         self._problems = tuple(found.problems)
         self._temps_removed_at_open = found.temps_removed
@@ -126,15 +124,7 @@ class BlobCache(MutableMapping[N.Key, Value]):
             book.add(writer.number, 0, live=False)
             if durability == "os":
                 self._held.owed.owe_found(found.dir_of, self._values)
-        loops: list[_held.Work] = []
-        if writer is not None:  # a reader changes nothing: no background work
-            held = self._held
-            loops.append(("compaction", held.compaction_wanted, lambda c: c._compact(force=False)))
-            if durability == "os":
-                loops.append(("sync", held.every(sync_interval), BlobCache.sync))
-            if gc_interval is not None:
-                loops.append(("gc", held.every(gc_interval), BlobCache.gc))
-        self._threads = _held.start_background(self, loops)
+        self._threads = _held.start_background(self, options)
 
     # --- reading -------------------------------------------------------------------
 
@@ -176,37 +166,9 @@ class BlobCache(MutableMapping[N.Key, Value]):
         return self._values.get(key)
 
     def _map(self, key: N.Key, value: Mapped, default: _T | None) -> Value | _T | None:
-        """Map a file value on its first get; return a view of its own, as get
-        does. Two threads may both map it; both views are good, one is kept."""
-        while True:
-            mapped = value.view
-            if mapped is not None:  # mapped meanwhile, or a replacement already was
-                return mapped[:]
-            try:
-                mapped = _mapping.map_version(value.record, check=self._options.verify_on_get)
-            except CorruptionError as damage:
-                # get takes no lock: between its lookup and this open, another
-                # thread may have replaced the key and the janitor removed the old
-                # file. Only a value that is still live is really damaged.
-                current = self._values.get(key)
-                if current is value:
-                    if self._held.writer is None or self._held.inherited():
-                        # A reader, or a forked child, changes nothing: the
-                        # writer falls back; here the damage is what to say.
-                        raise
-                    # The caller's key may be a str or bytes subclass: its methods
-                    # run here (encode_key), not under the stripe lock.
-                    key = N.decode_key(*N.encode_key(key))
-                    with self._writes.writing(os.path.basename(os.path.dirname(value.record.path))):
-                        current = self._fallback.fall_back(key, value, damage)
-                if current is None:
-                    return default
-                if not isinstance(current, Mapped):
-                    return current
-                value = current
-                continue
-            value.view = mapped
-            return mapped[:]
+        """A large value's first get here: see ``Reads.first_get``."""
+        found = self._reads.first_get(key, value, check=self._options.verify_on_get)
+        return default if found is None else found
 
     def __getitem__(self, key: N.Key) -> Value:
         value = self.get(key, _MISSING)
@@ -250,25 +212,7 @@ class BlobCache(MutableMapping[N.Key, Value]):
 
         :raises KeyError: ``key`` is not in the cache.
         """
-        while True:
-            value = self._lookup(key)
-            if value is None:
-                raise KeyError(key)
-            if not isinstance(value, Mapped):
-                # Read-only, as a file's: a BytesIO alone would take writes (into
-                # a copy of its own, but a caller would think they stuck).
-                return io.BufferedReader(io.BytesIO(value))
-            record = value.record
-            try:
-                # Never through a link, never a FIFO: see _filekinds.open_regular.
-                return os.fdopen(_filekinds.open_regular(record.path), "rb")
-            except FileNotFoundError:
-                if self._values.get(key) is value:
-                    raise CorruptionError(
-                        record.path,
-                        "version file is missing: something other than blobcache removed it",
-                    ) from None
-                # replaced and collected between our lookup and the open: again
+        return self._reads.open(key, self._lookup)
 
     # --- writing -------------------------------------------------------------------
 
@@ -310,9 +254,7 @@ class BlobCache(MutableMapping[N.Key, Value]):
     # Streaming puts read and write this much at a time: what they hold in memory.
     CHUNK_BYTES = 1 << 20
 
-    def put_file(
-        self, key: N.Key, src: str | bytes | os.PathLike[str] | os.PathLike[bytes] | BinaryIO
-    ) -> None:
+    def put_file(self, key: N.Key, src: Source) -> None:
         """Store the bytes of ``src`` -- a path (str, bytes or path-like), or a
         binary file object read from where it stands to its end -- under ``key``,
         as ``put`` would store them.
@@ -331,25 +273,7 @@ class BlobCache(MutableMapping[N.Key, Value]):
         ):
             raise TypeError(f"src must be a path or a binary file object, not {type(src).__name__}")
         tag, raw, stripe = self._stream_target(key)
-        writes = self._writes
-        if not isinstance(src, (str, bytes, os.PathLike)):
-            stale = writes.put_chunks(tag, raw, stripe, read_chunks(src, self.CHUNK_BYTES))
-        else:
-            with open(os.fsdecode(src), "rb", buffering=0) as f:
-                st = os.fstat(f.fileno())
-                if stat.S_ISREG(st.st_mode) and st.st_size >= self._options.inline_limit:
-                    # The kernel copies a regular file; the copy is hashed as stored.
-                    fd, size = f.fileno(), st.st_size
-                    stale = writes.put_version(
-                        N.decode_key(tag, raw),
-                        tag,
-                        raw,
-                        stripe,
-                        lambda keydir, sync: _blob.write_version_copy(keydir, fd, size, sync=sync),
-                    )
-                else:
-                    stale = writes.put_chunks(tag, raw, stripe, read_chunks(f, self.CHUNK_BYTES))
-        if stale:
+        if self._writes.put_file(tag, raw, stripe, src, self.CHUNK_BYTES):
             self._maybe_compact()
 
     def put_stream(self, key: N.Key, chunks: Iterable[object]) -> None:
@@ -442,8 +366,8 @@ class BlobCache(MutableMapping[N.Key, Value]):
     @property
     def problems(self) -> tuple[Problem, ...]:
         """Files found unusable at open, and values served from an older record
-        since (see ``_fallback``), each with its path and what was wrong."""
-        return self._problems + tuple(self._fallback.notes)
+        since (see ``_reads``), each with its path and what was wrong."""
+        return self._problems + tuple(self._reads.notes)
 
     @property
     def options(self) -> Options:
@@ -457,25 +381,9 @@ class BlobCache(MutableMapping[N.Key, Value]):
     def stats(self) -> Stats:
         """Counts from memory: keys, live bytes, log segments, what awaits ``gc()``."""
         self._check_open()
-        values = list(self._values.values())
-        index, writer = self._index, self._held.writer
-        # No lock in a forked child, where no thread changes the book (the child
-        # cannot write) and a parent thread may have held it at the fork.
-        held = self._held.inherited()
-        with contextlib.nullcontext() if held else index.lock:
-            stale, total = index.book.stale()
-            segments = len(index.book.total.keys() | ({writer.number} if writer else set()))
-        return Stats(
-            path=self._path,
-            durability=self._options.durability,
-            keys=len(values),
-            live_bytes=sum(map(length, values)),
-            inline_keys=sum(1 for v in values if type(v) is not Mapped),
-            next_seq=self._writes.seq.peek(),
-            segments=segments,
-            log_record_bytes=total,
-            log_stale_bytes=stale,
-            dirs_awaiting_gc=len(index.dirty),
+        return Stats.of(
+            self._index,
+            self._writes,
             problems=len(self.problems),
             temps_removed_at_open=self._temps_removed_at_open,
             torn_bytes_at_open=self._torn_bytes_at_open,

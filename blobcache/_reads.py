@@ -1,4 +1,5 @@
-"""Falling back: when a key's live version fails its check, serve the record before it.
+"""Reading what is in a file: a version's first get maps and checks it, ``open``
+reads it as a file object, and when a check fails the record before it is served.
 
 A version file never fsynced can come back from a power cut with its name and
 size but not its bytes ("os" durability on XFS, say); a disk can rot one. The
@@ -12,10 +13,13 @@ whose checksum failed.
 from __future__ import annotations
 
 import contextlib
+import io
 import os
+from collections.abc import Callable
+from typing import BinaryIO
 
+from . import _filekinds, _keydir, _log, _mapping
 from . import _format as F
-from . import _keydir, _log, _mapping
 from . import _names as N
 from ._index import Mapped, Value
 from ._keydir import Record
@@ -24,8 +28,8 @@ from ._writes import Writes
 from .errors import CorruptionError
 
 
-class FallBack:
-    """What a fall back reads besides the disk, and the damage it reported.
+class Reads:
+    """The reads of one handle that go to a version file, and the damage they met.
 
     ``log_under_blob``: key -> (seq, value; None for a delete) of the log record
     a version won over at open, which compaction drops from the log.
@@ -42,6 +46,62 @@ class FallBack:
         self.log_under_blob = log_under_blob
         self.max_seq_at_open = max_seq_at_open
         self.notes: list[Problem] = []  # what each fall back reported, in order
+
+    def open(self, key: N.Key, lookup: Callable[[N.Key], Value | None]) -> BinaryIO:
+        """``BlobCache.open``; ``lookup`` is the face's checked lookup."""
+        while True:
+            value = lookup(key)
+            if value is None:
+                raise KeyError(key)
+            if not isinstance(value, Mapped):
+                # Read-only, as a file's: a BytesIO alone would take writes (into
+                # a copy of its own, but a caller would think they stuck).
+                return io.BufferedReader(io.BytesIO(value))
+            record = value.record
+            try:
+                # Never through a link, never a FIFO: see _filekinds.open_regular.
+                return os.fdopen(_filekinds.open_regular(record.path), "rb")
+            except FileNotFoundError:
+                if self.writes.index.values.get(key) is value:
+                    raise CorruptionError(
+                        record.path,
+                        "version file is missing: something other than blobcache removed it",
+                    ) from None
+                # replaced and collected between our lookup and the open: again
+
+    def first_get(self, key: N.Key, value: Mapped, *, check: bool) -> bytes | memoryview | None:
+        """Map a version on its first get in this process (checking its checksum
+        with ``check``) and return a view of its own, as ``get`` does; on damage,
+        fall back. None: the key is gone (deleted, or fell back to a delete).
+        Two threads may both map it; both views are good, one is kept."""
+        writes = self.writes
+        while True:
+            mapped = value.view
+            if mapped is not None:  # mapped meanwhile, or a replacement already was
+                return mapped[:]
+            try:
+                mapped = _mapping.map_version(value.record, check=check)
+            except CorruptionError as damage:
+                # get takes no lock: between its lookup and this open, another
+                # thread may have replaced the key and the janitor removed the old
+                # file. Only a value that is still live is really damaged.
+                current = writes.index.values.get(key)
+                if current is value:
+                    if writes.held.writer is None or writes.held.inherited():
+                        # A reader, or a forked child, changes nothing: the
+                        # writer falls back; here the damage is what to say.
+                        raise
+                    # The caller's key may be a str or bytes subclass: its methods
+                    # run here (encode_key), not under the stripe lock.
+                    key = N.decode_key(*N.encode_key(key))
+                    with writes.writing(os.path.basename(os.path.dirname(value.record.path))):
+                        current = self.fall_back(key, value, damage)
+                if current is None or not isinstance(current, Mapped):
+                    return current
+                value = current
+                continue
+            value.view = mapped
+            return mapped[:]
 
     def fall_back(self, key: N.Key, bad: Mapped, damage: CorruptionError) -> Value | None:
         """``bad``, the live version of ``key``, failed its check: make the newest
