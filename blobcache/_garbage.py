@@ -120,7 +120,7 @@ class Garbage:
             key = _keydir.read_key_file(keydir)
         except (OSError, CorruptionError):
             return True  # nothing attributable here: clean_key_dir decides
-        value = self.index.values.get(key)
+        value = self.index.values.stored(key)
         if not isinstance(value, Mapped) or os.path.dirname(value.record.path) != keydir:
             return True
         try:
@@ -219,12 +219,12 @@ class Garbage:
                     keys: list[N.Key] = []
                     metas: list[int] = []
                     values: list[bytes] = []
-                    get_value = index.values.__getitem__
+                    get_value = index.values.__getitem__  # never a key in a file
                     for key, meta in index.meta.items():
                         if segment_of(meta) in chosen:  # never IN_A_FILE
                             keys.append(key)
                             metas.append(meta)
-                            values.append(get_value(key))  # type: ignore[arg-type]
+                            values.append(get_value(key))
                     deleted = [(k, d) for k, d in index.deleted.items() if d.segment in chosen]
             assert inputs[-1] == output, "the segment just sealed is always in the book"
             # Never delete the last durable copy: a value that supersedes a record
@@ -255,7 +255,7 @@ class Garbage:
                         del index.deleted[key]
                 for (key, dead), size in zip(kept, sizes[len(keys) :], strict=True):
                     # Not if a newer delete took its place, nor a put to the log.
-                    live = index.values.get(key)
+                    live = index.values.stored(key)
                     if key not in index.deleted and (live is None or type(live) is Mapped):
                         index.deleted[key] = Deleted(dead.seq, output, size)
                 del sizes[len(keys) :]
@@ -292,7 +292,7 @@ class Garbage:
         every directory entry they depend on. REQUIRES: ``compact_lock``."""
         adopted, self.blob_over_log = self.blob_over_log, {}
         for key, keydir in adopted.items():
-            value = self.index.values.get(key)
+            value = self.index.values.stored(key)
             if not isinstance(value, Mapped) or os.path.dirname(value.record.path) != keydir:
                 continue  # replaced since open by a record that was made durable
             self.owed.make_durable(keydir, value.record.path, parents=True)
@@ -311,7 +311,7 @@ class Garbage:
         keydir = N.key_dir(self.writes.blobs, N.key_hash(*N.encode_key(key)))
         if keydir not in self.writes.key_dirs:
             return False
-        value = self.index.values.get(key)
+        value = self.index.values.stored(key)
         if value is None:
             return True
         if type(value) is not Mapped:

@@ -19,7 +19,7 @@ from collections.abc import Iterable, Mapping
 
 from . import _format as F
 from . import _fsio
-from ._index import Mapped, Value
+from ._index import Mapped
 from ._names import Key
 
 
@@ -57,16 +57,17 @@ class Ledger:
             directory = os.path.dirname(directory)
         self.add(None, dirs)
 
-    def owe_found(self, dir_of: Mapping[Key, str], values: Mapping[Key, Value]) -> None:
+    def owe_found(self, dir_of: Mapping[Key, str], files: Mapping[Key, Mapped]) -> None:
         """With "os", a killed process may have left versions, key files and
         directories that were never fsynced; they hold values this process
         serves, so its ``sync()`` owes them too. (With "fsync" every put made
-        them durable before it returned.) ``dir_of``: each key's directory."""
+        them durable before it returned.) ``dir_of``: each key's directory;
+        ``files``: the values in files."""
         for key, keydir in dir_of.items():
             self.owe_file(os.path.join(keydir, F.KEY_FILE_NAME), keydir)
             self.owe_dirs(keydir)
-            value = values.get(key)
-            if isinstance(value, Mapped):
+            value = files.get(key)
+            if value is not None:
                 self.owe_file(value.record.path, keydir)
 
     def failed(self, error: OSError) -> None:

@@ -62,16 +62,16 @@ class Reads:
                 # Never through a link, never a FIFO: see _filekinds.open_regular.
                 return os.fdopen(_filekinds.open_regular(record.path), "rb")
             except FileNotFoundError:
-                if self.writes.index.values.get(key) is value:
+                if self.writes.index.values.stored(key) is value:
                     raise CorruptionError(
                         record.path,
                         "version file is missing: something other than blobcache removed it",
                     ) from None
                 # replaced and collected between our lookup and the open: again
 
-    def first_get(self, key: N.Key, value: Mapped, *, check: bool) -> bytes | memoryview | None:
+    def first_get(self, key: N.Key, value: Mapped) -> bytes | memoryview | None:
         """Map a version on its first get in this process (checking its checksum
-        with ``check``) and return a view of its own, as ``get`` does; on damage,
+        with ``verify_on_get``) and return a view of its own, as ``get`` does; on damage,
         fall back. None: the key is gone (deleted, or fell back to a delete).
         Two threads may both map it; both views are good, one is kept."""
         writes = self.writes
@@ -80,12 +80,12 @@ class Reads:
             if mapped is not None:  # mapped meanwhile, or a replacement already was
                 return mapped[:]
             try:
-                mapped = _mapping.map_version(value.record, check=check)
+                mapped = _mapping.map_version(value.record, check=writes.options.verify_on_get)
             except CorruptionError as damage:
                 # get takes no lock: between its lookup and this open, another
                 # thread may have replaced the key and the janitor removed the old
                 # file. Only a value that is still live is really damaged.
-                current = writes.index.values.get(key)
+                current = writes.index.values.stored(key)
                 if current is value:
                     if writes.held.writer is None or writes.held.inherited():
                         # A reader, or a forked child, changes nothing: the
@@ -114,8 +114,8 @@ class Reads:
         """
         writes = self.writes
         values = writes.index.values
-        if values.get(key) is not bad:
-            return values.get(key)  # replaced meanwhile
+        if values.stored(key) is not bad:
+            return values.stored(key)  # replaced meanwhile
         record = bad.record
         keydir = os.path.dirname(record.path)
         older = self._newest_intact_below(key, record)
@@ -135,7 +135,7 @@ class Reads:
             writes.put_inline(key, tag, raw, bytes(value))
         else:
             writes.put_blob(key, tag, raw, contextlib.nullcontext(), memoryview(value))
-        return values.get(key)
+        return values.stored(key)
 
     def _newest_intact_below(
         self, key: N.Key, bad: Record

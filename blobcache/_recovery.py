@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from . import _filekinds, _fsio, _keydir, _log
 from . import _format as F
 from . import _names as N
-from ._index import IN_A_FILE, Deleted, Mapped, Value, pack, segment_of, seq_of, size_of
+from ._index import IN_A_FILE, Deleted, Mapped, Values, pack, segment_of, seq_of, size_of
 from ._keydir import KeyDirScan, Record
 from ._problems import Problem
 from .errors import BlobCacheError, CorruptionError, LockedError
@@ -32,7 +32,7 @@ log = logging.getLogger("blobcache")
 class Recovered:
     """What open found: the index, the highest sequence number, and what needs the janitor."""
 
-    values: dict[N.Key, Value] = field(default_factory=dict)  # the index (see _index)
+    values: Values = field(default_factory=lambda: Values({}, {}))  # the index (see _index)
     meta: dict[N.Key, int] = field(default_factory=dict)
     max_seq: int = 0
     key_dirs: set[str] = field(default_factory=set)  # dirs with a valid key file
@@ -600,12 +600,12 @@ def _merge(
 ) -> None:
     """Highest sequence number wins, across the two layouts. ``values`` and
     ``meta``, the log's newest records, become the index."""
-    index: dict[N.Key, Value | None] = values  # type: ignore[assignment]  # gains Mapped
+    files: dict[N.Key, Mapped] = {}
     for key, record in blob_live.items():
         newest = meta.get(key)
         if newest is None or seq_of(newest) < record.seq:
             if newest is not None:
-                value = values[key]
+                value = values.pop(key)
                 if value is not None:
                     result.segment_live[segment_of(newest)] -= size_of(newest)
                 # A version found at open may never have been made durable:
@@ -613,20 +613,20 @@ def _merge(
                 result.blob_over_log[key] = os.path.dirname(record.path)
                 # What the key falls back to if that version fails its check.
                 result.log_under_blob[key] = (seq_of(newest), value)
-            index[key] = Mapped(record)
+            files[key] = Mapped(record)
             meta[key] = pack(record.seq, IN_A_FILE, 0)
         else:  # superseded by a log record: the whole key directory is garbage
             result.dirty.add(os.path.dirname(record.path))
     for key in set(result.log_deletes):
-        if index[key] is not None:
+        if key in files or values[key] is not None:
             continue  # put again after this delete
-        del index[key]
+        del values[key]
         dead = meta.pop(key)
         if key in result.dir_of:  # older versions there: compaction keeps the delete
             result.deleted[key] = Deleted(seq_of(dead), segment_of(dead), size_of(dead))
             result.dirty.add(result.dir_of[key])
     # Invariant: no None is left, since each delete that won was dropped above.
-    result.values = index  # type: ignore[assignment]
+    result.values = Values(values, files)  # type: ignore[arg-type]
     result.meta = meta
 
 

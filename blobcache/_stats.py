@@ -46,7 +46,7 @@ class Stats:
         temps_removed_at_open: int,
         torn_bytes_at_open: int,
     ) -> Stats:
-        values = list(index.values.values())
+        values = [value for _, value in index.values.stored_now()]
         writer = writes.held.writer
         # No lock in a forked child, where no thread changes the book (the child
         # cannot write) and a parent thread may have held it at the fork.
@@ -86,7 +86,7 @@ class Inventory:
     @classmethod
     def of(cls, index: Index) -> Inventory:
         """Taken without the index's lock: each list() is one atomic copy."""
-        values = list(index.values.items())
+        values = index.values.stored_now()
         seqs = {key: dead.seq for key, dead in list(index.deleted.items())}
         seqs.update((key, seq_of(meta)) for key, meta in list(index.meta.items()))
         return cls(

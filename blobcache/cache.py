@@ -111,6 +111,7 @@ class BlobCache(MutableMapping[N.Key, Value]):
             self._path, options, self._held, self._index, found.max_seq, found.key_dirs
         )
         self._reads = Reads(self._writes, found.log_under_blob, found.max_seq)
+        self._values.first_get = self._reads.first_get
         # Without salvage the only log problems are cut tails: nothing to rewrite.
         salvaged = salvage and any(s.problems for s in found.segments)
         self._garbage = Garbage(
@@ -123,7 +124,7 @@ class BlobCache(MutableMapping[N.Key, Value]):
         if writer is not None:
             book.add(writer.number, 0, live=False)
             if durability == "os":
-                self._held.owed.owe_found(found.dir_of, self._values)
+                self._held.owed.owe_found(found.dir_of, self._values.files)
         self._threads = _held.start_background(self, options)
 
     # --- reading -------------------------------------------------------------------
@@ -143,17 +144,22 @@ class BlobCache(MutableMapping[N.Key, Value]):
         :raises ClosedError: the cache was closed.
         """
         try:
-            value = self._values[key]
+            return self._values[key]  # a value in a file: see _index.Values.__missing__
         except (KeyError, TypeError):
-            found = self._lookup(key)  # raises TypeError for a key of the wrong type
-            if found is None:
-                return default
-            value = found  # put by another thread in the meantime
-        if value.__class__ is bytes:
-            return value  # immutable, so the stored object itself
-        # A Mapped. A slice, never the cached view itself: the caller may release it.
-        mapped = value.view  # type: ignore[union-attr]
-        return mapped[:] if mapped is not None else self._map(key, value, default)  # type: ignore[arg-type]
+            return self._miss(key, default)
+
+    def _miss(self, key: object, default: _T | None) -> Value | _T | None:
+        """get's slow path: a miss, or a key of the wrong type.
+
+        :raises TypeError: ``key`` is not str or bytes (a dict would just say "missing",
+            or "unhashable" for a bytearray).
+        """
+        if not isinstance(key, (str, bytes)):
+            raise _key_type_error(key)
+        try:
+            return self._values[key]  # put by another thread in the meantime
+        except KeyError:
+            return default
 
     def _lookup(self, key: object) -> Stored | None:
         """The stored value of ``key`` or None; the slow path, with the type checks.
@@ -163,12 +169,7 @@ class BlobCache(MutableMapping[N.Key, Value]):
         """
         if not isinstance(key, (str, bytes)):
             raise _key_type_error(key)
-        return self._values.get(key)
-
-    def _map(self, key: N.Key, value: Mapped, default: _T | None) -> Value | _T | None:
-        """A large value's first get here: see ``Reads.first_get``."""
-        found = self._reads.first_get(key, value, check=self._options.verify_on_get)
-        return default if found is None else found
+        return self._values.stored(key)
 
     def __getitem__(self, key: N.Key) -> Value:
         value = self.get(key, _MISSING)
@@ -180,11 +181,11 @@ class BlobCache(MutableMapping[N.Key, Value]):
         return self._lookup(key) is not None
 
     def __len__(self) -> int:
-        return len(self._values)
+        return self._values.count()
 
     def __iter__(self) -> Iterator[N.Key]:
         """Iterate over a snapshot of the keys taken when iteration starts."""
-        return iter(list(self._values))
+        return iter(self._values.keys_now())
 
     def path(self, key: N.Key) -> str | None:
         """The file holding ``key``'s live value, exactly its bytes, for programs
@@ -307,7 +308,7 @@ class BlobCache(MutableMapping[N.Key, Value]):
         key = N.decode_key(tag, raw)
         digest = N.key_hash(tag, raw)
         with self._writes.writing(digest):
-            if self._values.get(key) is None:
+            if self._values.stored(key) is None:
                 return False
             stale = self._writes.delete(key, tag, raw, N.key_dir(self._writes.blobs, digest))
         if stale:
@@ -326,7 +327,7 @@ class BlobCache(MutableMapping[N.Key, Value]):
         """
         self._check_open()
         self._writes.check_writer()
-        for key in list(self._values):
+        for key in self._values.keys_now():
             self.delete(key)
 
     def sync(self) -> None:
@@ -440,7 +441,7 @@ class BlobCache(MutableMapping[N.Key, Value]):
         self.close()
 
     def __repr__(self) -> str:
-        state = "closed" if self._writes.closed else f"{len(self._values)} keys"
+        state = "closed" if self._writes.closed else f"{self._values.count()} keys"
         return f"BlobCache({self._path!r}, durability={self._options.durability!r}, {state})"
 
 
