@@ -17,9 +17,9 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from . import _format as F
-from . import _fsio, _log, _recovery
+from . import _fsio, _logwriter, _recovery
 from ._ledger import Ledger
-from ._log import LogWriter
+from ._logwriter import LogWriter
 from ._options import Options
 from .errors import BlobCacheError, ClosedError
 
@@ -82,7 +82,7 @@ def _open_log(logdir: str, recovered: _recovery.Recovered, options: Options) -> 
             recovered.segment_live.pop(last.number, None)
         number = last.number if last is not None else 1
         return LogWriter.create(logdir, number, sync=sync, segment_bytes=size)
-    fd = _log.open_active(logdir, last.number, last.end, last.zero_tail)
+    fd = _logwriter.open_active(logdir, last.number, last.end, last.zero_tail)
     # Records found at open may sit only in the page cache (a crashed "os"
     # writer): unsynced=True makes the next sync() fdatasync them.
     return LogWriter(

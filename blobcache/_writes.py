@@ -1,7 +1,7 @@
 """The write path: the store-wide sequence, the stripe locks, routing by size, publishing.
 
 A put of a value shorter than ``inline_limit`` is one record appended to the
-log (group commit: ``_log.LogWriter``); a larger one is a version file in its
+log (group commit: ``_logwriter.LogWriter``); a larger one is a version file in its
 key's directory (``_blob``). Either way the record takes the next sequence
 number and is published in the index (``_index.Index``) under its key's
 stripe lock, so the records of one key are published in the order of their
@@ -31,7 +31,7 @@ from ._buffers import read_chunks
 from ._held import Held
 from ._index import IN_A_FILE, Index, Mapped, pack
 from ._keydir import Record
-from ._log import LogWriter
+from ._logwriter import LogWriter
 from ._options import Options
 from ._problems import Problem
 from .errors import BlobCacheError, ClosedError, CorruptionError, ReadOnlyError

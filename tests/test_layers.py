@@ -31,11 +31,24 @@ def _imports(module: str) -> set[str]:
     ("module", "not_imported"),
     [
         ("_log", {"_blob", "_keydir", "_mapping", "_recovery", "_janitor", "_compaction", "cache"}),
-        ("_blob", {"_log", "_index", "_recovery", "_janitor", "_compaction", "cache"}),
-        ("_keydir", {"_log", "_index", "_recovery", "_janitor", "_compaction", "cache"}),
-        ("_mapping", {"_log", "_index", "_recovery", "_janitor", "_compaction", "cache"}),
-        ("_index", {"_log", "_recovery", "cache"}),
-        ("_problems", {"_log", "_blob", "_keydir", "_mapping", "_index", "cache"}),
+        (
+            "_logwriter",
+            {"_blob", "_keydir", "_mapping", "_recovery", "_janitor", "_compaction", "cache"},
+        ),
+        (
+            "_blob",
+            {"_log", "_logwriter", "_index", "_recovery", "_janitor", "_compaction", "cache"},
+        ),
+        (
+            "_keydir",
+            {"_log", "_logwriter", "_index", "_recovery", "_janitor", "_compaction", "cache"},
+        ),
+        (
+            "_mapping",
+            {"_log", "_logwriter", "_index", "_recovery", "_janitor", "_compaction", "cache"},
+        ),
+        ("_index", {"_log", "_logwriter", "_recovery", "cache"}),
+        ("_problems", {"_log", "_logwriter", "_blob", "_keydir", "_mapping", "_index", "cache"}),
     ],
 )
 def test_a_layout_does_not_import_the_other(module: str, not_imported: set[str]) -> None:
@@ -51,6 +64,12 @@ def test_the_key_directory_imports_neither_the_writer_nor_the_mapping(
     # Record lives in _keydir, the lowest of the three: _blob makes records and
     # _mapping maps them; reading a directory needs neither, serving no writer.
     assert not _imports(module) & not_imported, _imports(module)
+
+
+def test_the_log_reader_does_not_import_its_writer() -> None:
+    """``_logwriter`` appends the records ``_log`` frames and reads; recovery,
+    stats and verify read the log without the writer."""
+    assert "_logwriter" not in _imports("_log"), _imports("_log")
 
 
 def test_stats_and_verify_do_not_import_gc() -> None:

@@ -1,4 +1,4 @@
-"""Unit tests of the log (_log, _compaction and the log half of recovery).
+"""Unit tests of the log (_log, _logwriter, _compaction and the log half of recovery).
 
 One test per named failure of the log reader, each made by byte-editing a real
 segment that BlobCache wrote, then tests of the writer: group commit, failed
