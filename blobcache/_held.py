@@ -83,6 +83,18 @@ def _open_log(logdir: str, recovered: _recovery.Recovered, options: Options) -> 
         number = last.number if last is not None else 1
         return LogWriter.create(logdir, number, sync=sync, segment_bytes=size)
     fd = _logwriter.open_active(logdir, last.number, last.end, last.zero_tail)
+    if last.end == F.SEGMENT_HEADER.size:
+        # Crash policy: a segment with no record may be one whose creator died
+        # between writing its header and fsyncing it, the header then only in
+        # the page cache. Writing after it (room zero-filled ahead, a record)
+        # before it is durable would let a power cut leave a zeroed header with
+        # bytes after it: corruption to recovery, not a crashed creation. So
+        # it is fsynced first (log/, holding its entry, was at open).
+        try:
+            _fsio.fsync_file(fd)
+        except BaseException:
+            os.close(fd)
+            raise
     # Records found at open may sit only in the page cache (a crashed "os"
     # writer): unsynced=True makes the next sync() fdatasync them.
     return LogWriter(

@@ -25,7 +25,7 @@ else) with a strict-xfail reproduction here: none today. The three it found of
 the writer and ``blobcache gc`` racing on the live store (gc fsynced files the
 writer removed; a put gave up when gc removed its new key directory a few
 times; gc removed a temp file its writer had created but not locked yet) and
-the seven before have regression tests in this file.
+the eight before have regression tests in this file.
 """
 
 from __future__ import annotations
@@ -354,8 +354,8 @@ def test_recorder_refuses_a_durability_call_that_bypasses_fsio(tmp_path: Path) -
 # --- Regressions: the bugs this explorer found --------------------------------------------
 #
 # Each is the smallest workload (and kill point) that showed one bug, checked
-# strictly. All seven were fixed in 23867b4; before that each failed as its
-# docstring says.
+# strictly. Seven were fixed in 23867b4, the unsynced segment header later;
+# before that each failed as its docstring says.
 
 
 def _passes(report: C.Report) -> None:
@@ -462,6 +462,20 @@ def test_a_segment_left_by_a_killed_process_is_made_durable_before_use() -> None
     _killed_run(
         workload,
         lambda op: isinstance(op, C.Fsync) and op.where.endswith(".log"),
+    )
+
+
+def test_a_segment_header_left_unsynced_by_a_killed_process_is_synced_before_use() -> None:
+    """durability="fsync": killed after writing the first segment's header,
+    before fsyncing it. The next open found a good header (in the page cache)
+    and resumed the segment, zero-filling room after the header before any
+    fsync; a power cut then could leave the segment all zeros, its size kept:
+    a zeroed header with bytes after it, which every later open refused as
+    corruption (found flaky in test_process_crash_then_power_loss[compaction])."""
+    workload = C.Workload("segment-header-after-kill", C.BASE, _two_puts)
+    _killed_run(
+        workload,
+        lambda op: isinstance(op, C.Write) and op.where.endswith(".log") and op.offset == 0,
     )
 
 
