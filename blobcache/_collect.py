@@ -11,7 +11,7 @@ their key's live record; the directories of keys whose live record is in the
 log (deleted, or shrunk into the log), holding the key directory's flock
 exclusively, which the writer holds shared while a version goes in
 (``BlobCache._in_key_dir``), and the fan-out directories that leaves empty;
-temp files no writer holds an flock on (``_recovery.remove_orphan_temp``). The
+temp files no writer holds an flock on (``_storedir.remove_orphan_temp``). The
 log is the writer's: compaction waits for its gc() or an offline one. Files
 and directories vanish under this meanwhile (the writer's own gc() and
 compaction): each step takes that as "already collected", never as an error.
@@ -30,7 +30,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from . import _format as F
-from . import _fsio, _keydir, _mapping, _recovery
+from . import _fsio, _keydir, _mapping, _storedir
 from . import _names as N
 from ._janitor import GcResult
 from ._keydir import Record
@@ -65,7 +65,7 @@ def collect(path: str, *, dry_run: bool = False, salvage: bool = False) -> GcRep
     itself: a running writer raises ``LockedError``.
     """
     path = os.path.abspath(path)
-    _recovery.check_store(path)  # a gc never creates a store
+    _storedir.check_store(path)  # a gc never creates a store
     if salvage and dry_run:
         raise ValueError("salvage rewrites the log: it cannot be a dry run")
     if not dry_run:
@@ -153,7 +153,7 @@ def _collect_beside_writer(path: str, *, dry_run: bool) -> GcReport:
                 report.removed.append(entry.path)
                 report.result.temps_removed += 1
                 continue
-            size = _recovery.remove_orphan_temp(entry.path)
+            size = _storedir.remove_orphan_temp(entry.path)
             if size is not None:
                 report.removed.append(entry.path)
                 report.result.temps_removed += 1

@@ -17,7 +17,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from . import _format as F
-from . import _fsio, _logwriter, _recovery
+from . import _fsio, _logwriter, _recovered, _recovery, _storedir
 from ._ledger import Ledger
 from ._logwriter import LogWriter
 from ._options import Options
@@ -38,13 +38,13 @@ if hasattr(os, "register_at_fork"):
 READ_ATTEMPTS = 10
 
 
-def open_store(path: str, options: Options) -> tuple[Held, _recovery.Recovered]:
+def open_store(path: str, options: Options) -> tuple[Held, _recovered.Recovered]:
     """Open the store at ``path`` as ``options`` say: a writer takes the lock,
     recovers (cutting torn tails, removing orphans) and resumes the log; a
     reader recovers beside a live writer, changing nothing."""
     if options.readonly:
         return Held(path, -1, None), _read_beside_writer(path, options.salvage)
-    lock_fd = _recovery.open_store(path)
+    lock_fd = _storedir.open_store(path)
     try:
         recovered = _recovery.recover(path, salvage=options.salvage)
         writer = _open_log(os.path.join(path, F.LOG_DIR), recovered, options)
@@ -54,11 +54,11 @@ def open_store(path: str, options: Options) -> tuple[Held, _recovery.Recovered]:
     return Held(path, lock_fd, writer), recovered
 
 
-def _read_beside_writer(path: str, salvage: bool) -> _recovery.Recovered:
+def _read_beside_writer(path: str, salvage: bool) -> _recovered.Recovered:
     """Recover without the lock, changing nothing. A live writer may delete a
     segment (compaction) or a version (janitor) between our listing and our
     read: then read again; each attempt sees a newer state."""
-    _recovery.check_store(path)
+    _storedir.check_store(path)
     for _ in range(READ_ATTEMPTS - 1):
         try:
             return _recovery.recover(path, salvage=salvage, readonly=True)
@@ -67,7 +67,7 @@ def _read_beside_writer(path: str, salvage: bool) -> _recovery.Recovered:
     return _recovery.recover(path, salvage=salvage, readonly=True)
 
 
-def _open_log(logdir: str, recovered: _recovery.Recovered, options: Options) -> LogWriter:
+def _open_log(logdir: str, recovered: _recovered.Recovered, options: Options) -> LogWriter:
     """Resume writing after the last good record of the newest segment, or start one."""
     sync = options.durability == "fsync"
     size = options.segment_bytes

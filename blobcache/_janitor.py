@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from . import _format as F
 from . import _fsio
 from ._keydir import KeyDirScan
-from ._recovery import remove_orphan_temp
+from ._storedir import remove_orphan_temp
 
 
 @dataclass

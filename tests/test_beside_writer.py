@@ -82,14 +82,14 @@ _RACING_WRITER = """
 # Removes every temp file of the store no writer holds, pass after pass.
 _SWEEPER = """
     import os, sys
-    from blobcache import _recovery
+    from blobcache import _storedir
     from blobcache import _format as F
     removed = 0
     for _ in range(int(sys.argv[2])):
         for directory, _, names in os.walk(sys.argv[1]):
             for name in names:
                 if name.startswith(F.TEMP_PREFIX):
-                    if _recovery.remove_orphan_temp(os.path.join(directory, name)) is not None:
+                    if _storedir.remove_orphan_temp(os.path.join(directory, name)) is not None:
                         removed += 1
     print(removed)
 """
@@ -187,14 +187,14 @@ _PAUSED_WRITER = """
 def test_a_temp_file_between_its_create_and_its_flock_is_not_swept(store: str, what: str) -> None:
     """Every temp file creator against every sweeper: however long the step
     between create and flock lasts, the temp file is not taken from its writer."""
-    from blobcache import _recovery
+    from blobcache import _storedir
 
     writer = _python(_PAUSED_WRITER, store, what)
     assert writer.stdout is not None and writer.stdin is not None
     try:
         temp = writer.stdout.readline().strip()
         assert temp, writer.stderr.read() if writer.stderr else ""
-        assert _recovery.remove_orphan_temp(temp) is None  # recovery's and the janitor's sweep
+        assert _storedir.remove_orphan_temp(temp) is None  # recovery's and the janitor's sweep
         if what != "FORMAT":  # a store from then on: the command's sweep too
             report = _gc(store)
             assert temp not in report["removed"] and report["result"]["temps_removed"] == 0

@@ -23,7 +23,7 @@ from typing import Any
 import pytest
 import xxhash
 
-from blobcache import BlobCache, BlobCacheError, CorruptionError, _fsio, _log, _recovery
+from blobcache import BlobCache, BlobCacheError, CorruptionError, _fsio, _log, _recovered, _recovery
 from blobcache import _format as F
 from blobcache import _names as N
 from tests.conftest import fail_once, files_named, flip_bit, record_calls, truncate
@@ -653,7 +653,7 @@ def test_readonly_open_reads_again_when_a_gap_was_a_listing_taken_mid_roll(
     real = _recovery._segment_numbers
     calls = []
 
-    def listed_mid_roll(logdir: str, result: _recovery.Recovered) -> list[int]:
+    def listed_mid_roll(logdir: str, result: _recovered.Recovered) -> list[int]:
         numbers = real(logdir, result)
         calls.append(numbers)
         return [n for n in numbers if n != numbers[1]] if len(calls) == 1 else numbers

@@ -472,7 +472,7 @@ def test_the_sweeper_between_a_temp_files_create_and_flock_leaves_it(
     assertion) or a rename of a file already unlinked (FileNotFoundError, which
     put() hid by trying again and put_stream did not). The sweeper, run in that
     very gap, now finds the directory held and leaves the file."""
-    from blobcache import _recovery
+    from blobcache import _storedir
 
     with _opened(store) as cache:
         cache.put("k", _value(1))
@@ -482,7 +482,7 @@ def test_the_sweeper_between_a_temp_files_create_and_flock_leaves_it(
         def sweeper_steps_in(path: str, **options: Any) -> int:
             fd = real(path, **options)
             if not swept and os.path.basename(path).startswith(F.TEMP_PREFIX):
-                swept.append(_recovery.remove_orphan_temp(path))
+                swept.append(_storedir.remove_orphan_temp(path))
             return fd
 
         monkeypatch.setattr(_fsio, "create_exclusive", sweeper_steps_in)

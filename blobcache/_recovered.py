@@ -1,0 +1,59 @@
+"""What open found, and how recovery reports a file it cannot use.
+
+``Recovered`` is what ``_recovery.recover`` fills and the cache takes over: the
+index, the highest sequence number, and what the janitor and compaction owe.
+Damage that may have lost records raises unless the open salvages
+(``damage``); an entry of a name blobcache never writes is reported
+(``stray``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from . import _log
+from . import _names as N
+from ._index import Deleted, Values
+from ._problems import Problem
+from .errors import CorruptionError
+
+
+@dataclass
+class Recovered:
+    """What open found: the index, the highest sequence number, and what needs the janitor."""
+
+    values: Values = field(default_factory=lambda: Values({}, {}))  # the index (see _index)
+    meta: dict[N.Key, int] = field(default_factory=dict)
+    max_seq: int = 0
+    key_dirs: set[str] = field(default_factory=set)  # dirs with a valid key file
+    dirty: set[str] = field(default_factory=set)  # dirs holding something the janitor removes
+    empty_fanouts: set[str] = field(default_factory=set)  # fan-out dirs with nothing inside
+    dir_of: dict[N.Key, str] = field(default_factory=dict)  # key -> its directory
+    deleted: dict[N.Key, Deleted] = field(default_factory=dict)  # deletes compaction keeps
+    segments: list[_log.SegmentRead] = field(default_factory=list)  # in force, oldest first
+    segment_total: dict[int, int] = field(default_factory=dict)  # record bytes per segment
+    segment_live: dict[int, int] = field(default_factory=dict)  # live put bytes per segment
+    torn_bytes: int = 0  # cut off the active segment's tail (a crash mid-write)
+    log_deletes: list[N.Key] = field(default_factory=list)  # keys of delete records read
+    blob_over_log: dict[N.Key, str] = field(default_factory=dict)  # key -> dir, see _merge
+    # key -> (seq, value or None for a delete) of the log record its blob beat
+    log_under_blob: dict[N.Key, tuple[int, bytes | None]] = field(default_factory=dict)
+    problems: list[Problem] = field(default_factory=list)
+    temps_removed: int = 0
+    readonly: bool = False  # beside a live writer: read, never change a file
+
+
+def damage(result: Recovered, path: str, why: str, *, salvage: bool) -> Problem:
+    """Raise for damage that may have lost records, or with ``salvage`` report it.
+
+    :raises CorruptionError: unless ``salvage``.
+    """
+    if not salvage:
+        raise CorruptionError(path, f"{why}; open with salvage=True to open with what is left")
+    problem = Problem(path, f"{why}: opened with what is left")
+    result.problems.append(problem)
+    return problem
+
+
+def stray(path: str) -> Problem:
+    return Problem(path, "stray entry: not a name blobcache writes")
