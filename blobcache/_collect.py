@@ -10,7 +10,7 @@ checksum (a damaged one keeps every older version, reported): versions below
 their key's live record; the directories of keys whose live record is in the
 log (deleted, or shrunk into the log), holding the key directory's flock
 exclusively, which the writer holds shared while a version goes in
-(``BlobCache._in_key_dir``), and the fan-out directories that leaves empty;
+(``_writes.Writes._in_key_dir``), and the fan-out directories that leaves empty;
 temp files no writer holds an flock on (``_storedir.remove_orphan_temp``). The
 log is the writer's: compaction waits for its gc() or an offline one. Files
 and directories vanish under this meanwhile (the writer's own gc() and
@@ -244,7 +244,7 @@ def _remove_key_dir(
     a put or a delete, and then its fan-out directories if they are empty.
 
     It holds the directory exclusively (the writer holds it shared while a
-    version goes in, see ``BlobCache._in_key_dir``, and while it creates a temp
+    version goes in, see ``_writes.Writes._in_key_dir``, and while it creates a temp
     file there) and rescans it under that lock: a version at or above ``bound``,
     or a temp file, means the writer has put the key again since our snapshot,
     and the directory stays. So does one without its key file: the writer's put

@@ -308,7 +308,7 @@ def sweeping_temps(directory: str, *, held: bool = False) -> Iterator[bool]:
     Invariant: while this yields True, no temp file in ``directory`` is between
     its create and its flock (see ``open_temp``), so a free flock means no
     writer. Never waits: the writer holds a key directory shared for the whole
-    write of a version (``BlobCache._in_key_dir``), whose temp file is live anyway.
+    write of a version (``_writes.Writes._in_key_dir``), whose temp file is live anyway.
     """
     if held:
         yield True

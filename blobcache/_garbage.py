@@ -219,12 +219,15 @@ class Garbage:
                     keys: list[N.Key] = []
                     metas: list[int] = []
                     values: list[bytes] = []
-                    get_value = index.values.__getitem__  # never a key in a file
+                    # dict.get, not [], which would map a key in a file (never one here).
+                    get_value = index.values.get
                     for key, meta in index.meta.items():
                         if segment_of(meta) in chosen:  # never IN_A_FILE
                             keys.append(key)
                             metas.append(meta)
-                            values.append(get_value(key))
+                            value = get_value(key)
+                            assert value is not None, "a key in the log has its bytes"
+                            values.append(value)
                     deleted = [(k, d) for k, d in index.deleted.items() if d.segment in chosen]
             assert inputs[-1] == output, "the segment just sealed is always in the book"
             # Never delete the last durable copy: a value that supersedes a record
@@ -255,7 +258,7 @@ class Garbage:
                         del index.deleted[key]
                 for (key, dead), size in zip(kept, sizes[len(keys) :], strict=True):
                     # Not if a newer delete took its place, nor a put to the log.
-                    live = index.values.stored(key)
+                    live = index.values.peek(key)
                     if key not in index.deleted and (live is None or type(live) is Mapped):
                         index.deleted[key] = Deleted(dead.seq, output, size)
                 del sizes[len(keys) :]

@@ -14,10 +14,11 @@
   per record besides the value.
 
 Invariant: a key is in ``values`` or ``files``, never both, and ``meta`` has
-the same keys, outside a writer's stripe lock (and, during recovery, until
-``_recovery._merge`` drops the deletes). A publish adds the new record before
-it removes the old, so a get racing with a put sees one or the other, never a
-miss.
+the same keys, outside ``Index.lock`` (and, during recovery, until
+``_recovery._merge`` drops the deletes). A publish that moves a key from one to
+the other adds it to the new dict before it removes it from the old, under the
+lock; a lookup that misses both looks again under the lock (``stored``), so a
+present key is never reported missing.
 
 ``Index`` keeps them with what a record that stops being live leaves behind:
 the log's stale bytes per segment (``SegmentBook``, compaction's measure), the
@@ -28,6 +29,7 @@ swaps its fields under ``lock``.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import threading
 from collections.abc import Callable, Iterator
@@ -69,7 +71,7 @@ class Values(dict[Key, bytes]):
     key is in neither.
     """
 
-    __slots__ = ("files", "first_get")
+    __slots__ = ("files", "first_get", "inherited", "lock")
 
     def __init__(self, values: dict[Key, bytes], files: dict[Key, Mapped]) -> None:
         super().__init__(values)
@@ -77,6 +79,15 @@ class Values(dict[Key, bytes]):
         # Set by the handle (_reads.Reads.first_get): None when the key turned
         # out deleted (it fell back to a delete record).
         self.first_get: Callable[[Key, Mapped], bytes | memoryview | None] = _unset
+        self.lock = threading.Lock()  # Index.lock: held by every change
+        # Set by the handle: whether this process is a fork of the one that
+        # opened the store. Then nothing changes the dicts here, and a parent
+        # thread may have held the lock at the fork, never to release it.
+        self.inherited: Callable[[], bool] = _never
+
+    def _quiet(self) -> contextlib.AbstractContextManager[object]:
+        """The lock, so that no key is between the two dicts; none in a fork."""
+        return contextlib.nullcontext() if self.inherited() else self.lock
 
     def __missing__(self, key: Key) -> bytes | memoryview:
         mapped = self.files[key]  # KeyError: not in the cache
@@ -89,24 +100,48 @@ class Values(dict[Key, bytes]):
         return found
 
     def stored(self, key: Key) -> Value | None:
-        """What the key's live record holds in memory (bytes or a Mapped), or None."""
-        value = self.get(key)
+        """What the key's live record holds in memory (bytes or a Mapped), or None.
+
+        Without the lock first: a publish moving the key between the dicts may
+        come between the two lookups; only then (both missed) under it.
+        """
+        value: Value | None = self.get(key)  # dict.get: never __missing__
+        if value is None:
+            value = self.files.get(key)
+            if value is None:
+                with self._quiet():
+                    value = self.get(key)
+                    if value is None:
+                        value = self.files.get(key)
+        return value
+
+    def peek(self, key: Key) -> Value | None:
+        """``stored`` for a caller holding the lock (no key is between the dicts).
+        REQUIRES: ``lock``."""
+        value: Value | None = self.get(key)
         return value if value is not None else self.files.get(key)
 
     def count(self) -> int:
-        return len(self) + len(self.files)
+        with self._quiet():
+            return len(self) + len(self.files)
 
     def keys_now(self) -> list[Key]:
-        """A snapshot of every key (each list() is one atomic copy)."""
-        return [*self, *self.files]
+        """A snapshot of every key."""
+        with self._quiet():
+            return [*self, *self.files]
 
     def stored_now(self) -> list[tuple[Key, Value]]:
         """A snapshot of every (key, what its record holds in memory)."""
-        return [*self.items(), *self.files.items()]
+        with self._quiet():
+            return [*self.items(), *self.files.items()]
 
 
 def _unset(key: Key, mapped: Mapped) -> NoReturn:
     raise AssertionError("Values.first_get is set by the handle before any get")
+
+
+def _never() -> bool:
+    return False
 
 
 # meta's packing: seq << SEQ_SHIFT | segment << SEGMENT_SHIFT | size. An int,
@@ -213,11 +248,10 @@ class Index:
         dirty: set[str],
     ) -> None:
         self.values = values
-        self.files = values.files
         self.meta = meta
         self.deleted = deleted
         self.book = book
-        self.lock = threading.Lock()
+        self.lock = values.lock  # one lock: a lookup that missed waits for a move
         self.dirty = dirty
         self.dirty_lock = threading.Lock()
 
@@ -228,9 +262,10 @@ class Index:
         version file, whose directory is now the janitor's to visit).
 
         REQUIRES: the key's stripe lock; the record is acknowledged."""
-        values, files = self.values, self.files
+        values = self.values
+        files = values.files
         with self.lock:
-            old = values.stored(key)
+            old = values.peek(key)
             old_meta = self.meta.get(key)
             # Invariant: the new record goes in before the old comes out.
             if value is None:
@@ -271,6 +306,14 @@ class Index:
         if keydir is not None:
             self.mark_dirty(keydir)
         return self.publish(key, None)
+
+    def close(self, path: str) -> None:
+        """Let go of every value (views handed out stay valid): every use of the
+        index after this raises ``ClosedError``. REQUIRES: every stripe lock."""
+        with self.lock:
+            self.values = ClosedIndex(path)
+            self.meta = {}
+            self.deleted = {}
 
     def mark_dirty(self, keydir: str) -> None:
         """Note that ``keydir`` holds garbage for the next ``gc()``."""

@@ -4,7 +4,7 @@ The format of FORMAT.md, section "The log", shared by both sides (segment names
 and headers, ``encode_record``), and its reader (``read_segment`` + ``replay``,
 ``records_of``); the writer, ``LogWriter`` in ``_logwriter``, appends what
 ``encode_record`` frames. This module knows nothing of the cache beyond the
-shape of the index's log entries: it turns records into bytes, and replays
+shape of the index (``_index.pack``): it turns records into bytes, and replays
 segments into "key -> newest record".
 
 Crash policy, enforced where marked below:
@@ -190,9 +190,7 @@ def replay(
                 # One hash lookup for a key seen first (the common case), not two.
                 old = setdefault(key, packed)
                 if old is not packed:
-                    if old >> seq_shift >= seq:
-                        if kind == put:
-                            here -= size  # an older record, read late
+                    if old >> seq_shift >= seq:  # an older record, read late: not live
                         offset = end
                         continue
                     if values[key] is not None:  # the record superseded was a put

@@ -34,7 +34,7 @@ class Recovered:
     segment_total: dict[int, int] = field(default_factory=dict)  # record bytes per segment
     segment_live: dict[int, int] = field(default_factory=dict)  # live put bytes per segment
     torn_bytes: int = 0  # cut off the active segment's tail (a crash mid-write)
-    log_deletes: list[N.Key] = field(default_factory=list)  # keys of delete records read
+    log_deletes: list[N.Key] = field(default_factory=list)  # keys of deletes newest when read
     blob_over_log: dict[N.Key, str] = field(default_factory=dict)  # key -> dir, see _merge
     # key -> (seq, value or None for a delete) of the log record its blob beat
     log_under_blob: dict[N.Key, tuple[int, bytes | None]] = field(default_factory=dict)

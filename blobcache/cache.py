@@ -112,6 +112,7 @@ class BlobCache(MutableMapping[N.Key, Value]):
         )
         self._reads = Reads(self._writes, found.log_under_blob, found.max_seq)
         self._values.first_get = self._reads.first_get
+        self._values.inherited = self._held.inherited
         # Without salvage the only log problems are cut tails: nothing to rewrite.
         salvaged = salvage and any(s.problems for s in found.segments)
         self._garbage = Garbage(
@@ -149,17 +150,15 @@ class BlobCache(MutableMapping[N.Key, Value]):
             return self._miss(key, default)
 
     def _miss(self, key: object, default: _T | None) -> Value | _T | None:
-        """get's slow path: a miss, or a key of the wrong type.
-
-        :raises TypeError: ``key`` is not str or bytes (a dict would just say "missing",
-            or "unhashable" for a bytearray).
-        """
-        if not isinstance(key, (str, bytes)):
-            raise _key_type_error(key)
-        try:
-            return self._values[key]  # put by another thread in the meantime
-        except KeyError:
-            return default
+        """get's slow path: a miss, or a key of the wrong type. A put moving the
+        key between the index's two dicts may have come between: ``stored``
+        settles whether it is there."""
+        while self._lookup(key) is not None:
+            try:
+                return self._values[key]  # type: ignore[index]
+            except KeyError:
+                continue  # deleted or moved again meanwhile: ask again
+        return default
 
     def _lookup(self, key: object) -> Stored | None:
         """The stored value of ``key`` or None; the slow path, with the type checks.
@@ -392,6 +391,7 @@ class BlobCache(MutableMapping[N.Key, Value]):
 
     def _inventory(self) -> Inventory:
         """What ``blobcache stats | verify | gc`` read of this handle: all of it."""
+        self._check_open()
         return Inventory.of(self._index)
 
     def _check_open(self) -> None:
@@ -415,6 +415,7 @@ class BlobCache(MutableMapping[N.Key, Value]):
                 return
             self._writes.closed = True
             self._values = ClosedIndex(self._path)
+            self._index.close(self._path)
             if self._release.detach() is not None:  # the finalizer will not run: let go here
                 self._held.let_go()
         for thread in self._threads:

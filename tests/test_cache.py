@@ -526,3 +526,59 @@ def test_first_get_racing_an_overwrite_and_gc_returns_the_new_value(
     assert bytes(cache["k"]) == b"new"
     raced.clear()
     assert cache.get("gone", b"default") == b"default"
+
+
+class _MovesOnFirstLookup(dict):  # type: ignore[type-arg]
+    """The index's ``files`` dict, whose first lookup lets another thread put
+    the key again as a small value (moving it to the other dict) before it
+    answers: the moment a lock-free lookup may fall between the two dicts."""
+
+    def __init__(self, files: dict[Any, Any], move: Callable[[], None]) -> None:
+        super().__init__(files)
+        self.move: Callable[[], None] | None = move
+
+    def _first(self) -> None:
+        move, self.move = self.move, None
+        if move is not None:
+            mover = threading.Thread(target=move)
+            mover.start()
+            mover.join()
+
+    def get(self, key: Any, default: Any = None) -> Any:
+        self._first()
+        return dict.get(self, key, default)
+
+    def __getitem__(self, key: Any) -> Any:
+        self._first()
+        return dict.__getitem__(self, key)
+
+
+@pytest.mark.parametrize("lookup", ["in", "get", "path"])
+def test_a_key_moving_from_a_file_to_the_log_is_never_missing(store: str, lookup: str) -> None:
+    """A put that moves a key from a file to the log adds it to the log's dict
+    before it removes it from the files': a lookup that missed the first and
+    then the second (the put came between) looks again under the index's lock,
+    instead of calling a present key missing."""
+    cache = BlobCache(store, inline_limit=64)
+    cache.put("k", b"B" * 100)  # a file
+    values = cache._values
+    values.files = _MovesOnFirstLookup(values.files, lambda: cache.put("k", b"small"))
+    if lookup == "in":
+        assert "k" in cache
+    elif lookup == "get":
+        assert cache.get("k") == b"small"
+    else:
+        assert cache.path("k") is None  # in the log now, and not a KeyError
+    assert cache.get("k") == b"small"
+    cache.close()
+
+
+def test_close_lets_go_of_the_values(store: str) -> None:
+    """After close() the index holds no value (views handed out stay valid)."""
+    cache = BlobCache(store)
+    cache.put("k", b"v" * 1000)
+    index = cache._index
+    cache.close()
+    with pytest.raises(ClosedError):
+        index.values.stored("k")
+    assert index.meta == {}

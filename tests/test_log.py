@@ -1145,3 +1145,37 @@ def test_compaction_makes_a_superseding_file_durable_before_dropping_the_log_rec
         assert ("fsync_path", version) in calls[:dropped]
         assert ("fsync_dir", "blobs") in calls[:dropped]
         cache.close()
+
+
+def _replayed(
+    *segments: list[tuple[int, bytes, bytes | None]],
+) -> tuple[dict[Any, Any], dict[int, int]]:
+    """Replay segments numbered 1, 2, ... of (seq, key, value or None: a delete)
+    records, in order; return each key's newest value and the live bytes per segment."""
+    values: dict[Any, bytes | None] = {}
+    meta: dict[Any, int] = {}
+    live: dict[int, int] = {}
+    for number, records in enumerate(segments, start=1):
+        data = _log.segment_header(0) + b"".join(
+            _log.encode_record(
+                seq,
+                F.RECORD_PUT if value is not None else F.RECORD_DELETE,
+                *N.encode_key(key.decode()),
+                value or b"",
+            )
+            for seq, key, value in records
+        )
+        info = _log.SegmentRead(path=f"{number}.log", number=number)
+        _log.replay(data, info, values, meta, live, [], active=False, salvage=False)
+    return values, live
+
+
+def test_replay_counts_a_record_read_again_or_late_as_not_live() -> None:
+    """A reader beside a writer's compaction can read one record twice (in an
+    input, then in the output that replaced the next input) and an older one
+    after a newer: neither is live, and neither may lower a segment's live bytes
+    (replay once counted such a put as minus its size)."""
+    again = _log.encode_record(5, F.RECORD_PUT, *N.encode_key("k"), b"v" * 10)
+    values, live = _replayed([(5, b"k", b"v" * 10)], [(5, b"k", b"v" * 10), (3, b"k", b"old")])
+    assert values == {"k": b"v" * 10}
+    assert live == {1: len(again), 2: 0}
