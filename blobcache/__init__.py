@@ -10,7 +10,14 @@ from ._options import Options
 from ._problems import Problem
 from .aio import AsyncBlobCache
 from .cache import BlobCache, Stats
-from .errors import BlobCacheError, ClosedError, CorruptionError, LockedError, ReadOnlyError
+from .errors import (
+    BlobCacheError,
+    ClosedError,
+    CorruptionError,
+    LockedError,
+    ReadOnlyError,
+    UnsafeFilesystemError,
+)
 
 __all__ = [
     "AsyncBlobCache",
@@ -24,5 +31,6 @@ __all__ = [
     "Problem",
     "ReadOnlyError",
     "Stats",
+    "UnsafeFilesystemError",
 ]
 __version__ = "0.1.0"

@@ -57,12 +57,19 @@ class GcReport:
         return asdict(self)
 
 
-def collect(path: str, *, dry_run: bool = False, salvage: bool = False) -> GcReport:
+def collect(
+    path: str, *, dry_run: bool = False, salvage: bool = False, trust_filesystem: bool = False
+) -> GcReport:
     """The janitor, and log compaction when no writer holds the store.
 
     With ``salvage`` the store is opened as ``BlobCache(path, salvage=True)``: the
     log is rewritten without its damaged records. That needs the store to
     itself: a running writer raises ``LockedError``.
+
+    :raises UnsafeFilesystemError: the store is on NFS, SMB, FUSE or the like and
+        not ``trust_filesystem`` (raised by the writer's open, before the lock is
+        probed: so a gc beside a writer there is refused too). A ``dry_run``
+        removes nothing, so it runs there.
     """
     path = os.path.abspath(path)
     _storedir.check_store(path)  # a gc never creates a store
@@ -70,7 +77,7 @@ def collect(path: str, *, dry_run: bool = False, salvage: bool = False) -> GcRep
         raise ValueError("salvage rewrites the log: it cannot be a dry run")
     if not dry_run:
         try:
-            cache = BlobCache(path, salvage=salvage)
+            cache = BlobCache(path, salvage=salvage, trust_filesystem=trust_filesystem)
         except LockedError:
             if salvage:
                 raise

@@ -41,10 +41,11 @@ READ_ATTEMPTS = 10
 def open_store(path: str, options: Options) -> tuple[Held, _recovered.Recovered]:
     """Open the store at ``path`` as ``options`` say: a writer takes the lock,
     recovers (cutting torn tails, removing orphans) and resumes the log; a
-    reader recovers beside a live writer, changing nothing."""
+    reader recovers beside a live writer, changing nothing (on any file system:
+    see ``Options.trust_filesystem``)."""
     if options.readonly:
         return Held(path, -1, None), _read_beside_writer(path, options.salvage)
-    lock_fd = _storedir.open_store(path)
+    lock_fd = _storedir.open_store(path, trust_filesystem=options.trust_filesystem)
     try:
         recovered = _recovery.recover(path, salvage=options.salvage)
         writer = _open_log(os.path.join(path, F.LOG_DIR), recovered, options)

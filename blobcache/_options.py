@@ -88,6 +88,17 @@ class Options:
     file the writer's janitor removes after the open reads as ``CorruptionError``
     ("missing"); open again to see the writer's newer values."""
 
+    trust_filesystem: bool = False
+    """Write a store on a file system where flock or fsync may not hold: NFS,
+    SMB/CIFS, Lustre, GPFS, FUSE, 9P, Ceph, AFS, told by statfs(2) on Linux
+    (elsewhere nothing is refused). By default (False) a writer there raises
+    ``UnsafeFilesystemError`` before anything is made or changed: a second
+    writer that flock did not keep out, or an fsync that returned before the
+    bytes were durable, would corrupt the store without a sign. True skips the
+    check, for a file system known to honour both (a FUSE file system made for
+    tests, say); the guarantees are then that file system's. A ``readonly=True``
+    handle is never refused: it changes nothing, so it cannot corrupt."""
+
     def __post_init__(self) -> None:
         if self.durability not in DURABILITY_LEVELS:
             raise ValueError(
@@ -97,7 +108,7 @@ class Options:
         _check_seconds("sync_interval", self.sync_interval)
         if self.gc_interval is not None:
             _check_seconds("gc_interval", self.gc_interval)
-        for name in ("verify_on_get", "salvage", "readonly"):
+        for name in ("verify_on_get", "salvage", "readonly", "trust_filesystem"):
             if not isinstance(getattr(self, name), bool):
                 raise TypeError(
                     f"{name} must be True or False, not {type(getattr(self, name)).__name__}"

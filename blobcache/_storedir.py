@@ -16,7 +16,7 @@ from __future__ import annotations
 import os
 import stat
 
-from . import _filekinds, _fsio, _log
+from . import _filekinds, _filesystems, _fsio, _log
 from . import _format as F
 from . import _names as N
 from ._problems import Problem
@@ -24,17 +24,24 @@ from ._recovered import Recovered, damage
 from .errors import BlobCacheError, CorruptionError, LockedError
 
 
-def open_store(root: str) -> int:
+def open_store(root: str, *, trust_filesystem: bool = False) -> int:
     """Create or check the store directory, then take the writer lock; return its fd
     (``_fsio.unlock`` releases it).
 
+    :param trust_filesystem: skip the refusal of NFS, SMB, FUSE and the like.
+    :raises UnsafeFilesystemError: ``root`` is (or would be made) on a file
+        system where flock or fsync may not hold (nothing is made or changed).
     :raises BlobCacheError: ``root`` is not a directory, or is a non-empty
         directory that is not a blobcache store (nothing is written into it).
     :raises LockedError: another handle holds the store for writing.
     :raises PermissionError: the store (or its parent) may not be read or written.
     """
-    if not _exists(root):
-        parent = _existing_ancestor(root)
+    exists = _exists(root)
+    parent = root if exists else _existing_ancestor(root)
+    if not trust_filesystem:
+        # Before anything is made or changed: a refused store stays as it was.
+        _filesystems.require_trusted(root, parent)
+    if not exists:
         _fsio.makedirs(parent, root)
     if not has_marker(root):
         _init_store(root)

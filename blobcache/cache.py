@@ -61,6 +61,8 @@ class BlobCache(MutableMapping[N.Key, Value]):
     :param sync_interval: seconds between background fsyncs with ``"os"``.
     :param verify_on_get: check each value's checksum on its first ``get``.
     :raises LockedError: another handle, in this or another process, has the store open.
+    :raises UnsafeFilesystemError: ``path`` is on NFS, SMB, FUSE or the like, where
+        flock or fsync may not hold (see ``trust_filesystem``); nothing was changed.
     :raises BlobCacheError: ``path`` is not a directory, or not a store.
 
     >>> import tempfile
@@ -83,6 +85,7 @@ class BlobCache(MutableMapping[N.Key, Value]):
         salvage: bool = False,
         gc_interval: float | None = None,
         readonly: bool = False,
+        trust_filesystem: bool = False,
     ) -> None:
         self._options = options = Options(
             durability,
@@ -94,6 +97,7 @@ class BlobCache(MutableMapping[N.Key, Value]):
             salvage,
             gc_interval,
             readonly,
+            trust_filesystem,
         )
         self._path = os.path.abspath(os.fspath(path))
         self._held, found = _held.open_store(self._path, options)

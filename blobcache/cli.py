@@ -7,8 +7,8 @@ Exit status, for every command:
   writer (its own gc() and compaction remove them) are normal, not failures.
 * 1: only ``verify``, when it found a problem (each printed with its path).
 * 2: the command could not run: a missing, foreign or unreadable directory, a
-  bad argument, a damaged log, an I/O or permission error; one
-  line on stderr says what.
+  bad argument, a damaged log, an I/O or permission error, a ``gc`` (or
+  ``demo``) writing on NFS, SMB, FUSE or the like; one line on stderr says what.
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ from typing import Any
 from . import _collect
 from . import _maintenance as M
 from ._demo import run_demo
-from .errors import BlobCacheError, CorruptionError
+from .errors import BlobCacheError, CorruptionError, UnsafeFilesystemError
 
 
 def _size(n: int) -> str:
@@ -70,8 +70,10 @@ def _verify(path: str, as_json: bool) -> int:
     return 1 if problems else 0
 
 
-def _gc(path: str, as_json: bool, dry_run: bool, salvage: bool) -> int:
-    report = _collect.collect(path, dry_run=dry_run, salvage=salvage)
+def _gc(path: str, as_json: bool, dry_run: bool, salvage: bool, trust_filesystem: bool) -> int:
+    report = _collect.collect(
+        path, dry_run=dry_run, salvage=salvage, trust_filesystem=trust_filesystem
+    )
     r = report.result
     verb = "would remove" if dry_run else "removed"
     lines = [f"{verb} {p}" for p in report.removed]
@@ -116,6 +118,7 @@ def main(argv: list[str] | None = None) -> int:
                 "--dry-run", action="store_true", help="list what would go, remove nothing"
             )
             mode.add_argument("--salvage", action="store_true", help=_SALVAGE_GC)
+            command.add_argument("--trust-filesystem", action="store_true", help=_TRUST_GC)
         if name == "stats":
             command.add_argument("--salvage", action="store_true", help=_SALVAGE_STATS)
     args = parser.parse_args(argv)
@@ -126,9 +129,9 @@ def main(argv: list[str] | None = None) -> int:
             return _stats(args.path, args.json, args.salvage)
         if args.command == "verify":
             return _verify(args.path, args.json)
-        return _gc(args.path, args.json, args.dry_run, args.salvage)
+        return _gc(args.path, args.json, args.dry_run, args.salvage, args.trust_filesystem)
     except BlobCacheError as exc:
-        print(f"blobcache {args.command}: {exc}{_hint(exc)}", file=sys.stderr)
+        print(f"blobcache {args.command}: {exc}{_hint(exc, args.command)}", file=sys.stderr)
         return 2
     except OSError as exc:  # permission denied, an I/O error: say which file
         where = f"{exc.filename}: " if exc.filename else ""
@@ -142,13 +145,19 @@ _SALVAGE_GC = (
     "no process to have the store open"
 )
 _SALVAGE_STATS = "count past damaged log records (salvage=True); changes nothing"
+_TRUST_GC = (
+    "write even on NFS, SMB, FUSE and the like (trust_filesystem=True), for a file "
+    "system known to honour flock and fsync"
+)
 
 
-def _hint(exc: BlobCacheError) -> str:
+def _hint(exc: BlobCacheError, command: str) -> str:
     """What to run, for a library message that names an option of ``BlobCache``."""
     if isinstance(exc, CorruptionError) and "salvage=True" in exc.detail:
         return (
             " (from the command line: `blobcache verify PATH` lists every damaged record, "
             "`blobcache gc --salvage PATH` rewrites the log without them)"
         )
+    if isinstance(exc, UnsafeFilesystemError) and command == "gc":
+        return " (from the command line: `blobcache gc --trust-filesystem PATH`)"
     return ""

@@ -83,3 +83,29 @@ class CorruptionError(BlobCacheError):
 
     def __reduce__(self) -> tuple[type[CorruptionError], tuple[str, str, int | None]]:
         return (type(self), (self.path, self.detail, self.offset))
+
+
+class UnsafeFilesystemError(BlobCacheError):
+    """The store is on a file system where flock or fsync may not hold (NFS, SMB,
+    Lustre, GPFS, FUSE, ...), so it was not opened for writing; nothing was made
+    or changed.
+
+    ``path`` is the store and ``filesystem`` the file system's name. Put the
+    store on a local file system, open it with ``readonly=True`` (which changes
+    nothing), or pass ``trust_filesystem=True`` for one known to honour both.
+    """
+
+    def __init__(self, path: str, filesystem: str) -> None:
+        super().__init__(
+            f"{path} is on {filesystem} (statfs says so), a file system where flock may "
+            "not keep a second writer out and fsync may return before the bytes are on "
+            "stable storage: writing the store there could corrupt it without a sign, so "
+            "it was not opened (nothing was changed). Put it on a local file system, open "
+            "it with readonly=True, or pass trust_filesystem=True if this file system is "
+            "known to honour flock and fsync (a FUSE file system made for tests, say)"
+        )
+        self.path = path
+        self.filesystem = filesystem
+
+    def __reduce__(self) -> tuple[type[UnsafeFilesystemError], tuple[str, str]]:
+        return (type(self), (self.path, self.filesystem))
