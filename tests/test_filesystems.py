@@ -237,34 +237,3 @@ def test_this_machine_s_local_file_systems_are_not_refused(path: str) -> None:
             cache.put("k", b"v")
     finally:
         shutil.rmtree(directory)
-
-
-def _fuse_and_9p_mounts() -> list[str]:
-    """Mount points of FUSE and 9P file systems on this machine (WSL2's /mnt/c,
-    a desktop's gvfs, a container's shared folder). Network mounts are left out:
-    statfs of a stale NFS mount can hang the test run."""
-    try:
-        with open("/proc/self/mounts", encoding="utf-8") as mounts:
-            lines = mounts.read().splitlines()
-    except OSError:
-        return []
-    found = []
-    for line in lines:
-        fields = line.split()
-        kind = fields[2] if len(fields) >= 3 else ""
-        # fusectl is FUSE's control file system, not a FUSE one.
-        if (kind.startswith("fuse") and kind != "fusectl") or kind == "9p":
-            found.append(fields[1].replace("\\040", " "))
-    return found
-
-
-@linux_only
-@pytest.mark.parametrize("mount", _fuse_and_9p_mounts() or [None])
-def test_a_real_fuse_or_9p_mount_is_told_without_writing_to_it(mount: str | None) -> None:
-    if mount is None:
-        pytest.skip("no FUSE or 9P mount on this machine")
-    if _filesystems.statfs(mount) is None:
-        pytest.skip(f"statfs of {mount} failed (no permission, or the daemon is gone)")
-    store = os.path.join(mount, "blobcache-never-made")
-    with pytest.raises(UnsafeFilesystemError):
-        _filesystems.require_trusted(store, mount)
