@@ -17,8 +17,9 @@ Invariant: a key is in ``values`` or ``files``, never both, and ``meta`` has
 the same keys, outside ``Index.lock`` (and, during recovery, until
 ``_recovery._merge`` drops the deletes). A publish that moves a key from one to
 the other adds it to the new dict before it removes it from the old, under the
-lock; a lookup that misses both looks again under the lock (``stored``), so a
-present key is never reported missing.
+lock, with ``Values.moves`` odd meanwhile; a lookup that misses both looks
+again if a move came between (``stored``), so a present key is never reported
+missing, and never waits for the lock but for such a move.
 
 ``Index`` keeps them with what a record that stops being live leaves behind:
 the log's stale bytes per segment (``SegmentBook``, compaction's measure), the
@@ -29,7 +30,6 @@ swaps its fields under ``lock``.
 
 from __future__ import annotations
 
-import contextlib
 import os
 import threading
 from collections.abc import Callable, Iterator
@@ -71,7 +71,7 @@ class Values(dict[Key, bytes]):
     key is in neither.
     """
 
-    __slots__ = ("files", "first_get", "inherited", "lock")
+    __slots__ = ("files", "first_get", "inherited", "lock", "moves")
 
     def __init__(self, values: dict[Key, bytes], files: dict[Key, Mapped]) -> None:
         super().__init__(values)
@@ -80,14 +80,15 @@ class Values(dict[Key, bytes]):
         # out deleted (it fell back to a delete record).
         self.first_get: Callable[[Key, Mapped], bytes | memoryview | None] = _unset
         self.lock = threading.Lock()  # Index.lock: held by every change
+        # Odd while a publish moves a key from one dict to the other (under the
+        # lock); bumped twice per move. A reader that missed both dicts, or
+        # counted them, asks it whether a move came between its two looks.
+        self.moves = 0
         # Set by the handle: whether this process is a fork of the one that
         # opened the store. Then nothing changes the dicts here, and a parent
-        # thread may have held the lock at the fork, never to release it.
+        # thread may have held the lock at the fork (mid-move, maybe), never to
+        # release it.
         self.inherited: Callable[[], bool] = _never
-
-    def _quiet(self) -> contextlib.AbstractContextManager[object]:
-        """The lock, so that no key is between the two dicts; none in a fork."""
-        return contextlib.nullcontext() if self.inherited() else self.lock
 
     def __missing__(self, key: Key) -> bytes | memoryview:
         mapped = self.files[key]  # KeyError: not in the cache
@@ -99,41 +100,56 @@ class Values(dict[Key, bytes]):
             raise KeyError(key)
         return found
 
-    def stored(self, key: Key) -> Value | None:
-        """What the key's live record holds in memory (bytes or a Mapped), or None.
+    def _settled(self, before: int) -> bool:
+        """Whether no move came between a read that started at ``moves ==
+        before`` and now; if one is under way, wait for it (its publish holds the
+        lock a moment; the lock is never taken otherwise: compaction holds it
+        while it scans, and a reader must not wait for that)."""
+        if (before == self.moves and not before & 1) or self.inherited():
+            return True
+        if self.moves & 1:
+            with self.lock:
+                pass
+        return False
 
-        Without the lock first: a publish moving the key between the dicts may
-        come between the two lookups; only then (both missed) under it.
-        """
-        value: Value | None = self.get(key)  # dict.get: never __missing__
-        if value is None:
-            value = self.files.get(key)
+    def stored(self, key: Key) -> Value | None:
+        """What the key's live record holds in memory (bytes or a Mapped), or None."""
+        while True:
+            before = self.moves
+            value: Value | None = self.get(key)  # dict.get: never __missing__
             if value is None:
-                with self._quiet():
-                    value = self.get(key)
-                    if value is None:
-                        value = self.files.get(key)
-        return value
+                value = self.files.get(key)
+            if value is not None or self._settled(before):
+                return value
 
     def peek(self, key: Key) -> Value | None:
-        """``stored`` for a caller holding the lock (no key is between the dicts).
+        """``stored`` for a caller holding the lock (no move is under way).
         REQUIRES: ``lock``."""
         value: Value | None = self.get(key)
         return value if value is not None else self.files.get(key)
 
     def count(self) -> int:
-        with self._quiet():
-            return len(self) + len(self.files)
+        while True:
+            before = self.moves
+            n = len(self) + len(self.files)
+            if self._settled(before):
+                return n
 
     def keys_now(self) -> list[Key]:
         """A snapshot of every key."""
-        with self._quiet():
-            return [*self, *self.files]
+        while True:
+            before = self.moves
+            keys = [*self, *self.files]
+            if self._settled(before):
+                return keys
 
     def stored_now(self) -> list[tuple[Key, Value]]:
         """A snapshot of every (key, what its record holds in memory)."""
-        with self._quiet():
-            return [*self.items(), *self.files.items()]
+        while True:
+            before = self.moves
+            items: list[tuple[Key, Value]] = [*self.items(), *self.files.items()]
+            if self._settled(before):
+                return items
 
 
 def _unset(key: Key, mapped: Mapped) -> NoReturn:
@@ -267,7 +283,12 @@ class Index:
         with self.lock:
             old = values.peek(key)
             old_meta = self.meta.get(key)
-            # Invariant: the new record goes in before the old comes out.
+            # A key going from one dict to the other: between the two changes
+            # it is in both (the new record goes in before the old comes out),
+            # and ``moves`` is odd for a reader that looked at the other first.
+            moving = value is not None and old is not None and type(old) is not type(value)
+            if moving:
+                values.moves += 1
             if value is None:
                 self.meta.pop(key, None)
                 values.pop(key, None)
@@ -282,6 +303,8 @@ class Index:
                 files.pop(key, None)
                 self.deleted.pop(key, None)  # superseded in the log: see Deleted
                 self.book.add(segment_of(meta), size_of(meta), live=True)
+            if moving:
+                values.moves += 1
             old_segment = None
             if old_meta is not None and type(old) is not Mapped:
                 old_segment = segment_of(old_meta)

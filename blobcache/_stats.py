@@ -85,7 +85,8 @@ class Inventory:
 
     @classmethod
     def of(cls, index: Index) -> Inventory:
-        """Taken without the index's lock: each list() is one atomic copy."""
+        """Taken without the index's lock (compaction holds it for long): each
+        copy is of one moment, the three not necessarily of the same one."""
         values = index.values.stored_now()
         seqs = {key: dead.seq for key, dead in list(index.deleted.items())}
         seqs.update((key, seq_of(meta)) for key, meta in list(index.meta.items()))

@@ -582,3 +582,24 @@ def test_close_lets_go_of_the_values(store: str) -> None:
     with pytest.raises(ClosedError):
         index.values.stored("k")
     assert index.meta == {}
+
+
+def test_a_miss_len_and_iteration_do_not_wait_for_the_index_lock(store: str) -> None:
+    """Compaction holds the index's lock while it scans every key; a get that
+    misses, ``in``, ``len`` and iteration must not wait for it (reads never wait
+    on compaction). The lock is held here as compaction would hold it."""
+    cache = BlobCache(store, inline_limit=64)
+    cache.put("small", b"s")
+    cache.put("large", b"L" * 100)
+    answers: list[object] = []
+    reads = threading.Thread(
+        target=lambda: answers.extend(
+            [cache.get("absent"), "absent" in cache, len(cache), sorted(cache)]
+        )
+    )
+    with cache._index.lock:
+        reads.start()
+        reads.join(timeout=30)  # a bound for a hang, not a wait for something to happen
+        assert not reads.is_alive(), "a read waited for the index lock"
+    assert answers == [None, False, 2, ["large", "small"]]
+    cache.close()
