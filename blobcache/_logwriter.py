@@ -123,7 +123,9 @@ class LogWriter:
             self._queue.append(request)
             lead = not self._leading
             self._leading = True
-            if self._expect:
+            # Wake a gathering leader only once what it waits for is queued, not
+            # at every record (each wake is a GIL handoff: see _gather).
+            if self._expect and len(self._queue) >= self._expect:
                 self._more.notify()
         if not lead:
             request.wake.acquire()  # until our batch is done, or the lead is ours
