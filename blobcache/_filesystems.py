@@ -45,7 +45,7 @@ UNTRUSTED: dict[int, str] = {
     # implements locks, else the kernel keeps it local; a daemon that does not
     # implement fsync makes every later fsync succeed doing nothing (the kernel
     # takes its ENOSYS for "nothing to do", fs/fuse/file.c).
-    0x65735546: "FUSE",
+    0x65735546: "FUSE (virtiofs too: Docker Desktop and Kata shares)",
     # LL_SUPER_MAGIC (Lustre's lustre_user.h). flock fails by default, and
     # succeeds on one node only with -o localflock.
     0x0BD00BD0: "Lustre",

@@ -97,7 +97,7 @@ class UnsafeFilesystemError(BlobCacheError):
 
     def __init__(self, path: str, filesystem: str) -> None:
         super().__init__(
-            f"{path} is on {filesystem} (statfs says so), a file system where flock may "
+            f"{path} is on {filesystem}, a file system where flock may "
             "not keep a second writer out and fsync may return before the bytes are on "
             "stable storage: writing the store there could corrupt it without a sign, so "
             "it was not opened (nothing was changed). Put it on a local file system, open "

@@ -91,7 +91,7 @@ def test_a_writer_on_an_untrusted_file_system_is_refused_and_nothing_is_made(
     assert isinstance(error, BlobCacheError)
     assert (error.path, error.filesystem) == (str(store), name)
     message = str(error)
-    said = (str(store), f"on {name} (statfs says so)", "flock", "fsync", "trust_filesystem=True")
+    said = (str(store), f"on {name}, a file system", "flock", "fsync", "trust_filesystem=True")
     assert all(part in message for part in said), message
     again = pickle.loads(pickle.dumps(error))
     assert type(again) is UnsafeFilesystemError and str(again) == message
