@@ -37,3 +37,17 @@ def test_readme_opens_with_the_two_commands_and_ci_runs_the_second() -> None:
     assert _read("README.md").index("```sh") < _read("README.md").index("\n## ")
     ci_lines = [ln for ln in _read(".ci/run").splitlines() if ln and not ln.startswith("#")]
     assert ci_lines[-1] == install_and_test
+
+
+def test_where_things_live_names_every_module_and_only_modules_there_are() -> None:
+    """The README's "Where things live" table matches the package's files."""
+    readme = _read("README.md")
+    start = readme.index("### Where things live")
+    table = readme[start : readme.index("\n## ", start)]
+    named = set(re.findall(r"`(_?[a-z_]+\.py)`", table))
+    package = {
+        name
+        for name in os.listdir(os.path.join(ROOT, "blobcache"))
+        if name.endswith(".py") and name not in ("__init__.py", "__main__.py")
+    }
+    assert named == package, (sorted(package - named), sorted(named - package))
