@@ -19,6 +19,7 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 
+from . import _storedir
 from ._format import TEMP_PREFIX
 from .cache import BlobCache
 from .errors import BlobCacheError
@@ -108,6 +109,8 @@ def run_demo(directory: str | None = None) -> int:
             f"{directory} is not an empty directory: the demo makes a new store and "
             "kills a writer in it; give a new or empty directory, or none for a temp one"
         )
+    # The writer is a child: refused there, it would die with a traceback.
+    _storedir.refuse_untrusted(directory or tempfile.gettempdir())
     directory = directory or tempfile.mkdtemp(prefix="blobcache-demo-")
     seed, sizes = 7, [300, 64 << 10, 4 << 20, 64 << 20]
     puts = list(plan(seed, 40, sizes, keys=6))

@@ -126,6 +126,16 @@ def _exists(path: str) -> bool:
     return True
 
 
+def refuse_untrusted(root: str) -> None:
+    """``open_store``'s refusal alone, for a caller about to make a store at
+    ``root`` in another process (the demo's writer): the sentence comes here,
+    before anything is made, not from the child.
+
+    :raises UnsafeFilesystemError: see ``_filesystems.require_trusted``.
+    """
+    _filesystems.require_trusted(root, root if _exists(root) else _existing_ancestor(root))
+
+
 def _existing_ancestor(path: str) -> str:
     parent = os.path.dirname(path)
     while not _exists(parent):

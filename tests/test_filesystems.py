@@ -187,6 +187,21 @@ def test_blobcache_gc_there_is_refused_in_one_line_unless_trusted(
     assert "removed" in capsys.readouterr().out
 
 
+def test_blobcache_demo_there_is_refused_in_one_line_before_its_writer_starts(
+    tmp_path: Path, pretend: Callable[[int], list[str]], capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The demo's writer is a child process: refused there, it died with a
+    traceback and the demo said only that the writer exited. Now the demo asks
+    first, and makes nothing."""
+    store = tmp_path / "demo"
+    pretend(0x6969)  # NFS
+    assert cli.main(["demo", str(store)]) == 2
+    out, err = capsys.readouterr()
+    assert out == "" and len(err.strip().splitlines()) == 1
+    assert "NFS" in err and str(store) in err
+    assert not store.exists()
+
+
 def test_off_linux_nothing_is_refused(store: str, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(sys, "platform", "darwin")
     assert _filesystems.statfs(os.path.dirname(store)) is None
