@@ -34,7 +34,7 @@ import os
 import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Final, NoReturn
+from typing import TYPE_CHECKING, Final, NoReturn, TypeVar
 
 from ._names import Key
 from .errors import ClosedError
@@ -60,6 +60,7 @@ class Mapped:
 
 
 Value = bytes | Mapped  # what a key's live record holds in memory
+_R = TypeVar("_R")
 
 
 class Values(dict[Key, bytes]):
@@ -128,28 +129,24 @@ class Values(dict[Key, bytes]):
         value: Value | None = self.get(key)
         return value if value is not None else self.files.get(key)
 
-    def count(self) -> int:
+    def _snapshot(self, read: Callable[[], _R]) -> _R:
+        """``read()`` of both dicts, again until no move came between."""
         while True:
             before = self.moves
-            n = len(self) + len(self.files)
+            result = read()
             if self._settled(before):
-                return n
+                return result
+
+    def count(self) -> int:
+        return self._snapshot(lambda: len(self) + len(self.files))
 
     def keys_now(self) -> list[Key]:
         """A snapshot of every key."""
-        while True:
-            before = self.moves
-            keys = [*self, *self.files]
-            if self._settled(before):
-                return keys
+        return self._snapshot(lambda: [*self, *self.files])
 
     def stored_now(self) -> list[tuple[Key, Value]]:
         """A snapshot of every (key, what its record holds in memory)."""
-        while True:
-            before = self.moves
-            items: list[tuple[Key, Value]] = [*self.items(), *self.files.items()]
-            if self._settled(before):
-                return items
+        return self._snapshot(lambda: [*self.items(), *self.files.items()])
 
 
 def _unset(key: Key, mapped: Mapped) -> NoReturn:
