@@ -34,7 +34,7 @@ class TempVersion:
     """A version's bytes in a flocked temp file of its key directory, fsynced
     (with ``sync``) and hashed, waiting for its sequence number.
 
-    Use it as a context manager: ``publish(seq)`` inside the block names it;
+    Use it as a context manager: ``name(seq)`` inside the block names it;
     leaving the block without that (an error, a closed cache) removes the temp
     file, so a failed put leaves no trace.
     """
@@ -47,27 +47,30 @@ class TempVersion:
         self._tmp = tmp
         self._sync = sync
 
-    def publish(self, seq: int) -> Record:
-        """Rename the temp file to version ``seq``'s name; with ``sync``, fsync the
-        key directory, so the name is durable. On a failed fsync the name is
-        taken back: the put fails, so its version must not win at the next open
-        (after a power cut it still may, as may any put that had not returned).
+    def name(self, seq: int) -> Record:
+        """Rename the temp file to version ``seq``'s name.
 
-        REQUIRES: the key's lock, held from taking ``seq`` to publishing the
-        record: versions of one key get their names in sequence order.
+        REQUIRES: the log's append flock, held from taking ``seq`` to appending
+        the version's record: the record follows its file, in number order.
         """
-        assert self._fd is not None, "a temp version is published once"
+        assert self._fd is not None, "a temp version is named once"
         final = os.path.join(self.keydir, N.version_name(seq, self.length, self.checksum))
         _fsio.rename(self._tmp, final)
         _fsio.unlock(self._fd)  # releases the flock: the file now has its final name
         self._fd = None
+        return Record(seq, final, self.length, self.checksum)
+
+    def publish(self, record: Record) -> None:
+        """With ``sync``, fsync the key directory, so the name is durable. On a
+        failed fsync the name is taken back: the put fails, so its version must
+        not win at the next open (after a power cut it still may, as may any put
+        that had not returned)."""
         if self._sync:
             try:
                 _fsio.fsync_dir(self.keydir)
             except BaseException:
-                _fsio.discard(final)
+                _fsio.discard(record.path)
                 raise
-        return Record(seq, final, self.length, self.checksum)
 
     def abandon(self) -> None:
         """Remove the temp file unless it was published."""

@@ -60,11 +60,11 @@ class GcReport:
 def collect(
     path: str, *, dry_run: bool = False, salvage: bool = False, trust_filesystem: bool = False
 ) -> GcReport:
-    """The janitor, and log compaction when no writer holds the store.
+    """The janitor, and log compaction when no handle has the store open.
 
     With ``salvage`` the store is opened as ``BlobCache(path, salvage=True)``: the
     log is rewritten without its damaged records. That needs the store to
-    itself: a running writer raises ``LockedError``.
+    itself: an open handle anywhere raises ``LockedError``.
 
     :raises UnsafeFilesystemError: the store is on NFS, SMB, FUSE or the like and
         not ``trust_filesystem`` (raised by the writer's open, before the lock is
@@ -75,7 +75,16 @@ def collect(
     _storedir.check_store(path)  # a gc never creates a store
     if salvage and dry_run:
         raise ValueError("salvage rewrites the log: it cannot be a dry run")
-    if not dry_run:
+    if not dry_run and writer_running(path) and salvage:
+        lock = os.path.join(path, F.LOCK_NAME)
+        raise LockedError(
+            lock,
+            f"the store is already open for writing by other handles (a shared lock on {lock}); "
+            "salvage rewrites the log and needs the store to itself: close them first",
+        )
+    if not dry_run and not writer_running(path):
+        # Nobody has the store open: a handle of our own, compaction included.
+        # (Handles opening meanwhile write beside it, as beside any other.)
         try:
             cache = BlobCache(path, salvage=salvage, trust_filesystem=trust_filesystem)
         except LockedError:

@@ -64,7 +64,7 @@ def write_compacted(logdir: str, number: int, records: Iterable[bytes]) -> tuple
 def _batches(records: Iterable[bytes], sizes: array[int]) -> Iterator[bytearray]:
     """The segment's bytes (header, then ``records``) in pieces of about
     ``BATCH_BYTES``; appends each record's size to ``sizes`` as it goes."""
-    batch = bytearray(segment_header(F.SEGMENT_FLAG_COMPACTED))
+    batch = bytearray(segment_header(F.SEGMENT_FLAG_COMPACTED))  # format 2
     for record in records:
         sizes.append(len(record))
         batch += record
@@ -83,8 +83,11 @@ def remove_segments(logdir: str, numbers: list[int]) -> int:
     freed = 0
     for number in numbers:
         path = os.path.join(logdir, segment_name(number))
-        freed += os.stat(path).st_size
-        _fsio.unlink(path)
+        try:  # gone: replaced by another process's compaction, which this one follows
+            freed += os.stat(path).st_size
+            _fsio.unlink(path)
+        except FileNotFoundError:
+            continue
     if numbers:
         _fsio.fsync_dir(logdir)
     return freed

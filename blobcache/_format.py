@@ -11,11 +11,30 @@ from typing import Final
 
 # --- The store root -----------------------------------------------------------
 # <root>/FORMAT  marker: identifies a blobcache store and its format version.
-# <root>/LOCK    empty; the writing process holds an exclusive flock on it.
 # <root>/blobs/  the key directories, fanned out two levels.
 MARKER_NAME: Final = "FORMAT"
-MARKER_CONTENT: Final = b"blobcache 1\n"  # 12 bytes: "blobcache", space, version "1", newline
+MARKER_CONTENT: Final = b"blobcache 2\n"  # 12 bytes: "blobcache", space, version "2", newline
+MARKER_CONTENT_V1: Final = b"blobcache 1\n"  # a store of format 1: opened, upgraded by a writer
+# <root>/LOCK    empty; every open handle holds a shared flock on it.
 LOCK_NAME: Final = "LOCK"
+# <root>/STATE   the log's shared state, mapped by every writer; flocked to append.
+# <root>/COMPACT empty; flocked by the one process compacting the log.
+STATE_NAME: Final = "STATE"
+COMPACT_NAME: Final = "COMPACT"
+# STATE, 64 bytes (u64 little-endian each, after the magic), in a file of one
+# page: a hint, never fsynced, rebuilt from the log whenever it disagrees with it.
+#   offset  size  field
+#   0       4     magic b"BCS1", then 4 zero bytes
+#   8       8     next: the next sequence number to hand out
+#   16      8     segment: the number of the active segment
+#   24      8     appended: where its last whole record ends
+#   32      8     acked: how far its records are acknowledged (fdatasynced, with
+#                 "fsync"): what other processes may see
+#   40      8     pending: where the append under way ends (> appended: its writer died)
+#   48      8     allocated: how far it is zero-filled ahead, durably
+#   56      8     generation: compactions so far
+STATE_MAGIC: Final = b"BCS1"
+STATE_LAYOUT: Final = struct.Struct("<4s4xQQQQQQQ")
 BLOBS_DIR: Final = "blobs"
 
 # --- Key directories ------------------------------------------------------------
@@ -69,28 +88,38 @@ SEGMENT_SUFFIX: Final = ".log"
 SEGMENT_NAME_LEN: Final = FIELD_HEX_DIGITS + len(SEGMENT_SUFFIX)  # 20
 # Segment header, 16 bytes:
 #   offset  size  field
-#   0       4     magic b"BCL1"
+#   0       4     magic b"BCL2" (format 1's segments: b"BCL1", still read)
 #   4       1     flags: bit 0 = COMPACTED (this segment replaces every lower-numbered one)
 #   5       3     zero
 #   8       8     xxh3_64 of bytes [0, 8), u64 little-endian
-SEGMENT_MAGIC: Final = b"BCL1"
+SEGMENT_MAGIC: Final = b"BCL2"
+SEGMENT_MAGIC_V1: Final = b"BCL1"
 SEGMENT_HEADER: Final = struct.Struct("<4sB3xQ")
 SEGMENT_FLAG_COMPACTED: Final = 0x01
-# Record, 20-byte header then the key's n bytes then the value's m bytes:
+# Record, 22-byte header then the key's n bytes then the value's m bytes
+# (format 1: the first 20 bytes only, no flags or codec):
 #   offset  size  field
-#   0       4     checksum: the low 32 bits of xxh3_64 of bytes [4, 20 + n + m),
+#   0       4     checksum: the low 32 bits of xxh3_64 of bytes [4, 22 + n + m),
 #                 everything after this field
 #   4       8     seq, the store-wide sequence number
 #   12      4     m, the value's length (0 for a delete)
-#   16      1     type: 1 = put, 2 = delete
+#   16      1     type: 1 = put, 2 = delete, 3 = version (a value in a file)
 #   17      1     key tag: b"s" or b"b"
 #   18      2     n, the key's length
+#   20      1     flags: 0 (bits reserved for expiry, pins and batches; a reader
+#                 refuses a record with a bit it does not know)
+#   21      1     codec: 0 = the value's raw bytes (others reserved, refused alike)
 # 32 bits of checksum, as LevelDB's CRC32C: a torn or flipped record goes
 # unnoticed with odds of 1 in 4 billion, and a 100-byte value's record is 12%
 # smaller than with 64 bits.
-RECORD_HEADER: Final = struct.Struct("<IQIBcH")
+RECORD_HEADER: Final = struct.Struct("<IQIBcHBB")
+RECORD_HEADER_V1: Final = struct.Struct("<IQIBcH")
 RECORD_CHECKSUM_BYTES: Final = 4
 RECORD_CHECKSUM_MASK: Final = 0xFFFFFFFF
 RECORD_PUT: Final = 1
 RECORD_DELETE: Final = 2
+RECORD_VERSION: Final = 3
+# A version record's value, m = 16: the version file's length and xxh3_64, u64
+# each; with seq they name the file (v-<seq>-<length>-<checksum>).
+VERSION_BODY: Final = struct.Struct("<QQ")
 MAX_INLINE_VALUE: Final = 2**32 - 1  # m is a u32

@@ -208,18 +208,34 @@ if hasattr(os, "register_at_fork"):
     )
 
 
-def lock_file(path: str) -> int | None:
+def open_flocked(path: str) -> int:
+    """``open_lock_file``, noted as a descriptor that carries an flock (closed in
+    a forked child; ``unlock`` closes it)."""
+    return _flocked_open(open_lock_file, path)
+
+
+def open_flocked_readonly(path: str) -> int:
+    """An existing file opened to read, noted like ``open_flocked``'s (a reader's
+    map of ``STATE``: closed in a forked child with the rest).
+
+    :raises FileNotFoundError: there is none.
+    """
+    return _flocked_open(_filekinds.open_regular, path, os.O_RDONLY, unlisted=True)
+
+
+def lock_file(path: str, *, shared: bool = False) -> int | None:
     """Open (creating if needed) the file ``path`` and flock it exclusively without
     waiting; return the descriptor (``unlock`` releases it), or None when another
-    holder has it. The store's writer lock: see ``try_lock``."""
-    fd = _flocked_open(open_lock_file, path)
-    if not try_lock(fd):
+    holder has it (with ``shared``: the lock taken shared, None when someone holds
+    it exclusively). The store's lock: see ``try_lock``."""
+    fd = open_flocked(path)
+    if not try_lock(fd, shared=shared):
         unlock(fd)
         return None
     return fd
 
 
-def try_lock(fd: int) -> bool:
+def try_lock(fd: int, *, shared: bool = False) -> bool:
     """Take an exclusive flock without waiting; False when someone else holds it.
 
     flock locks belong to the open file description, so a second ``open`` of the
@@ -227,7 +243,7 @@ def try_lock(fd: int) -> bool:
     writer handle in one process fail like one in another process.
     """
     try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        fcntl.flock(fd, (fcntl.LOCK_SH if shared else fcntl.LOCK_EX) | fcntl.LOCK_NB)
     except BlockingIOError:
         return False
     return True
@@ -332,8 +348,13 @@ def write_file_atomically(
     sync: bool = True,
     mode: int = READ_ONLY,
     directory_held: bool = False,
+    replacing: bool = False,
 ) -> str:
     """Publish ``directory/name`` holding ``data``, all or nothing; return its path.
+
+    ``replacing``: the name held a file before (the marker upgraded): a failed
+    directory fsync leaves the name as it is (old or new content, both whole),
+    since taking it back would lose the old one too.
 
     temp file + write + fsync + rename + fsync(directory): after a power cut the
     name either does not exist or holds every byte. On an error nothing is left:
@@ -359,7 +380,8 @@ def write_file_atomically(
         except BaseException:
             # The caller sees a failure, so the name must not be found later (by
             # this process or, after a process crash, the next): take it back.
-            discard(path)
+            if not replacing:
+                discard(path)
             raise
     return path
 

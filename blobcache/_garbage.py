@@ -15,6 +15,7 @@ Locking: ``gc_lock`` (one gc at a time) is taken before a stripe lock;
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import os
 import threading
@@ -64,6 +65,7 @@ class Garbage:
         """``BlobCache.gc``. REQUIRES: a writer; no earlier fsync failed."""
         self.owed.refuse_after_failure()
         total = GcResult()
+        self.writes.follower.catch_up()  # the others' newer records, before judging
         with self.gc_lock:
             todo = sorted(self.index.take_dirty())
             for done, keydir in enumerate(todo):
@@ -105,6 +107,10 @@ class Garbage:
                 self.index.mark_dirty(keydir)
                 return GcResult()
         try:
+            # With the directory held no put is between naming a version and
+            # appending its record: every version here is in the log, and the
+            # follower brings the newest into the index before we judge.
+            self.writes.follower.catch_up()
             return self._clean_held(keydir)
         finally:
             if held is not None:
@@ -145,7 +151,9 @@ class Garbage:
         # live one durable before deleting anything older, whatever the mode.
         unsure = keydir in self.found_at_open or self.options.durability == "os"
         if unsure and (meta is None or segment_of(meta) != IN_A_FILE):
-            writes.log.sync()  # the newer record (a put or a delete) is in the log
+            # The newer record (a put or a delete) is in the log, maybe another
+            # "os" process's, which this one's own sync would not cover.
+            writes.log.sync(force=True)
         try:
             if unsure and scan.live is not None and scan.live.seq == live_seq:
                 self.owed.make_durable(keydir, scan.live.path, parents=False)
@@ -198,97 +206,113 @@ class Garbage:
                 stale == 0 or (not force and stale < self.options.compact_ratio * total)
             ):
                 return GcResult()
-            # Invariant: every record in an input is in the index (or deleted)
-            # when the inputs are chosen. A put or delete holds its key's stripe
-            # lock from its append until its index update, so with every stripe
-            # held none is between the two: records appended before the roll
-            # are published, later ones go to the new active segment.
-            with writes.all_stripes():
-                # Seal the active segment: it is the highest input, and the
-                # output takes its number (see _compaction).
-                active = writes.log.roll()
-                output = active - 1
-                with index.lock:
-                    index.book.add(active, 0, live=False)
-                    inputs = sorted(n for n in index.book.total if n < active)
-                    chosen = set(inputs)
-                    # Three flat lists, not a list of tuples: 24 bytes per live
-                    # record beside the index, which holds the values. The values
-                    # are taken now, with the records' places: a put after the
-                    # stripes are let go must not lend its value to an old number.
-                    keys: list[N.Key] = []
-                    metas: list[int] = []
-                    values: list[bytes] = []
-                    # dict.get, not [], which would map a key in a file (never one here).
-                    get_value = index.values.get
-                    for key, meta in index.meta.items():
-                        if segment_of(meta) in chosen:  # never IN_A_FILE
-                            keys.append(key)
-                            metas.append(meta)
-                            value = get_value(key)
-                            assert value is not None, "a key in the log has its bytes"
-                            values.append(value)
-                    deleted = [(k, d) for k, d in index.deleted.items() if d.segment in chosen]
-            assert inputs[-1] == output, "the segment just sealed is always in the book"
-            # Never delete the last durable copy: a value that supersedes a record
-            # about to be dropped must be durable first ("os" puts are owed to
-            # sync(); versions found at open may never have been fsynced).
-            if self.options.durability == "os":
-                writes.held.sync()
-            self._make_adopted_durable()
-            kept = [(k, d) for k, d in deleted if self.still_needs_delete(k, d.seq)]
-            # Encoded one at a time as the output is written: the records are
-            # never all in memory beside the values they copy.
-            records = itertools.chain(
-                (
-                    _log.encode_record(seq_of(m), F.RECORD_PUT, *N.encode_key(k), v)
-                    for k, m, v in zip(keys, metas, values, strict=True)
-                ),
-                (
-                    _log.encode_record(d.seq, F.RECORD_DELETE, *N.encode_key(k), b"")
-                    for k, d in kept
-                ),
-            )
-            sizes, replaced = _compaction.write_compacted(self.logdir, output, records)
-            written = sum(sizes)
-            live_bytes = 0
-            with index.lock:
-                for key, dead in deleted:
-                    if index.deleted.get(key) is dead:
-                        del index.deleted[key]
-                for (key, dead), size in zip(kept, sizes[len(keys) :], strict=True):
-                    # Not if a newer delete took its place, nor a put to the log.
-                    live = index.values.peek(key)
-                    if key not in index.deleted and (live is None or type(live) is Mapped):
-                        index.deleted[key] = Deleted(dead.seq, output, size)
-                del sizes[len(keys) :]
-                # Popped as they are replaced, so an old meta is freed as soon as
-                # its new one is in: never two per key at once.
-                while keys:
-                    key, meta, size = keys.pop(), metas.pop(), sizes.pop()
-                    # Keys replaced meanwhile keep pointing where their new record is
-                    # (a new record has a new number, so a meta never comes back).
-                    if index.meta.get(key) == meta:
-                        index.meta[key] = pack(seq_of(meta), output, size)
-                        live_bytes += size
-                index.book.replace(inputs, output, written, live_bytes)
-            lower = inputs[:-1]  # the highest input was replaced by the rename
+            held = _fsio.lock_file(os.path.join(writes.path, F.COMPACT_NAME))
+            if held is None:
+                return GcResult()  # another process is compacting the log
             try:
-                freed = _compaction.remove_segments(self.logdir, lower) + replaced
-            except BaseException:
-                # The inputs still there are garbage: booked as all stale, the
-                # next gc() takes them as inputs again and deletes them.
-                with index.lock:
-                    for number in lower:
-                        path = os.path.join(self.logdir, _log.segment_name(number))
-                        if os.path.exists(path):
-                            index.book.add(number, os.path.getsize(path), live=False)
-                raise
-            self.salvaged = False
-            output_size = F.SEGMENT_HEADER.size + written
-            return GcResult(
-                segments_compacted=len(inputs), bytes_reclaimed=max(0, freed - output_size)
-            )
+                return self._compact_held(force=force)
+            finally:
+                _fsio.unlock(held)
+
+    def _compact_held(self, *, force: bool) -> GcResult:
+        """``compact`` once this process holds ``COMPACT``: the only compaction of
+        the store under way. REQUIRES: ``compact_lock`` and ``COMPACT``'s flock."""
+        writes, index = self.writes, self.index
+        # Invariant: every record in an input is in the index (or deleted)
+        # when the inputs are chosen. Sealing the active segment (the roll)
+        # fixes what the inputs hold, whoever wrote it; the follower then
+        # applies all of it, ours and other processes' alike, and later
+        # records go to the new active segment.
+        # Seal the active segment: it is the highest input, and the
+        # output takes its number (see _compaction).
+        active = writes.log.roll()
+        output = active - 1
+        writes.follower.catch_up()
+        with index.lock:
+            index.book.add(active, 0, live=False)
+            index.book.add(output, 0, live=False)  # sealed here, maybe empty
+            inputs = sorted(n for n in index.book.total if n < active)
+            chosen = set(inputs)
+            # Three flat lists, not a list of tuples: 24 bytes per live
+            # record beside the index, which holds the values. The values
+            # are taken now, with the records' places: a put after the
+            # stripes are let go must not lend its value to an old number.
+            keys: list[N.Key] = []
+            metas: list[int] = []
+            values: list[bytes] = []
+            # dict.get, not [], which would map a key in a file (never one here).
+            get_value = index.values.get
+            for key, meta in index.meta.items():
+                if segment_of(meta) in chosen:  # never IN_A_FILE
+                    keys.append(key)
+                    metas.append(meta)
+                    value = get_value(key)
+                    assert value is not None, "a key in the log has its bytes"
+                    values.append(value)
+            deleted = [(k, d) for k, d in index.deleted.items() if d.segment in chosen]
+        assert inputs[-1] == output, "the segment just sealed is always in the book"
+        # Never delete the last durable copy: a value that supersedes a record
+        # about to be dropped must be durable first ("os" puts are owed to
+        # sync(); versions found at open may never have been fsynced).
+        if self.options.durability == "os":
+            writes.held.sync()
+        # Other processes' records that supersede an input's are in the active
+        # segment, or in files, maybe never synced (an "os" process's): made
+        # durable here, whoever wrote them.
+        writes.log.sync(force=True)
+        for keydir, path in writes.follower.take_foreign_files():
+            with contextlib.suppress(FileNotFoundError):  # collected: superseded
+                self.owed.make_durable(keydir, path, parents=True)
+        self._make_adopted_durable()
+        kept = [(k, d) for k, d in deleted if self.still_needs_delete(k, d.seq)]
+        # Encoded one at a time as the output is written: the records are
+        # never all in memory beside the values they copy.
+        records = itertools.chain(
+            (
+                _log.encode_record(seq_of(m), F.RECORD_PUT, *N.encode_key(k), v)
+                for k, m, v in zip(keys, metas, values, strict=True)
+            ),
+            (_log.encode_record(d.seq, F.RECORD_DELETE, *N.encode_key(k), b"") for k, d in kept),
+        )
+        sizes, replaced = _compaction.write_compacted(self.logdir, output, records)
+        written = sum(sizes)
+        live_bytes = 0
+        with index.lock:
+            for key, dead in deleted:
+                if index.deleted.get(key) is dead:
+                    del index.deleted[key]
+            for (key, dead), size in zip(kept, sizes[len(keys) :], strict=True):
+                # Not if a newer delete took its place, nor a put to the log.
+                live = index.values.peek(key)
+                if key not in index.deleted and (live is None or type(live) is Mapped):
+                    index.deleted[key] = Deleted(dead.seq, output, size)
+            del sizes[len(keys) :]
+            # Popped as they are replaced, so an old meta is freed as soon as
+            # its new one is in: never two per key at once.
+            while keys:
+                key, meta, size = keys.pop(), metas.pop(), sizes.pop()
+                # Keys replaced meanwhile keep pointing where their new record is
+                # (a new record has a new number, so a meta never comes back).
+                if index.meta.get(key) == meta:
+                    index.meta[key] = pack(seq_of(meta), output, size)
+                    live_bytes += size
+            index.book.replace(inputs, output, written, live_bytes)
+        lower = inputs[:-1]  # the highest input was replaced by the rename
+        try:
+            freed = _compaction.remove_segments(self.logdir, lower) + replaced
+        except BaseException:
+            # The inputs still there are garbage: booked as all stale, the
+            # next gc() takes them as inputs again and deletes them.
+            with index.lock:
+                for number in lower:
+                    path = os.path.join(self.logdir, _log.segment_name(number))
+                    if os.path.exists(path):
+                        index.book.add(number, os.path.getsize(path), live=False)
+            raise
+        self.salvaged = False
+        writes.held.compacted()
+        output_size = F.SEGMENT_HEADER.size + written
+        return GcResult(segments_compacted=len(inputs), bytes_reclaimed=max(0, freed - output_size))
 
     def _make_adopted_durable(self) -> None:
         """fsync the live versions found at open that won over a log record, with

@@ -265,6 +265,9 @@ class Index:
         self.deleted = deleted
         self.book = book
         self.lock = values.lock  # one lock: a lookup that missed waits for a move
+        # key -> seq of a delete this process applied before the follower passed
+        # it: a record of the key numbered below it is older (see _follow).
+        self.gone: dict[Key, int] = {}
         self.dirty = dirty
         self.dirty_lock = threading.Lock()
 
@@ -274,12 +277,20 @@ class Index:
         segment of the record superseded, or None (there was none, or it was a
         version file, whose directory is now the janitor's to visit).
 
-        REQUIRES: the key's stripe lock; the record is acknowledged."""
+        A record not newer than the key's live one (a recovered version's own
+        note in the log, say) changes nothing: None.
+        REQUIRES: the follower's lock (``_follow``); the record is acknowledged."""
         values = self.values
         files = values.files
         with self.lock:
-            old = values.peek(key)
             old_meta = self.meta.get(key)
+            seq = seq_of(meta)
+            older = old_meta is not None and seq_of(old_meta) >= seq
+            if value is not None and (older or self.gone.get(key, 0) > seq):
+                if not isinstance(value, Mapped):
+                    self.book.add(segment_of(meta), size_of(meta), live=False)
+                return None
+            old = values.peek(key)
             # A key going from one dict to the other: between the two changes
             # it is in both (the new record goes in before the old comes out),
             # and ``moves`` is odd for a reader that looked at the other first.
@@ -312,13 +323,25 @@ class Index:
         return old_segment
 
     def publish_delete(
-        self, key: Key, seq: int, segment: int, size: int, keydir: str | None
+        self,
+        key: Key,
+        seq: int,
+        segment: int,
+        size: int,
+        keydir: str | None,
+        *,
+        ahead: bool = False,
     ) -> int | None:
         """Publish the delete record ``seq`` of ``key``, ``size`` bytes in log
         ``segment``; ``keydir`` is the key's directory if it has one. Returns
-        what ``publish`` does. REQUIRES: the key's stripe lock."""
+        what ``publish`` does. REQUIRES: the follower's lock."""
         with self.lock:
+            old_meta = self.meta.get(key)
             self.book.add(segment, size, live=False)
+            if (old_meta is not None and seq_of(old_meta) >= seq) or self.gone.get(key, 0) > seq:
+                return None
+            if ahead:  # before the follower passed it: older records of the key may follow
+                self.gone[key] = seq
             if keydir is not None:
                 # Older versions may lie in the key's directory until the janitor
                 # removes it: compaction must keep this record until then.
@@ -326,6 +349,39 @@ class Index:
         if keydir is not None:
             self.mark_dirty(keydir)
         return self.publish(key, None)
+
+    def replace(
+        self,
+        values: Values,
+        meta: dict[Key, int],
+        deleted: dict[Key, Deleted],
+        total: dict[int, int],
+        live: dict[int, int],
+    ) -> None:
+        """Take everything from a new recovery (``_follow``'s reload), in place:
+        ``get`` keeps its dict, a lookup meanwhile sees a move under way.
+        REQUIRES: the follower's lock."""
+        mine = self.values
+        with self.lock:
+            mine.moves += 1
+            dict.clear(mine)
+            dict.update(mine, values)
+            mine.files.clear()
+            mine.files.update(values.files)
+            self.meta, self.deleted = meta, deleted
+            self.book = SegmentBook(total, live)
+            mine.moves += 1
+
+    def forget_gone(self, key: Key, seq: int) -> None:
+        """The follower passed this process's delete ``seq`` of ``key``."""
+        with self.lock:
+            if self.gone.get(key) == seq:
+                del self.gone[key]
+
+    def book_stale(self, segment: int, size: int) -> None:
+        """Count a record that is never live (a version's note) in its segment."""
+        with self.lock:
+            self.book.add(segment, size, live=False)
 
     def close(self, path: str) -> None:
         """Let go of every value (views handed out stay valid): every use of the

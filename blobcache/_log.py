@@ -17,6 +17,7 @@ Crash policy, enforced where marked below:
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 import xxhash
@@ -26,11 +27,16 @@ from . import _format as F
 from ._index import FIELD_MASK, SEGMENT_SHIFT, SEQ_SHIFT
 from ._names import Key
 from ._problems import Problem
-from .errors import CorruptionError
+from .errors import BlobCacheError, CorruptionError
 
-_HEADER = F.RECORD_HEADER
+# Format 1's record header is format 2's without its last two bytes (flags,
+# codec): both are read with the shorter struct, the two bytes looked at apart.
+_FIELDS = F.RECORD_HEADER_V1
 _HEADER_SIZE = F.RECORD_HEADER.size
 _CHECKSUM = F.RECORD_CHECKSUM_BYTES
+_KINDS = (F.RECORD_PUT, F.RECORD_DELETE, F.RECORD_VERSION)
+_BODY = F.VERSION_BODY.size
+_TAGS = (F.KEY_TAG_STR, F.KEY_TAG_BYTES)
 
 
 def segment_name(number: int) -> str:
@@ -50,24 +56,81 @@ def parse_segment_name(name: str) -> int | None:
         return None
 
 
-def segment_header(flags: int) -> bytes:
-    head = F.SEGMENT_MAGIC + bytes([flags, 0, 0, 0])
+def segment_header(flags: int, magic: bytes = F.SEGMENT_MAGIC) -> bytes:
+    head = magic + bytes([flags, 0, 0, 0])
     return head + xxhash.xxh3_64_intdigest(head).to_bytes(8, "little")
 
 
 def header_flags(head: bytes) -> int | None:
     """The flags of a good segment header, or None if ``head`` is not one (short,
     wrong magic or checksum, or a flag this version does not know)."""
-    if len(head) != F.SEGMENT_HEADER.size or head != segment_header(head[4]):
+    if len(head) != F.SEGMENT_HEADER.size or head != segment_header(head[4], head[:4]):
+        return None
+    if head[:4] not in (F.SEGMENT_MAGIC, F.SEGMENT_MAGIC_V1):
         return None
     return head[4] if head[4] & ~F.SEGMENT_FLAG_COMPACTED == 0 else None
 
 
+def header_size(head: bytes) -> int:
+    """The record header size of a segment with this (good) header: 22, or 20 for format 1."""
+    return F.RECORD_HEADER_V1.size if head[:4] == F.SEGMENT_MAGIC_V1 else _HEADER_SIZE
+
+
 def encode_record(seq: int, kind: int, tag: bytes, raw: bytes, value: bytes | memoryview) -> bytes:
-    """One framed record: checksum, then header fields, key and value it covers."""
-    body = _HEADER.pack(0, seq, len(value), kind, tag, len(raw))[_CHECKSUM:] + raw + value
+    """One framed record of format 2: checksum, then header fields, key and value it
+    covers (flags and codec 0: nothing this version writes uses them)."""
+    body = F.RECORD_HEADER.pack(0, seq, len(value), kind, tag, len(raw), 0, 0)[_CHECKSUM:]
+    body += raw + value
     checksum = xxhash.xxh3_64_intdigest(body) & F.RECORD_CHECKSUM_MASK
     return checksum.to_bytes(_CHECKSUM, "little") + body
+
+
+def encode_version(seq: int, tag: bytes, raw: bytes, length: int, checksum: int) -> bytes:
+    """The record announcing version file ``v-<seq>-<length>-<checksum>`` of a key."""
+    return encode_record(seq, F.RECORD_VERSION, tag, raw, F.VERSION_BODY.pack(length, checksum))
+
+
+def newer_format(path: str, offset: int, flags: int, codec: int) -> BlobCacheError:
+    """A record whose checksum holds but whose flags or codec this version does not
+    know: written by a newer blobcache. Never cut or salvaged as damage."""
+    return BlobCacheError(
+        f"{path}: the record at offset {offset} has flags {flags:#04x} and codec {codec}, "
+        "which this version of blobcache does not know: the store was written by a "
+        "newer one; open it with that version"
+    )
+
+
+def iter_records(
+    data: bytes | memoryview, start: int, head: int, path: str
+) -> Iterator[tuple[int, int, bytes, bytes, int, int]]:
+    """The whole records of a segment's bytes ``data`` from ``start`` on, each as
+    (seq, kind, tag, key bytes, value offset, end), up to the first that is not
+    one (torn, zeroed, or not yet written); ``head`` is ``header_size``.
+
+    For the readers of a live log (``_follow``), where a record past the end of
+    the last whole one is no damage but an append under way.
+
+    :raises BlobCacheError: a whole record of a newer format (see ``newer_format``).
+    """
+    total = len(data)
+    offset = start
+    view = memoryview(data)
+    while total - offset >= head:
+        checksum, seq, vlen, kind, tag, klen = _FIELDS.unpack_from(data, offset)
+        key_at = offset + head
+        end = key_at + klen + vlen
+        if kind not in _KINDS or tag not in _TAGS or end > total:
+            return
+        if kind == F.RECORD_VERSION and vlen != _BODY:
+            return
+        if xxhash.xxh3_64_intdigest(view[offset + _CHECKSUM : end]) & F.RECORD_CHECKSUM_MASK != (
+            checksum
+        ):
+            return
+        if head != _FIELDS.size and (data[offset + 20] or data[offset + 21]):
+            raise newer_format(path, offset, data[offset + 20], data[offset + 21])
+        yield seq, kind, tag, bytes(view[key_at : key_at + klen]), key_at + klen, end
+        offset = end
 
 
 # --- Reading --------------------------------------------------------------------------
@@ -85,12 +148,14 @@ class SegmentRead:
     cut: int = 0  # bytes of a torn tail cut off (active segment only)
     zero_tail: int = 0  # zero-filled room after the last record (active segment only)
     damaged_header: bool = False  # read anyway, with salvage: never appended to again
-    report_cut: bool = True  # False for a reader beside a live writer, mid-append maybe
+    head: int = F.RECORD_HEADER.size  # its records' header size: 20 in a format 1 segment
+    why: str = ""  # what ended the records before the end of the file, if anything did
+    inode: int = 0  # the file read: a follower starting here checks it is the same one
     problems: list[Problem] = field(default_factory=list)
 
 
 def read_segment(
-    path: str, number: int, *, active: bool, salvage: bool, readonly: bool = False
+    path: str, number: int, *, active: bool, salvage: bool
 ) -> tuple[SegmentRead, bytes]:
     """Read a segment and check its header; return its summary and its bytes,
     for ``replay`` (which fills in the summary's ``end``, ``cut`` and ``problems``).
@@ -103,7 +168,8 @@ def read_segment(
     """
     with os.fdopen(_filekinds.open_regular(path), "rb") as f:
         data = f.read()
-    info = SegmentRead(path, number, size=len(data), report_cut=not readonly)
+        inode = os.fstat(f.fileno()).st_ino
+    info = SegmentRead(path, number, size=len(data), inode=inode)
     head = F.SEGMENT_HEADER.size
     flags = header_flags(data[:head])
     if flags is None:
@@ -125,6 +191,7 @@ def read_segment(
         info.damaged_header = True
         return info, data
     info.compacted = bool(flags & F.SEGMENT_FLAG_COMPACTED)
+    info.head = header_size(data)
     return info, data
 
 
@@ -151,10 +218,11 @@ def replay(
     for the same reason.
     """
     view = memoryview(data)
-    unpack = _HEADER.unpack_from
+    unpack = _FIELDS.unpack_from
     digest = xxhash.xxh3_64_intdigest
-    mask, skip, head = F.RECORD_CHECKSUM_MASK, _CHECKSUM, _HEADER_SIZE
-    put, kinds = F.RECORD_PUT, (F.RECORD_PUT, F.RECORD_DELETE)
+    mask, skip, head = F.RECORD_CHECKSUM_MASK, _CHECKSUM, info.head
+    extra = head != _FIELDS.size  # format 2: flags and codec follow the key length
+    put, version, kinds = F.RECORD_PUT, F.RECORD_VERSION, _KINDS
     str_tag, tags = F.KEY_TAG_STR, (F.KEY_TAG_STR, F.KEY_TAG_BYTES)
     setdefault = meta.setdefault
     seq_shift, field = SEQ_SHIFT, FIELD_MASK
@@ -178,13 +246,22 @@ def replay(
                     why = "zeroed bytes where a record should start"
             elif end > total:
                 why = f"record length {end - offset} runs past the end of the file"
+            elif kind == version and vlen != F.VERSION_BODY.size:
+                why = f"a version record of {vlen} value bytes, not {F.VERSION_BODY.size}"
             elif digest(view[offset + skip : end]) & mask != checksum:
                 why = "record checksum mismatch"
             else:
-                raw = data[key_at:value_at]
-                key: Key = raw.decode() if tag == str_tag else raw
+                if extra and (data[offset + 20] or data[offset + 21]):
+                    raise newer_format(info.path, offset, data[offset + 20], data[offset + 21])
                 if seq > max_seq:
                     max_seq = seq
+                if kind == version:
+                    # Only a note for the processes following the log: the file
+                    # itself is what recovery reads (_keydir). Stale from birth.
+                    offset = end
+                    continue
+                raw = data[key_at:value_at]
+                key: Key = raw.decode() if tag == str_tag else raw
                 size = end - offset
                 packed = seq << seq_shift | in_segment | size
                 # One hash lookup for a key seen first (the common case), not two.
@@ -225,18 +302,11 @@ def _bad_record(
         return
     if active:
         # Crash policy: only the unsynced end of the active segment can be torn;
-        # everything from the first bad record on was never acknowledged. A flipped
-        # bit there looks the same (valid records may follow a torn page too), so
-        # the cut is reported, not only counted: point-in-time recovery.
+        # everything from the first bad record on was never acknowledged. The
+        # cut is the writer's to make, under the append flock, and to report
+        # (_held.attach): until then it may be an append under way elsewhere.
         info.cut = len(data) - offset  # the torn record on, zero-filled room included
-        if info.report_cut:
-            info.problems.append(
-                Problem(
-                    info.path,
-                    f"{why} at offset {offset}: cut the segment there ({info.cut} bytes), "
-                    "as a write torn by a crash",
-                )
-            )
+        info.why = why
         return
     if not salvage:
         raise CorruptionError(
@@ -292,20 +362,9 @@ def _find_records(data: bytes, tag: bytes, raw: bytes, found: dict[int, bytes | 
 
     Not shared with ``replay``, whose loop is kept flat for the speed of every open.
     """
-    view = memoryview(data)
-    total = len(data)
-    offset = F.SEGMENT_HEADER.size
-    while total - offset >= _HEADER_SIZE:
-        checksum, seq, vlen, kind, key_tag, klen = _HEADER.unpack_from(data, offset)
-        key_at = offset + _HEADER_SIZE
-        end = key_at + klen + vlen
-        if (
-            kind not in (F.RECORD_PUT, F.RECORD_DELETE)
-            or end > total
-            or xxhash.xxh3_64_intdigest(view[offset + _CHECKSUM : end]) & F.RECORD_CHECKSUM_MASK
-            != checksum
-        ):
-            return
-        if key_tag == tag and klen == len(raw) and view[key_at : key_at + klen] == raw:
-            found[seq] = data[key_at + klen : end] if kind == F.RECORD_PUT else None
-        offset = end
+    good = header_flags(data[: F.SEGMENT_HEADER.size]) is not None  # salvaged: by checksums
+    head = header_size(data) if good else _HEADER_SIZE
+    records = iter_records(data, F.SEGMENT_HEADER.size, head, "")
+    for seq, kind, key_tag, key_raw, value_at, end in records:
+        if kind != F.RECORD_VERSION and key_tag == tag and key_raw == raw:
+            found[seq] = data[value_at:end] if kind == F.RECORD_PUT else None

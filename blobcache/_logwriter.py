@@ -18,48 +18,68 @@ from __future__ import annotations
 
 import contextlib
 import os
+import stat
 import threading
 import time
+from collections.abc import Callable
 
 from . import _filekinds, _fsio
 from . import _format as F
 from ._log import segment_header, segment_name
+from ._names import Key
+from ._shared import SharedState
 from .errors import BlobCacheError
 
 
 class _Request:
     """One record waiting to be written; its thread sleeps on ``wake`` until
-    its batch is done or it is handed the lead."""
+    its batch is done or it is handed the lead. ``make(seq)`` frames the record
+    once its number is known (under the append flock); ``own`` is what the
+    index gets when the follower reaches it (see ``_follow``)."""
 
-    __slots__ = ("data", "done", "error", "offset", "segment", "wake")
+    __slots__ = ("done", "end", "error", "hint", "make", "own", "seq", "size", "wake")
 
-    def __init__(self, data: bytes) -> None:
-        self.data = data
+    def __init__(self, make: Callable[[int], tuple[bytes, object]], hint: int) -> None:
+        self.make = make
+        self.hint = hint  # about the record's size, to cut batches
         self.done = False
         self.error: BaseException | None = None
-        self.segment = 0
-        self.offset = 0
-        self.wake = threading.Lock()
-        self.wake.acquire()  # released exactly once, by whoever wakes this thread
+        self.seq = 0
+        self.end = (0, 0)  # (segment, offset just after the record)
+        self.size = 0  # the record's bytes
+        self.own: object = None
+        self.wake: threading.Lock = _NO_WAKE  # a lock of its own once queued (group commit)
+
+
+_NO_WAKE = threading.Lock()  # a request's wake until it is queued
+
+# ``STATE.pending`` while a roll is under way (see LogWriter._roll).
+ROLLING = F.MAX_SEQ
+
+# What the writer tells the follower of its own records: (segment, offset) ->
+# (seq, record size, what make() said the index gets).
+Own = dict[tuple[int, int], tuple[int, int, object]]
 
 
 class LogWriter:
-    """Appends records to the active segment; concurrent puts share writes and fdatasyncs.
+    """Appends records to the active segment, which several processes share;
+    concurrent puts of this process share writes and fdatasyncs.
 
     Group commit, as in LevelDB's writer queue: a putting thread queues its
     record; if no batch is being written it leads, otherwise it sleeps on its
     own lock. A leader takes every queued record (up to ``batch_bytes``),
-    writes them with one ``pwrite`` and makes them durable with one
-    ``fdatasync``. Then it hands the lead to the first record queued meanwhile
-    (so the next batch starts at once) and wakes the threads of its batch.
-    Each thread sleeps on a lock of its own, so a batch wakes only its own
-    threads, not every waiter. With ``sync=False`` ("os" durability) an append
-    is one ``pwrite`` under the lock, and ``sync()`` flushes later.
+    and under the store's append flock (``_shared.SharedState``) takes their
+    sequence numbers, frames them and writes them with one ``pwrite`` where the
+    last whole record ends; then it makes them durable with one ``fdatasync``
+    and marks them acknowledged (``acked``) for every process to see. Then it
+    hands the lead to the first record queued meanwhile (so the next batch
+    starts at once) and wakes the threads of its batch. With ``sync=False``
+    ("os" durability) an append is one ``pwrite`` under the lock, acknowledged
+    at once, and ``sync()`` flushes later.
 
     Failure: a failed write or fdatasync fails every put of its batch; the
-    segment is cut back to where the batch began and the next batch goes into
-    a new segment, so a put that raised never reappears after a restart and no
-    half record sits between good ones.
+    segment is cut back to where the batch began when no other process wrote
+    after it, and the next batch goes into a new segment.
     """
 
     # The file is zero-filled and fdatasynced this far ahead of the records, so
@@ -71,21 +91,16 @@ class LogWriter:
     def __init__(
         self,
         directory: str,
-        number: int,
-        fd: int,
-        offset: int,
+        state: SharedState,
         *,
         sync: bool,
         segment_bytes: int,
         batch_bytes: int = 1 << 20,
-        unsynced: bool = False,
-        allocated: int = 0,
     ) -> None:
         self.directory = directory
-        self.number = number
-        self._fd = fd
-        self._offset = offset  # where the next batch goes
-        self._allocated = max(allocated, offset)  # zero-filled and durable up to here
+        self.state = state
+        self.number = state.segment  # the segment _fd is open on
+        self._fd = _open_segment(directory, self.number)
         self._sync = sync
         self._segment_bytes = segment_bytes
         self._batch_bytes = batch_bytes
@@ -94,31 +109,38 @@ class LogWriter:
         self._leading = False  # a leader is writing a batch (it owns the file)
         self._idle = threading.Condition(self._lock)  # notified when the lead is let go
         self._failed = False  # the last batch failed: roll before writing again
-        self._unsynced = unsynced  # written bytes may lack an fdatasync
+        # Records found at open may sit only in the page cache (a crashed "os"
+        # writer): the first sync() fdatasyncs them.
+        self._unsynced = True
         self._sync_error: OSError | None = None  # a failed sync(): refuse to pretend again
         self._more = threading.Condition(self._lock)  # a record was queued
         self._expect = 0  # records the next leader may wait for (see _gather)
+        self.own: Own = {}  # this process's records the follower has yet to pass
+        # Those its writer applied itself, before the follower passed them:
+        # (segment, offset) -> (size, seq), for the follower to step over.
+        # (and for a delete its key: see Index.gone).
+        self.ahead: dict[tuple[int, int], tuple[int, int, Key | None]] = {}
 
-    @classmethod
-    def create(cls, directory: str, number: int, *, sync: bool, segment_bytes: int) -> LogWriter:
-        fd = create_segment(directory, number, flags=0)
-        return cls(
-            directory, number, fd, F.SEGMENT_HEADER.size, sync=sync, segment_bytes=segment_bytes
-        )
-
-    def append(self, record: bytes) -> tuple[int, int]:
-        """Write ``record``; return (segment number, offset) once it is acknowledged.
+    def append(
+        self, make: Callable[[int], tuple[bytes, object]], hint: int
+    ) -> tuple[int, int, int, int]:
+        """Write the record ``make(seq)`` frames; return (seq, segment, offset,
+        size) once it is acknowledged.
 
         With ``sync`` that is after the fdatasync of its batch: it survives power
         loss. Without, after the write: it survives a crash of this process.
         """
-        if not self._sync:
+        request = _Request(make, hint)
+        if not self._sync:  # no queue, no lead: the request is never slept on
             with self._lock:
                 while self._leading:  # a roll() by compaction
                     self._idle.wait()
-                self._write([record])
-                return self.number, self._offset - len(record)
-        request = _Request(record)
+                self._write([request], acknowledge=True)
+            if request.error is not None:
+                raise request.error
+            return request.seq, request.end[0], request.end[1] - request.size, request.size
+        request.wake = threading.Lock()
+        request.wake.acquire()  # released exactly once, by whoever wakes this thread
         with self._lock:
             self._queue.append(request)
             lead = not self._leading
@@ -133,7 +155,7 @@ class LogWriter:
             self._lead()
         if request.error is not None:
             raise request.error
-        return request.segment, request.offset
+        return request.seq, request.end[0], request.end[1] - request.size, request.size
 
     def _lead(self) -> None:
         """Write the queued records as one batch and fdatasync them; then pass
@@ -143,23 +165,24 @@ class LogWriter:
             batch: list[_Request] = []
             size = 0
             queue, limit = self._queue, self._batch_bytes
-            while queue and (not batch or size + len(queue[0].data) <= limit):
+            while queue and (not batch or size + queue[0].hint <= limit):
                 batch.append(queue.pop(0))
-                size += len(batch[-1].data)
+                size += batch[-1].hint
         error: BaseException | None = None
-        number = start = 0
+        span: tuple[int, int, int] | None = None
         try:
-            number, start = self._write([r.data for r in batch])
-            _fsio.fdatasync(self._fd)
+            span = self._write(batch, acknowledge=False)
+            if span is not None:
+                _fsio.fdatasync(self._fd)
+                self._acknowledge(span)
         except BaseException as exc:  # every put of the batch fails with it
             error = exc
-            if number:
-                self._undo(start)
-        offset = start
+            if span is not None:
+                self._undo(span)
         for request in batch:
-            request.segment, request.offset, request.error = number, offset, error
             request.done = True
-            offset += len(request.data)
+            if error is not None and request.error is None:
+                request.error = error
         with self._lock:
             if error is None and not self._queue:
                 self._unsynced = False
@@ -195,47 +218,150 @@ class LogWriter:
                     break
         self._expect = 0
 
-    def _write(self, records: list[bytes]) -> tuple[int, int]:
-        """pwrite ``records`` at the end of the active segment; return (segment, offset).
+    def _write(self, batch: list[_Request], *, acknowledge: bool) -> tuple[int, int, int] | None:
+        """Under the append flock: number and frame the records of ``batch`` and
+        pwrite them where the active segment's last whole record ends; return
+        (segment, start, end), or None when no record was framed (each request
+        whose ``make`` raised carries its error).
 
         Rolls over first when they would overflow the segment or the last batch
         failed; zero-fills ahead first when they would pass the preallocation.
+        With ``acknowledge`` ("os"), the records are acknowledged at once.
         REQUIRES: this thread owns the file (lead, or the lock with ``sync=False``).
         """
-        data = records[0] if len(records) == 1 else b"".join(records)
-        start = self._offset
-        full = start > F.SEGMENT_HEADER.size and start + len(data) > self._segment_bytes
-        if self._failed or full:
-            self._roll(self.number + 1)
-            start = self._offset
-        if start + len(data) > self._allocated:
-            self._extend(start + len(data))
-        try:
-            _fsio.pwrite_all(self._fd, data, start)
-        except BaseException:
-            self._undo(start)
-            raise
-        self._offset = start + len(data)
-        self._unsynced = True
-        return self.number, start
+        state = self.state
+        with state.locked():
+            first, segment, start, _, pending, allocated, _ = state.fields()
+            if segment != self.number or pending == ROLLING:
+                self._follow_roll()
+                if state.pending == ROLLING:  # its roller died midway
+                    self._finish_roll()
+                first, _, start, _, pending, allocated, _ = state.fields()
+            if first + len(batch) > F.MAX_SEQ:
+                raise BlobCacheError(f"sequence numbers are exhausted (next would be {first})")
+            # Taken before anything is written: a number is never handed out twice,
+            # even by a process killed right after this.
+            state.next_seq = first + len(batch)
+            records: list[tuple[_Request, bytes]] = []
+            for seq, request in enumerate(batch, first):
+                try:
+                    data, request.own = request.make(seq)
+                except BaseException as exc:  # this put fails alone
+                    request.error = exc
+                    continue
+                request.seq = seq
+                records.append((request, data))
+            if not records:
+                return None
+            data = records[0][1] if len(records) == 1 else b"".join(d for _, d in records)
+            full = start > F.SEGMENT_HEADER.size and start + len(data) > self._segment_bytes
+            if self._failed or full:
+                self._roll()
+                _, _, start, _, pending, allocated, _ = state.fields()
+            end = start + len(data)
+            if end > allocated:
+                self._extend(end)
+                allocated = state.allocated
+            # Past `start`: an appender died there mid-write (within the room it
+            # had zero-filled: STATE is a hint, never trusted past the file).
+            dead = min(pending, allocated)
+            state.pending = end
+            try:
+                _fsio.pwrite_all(self._fd, data, start)
+                if dead > end:  # its bytes would read as a record after ours
+                    _fsio.pwrite_all(self._fd, bytes(dead - end), end)
+            except BaseException:
+                # What the write left past `start` is a failed append's: `pending`
+                # says so until it is cut (here, or by the roll the next batch makes).
+                state.pending = max(end, dead)
+                self._failed = True
+                with contextlib.suppress(OSError):
+                    _fsio.truncate(self._fd, start)
+                    state.pending = start
+                    state.allocated = min(allocated, start)
+                raise
+            number, own, offset = self.number, self.own, start
+            for request, record in records:
+                size = len(record)
+                own[(number, offset)] = (request.seq, size, request.own)
+                offset += size
+                request.end, request.size = (number, offset), size
+            state.set_appended(end, acked=acknowledge)
+            self._unsynced = True
+            return number, start, end
 
-    def _undo(self, start: int) -> None:
-        """After a failed write or fdatasync: cut the segment back to ``start`` and
-        roll to a new segment before the next write."""
+    def claim(self, segment: int, offset: int, *, gone: Key | None = None) -> bool:
+        """Whether this process's record at (segment, offset) is its writer's to
+        apply to the index, not the follower's, which took it first otherwise
+        (one of the two applies each record, once: a dict's pop is atomic).
+        ``gone``: the key, for a delete (the follower clears ``Index.gone``)."""
+        mine = self.own.pop((segment, offset), None)
+        if mine is None:
+            return False
+        seq, size, _change = mine
+        self.ahead[(segment, offset)] = (size, seq, gone)
+        return True
+
+    def _acknowledge(self, span: tuple[int, int, int]) -> None:
+        """After the fdatasync of ``span``: let every process see it (and what it
+        covered). A roll since sealed it, with an fdatasync: all of it is seen."""
+        number, _start, end = span
+        state = self.state
+        with state.locked():
+            if state.segment == number and state.acked < end:
+                state.acked = end
+
+    def _undo(self, span: tuple[int, int, int]) -> None:
+        """After a failed fdatasync: cut the segment back to where the batch began
+        if nothing was written after it since, and roll before the next write.
+
+        The batch is taken off the log first (``appended`` back to its start), so
+        even if the cut fails no follower reads it, and the roll cuts it then.
+        If another process appended after it the records stay: they were never
+        acknowledged, yet every process will read them (a failed fdatasync with
+        another writer in between: see FORMAT.md, "Several processes").
+        """
+        number, start, end = span
+        state = self.state
         self._failed = True
-        # If the cut fails too, the roll's fdatasync still seals what is there and
-        # recovery meets the torn bytes; nothing better is possible here.
-        with contextlib.suppress(OSError):
-            _fsio.truncate(self._fd, start)
-        self._offset = start
+        with state.locked():
+            for key in [k for k in self.own if k[0] == number and start <= k[1] < end]:
+                del self.own[key]
+            if state.segment == number and state.appended == end:
+                state.appended = start
+                state.pending = end  # what is past `start` is a dead append's
+                with contextlib.suppress(OSError):
+                    _fsio.truncate(self._fd, start)
+                    state.pending = start
+                    state.allocated = min(state.allocated, start)
+
+    def _cut_failed(self) -> None:
+        """Cut what a failed batch whose cut failed left past the last whole record
+        (``_undo``), if the segment is still the active one: else its sealer did."""
+        state = self.state
+        with state.locked():
+            if state.segment == self.number and state.pending > state.appended:
+                _fsio.truncate(self._fd, state.appended)
+                state.pending = state.allocated = state.appended
+
+    def _follow_roll(self) -> None:
+        """Point ``_fd`` at the active segment, which another process may have
+        started. REQUIRES: the append flock; this thread owns the file."""
+        number = self.state.segment
+        if number != self.number:
+            fd = _open_segment(self.directory, number)
+            os.close(self._fd)
+            self._fd, self.number, self._failed = fd, number, False
 
     def _extend(self, end: int) -> None:
         """Zero-fill the file up to ``end`` and ``PREALLOCATE`` beyond, within the
-        segment's size, durably. REQUIRES: this thread owns the file."""
-        target = max(end, min(self._offset + self.PREALLOCATE, self._segment_bytes))
-        _fsio.pwrite_all(self._fd, bytes(target - self._allocated), self._allocated)
+        segment's size, durably. REQUIRES: the append flock; this thread owns the file."""
+        state = self.state
+        allocated = state.allocated
+        target = max(end, min(state.appended + self.PREALLOCATE, self._segment_bytes))
+        _fsio.pwrite_all(self._fd, bytes(target - allocated), allocated)
         self._fdatasync()
-        self._allocated = target
+        state.allocated = target
 
     def _fdatasync(self) -> None:
         """fdatasync the active segment outside a batch. REQUIRES: this thread owns
@@ -249,13 +375,19 @@ class LogWriter:
             raise
         self._unsynced = False
 
-    def sync(self) -> None:
-        """fdatasync the active segment if anything written may lack one."""
+    def sync(self, *, force: bool = False) -> None:
+        """fdatasync the segment this process last wrote if anything written may
+        lack one (a segment sealed since was fdatasynced by its sealer); with
+        ``force``, the active one whoever wrote it."""
         with self._lock:
             while self._leading:
                 self._idle.wait()
             if self._sync_error is not None:
                 raise _fsio.earlier_sync_failed(self.directory, self._sync_error)
+            if force:
+                with self.state.locked():
+                    self._follow_roll()
+                self._unsynced = True
             if self._unsynced:
                 self._fdatasync()
 
@@ -269,35 +401,82 @@ class LogWriter:
         with self._lock:
             while self._leading:
                 self._idle.wait()
-            self._roll(self.number + 1)
+            with self.state.locked():
+                self._follow_roll()
+                if self.state.pending == ROLLING:
+                    self._finish_roll()
+                self._roll()
             return self.number
 
-    def _roll(self, number: int) -> None:
-        """Seal: cut the zero-filled room off, fdatasync (whatever the durability
-        level, so a sealed segment is never torn), then create ``number``.
+    def _roll(self) -> None:
+        """Seal: cut the file at its last whole record (the zero-filled room, and
+        what a writer killed mid-append left), fdatasync (whatever the durability
+        level, so a sealed segment is never torn), then create the next segment.
 
-        REQUIRES: this thread owns the file.
+        ``pending`` says ``ROLLING`` from the start until every other field names
+        the new segment: an appender that finds it so (the roller died) finishes
+        the roll before it writes (``_finish_roll``), so nothing is appended to a
+        segment once its successor may exist (recovery would take it as sealed,
+        and its torn tail as damage), and no field is trusted half changed.
+        REQUIRES: the append flock; this thread owns the file.
         """
-        if self._allocated > self._offset:  # a sealed segment ends at its last record
-            _fsio.truncate(self._fd, self._offset)
+        state = self.state
+        state.pending = ROLLING
+        if os.fstat(self._fd).st_size != state.appended:
+            _fsio.truncate(self._fd, state.appended)
         self._fdatasync()
+        self._start_successor()
+
+    def _start_successor(self) -> None:
+        """Create the segment after the sealed one and point ``STATE`` at it, the
+        new segment's ``acked`` before its number (a reader takes `acked` as the
+        segment's it read with it), ``pending`` last. REQUIRES: as ``_roll``."""
+        state = self.state
+        number = self.number + 1
         new_fd = create_segment(self.directory, number, flags=0)
         os.close(self._fd)
-        self._fd, self.number, self._offset = new_fd, number, F.SEGMENT_HEADER.size
-        self._allocated = self._offset
-        self._failed = False
+        self._fd, self.number, self._failed = new_fd, number, False
+        head = F.SEGMENT_HEADER.size
+        state.appended = state.acked = state.allocated = head
+        state.segment = number
+        state.pending = head
+
+    def _finish_roll(self) -> None:
+        """Finish the roll of a process that died midway (``pending`` is
+        ``ROLLING``). REQUIRES: as ``_roll``, after ``_follow_roll``."""
+        state = self.state
+        head = F.SEGMENT_HEADER.size
+        successor = os.path.join(self.directory, segment_name(self.number + 1))
+        try:
+            made = stat.S_ISREG(os.lstat(successor).st_mode)
+        except FileNotFoundError:
+            made = False
+        if made:
+            # Killed once it was making the successor: the sealed segment was cut
+            # and fdatasynced before, and nothing was written to the successor
+            # (STATE never named it), whose header may be torn: made anew.
+            _fsio.unlink(successor)
+            self._start_successor()
+        elif state.appended == head and os.fstat(self._fd).st_size == head:
+            state.pending = head  # killed after naming the new segment: nothing left
+        else:
+            self._roll()  # killed before making the successor: all of it again
 
     def close(self) -> None:
         with self._lock:
             while self._leading:
                 self._idle.wait()
             try:
-                if self._failed:  # _undo's cut failed too: the failed batch is still there
-                    _fsio.truncate(self._fd, self._offset)
+                if self._failed:
+                    self._cut_failed()
                 if self._unsynced:
                     self._fdatasync()
             finally:
                 os.close(self._fd)
+
+
+def _open_segment(directory: str, number: int) -> int:
+    return _filekinds.open_regular(os.path.join(directory, segment_name(number)), os.O_RDWR)
 
 
 def create_segment(directory: str, number: int, *, flags: int) -> int:
@@ -323,24 +502,5 @@ def create_segment(directory: str, number: int, *, flags: int) -> int:
     except BaseException:
         os.close(fd)
         _fsio.discard(path)
-        raise
-    return fd
-
-
-def open_active(directory: str, number: int, end: int, zero_tail: int) -> int:
-    """Reopen the active segment for writing after recovery, cutting a torn tail.
-
-    The cut is made durable before any new record is written after it, so a
-    later power cut cannot bring torn bytes back between good records. A tail of
-    zeros only is kept: it is room the writer zero-filled ahead.
-    """
-    path = os.path.join(directory, segment_name(number))
-    fd = _filekinds.open_regular(path, os.O_RDWR)
-    try:
-        if os.fstat(fd).st_size != end + zero_tail:
-            _fsio.truncate(fd, end)
-            _fsio.fsync_file(fd)
-    except BaseException:
-        os.close(fd)
         raise
     return fd

@@ -19,8 +19,8 @@ from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from . import _filekinds, _fsio, _log, _mapping
 from . import _format as F
+from . import _log, _mapping, _storedir
 from . import _names as N
 from ._keydir import Record
 from ._problems import Problem
@@ -179,16 +179,8 @@ def store_stats(path: str, *, top: int = 5, salvage: bool = False) -> StoreStats
 
 
 def writer_running(path: str) -> bool:
-    """Whether a process holds the store's writer lock (this one does not take it)."""
-    lock = os.path.join(path, F.LOCK_NAME)
-    try:
-        fd = _filekinds.open_regular(lock, unlisted=True)  # a FIFO there must not hang stats
-    except FileNotFoundError:
-        return False
-    try:
-        return not _fsio.try_lock(fd)  # a lock we take is released by the close
-    finally:
-        os.close(fd)
+    """Whether a process holds the store's lock (this one does not take it)."""
+    return _storedir.handles_open(path)
 
 
 def verify(path: str, *, progress: Callable[[str, int], Progress] = Progress) -> list[Problem]:

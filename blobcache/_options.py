@@ -29,7 +29,10 @@ class Options:
     are in the kernel when ``put`` returns; a background thread fsyncs them every
     ``sync_interval`` seconds, and ``sync()`` does it on demand. A power cut may
     lose puts made since the last sync (never a value that was synced). About
-    130,000 small puts a second on the reference machine."""
+    90,000 small puts a second from one process on the reference machine
+    (``tools/bench.py --only processes``, 2026-12-01; 130,000 before several
+    processes could write a store: the append's flock and shared state cost
+    about 4 us a put)."""
 
     sync_interval: float = 1.0
     """Seconds between background fsyncs with ``durability="os"`` (ignored with
@@ -99,6 +102,14 @@ class Options:
     tests, say); the guarantees are then that file system's. A ``readonly=True``
     handle is never refused: it changes nothing, so it cannot corrupt."""
 
+    refresh_interval: float = 0.05
+    """Seconds between catching up with the puts and deletes of other processes
+    (default 50 ms): a hit may serve a value that long out of date. A miss, and
+    ``refresh()``, always catch up first, so a put acknowledged in another
+    process is never reported missing. Catching up when nothing changed costs
+    a look at the mapped ``STATE`` (about a microsecond); shorter intervals cost
+    a background wake-up each."""
+
     def __post_init__(self) -> None:
         if self.durability not in DURABILITY_LEVELS:
             raise ValueError(
@@ -106,6 +117,7 @@ class Options:
                 f"got {self.durability!r}"
             )
         _check_seconds("sync_interval", self.sync_interval)
+        _check_seconds("refresh_interval", self.refresh_interval)
         if self.gc_interval is not None:
             _check_seconds("gc_interval", self.gc_interval)
         for name in ("verify_on_get", "salvage", "readonly", "trust_filesystem"):

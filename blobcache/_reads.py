@@ -62,6 +62,7 @@ class Reads:
                 # Never through a link, never a FIFO: see _filekinds.open_regular.
                 return os.fdopen(_filekinds.open_regular(record.path), "rb")
             except FileNotFoundError:
+                self.writes.follower.catch_up()  # replaced in another process, maybe
                 if self.writes.index.values.stored(key) is value:
                     raise CorruptionError(
                         record.path,
@@ -83,8 +84,10 @@ class Reads:
                 mapped = _mapping.map_version(value.record, check=writes.options.verify_on_get)
             except CorruptionError as damage:
                 # get takes no lock: between its lookup and this open, another
-                # thread may have replaced the key and the janitor removed the old
-                # file. Only a value that is still live is really damaged.
+                # thread (or process: caught up with first) may have replaced the
+                # key and a janitor removed the old file. Only a value that is
+                # still live is really damaged.
+                writes.follower.catch_up()
                 current = writes.index.values.stored(key)
                 if current is value:
                     if writes.held.writer is None or writes.held.inherited():

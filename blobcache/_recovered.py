@@ -41,6 +41,10 @@ class Recovered:
     problems: list[Problem] = field(default_factory=list)
     temps_removed: int = 0
     readonly: bool = False  # beside a live writer: read, never change a file
+    # (segment, offset) the log is read up to in that segment: beside live
+    # handles, the end of what STATE says was appended (what lies past it is an
+    # append under way, or a dead or failed one, and never anyone's to serve).
+    bound: tuple[int, int] | None = None
 
 
 def damage(result: Recovered, path: str, why: str, *, salvage: bool) -> Problem:

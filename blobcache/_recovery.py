@@ -10,6 +10,7 @@ and falls back to the newest usable version of that key. What it found is a
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import gc
 import logging
@@ -30,15 +31,22 @@ from .errors import CorruptionError
 log = logging.getLogger("blobcache")
 
 
-def recover(root: str, *, salvage: bool = False, readonly: bool = False) -> Recovered:
+def recover(
+    root: str,
+    *,
+    salvage: bool = False,
+    readonly: bool = False,
+    bound: tuple[int, int] | None = None,
+) -> Recovered:
     """Scan every key directory and the log; keep, per key, the highest-numbered record.
 
-    REQUIRES: the caller holds the writer lock (so no temp file is in use by us),
-    or ``readonly``: then no file is changed (no temp file or replaced segment
-    removed, no cut reported: a live writer may be mid-append), and a file that
-    vanishes meanwhile raises FileNotFoundError (the caller reads again).
+    Other processes may be writing meanwhile: a file that vanishes (compaction,
+    the janitor) raises FileNotFoundError (the caller reads again), and a torn
+    tail of the active segment is only noted (``SegmentRead.cut``), for the
+    writer to cut under the append flock. With ``readonly`` no file is changed
+    (no temp file or replaced segment removed).
     """
-    result = Recovered(readonly=readonly)
+    result = Recovered(readonly=readonly, bound=bound)
     blobs = os.path.join(root, F.BLOBS_DIR)
     blob_live: dict[N.Key, Record] = {}
     # Building the index makes an object or two per record and frees none: the
@@ -113,8 +121,9 @@ def _replay_log(
             number,
             active=active,
             salvage=salvage,
-            readonly=result.readonly,
         )
+        if result.bound is not None and result.bound[0] == number:
+            data = data[: max(result.bound[1], F.SEGMENT_HEADER.size)]
         if data:
             seen = _log.replay(
                 data,
@@ -130,15 +139,30 @@ def _replay_log(
         result.segments.append(info)
         result.segment_total[number] = info.end - F.SEGMENT_HEADER.size if data else 0
         result.problems.extend(info.problems)
-        result.torn_bytes += info.cut
+        if result.readonly:
+            result.torn_bytes += info.cut  # a writer counts what it cuts (_held._cut)
     result.max_seq = max_seq
     _check_no_gap(logdir, listed, floor, result, salvage=salvage)
     replaced = [n for n in listed if n < floor] if not result.readonly else []
-    for number in replaced:
-        _fsio.unlink(os.path.join(logdir, _log.segment_name(number)))
     if replaced:
-        _fsio.fsync_dir(logdir)
+        _remove_replaced(os.path.dirname(logdir), logdir, replaced)
     return values, meta
+
+
+def _remove_replaced(root: str, logdir: str, numbers: list[int]) -> None:
+    """Delete the segments a COMPACTED one replaced (its compaction was killed
+    before it deleted them), unless a compaction is running in another process:
+    then they are its to delete (it lists them as inputs too)."""
+    held = _fsio.lock_file(os.path.join(root, F.COMPACT_NAME))
+    if held is None:
+        return
+    try:
+        for number in numbers:
+            with contextlib.suppress(FileNotFoundError):
+                _fsio.unlink(os.path.join(logdir, _log.segment_name(number)))
+        _fsio.fsync_dir(logdir)
+    finally:
+        _fsio.unlock(held)
 
 
 def _check_no_gap(
@@ -154,8 +178,8 @@ def _check_no_gap(
 
     :raises CorruptionError: a segment is missing, unless ``salvage``: then it is
         reported, on the segment after the gap too, so ``gc()`` rewrites the log.
-    :raises FileNotFoundError: ``readonly`` and the listing changed meanwhile
-        (a live writer rolled or compacted): the caller reads again.
+    :raises FileNotFoundError: the listing changed meanwhile (a live writer
+        rolled or compacted): the caller reads again.
     """
     gaps: list[tuple[int, int]] = []
     expected = floor or 1
@@ -165,7 +189,7 @@ def _check_no_gap(
         expected = info.number + 1
     if not gaps:
         return
-    if result.readonly and _segment_numbers(logdir, Recovered(readonly=True)) != listed:
+    if _segment_numbers(logdir, Recovered(readonly=True)) != listed:
         raise FileNotFoundError(errno.ENOENT, "log segments came or went while read", logdir)
     names = ", ".join(
         _log.segment_name(a) if a == b else f"{_log.segment_name(a)} to {_log.segment_name(b)}"

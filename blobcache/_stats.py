@@ -60,7 +60,7 @@ class Stats:
             keys=len(values),
             live_bytes=sum(map(length, values)),
             inline_keys=sum(1 for v in values if type(v) is not Mapped),
-            next_seq=writes.seq.peek(),
+            next_seq=writes.next_seq(),
             segments=segments,
             log_record_bytes=total,
             log_stale_bytes=stale,

@@ -13,8 +13,10 @@ At open, ``missing_dirs`` judges a blobs/ or log/ that is gone by the invariant
 
 from __future__ import annotations
 
+import fcntl
 import os
 import stat
+import time
 
 from . import _filekinds, _filesystems, _fsio, _log
 from . import _format as F
@@ -24,16 +26,17 @@ from ._recovered import Recovered, damage
 from .errors import BlobCacheError, CorruptionError, LockedError
 
 
-def open_store(root: str, *, trust_filesystem: bool = False) -> int:
-    """Create or check the store directory, then take the writer lock; return its fd
-    (``_fsio.unlock`` releases it).
+def open_store(root: str, *, trust_filesystem: bool = False) -> tuple[int, bool]:
+    """Create or check the store directory, then take the store's lock, shared;
+    return its fd (``_fsio.unlock`` releases it) and whether no other handle had
+    the store open then (so ``STATE`` may be older than the log: see ``_held``).
 
     :param trust_filesystem: skip the refusal of NFS, SMB, FUSE and the like.
     :raises UnsafeFilesystemError: ``root`` is (or would be made) on a file
         system where flock or fsync may not hold (nothing is made or changed).
     :raises BlobCacheError: ``root`` is not a directory, or is a non-empty
         directory that is not a blobcache store (nothing is written into it).
-    :raises LockedError: another handle holds the store for writing.
+    :raises LockedError: blobcache 0.1's writer holds the store alone.
     :raises PermissionError: the store (or its parent) may not be read or written.
     """
     exists = _exists(root)
@@ -56,7 +59,24 @@ def open_store(root: str, *, trust_filesystem: bool = False) -> int:
     _fsio.fsync_dir(os.path.dirname(root))
     _fsio.fsync_dir(root)
     lock_path = os.path.join(root, F.LOCK_NAME)
+    # Shared: any number of handles, in any processes, write at once. Held
+    # exclusively only for an instant by a probe (`_maintenance.writer_running`)
+    # and by blobcache 0.1's one writer.
+    # Exclusive first, if nobody has the store open, then shared (two opens that
+    # both find themselves alone that way are harmless: see _held._settle).
     fd = _fsio.lock_file(lock_path)
+    alone = fd is not None
+    if fd is not None:
+        fcntl.flock(fd, fcntl.LOCK_SH)
+    else:
+        fd = _fsio.lock_file(lock_path, shared=True)
+    for _ in range(LOCK_ATTEMPTS):
+        if fd is not None:
+            break
+        # `blobcache stats | gc | verify` take it exclusively for an instant, to
+        # tell whether any handle is open: wait that out, not a real holder.
+        time.sleep(LOCK_RETRY_SECONDS)
+        fd = _fsio.lock_file(lock_path, shared=True)
     if fd is None:
         raise LockedError(lock_path)
     try:
@@ -68,7 +88,28 @@ def open_store(root: str, *, trust_filesystem: bool = False) -> int:
     except BaseException:
         _fsio.unlock(fd)
         raise
-    return fd
+    return fd, alone
+
+
+# How long an open waits out an exclusive holder of LOCK before LockedError:
+# 50 x 2 ms, far longer than a probe holds it, far shorter than a user waits.
+LOCK_ATTEMPTS = 50
+LOCK_RETRY_SECONDS = 0.002
+
+
+def handles_open(root: str) -> bool:
+    """Whether some handle has the store open for writing (holds ``LOCK``): asked
+    by taking it exclusively for an instant (a writer opening meanwhile waits
+    that out: ``LOCK_ATTEMPTS``)."""
+    lock = os.path.join(root, F.LOCK_NAME)
+    try:
+        fd = _filekinds.open_regular(lock, unlisted=True)  # a FIFO there must not hang us
+    except FileNotFoundError:
+        return False
+    try:
+        return not _fsio.try_lock(fd)  # a lock we take is released by the close
+    finally:
+        os.close(fd)
 
 
 def check_store(root: str) -> None:
@@ -109,12 +150,24 @@ def has_marker(root: str) -> bool:
         content = os.read(fd, len(F.MARKER_CONTENT) + 1)
     finally:
         os.close(fd)
-    if content != F.MARKER_CONTENT:
+    if content not in (F.MARKER_CONTENT, F.MARKER_CONTENT_V1):
         raise BlobCacheError(
             f"{marker} says {content[:40]!r}, not {F.MARKER_CONTENT!r}: this store was "
             "written by another blobcache format version, or the file is damaged"
         )
     return True
+
+
+def marker_is_v1(root: str) -> bool:
+    """Whether the store's marker says format 1 (REQUIRES: ``has_marker``)."""
+    with open(os.path.join(root, F.MARKER_NAME), "rb") as f:
+        return f.read(len(F.MARKER_CONTENT_V1) + 1) == F.MARKER_CONTENT_V1
+
+
+def upgrade_marker(root: str) -> None:
+    """Say format 2 in the marker, durably, before the first format 2 segment is
+    made: blobcache 0.1 then refuses the store instead of misreading it."""
+    _fsio.write_file_atomically(root, F.MARKER_NAME, F.MARKER_CONTENT, replacing=True)
 
 
 def _exists(path: str) -> bool:

@@ -28,6 +28,7 @@ from . import _blob, _fsio, _keydir, _log
 from . import _format as F
 from . import _names as N
 from ._buffers import read_chunks
+from ._follow import Change, Follower
 from ._held import Held
 from ._index import IN_A_FILE, Index, Mapped, pack
 from ._keydir import Record
@@ -37,6 +38,8 @@ from ._problems import Problem
 from .errors import BlobCacheError, ClosedError, CorruptionError, ReadOnlyError
 
 log = logging.getLogger("blobcache")
+
+_RECORD_HEAD = F.RECORD_HEADER.size
 
 # Puts of one key are serialised by its stripe lock, held through a small
 # value's durable append (and a large one's rename and directory fsync): 1024
@@ -73,12 +76,12 @@ class Writes:
         self.held = held
         self.index = index
         self.key_dirs = key_dirs  # directories whose key file is there
-        self.seq = Sequence(recovered_max_seq + 1)
         self.stripes = [threading.Lock() for _ in range(STRIPES)]
         self.tree_lock = threading.Lock()
         self.closed = False  # set by close() with every stripe held
         self.warnings: list[Problem] = []  # to log once no lock is held: warn_unlocked
-        self.pid = os.getpid()
+        self.follower: Follower  # set by the handle, which makes it after this
+        self.recovered_next = recovered_max_seq + 1
         writer = held.writer
         self.active_seen = writer.number if writer is not None else 0
 
@@ -88,6 +91,11 @@ class Writes:
             raise ReadOnlyError(self.path)
         return self.held.writer
 
+    def next_seq(self) -> int:
+        """The sequence number the next put of any process takes."""
+        state = self.held.state
+        return state.next_seq if state is not None else self.recovered_next
+
     # --- locks -------------------------------------------------------------------
 
     def writing(self, digest: str) -> StripeGuard:
@@ -96,20 +104,10 @@ class Writes:
         return StripeGuard(self, self.stripes[int(digest[:3], 16) % STRIPES])
 
     def check_writer(self) -> None:
-        """Refuse to change the store through a readonly handle, or through one
-        inherited across fork: the parent still writes through its own copy, and a
-        child's gc() would cut the parent's active segment back to where it stood
-        at the fork, then delete it with every put acknowledged since."""
+        """Refuse to change the store through a readonly handle. (A handle
+        inherited across fork opens the store anew first: ``BlobCache._here``.)"""
         if self.held.writer is None:
             raise ReadOnlyError(self.path)
-        if self.held.inherited():
-            raise BlobCacheError(
-                f"this BlobCache handle for {self.path} was opened by process {self.pid} "
-                f"and inherited by a fork (this is process {os.getpid()}): it reads, but "
-                f"only process {self.pid} changes the store through it (put, delete, gc, "
-                "sync); open a handle in this process: BlobCache(path, readonly=True) "
-                f"beside process {self.pid}'s writer, or BlobCache(path) once it has closed"
-            )
 
     @contextlib.contextmanager
     def all_stripes(self) -> Iterator[None]:
@@ -136,29 +134,51 @@ class Writes:
                 return
             log.warning("blobcache: %s", note)
 
-    # --- publishing ----------------------------------------------------------------
+    # --- appending -----------------------------------------------------------------
+
+    # A put or delete applies its own record to the index once acknowledged
+    # (``LogWriter.claim``), without reading what other processes appended
+    # before it: the follower does that later, passing over records older than
+    # the index's (``Index.publish``, ``Index.gone``). If the follower got to
+    # the record first (compaction makes it), it applied it.
 
     def _stale(self, old_segment: int | None) -> bool:
         """Whether a publish that superseded a record of ``old_segment`` made a
-        sealed segment staler (or the log rolled over): compaction may be due."""
+        sealed segment staler (or the log rolled): compaction may be due."""
         active = self.log.number
         rolled, self.active_seen = active != self.active_seen, active
         return rolled or (old_segment is not None and old_segment != active)
 
+    def _mine(self, segment: int, offset: int, size: int, *, gone: N.Key | None = None) -> bool:
+        """Whether this put's record is its own to apply to the index (else the
+        follower applied it): the follower stands right at it (all there is
+        with one process), or the follower will step over it (``claim``)."""
+        if self.follower.passed_own(segment, offset, size):
+            return True
+        return self.log.claim(segment, offset, gone=gone)
+
     def put_inline(self, key: N.Key, tag: bytes, raw: bytes, value: bytes) -> bool:
         """REQUIRES: the key's stripe lock. Returns whether a sealed segment got staler."""
-        seq = self.seq.take()
-        record = _log.encode_record(seq, F.RECORD_PUT, tag, raw, value)
-        segment, _offset = self.log.append(record)
-        return self._stale(self.index.publish(key, value, pack(seq, segment, len(record))))
+        change = Change(key, value)
+        seq, segment, offset, size = self.log.append(
+            lambda seq: (_log.encode_record(seq, F.RECORD_PUT, tag, raw, value), change),
+            _RECORD_HEAD + len(raw) + len(value),
+        )
+        if not self._mine(segment, offset, size):
+            return False
+        return self._stale(self.index.publish(key, value, pack(seq, segment, size)))
 
     def delete(self, key: N.Key, tag: bytes, raw: bytes, keydir: str) -> bool:
         """REQUIRES: the key's stripe lock. Returns whether a sealed segment got staler."""
-        seq = self.seq.take()
-        record = _log.encode_record(seq, F.RECORD_DELETE, tag, raw, b"")
-        segment, _offset = self.log.append(record)
         has_dir = keydir if keydir in self.key_dirs else None
-        return self._stale(self.index.publish_delete(key, seq, segment, len(record), has_dir))
+        change = Change(key, None, has_dir)
+        seq, segment, offset, size = self.log.append(
+            lambda seq: (_log.encode_record(seq, F.RECORD_DELETE, tag, raw, b""), change),
+            _RECORD_HEAD + len(raw),
+        )
+        if not self._mine(segment, offset, size, gone=key):
+            return False
+        return self._stale(self.index.publish_delete(key, seq, segment, size, has_dir, ahead=True))
 
     def put_blob(
         self, key: N.Key, tag: bytes, raw: bytes, stripe: Stripe, data: memoryview
@@ -203,8 +223,31 @@ class Writes:
             write(keydir, sync) as temp,  # no lock held
             stripe,
         ):
-            record = temp.publish(self.seq.take())
-            return self._publish_blob(key, keydir, record)
+            named: list[Record] = []
+
+            def make(seq: int) -> tuple[bytes, Change]:
+                # Under the append flock, before its record: named, and with
+                # "fsync" the name durable, so no process ever reads a record
+                # naming a file a power cut could take away.
+                named.append(temp.name(seq))
+                temp.publish(named[0])  # a failure removes the file: this put fails alone
+                note = _log.encode_version(seq, tag, raw, temp.length, temp.checksum)
+                return note, Change(key, Mapped(named[0]))
+
+            try:
+                seq, segment, offset, size = self.log.append(
+                    make, _RECORD_HEAD + len(raw) + F.VERSION_BODY.size
+                )
+            except BaseException:
+                if named:  # named, but the put fails: it must not win at the next open
+                    _fsio.discard(named[0].path)
+                raise
+            if not sync:
+                self.held.owed.owe_file(named[0].path, keydir)
+            if not self._mine(segment, offset, size):
+                return False
+            self.index.book_stale(segment, size)  # a version's note is never live
+            return self._stale(self.index.publish(key, Mapped(named[0]), pack(seq, IN_A_FILE, 0)))
 
     def put_chunks(
         self, tag: bytes, raw: bytes, stripe: StripeGuard, chunks: Iterable[memoryview]
@@ -253,12 +296,6 @@ class Writes:
                 stripe,
                 lambda keydir, sync: _blob.write_version_copy(keydir, fd, size, sync=sync),
             )
-
-    def _publish_blob(self, key: N.Key, keydir: str, record: Record) -> bool:
-        """REQUIRES: the key's stripe lock. Returns whether a sealed segment got staler."""
-        if self.options.durability != "fsync":
-            self.held.owed.owe_file(record.path, keydir)
-        return self._stale(self.index.publish(key, Mapped(record), pack(record.seq, IN_A_FILE, 0)))
 
     # --- key directories ---------------------------------------------------------------
 
@@ -352,27 +389,6 @@ class Writes:
                     "collision or a tampered store; move this directory away",
                 )
         self.key_dirs.add(keydir)
-
-
-class Sequence:
-    """The store-wide sequence: each ``take`` returns a number above all before it."""
-
-    __slots__ = ("_lock", "_next")
-
-    def __init__(self, first: int) -> None:
-        if first > F.MAX_SEQ:
-            raise BlobCacheError(f"sequence numbers are exhausted (next would be {first})")
-        self._lock = threading.Lock()
-        self._next = first
-
-    def take(self) -> int:
-        with self._lock:
-            seq = self._next
-            self._next += 1
-        return seq
-
-    def peek(self) -> int:
-        return self._next
 
 
 class StripeGuard:

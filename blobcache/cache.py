@@ -20,23 +20,28 @@ read in this process, an mmap.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import threading
 import weakref
-from collections.abc import Iterable, Iterator, MutableMapping
+from collections.abc import Callable, Iterable, Iterator, MutableMapping
 from types import TracebackType
-from typing import Any, BinaryIO, NoReturn, TypeVar, cast
+from typing import Any, BinaryIO, TypeVar, cast
 
-from . import _held
+from . import _format as F
+from . import _held, _storedir
 from . import _names as N
 from ._buffers import as_buffer
+from ._follow import Follower
 from ._garbage import Garbage
-from ._index import ClosedIndex, Index, Mapped, SegmentBook
+from ._index import ClosedIndex, Index, Mapped, SegmentBook, Values
 from ._index import Value as Stored
 from ._janitor import GcResult
+from ._logwriter import LogWriter
 from ._options import Durability, Options
 from ._problems import Problem
 from ._reads import Reads
+from ._recovered import Recovered
 from ._stats import Inventory, Stats
 from ._writes import Source, StripeGuard, Writes
 from .errors import ClosedError
@@ -60,7 +65,10 @@ class BlobCache(MutableMapping[N.Key, Value]):
         ``"os"`` (a put survives a process crash; fsynced in the background).
     :param sync_interval: seconds between background fsyncs with ``"os"``.
     :param verify_on_get: check each value's checksum on its first ``get``.
-    :raises LockedError: another handle, in this or another process, has the store open.
+    :param refresh_interval: seconds between catching up with other processes'
+        puts and deletes (a hit may be that old; a miss always catches up).
+    :raises LockedError: a program holds the store alone (blobcache 0.1's writer).
+        Handles of this version, in any processes, share it.
     :raises UnsafeFilesystemError: ``path`` is on NFS, SMB, FUSE or the like, where
         flock or fsync may not hold (see ``trust_filesystem``); nothing was changed.
     :raises BlobCacheError: ``path`` is not a directory, or not a store.
@@ -86,6 +94,7 @@ class BlobCache(MutableMapping[N.Key, Value]):
         gc_interval: float | None = None,
         readonly: bool = False,
         trust_filesystem: bool = False,
+        refresh_interval: float = Options.refresh_interval,
     ) -> None:
         self._options = options = Options(
             durability,
@@ -98,8 +107,12 @@ class BlobCache(MutableMapping[N.Key, Value]):
             gc_interval,
             readonly,
             trust_filesystem,
+            refresh_interval,
         )
         self._path = os.path.abspath(os.fspath(path))
+        if not hasattr(self, "_forked_lock"):  # not again when adopted (see _adopt)
+            self._forked_lock = threading.Lock()
+            self._adopting = False
         self._held, found = _held.open_store(self._path, options)
         # close() lets go of it; for a handle dropped without close(), this does
         # once the handle is collected. Not at interpreter exit: the process's end
@@ -114,6 +127,16 @@ class BlobCache(MutableMapping[N.Key, Value]):
         self._writes = Writes(
             self._path, options, self._held, self._index, found.max_seq, found.key_dirs
         )
+        self._follower = self._writes.follower = Follower(
+            self._path,
+            self._index,
+            found.key_dirs,
+            self._held.writer,
+            self._held.state,
+            *_follow_from(found, self._held.writer),
+            _reloader(self),
+        )
+        self._held.follower = self._follower
         self._reads = Reads(self._writes, found.log_under_blob, found.max_seq)
         self._values.first_get = self._reads.first_get
         self._values.inherited = self._held.inherited
@@ -130,6 +153,8 @@ class BlobCache(MutableMapping[N.Key, Value]):
             book.add(writer.number, 0, live=False)
             if durability == "os":
                 self._held.owed.owe_found(found.dir_of, self._values.files)
+        self._follower.catch_up()  # what others appended since recovery read the log
+        _open_handles[id(self)] = self
         self._threads = _held.start_background(self, options)
 
     # --- reading -------------------------------------------------------------------
@@ -166,13 +191,49 @@ class BlobCache(MutableMapping[N.Key, Value]):
 
     def _lookup(self, key: object) -> Stored | None:
         """The stored value of ``key`` or None; the slow path, with the type checks.
+        A miss reads what other processes appended first: a put acknowledged
+        anywhere is never reported missing afterwards.
 
         :raises TypeError: ``key`` is not str or bytes (a dict would just say "missing",
             or "unhashable" for a bytearray).
         """
         if not isinstance(key, (str, bytes)):
             raise _key_type_error(key)
-        return self._values.stored(key)
+        found = self._values.stored(key)
+        if found is None:
+            self.refresh()
+            found = self._values.stored(key)
+        return found
+
+    def refresh(self) -> None:
+        """Catch up at once with every put and delete other processes made: a hit
+        is otherwise up to ``refresh_interval`` seconds old (a miss always
+        catches up first)."""
+        self._here()
+        if self._follower.catch_up() and self._held.writer is not None:
+            self._maybe_compact()
+
+    def _here(self) -> None:
+        """In a process forked from the one that opened this handle: open the
+        store anew here, once (the parent's threads, locks and descriptors are
+        not this process's), then carry on."""
+        if self._adopting or self._held.inherited():
+            _adopt(self)  # (or wait for the thread adopting it)
+
+    def _reload(self) -> tuple[int, int, int]:
+        """Rebuild the index from the files: the follower fell behind a
+        compaction. Returns where the log was read to."""
+        state = self._held.state
+        live = self._held.writer is not None or _storedir.handles_open(self._path)
+        bound = state.bound() if state is not None and live else None
+        found = _held.recover_beside(self._path, self._options.salvage, readonly=True, bound=bound)
+        # Versions it found that won over a log record: compaction makes them
+        # durable before it drops that record, as for those found at open.
+        self._garbage.blob_over_log.update(found.blob_over_log)
+        self._index.replace(
+            found.values, found.meta, found.deleted, found.segment_total, found.segment_live
+        )
+        return _follow_from(found, None)
 
     def __getitem__(self, key: N.Key) -> Value:
         value = self.get(key, _MISSING)
@@ -239,6 +300,7 @@ class BlobCache(MutableMapping[N.Key, Value]):
         :raises ValueError: the key is too long, or the buffer is not contiguous.
         :raises OSError: the disk failed (full, read-only, ...); nothing changed.
         """
+        self._here()
         tag, raw = N.encode_key(key)
         data = as_buffer(value)
         key = N.decode_key(tag, raw)  # a plain str or bytes, even for a subclass
@@ -296,6 +358,7 @@ class BlobCache(MutableMapping[N.Key, Value]):
     def _stream_target(self, key: N.Key) -> tuple[bytes, bytes, StripeGuard]:
         """Check ``key`` and that this handle may write, before a stream is read:
         a bad key or a read-only handle fails at once, consuming nothing."""
+        self._here()
         tag, raw = N.encode_key(key)
         stripe = self._writes.writing(N.key_hash(tag, raw))
         self._check_open()
@@ -307,11 +370,12 @@ class BlobCache(MutableMapping[N.Key, Value]):
 
         :raises TypeError: ``key`` is not str or bytes.
         """
+        self._here()
         tag, raw = N.encode_key(key)
         key = N.decode_key(tag, raw)
         digest = N.key_hash(tag, raw)
         with self._writes.writing(digest):
-            if self._values.stored(key) is None:
+            if self._lookup(key) is None:
                 return False
             stale = self._writes.delete(key, tag, raw, N.key_dir(self._writes.blobs, digest))
         if stale:
@@ -328,6 +392,7 @@ class BlobCache(MutableMapping[N.Key, Value]):
         MutableMapping's own clear pops one item at a time: it reads every value
         and copies the key list for each key, quadratic in the number of keys.
         """
+        self._here()
         self._check_open()
         self._writes.check_writer()
         for key in self._values.keys_now():
@@ -340,6 +405,7 @@ class BlobCache(MutableMapping[N.Key, Value]):
         ``"os"`` it fsyncs the log and the files and directories written since
         the last sync.
         """
+        self._here()
         self._check_open()
         self._writes.check_writer()
         self._held.sync()
@@ -355,6 +421,7 @@ class BlobCache(MutableMapping[N.Key, Value]):
         a failed fsync it refuses, as ``sync()`` does: a retried fsync could
         wrongly report success, and gc would then delete the older versions.
         """
+        self._here()
         self._check_open()
         self._writes.check_writer()
         return self._garbage.gc()
@@ -384,6 +451,7 @@ class BlobCache(MutableMapping[N.Key, Value]):
 
     def stats(self) -> Stats:
         """Counts from memory: keys, live bytes, log segments, what awaits ``gc()``."""
+        self._here()
         self._check_open()
         return Stats.of(
             self._index,
@@ -395,6 +463,7 @@ class BlobCache(MutableMapping[N.Key, Value]):
 
     def _inventory(self) -> Inventory:
         """What ``blobcache stats | verify | gc`` read of this handle: all of it."""
+        self._here()
         self._check_open()
         return Inventory.of(self._index)
 
@@ -426,13 +495,10 @@ class BlobCache(MutableMapping[N.Key, Value]):
             if thread is not threading.current_thread():
                 thread.join()
 
-    def __reduce__(self) -> NoReturn:
-        raise TypeError(
-            f"a BlobCache handle cannot be pickled or copied: it holds {self._path}'s lock "
-            "and open files. To share a store between processes, open a handle in each one "
-            "by path: BlobCache(path) in the one writer, BlobCache(path, readonly=True) "
-            "beside it"
-        )
+    def __reduce__(self) -> tuple[Callable[..., BlobCache], tuple[str, dict[str, Any]]]:
+        """Pickled by path and options: unpickling opens the store anew (in a
+        process of a ``spawn`` pool, say), beside every other handle."""
+        return _reopen, (self._path, dataclasses.asdict(self._options))
 
     def __enter__(self) -> BlobCache:
         return self
@@ -451,3 +517,102 @@ class BlobCache(MutableMapping[N.Key, Value]):
 
 
 _MISSING: Any = object()
+
+# Every open handle of this process, for the fork hook below.
+# (A mapping is unhashable: keyed by identity.)
+_open_handles: weakref.WeakValueDictionary[int, BlobCache] = weakref.WeakValueDictionary()
+
+
+def _reopen(path: str, options: dict[str, Any]) -> BlobCache:
+    return BlobCache(path, **options)
+
+
+def _adopt(cache: BlobCache) -> None:
+    """Open ``cache``'s store anew in this forked process, in place: the handle
+    keeps its identity, every part of it is this process's own."""
+    with cache._forked_lock:
+        if not cache._held.inherited():
+            return  # another thread of this process did
+        cache._release.detach()  # the parent's: its parts are not ours to let go
+        # Half of the handle is its own midway: another thread's put or delete
+        # waits here (``_adopting``) rather than use the parent's half.
+        BlobCache.__init__(cache, cache._path, **dataclasses.asdict(cache._options))
+        cache._adopting = False
+
+
+class _Forked(Values):
+    """Stands in for ``values`` in a forked child until its first use, which opens
+    the store anew in the child (``_adopt``): ``get`` stays one lookup. Empty, so
+    every lookup comes through ``__missing__``."""
+
+    def __init__(self, cache: BlobCache) -> None:
+        super().__init__({}, {})
+        self.cache = cache
+
+    def _adopted(self) -> Values:
+        _adopt(self.cache)
+        return self.cache._values
+
+    def __missing__(self, key: N.Key) -> Value:
+        return self._adopted()[key]
+
+    def __contains__(self, key: object) -> bool:
+        return key in self._adopted()
+
+    def __len__(self) -> int:
+        return len(self._adopted())
+
+    def get(self, key: N.Key, default: object = None) -> Any:
+        return self._adopted().get(key, default)
+
+    def stored(self, key: N.Key) -> Stored | None:
+        return self._adopted().stored(key)
+
+    def count(self) -> int:
+        return self._adopted().count()
+
+    def keys_now(self) -> list[N.Key]:
+        return self._adopted().keys_now()
+
+    def stored_now(self) -> list[tuple[N.Key, Stored]]:
+        return self._adopted().stored_now()
+
+
+def _after_fork_in_child() -> None:
+    for cache in list(_open_handles.values()):
+        if not cache._writes.closed:
+            cache._forked_lock = threading.Lock()
+            cache._adopting = True
+            cache._values = _Forked(cache)
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork_in_child)
+
+
+def _reloader(cache: BlobCache) -> Callable[[], tuple[int, int, int]]:
+    """``cache._reload`` through a weak reference: the follower is reached from
+    the handle's finalizer (``Held.follower``), which must not keep it alive."""
+    me = weakref.ref(cache)
+    path = cache.directory
+
+    def reload() -> tuple[int, int, int]:
+        handle = me()
+        if handle is None:
+            raise ClosedError(path)
+        return handle._reload()
+
+    return reload
+
+
+def _follow_from(found: Recovered, writer: LogWriter | None) -> tuple[int, int, int]:
+    """Where a handle starts following the log: where recovery stopped reading
+    it (or where ``attach`` started a segment recovery did not read), and the
+    inode of the segment file recovery read there (0: none)."""
+    head = F.SEGMENT_HEADER.size
+    last = found.segments[-1] if found.segments else None
+    if last is None or last.end < head or last.damaged_header:
+        return (writer.number if writer is not None else 1), head, 0
+    if writer is not None and last.head != F.RECORD_HEADER.size:
+        return writer.number, head, 0  # format 1's segment, sealed by attach
+    return last.number, last.end, last.inode

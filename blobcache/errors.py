@@ -16,22 +16,26 @@ class BlobCacheError(Exception):
 
 
 class LockedError(BlobCacheError, BlockingIOError):
-    """Another handle (in this process or another) holds the store for writing.
+    """The store is held alone: by blobcache 0.1's single writer (or a program
+    holding an exclusive flock on ``LOCK``). Handles of this version share the
+    store (any number, in any processes) and never raise this at each other.
 
-    ``path`` is the lock file. Open with ``readonly=True`` to read alongside the
-    writer, or close the other handle first.
+    ``path`` is the lock file. Open again once that holder is done. (Also what
+    ``blobcache gc --salvage`` raises while any handle has the store open.)
     """
 
-    def __init__(self, path: str) -> None:
+    def __init__(self, path: str, why: str = "") -> None:
         super().__init__(
             errno.EAGAIN,
-            f"the store is already open for writing by another handle (lock held on {path}); "
-            "close that handle or wait for its process to exit",
+            why
+            or f"the store is held alone by another program (an exclusive lock on {path}: "
+            "blobcache 0.1's writer, say); open it again once that program is done",
         )
         self.path = path
+        self.why = why
 
-    def __reduce__(self) -> tuple[type[LockedError], tuple[str]]:
-        return (type(self), (self.path,))
+    def __reduce__(self) -> tuple[type[LockedError], tuple[str, str]]:
+        return (type(self), (self.path, self.why))
 
     def __str__(self) -> str:
         return str(self.strerror)

@@ -1206,6 +1206,8 @@ class Driver:
         self._ops = 0
         self._count_lock = threading.Lock()  # workloads may run steps in threads
         self._cache: BlobCache | None = None
+        self._second: BlobCache | None = None  # another writer's handle (another process's)
+        self._via = threading.local()  # .second: this thread's steps go through it
         self._janitor: Janitor | None = None
         self.raised: list[Raised] = []  # what a party raised beside the other
 
@@ -1270,6 +1272,8 @@ class Driver:
 
     @property
     def cache(self) -> BlobCache:
+        if getattr(self._via, "second", False) and self._second is not None:
+            return self._second
         if self._cache is None:
             raise RuntimeError("the workload used the cache while it was closed")
         return self._cache
@@ -1456,7 +1460,29 @@ class Driver:
                 raise ModelError(f"collect_during({at!r}, {nth}): the writer made no such call")
             self.janitor.run(why=f" after the step: it made no call {what}")
 
+    @contextlib.contextmanager
+    def second(self) -> Iterator[None]:
+        """Run this thread's enclosed steps through a second writer's handle on the
+        same store, opened at its first use: another process's, as far as the
+        store can tell (its own flocks, index and follower; only the trace is
+        shared). Its acknowledgements count as the first's do."""
+        if self._cache is None:
+            self.open()
+        with self._count_lock:
+            if self._second is None:
+                self.recorder.mark(Note("open (second writer)"))
+                self._second = BlobCache(self.store, **self.options)
+        self._via.second = True
+        try:
+            yield
+        finally:
+            self._via.second = False
+
     def close(self) -> None:
+        if self._second is not None:
+            self.recorder.mark(Note("close (second writer)"))
+            self._second.close()
+            self._second = None
         self.recorder.mark(Note("close"))
         self.cache.close()
         self._cache = None
@@ -2382,6 +2408,40 @@ def _threads(d: Driver) -> None:
     d.gc()
 
 
+# Two writers: a second handle on the store (another process, to the store) puts,
+# deletes and compacts between the first's steps, and at the same time in threads.
+
+
+def _two_writers(d: Driver) -> None:
+    d.small("a", 10)
+    with d.second():
+        d.small("a", 11)  # numbered after the first's: it wins everywhere
+        d.large("L", 3000)
+    d.large("L", 4000)
+    d.small("b", 12)
+    with d.second():
+        d.delete("a")
+        d.gc()  # the second compacts and collects while the first has the store open
+    d.small("a", 13)
+    d.gc()
+
+
+def _two_writers_threads(d: Driver) -> None:
+    def writer(name: str, *, second: bool) -> Callable[[], None]:
+        def run() -> None:
+            with d.second() if second else contextlib.nullcontext():
+                for i in range(2):
+                    d.small(f"{name}-s", 10 + i)
+                    d.large(f"{name}-L", 1000 + 1000 * i)
+                d.small("shared", 20 + i)  # one key, both writers: the higher number wins
+                d.delete(f"{name}-s")
+
+        return run
+
+    d.parallel(writer("t0", second=False), writer("t1", second=True))
+    d.gc()
+
+
 # Beside `blobcache gc`: the same store collected by another lock holder between
 # the writer's operations, in their middle, or suspended while the writer goes on.
 
@@ -2404,7 +2464,8 @@ def _gc_versions(d: Driver) -> None:
 def _gc_layouts(d: Driver) -> None:
     d.large("k", 3000)
     with d.collect_during("appended"):
-        d.small("k", 10)  # gc: k's live record is in the log; its directory goes
+        d.small("k", 10)  # gc beside an append under way: it reads what STATE says appended
+    d.collect()  # k's live record is in the log: its directory goes
     with d.collect_during("key-file"):
         d.large("k", 5000)  # gc removes the directory the writer has just made
     d.small("k", 12)
@@ -2545,6 +2606,20 @@ WORKLOADS: Final[dict[str, Workload]] = {
             killable=False,
         ),
         Workload("reopen", BASE, _reopen, "close and reopen mid-workload: recovery writes"),
+        Workload("two-writers", ROLLING, _two_writers, "a second writer's handle between steps"),
+        Workload(
+            "two-writers-threads",
+            BASE,
+            _two_writers_threads,
+            "two writers' handles putting at once, one key shared",
+            killable=False,
+        ),
+        Workload(
+            "os-two-writers",
+            {**ROLLING, "durability": "os"},
+            _two_writers,
+            'durability="os": a second writer between steps',
+        ),
         Workload(
             "os-synced", {**BASE, "durability": "os"}, _os_synced, 'durability="os" with sync()'
         ),

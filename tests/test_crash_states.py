@@ -68,6 +68,9 @@ MIN_STATES: Final = {
     "os-put-file": 120,
     "threads": 200,  # threads interleave differently on each run
     "reopen": 48,
+    "two-writers": 60,
+    "two-writers-threads": 100,  # threads interleave differently on each run
+    "os-two-writers": 60,
     "os-synced": 150,
     "os-overwrite-unsynced": 70,
     "os-rollover": 35,
@@ -505,9 +508,10 @@ def _notes(recording: C.Recording) -> list[str]:
 
 def test_beside_gc_hands_over_inside_a_writer_operation_in_kernel_order() -> None:
     """gc-versions interrupts a put between its version's rename and the fsync
-    of the directory: gc's calls sit there in the trace, each marked as gc's,
-    and the writer's fsync comes after them. Every gc found the writer there
-    (another lock holder, not a second writer)."""
+    of the directory (then the record that announces it in the log): gc's
+    calls sit there in the trace, each marked as gc's, and the writer's fsync
+    and append come after them. Every gc found the writer there (another lock
+    holder, not a second writer)."""
     with tempfile.TemporaryDirectory(dir=C.scratch_dir()) as scratch:
         recording = C.record(C.WORKLOADS["gc-versions"], scratch)
     ops = [e for e in recording.trace if not isinstance(e, C.MARKERS)]
@@ -523,6 +527,10 @@ def test_beside_gc_hands_over_inside_a_writer_operation_in_kernel_order() -> Non
     assert any(isinstance(op, C.Unlink) for op in gc_calls)  # it removed the superseded one
     resumed = after[len(gc_calls)]
     assert isinstance(resumed, C.FsyncDir) and resumed.by == C.WRITER
+    rest = after[len(gc_calls) :]
+    # Then the version's record, appended under the same flock of STATE.
+    assert isinstance(rest[1], C.Write) and rest[1].by == C.WRITER
+    assert rest[1].where.endswith(".log")
     runs = [n for n in _notes(recording) if re.match(r"blobcache gc #\d+ (returned|raised)", n)]
     assert len(runs) == 5 and all("beside the writer" in n for n in runs), runs
 

@@ -175,7 +175,7 @@ def _site(name: str, args: tuple[Any, ...]) -> str:
 # the caller ("fdatasync@sync", not "fdatasync@_fdatasync"; "pwrite_all@
 # write_version", not "pwrite_all@fill@_write_temp"; "create_exclusive@open_temp",
 # not "create_exclusive@_flocked_open@open_temp").
-_PASS_THROUGH = frozenset({"_fdatasync", "fill", "_write_temp", "_flocked_open"})
+_PASS_THROUGH = frozenset({"_fdatasync", "fill", "_write_temp", "_flocked_open", "open_flocked"})
 
 
 def _torn_pwrite_all(real: Callable[..., Any], error: OSError, *args: Any) -> None:
@@ -493,8 +493,8 @@ WORKLOADS = (
         damage=_revive_inputs,
         expect=(
             "open_lock_file(lock)@lock_file@open_store",
-            "unlink(segment)@_replay_log",
-            "truncate@open_active",
+            "unlink(segment)@_remove_replaced",
+            "truncate@_cut",
         ),
     ),
     Workload("put-small-existing-os", "put", "s0", b"s0 v2", durability="os"),
@@ -967,7 +967,7 @@ def test_failed_removal_of_a_temp_file_leaves_an_orphan_that_the_next_open_remov
         cache.put("k", _large("old"))
         faults = Faults(
             monkeypatch,
-            fail_sites=("rename(version)@publish", "unlink(temp)@discard@abandon"),
+            fail_sites=("rename(version)@name", "unlink(temp)@discard@abandon"),
             code=errno.ENOSPC,
         )
         with faults.arming(), pytest.raises(OSError, match="No space left"):

@@ -30,7 +30,7 @@ from hypothesis.stateful import (
     rule,
 )
 
-from blobcache import BlobCache, GcResult
+from blobcache import BlobCache, GcResult, _log
 from blobcache import _format as F
 from blobcache._names import encode_key
 from blobcache._options import DURABILITY_LEVELS, Durability
@@ -160,13 +160,12 @@ class BlobCacheModel(RuleBasedStateMachine):
         for path in self.segment_files():
             with open(path, "rb") as f:
                 data = f.read()
-            offset = F.SEGMENT_HEADER.size
-            while len(data) - offset >= F.RECORD_HEADER.size:
-                _checksum, _seq, vlen, kind, _tag, klen = F.RECORD_HEADER.unpack_from(data, offset)
-                if kind == 0:  # zeros the writer put ahead of its records
-                    break
-                offset += F.RECORD_HEADER.size + klen + vlen
-            total += offset - F.SEGMENT_HEADER.size
+            start = end = F.SEGMENT_HEADER.size
+            # Up to the first bytes that are no record: the writer's zeros ahead.
+            for record in _log.iter_records(data, start, _log.header_size(data), path):
+                end = record[-1]
+            assert data.count(0, end) == len(data) - end, f"{path}: a bad record at {end}"
+            total += end - start
         return total
 
     def temp_files(self) -> list[str]:

@@ -34,7 +34,7 @@ def test_reader_beside_a_writer_in_the_same_process_sees_the_values_and_writes_n
         writer.put("gone", b"x")
         writer.delete("gone")
         before = _tree(store)
-        with BlobCache(store, readonly=True) as reader:
+        with BlobCache(store, readonly=True, refresh_interval=3600) as reader:
             assert dict(reader.items()) == {"small": b"in the log", "large": b"L" * 1000}
             for write in (
                 lambda: reader.put("k", b"v"),
@@ -45,10 +45,19 @@ def test_reader_beside_a_writer_in_the_same_process_sees_the_values_and_writes_n
                 with pytest.raises(ReadOnlyError, match="readonly=True"):
                     write()
             assert _tree(store) == before
+            # Following the writer (a miss catches up, as does refresh()) writes
+            # nothing either.
             writer.put("later", b"after the reader opened")
-            assert "later" not in reader  # a snapshot of the open
-        with BlobCache(store, readonly=True) as reader:
+            writer.put("large", b"M" * 1000)
+            writer.delete("small")
+            before = _tree(store)
             assert reader["later"] == b"after the reader opened"
+            reader.refresh()
+            assert dict(reader.items()) == {
+                "later": b"after the reader opened",
+                "large": b"M" * 1000,
+            }
+            assert _tree(store) == before
     assert isinstance(ReadOnlyError(store), PermissionError)
 
 
@@ -57,7 +66,7 @@ def test_reader_leaves_a_torn_tail_and_an_orphan_temp_file_alone(store: str) -> 
         writer.put("a", b"1" * 50)
     segment = files_named(store, "0")[-1]
     with open(segment, "r+b") as f:  # a record the writer is half-way through
-        f.seek(F.SEGMENT_HEADER.size + 50 + 21)
+        f.seek(F.SEGMENT_HEADER.size + F.RECORD_HEADER.size + len("a") + 50)  # after "a"'s
         f.write(b"\x07" * 10)
     orphan = os.path.join(store, F.LOG_DIR, F.TEMP_PREFIX + "0123456789abcdef")
     with open(orphan, "wb") as f:

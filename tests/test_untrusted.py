@@ -85,6 +85,8 @@ def _make_store(store: str) -> dict[str, str]:
         "newest segment": os.path.join(logdir, _next_segment(segment)),
         "FORMAT": os.path.join(store, F.MARKER_NAME),
         "LOCK": os.path.join(store, F.LOCK_NAME),
+        "STATE": os.path.join(store, F.STATE_NAME),
+        "COMPACT": os.path.join(store, F.COMPACT_NAME),  # made by the first compaction
         "key directory": keydir,
         "fan-out level 2": os.path.dirname(keydir),
         "fan-out level 1": os.path.dirname(os.path.dirname(keydir)),
@@ -116,6 +118,7 @@ FILE_LOCATIONS = [
     "newest segment",
     "FORMAT",
     "LOCK",
+    "STATE",
 ]
 DIR_LOCATIONS = ["key directory", "fan-out level 2", "fan-out level 1", "blobs/", "log/"]
 # Where the store cannot be used at all: refused with a sentence, by writers (w)
@@ -124,10 +127,15 @@ REFUSED = {
     "newest segment": "w",  # a writer cannot know the records, nor write past it
     "FORMAT": "wr",
     "LOCK": "wr",
+    "STATE": "wr",  # every handle maps it: a reader too, to follow the writers
     "blobs/": "wr",
     "log/": "wr",
 }
 GONE = {"version", "key file", "key directory", "fan-out level 2", "fan-out level 1"}
+# Where the writer opens and serves but its gc() stops with what to do: a
+# directory named like the next segment is a stray until compaction's roll
+# would make that segment (the large put's version record is stale at once).
+ROLL_STOPPED = {("newest segment", "directory")}
 
 
 def _put_kind(path: str, kind: str, outside: Path) -> Callable[[], object]:
@@ -187,6 +195,13 @@ def _refused(location: str, kind: str, who: str) -> bool:
     return who in REFUSED.get(location, "")
 
 
+def _gc_outcome(location: str, kind: str) -> contextlib.AbstractContextManager[object]:
+    """What a writer's gc of the store with that entry does: stop, or go through."""
+    if (location, kind) in ROLL_STOPPED:
+        return pytest.raises(BlobCacheError, match="in the way of the log's next segment")
+    return contextlib.nullcontext()
+
+
 @pytest.mark.parametrize(("location", "kind"), list(_cases()))
 def test_an_entry_of_the_wrong_kind_is_never_followed_opened_or_removed(
     location: str, kind: str, tmp_path: Path
@@ -219,8 +234,10 @@ def test_an_entry_of_the_wrong_kind_is_never_followed_opened_or_removed(
                 assert "big" not in cache
             else:
                 assert got is not None and bytes(got) == BIG
-            cache.gc()
-        _collect.collect(store)
+            with _gc_outcome(location, kind):
+                cache.gc()
+        with _gc_outcome(location, kind):
+            _collect.collect(store)
     # A reader, and the commands that read: stats, verify.
     if _refused(location, kind, "r"):
         with pytest.raises(BlobCacheError, match=says):
@@ -238,8 +255,43 @@ def test_an_entry_of_the_wrong_kind_is_never_followed_opened_or_removed(
     assert snapshot() == before, "the entry, or what it points to, was changed"
 
 
+@pytest.mark.parametrize("kind", FILE_KINDS)
+def test_a_compact_lock_of_the_wrong_kind_stops_compaction_alone_with_what_to_do(
+    kind: str, tmp_path: Path
+) -> None:
+    """``COMPACT`` is flocked only by the process compacting the log, so only a
+    compaction opens it: gc() and ``blobcache gc`` are refused with what is there,
+    before anything is rolled or removed; the writer goes on serving and taking
+    puts, and readers, ``stats`` and ``verify`` never look at it."""
+    store = str(tmp_path / "store")
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    path = _make_store(store)["COMPACT"]
+    assert not os.path.lexists(path)  # no compaction ran yet
+    snapshot = _put_kind(path, kind, outside)
+    before = snapshot()
+    files = sorted(e.path for e in _maintenance.store_files(store))
+    says = WORDS[kind]
+    with BlobCache(store) as cache:
+        assert cache.get("small") == SMALL
+        with pytest.raises(CorruptionError, match=f"{says}.*move it away") as refused:
+            cache.gc()  # compacts: the large put's version record is stale at once
+        assert path in str(refused.value)
+        assert sorted(e.path for e in _maintenance.store_files(store)) == files
+        cache.put("small", b"again")
+        assert bytes(cache["big"]) == BIG and cache["small"] == b"again"
+    with pytest.raises(CorruptionError, match=says) as refused:
+        _collect.collect(store)
+    assert path in str(refused.value)
+    with BlobCache(store, readonly=True) as reader:
+        assert reader.get("small") == b"again" and bytes(reader["big"]) == BIG
+    assert _maintenance.store_stats(store).keys == 2
+    assert _maintenance.verify(store) == []
+    assert snapshot() == before, "the entry, or what it points to, was changed"
+
+
 @pytest.mark.parametrize("command", ["stats", "verify", "gc"])
-@pytest.mark.parametrize("location", ["temp in a key directory", "temp in log/", "LOCK"])
+@pytest.mark.parametrize("location", ["temp in a key directory", "temp in log/", "LOCK", "STATE"])
 def test_a_fifo_named_like_a_store_file_hangs_no_command(
     command: str, location: str, tmp_path: Path
 ) -> None:
@@ -253,7 +305,7 @@ def test_a_fifo_named_like_a_store_file_hangs_no_command(
     assert "Traceback" not in done.stderr
     assert "a FIFO" in done.stderr + done.stdout
     assert stat.S_ISFIFO(os.lstat(path).st_mode)
-    if location == "LOCK":
+    if location in ("LOCK", "STATE"):
         assert done.returncode == 2 and len(done.stderr.strip().splitlines()) == 1
     else:
         assert done.returncode == (1 if command == "verify" else 0), done.stderr
@@ -441,7 +493,7 @@ def test_what_an_interrupted_init_leaves_is_finished(
     with BlobCache(tmp_path) as cache:
         cache.put("k", b"v")
     names = set(os.listdir(tmp_path))
-    assert names == {F.MARKER_NAME, F.LOCK_NAME, F.LOG_DIR, F.BLOBS_DIR}
+    assert names == {F.MARKER_NAME, F.LOCK_NAME, F.STATE_NAME, F.LOG_DIR, F.BLOBS_DIR}
     with BlobCache(tmp_path, readonly=True) as reader:
         assert reader.get("k") == b"v"
 
@@ -472,7 +524,9 @@ def test_an_init_killed_before_its_marker_is_published_is_finished(tmp_path: Pat
     )
     with BlobCache(store) as cache:
         cache.put("k", b"v")
-    assert sorted(os.listdir(store)) == sorted([F.MARKER_NAME, F.LOCK_NAME, F.LOG_DIR, F.BLOBS_DIR])
+    assert sorted(os.listdir(store)) == sorted(
+        [F.MARKER_NAME, F.LOCK_NAME, F.STATE_NAME, F.LOG_DIR, F.BLOBS_DIR]
+    )
 
 
 # --- Permissions: as a user who may not read ----------------------------------------------
