@@ -122,8 +122,11 @@ def _replay_log(
             active=active,
             salvage=salvage,
         )
-        if result.bound is not None and result.bound[0] == number:
-            data = data[: max(result.bound[1], F.SEGMENT_HEADER.size)]
+        # Only in the active segment, as listed (one sealed since the bound was
+        # read holds whole records past it; a COMPACTED one is another file).
+        bound = result.bound
+        if bound is not None and bound[0] == number and active and not info.compacted:
+            data = data[: max(bound[1], F.SEGMENT_HEADER.size)]
         if data:
             seen = _log.replay(
                 data,

@@ -21,6 +21,7 @@ import fcntl
 import mmap
 import os
 import struct
+import threading
 
 from . import _format as F
 from . import _fsio
@@ -67,6 +68,7 @@ class SharedState:
             return None
         self = cls.__new__(cls)
         self.path, self.fd = path, fd
+        self._threads = threading.Lock()
         try:
             if os.fstat(fd).st_size < mmap.PAGESIZE:
                 raise FileNotFoundError(path)  # being made: as if not yet
@@ -77,6 +79,7 @@ class SharedState:
         return self
 
     def __init__(self, root: str) -> None:
+        self._threads = threading.Lock()
         self.path = os.path.join(root, F.STATE_NAME)
         # Flocked: a forked child closes its copy (see _fsio), so its appends
         # never ride on the parent's lock.
@@ -97,10 +100,21 @@ class SharedState:
         return self
 
     def __enter__(self) -> None:
-        fcntl.flock(self.fd, fcntl.LOCK_EX)
+        # An flock belongs to the open file, which every thread of this handle
+        # shares: a second thread's flock would pass at once, and its unlock
+        # free the lock mid-append. The threads take turns on a lock first.
+        self._threads.acquire()
+        try:
+            fcntl.flock(self.fd, fcntl.LOCK_EX)
+        except BaseException:
+            self._threads.release()
+            raise
 
     def __exit__(self, *exc: object) -> None:
-        fcntl.flock(self.fd, fcntl.LOCK_UN)
+        try:
+            fcntl.flock(self.fd, fcntl.LOCK_UN)
+        finally:
+            self._threads.release()
 
     def fields(self) -> tuple[int, int, int, int, int, int, int]:
         """(next_seq, segment, appended, acked, pending, allocated, generation)."""

@@ -44,7 +44,7 @@ from typing import Any, Final
 import aiofiles
 import pytest
 
-from blobcache import AsyncBlobCache, BlobCache, BlobCacheError, _fsio, _maintenance
+from blobcache import AsyncBlobCache, BlobCache, BlobCacheError, _fsio, _index, _maintenance
 from blobcache import _format as F
 from blobcache import cache as cache_module
 from tests import crashsim as C
@@ -244,7 +244,8 @@ def _first_use(cache: BlobCache, call: Callable[[BlobCache], object]) -> Outcome
         finally:
             cache.close()
 
-    return _Child(child).result()
+    outcome: Outcome = _Child(child).result()
+    return outcome
 
 
 def test_every_method_of_an_inherited_handle_works_as_its_first_use_in_a_forked_child(
@@ -397,7 +398,7 @@ class _NotingLock:
 
 
 def test_a_thread_of_a_forked_child_waits_for_the_adoption_another_thread_has_under_way(
-    store: str,
+    store: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """While one thread of the child opens the store anew (half of the handle
     its own, half still the parent's), a put in another thread must wait for
@@ -413,7 +414,7 @@ def test_a_thread_of_a_forked_child_waits_for_the_adoption_another_thread_has_un
         cache._forked_lock = noting  # type: ignore[assignment]
         order: list[str] = []
         putters: list[threading.Thread] = []
-        real_index = cache_module.Index
+        real_index = _index.Index
 
         def put_in_another_thread() -> None:
             try:
@@ -424,9 +425,9 @@ def test_a_thread_of_a_forked_child_waits_for_the_adoption_another_thread_has_un
 
         def index_midway(*args: Any) -> Any:
             # Inside the adoption, once the handle holds its own lock and STATE.
-            # (The adoption made the handle a lock of its own: put back the one
-            # this thread holds, for the other thread to come to.)
-            cache_module.Index = real_index  # type: ignore[misc]
+            # (Set again should the adoption give the handle a new lock: the
+            # other thread must come to the one this thread holds.)
+            monkeypatch.setattr(cache_module, "Index", real_index)
             cache._forked_lock = noting  # type: ignore[assignment]
             putters.append(threading.Thread(target=put_in_another_thread))
             putters[0].start()
@@ -434,7 +435,8 @@ def test_a_thread_of_a_forked_child_waits_for_the_adoption_another_thread_has_un
             order.append("the adoption went on")
             return real_index(*args)
 
-        cache_module.Index = index_midway  # type: ignore[misc]
+        # In the child's memory only: the parent's monkeypatch records nothing.
+        monkeypatch.setattr(cache_module, "Index", index_midway)
         got = cache.get("k")  # the first use: the adoption, in this thread
         for thread in putters:
             thread.join()
@@ -465,17 +467,20 @@ def test_an_inherited_handle_takes_no_lock_a_parent_thread_held_at_the_fork(
     ]
     for lock in held:  # as a compaction and a put under way in other threads would
         lock.acquire()
-    try:
-        forked = _Child(
-            lambda: (
-                cache.stats().keys,
-                bytes(cache["large"]),
-                _outcome(lambda: cache.put("large", b"x")),
-                _outcome(lambda: type(cache.gc()).__name__),
-                _outcome(cache.sync),
-                cache.close(),
-            )
+
+    def child() -> tuple[int, bytes, Outcome, Outcome, Outcome]:
+        found = (
+            cache.stats().keys,
+            bytes(cache["large"]),
+            _outcome(lambda: cache.put("large", b"x")),
+            _outcome(lambda: type(cache.gc()).__name__),
+            _outcome(cache.sync),
         )
+        cache.close()
+        return found
+
+    try:
+        forked = _Child(child)
     finally:
         for lock in held:
             lock.release()
@@ -485,7 +490,6 @@ def test_an_inherited_handle_takes_no_lock_a_parent_thread_held_at_the_fork(
         ("ok", None),
         ("ok", "GcResult"),
         ("ok", None),
-        None,
     )
     cache.refresh()
     assert cache["large"] == b"x"

@@ -427,3 +427,58 @@ def test_a_writer_killed_in_the_middle_of_a_roll_loses_nothing_and_blocks_no_one
         assert [i for i in acked if reopened.get(f"c{i}") != bytes(100)] == []
         assert reopened.get("p0") == b"before" and reopened.get("p1") == b"after"
         assert reopened.problems == ()
+
+
+def test_handles_opened_beside_a_busy_writer_cut_none_of_its_records(tmp_path: Path) -> None:
+    """The append lock is an flock, which all threads of a handle share: its
+    threads must take turns on it too, or one thread's unlock (a compaction
+    counting itself, say) frees it in the middle of another's append, and a
+    handle opening then cuts the live records as a torn tail."""
+    import threading
+
+    path = str(tmp_path / "store")
+    busy = BlobCache(path, durability="os", segment_bytes=1 << 16, compact_ratio=0.01)
+    stop = threading.Event()
+    puts = [0]
+
+    def put_in_a_loop() -> None:
+        while not stop.is_set():
+            busy.put(f"k{puts[0] % 50}", str(puts[0]).encode() * 20)
+            puts[0] += 1
+
+    writer = threading.Thread(target=put_in_a_loop)
+    writer.start()
+    try:
+        for _ in range(150):
+            with BlobCache(path, durability="os") as beside:
+                assert beside.problems == (), beside.problems
+    finally:
+        stop.set()
+        writer.join()
+    busy.close()
+    with BlobCache(path) as reopened:
+        assert reopened.problems == ()
+        assert len(reopened) == min(puts[0], 50)
+
+
+def test_a_recovery_bound_read_before_a_roll_or_a_compaction_cuts_nothing(tmp_path: Path) -> None:
+    """Beside live handles, an open reads the active segment only up to what
+    STATE said was appended, read just before: if the log rolled or was
+    compacted since, that segment is sealed (or another file), read whole."""
+    from blobcache import _recovery
+    from blobcache._shared import SharedState
+
+    path = str(tmp_path / "store")
+    with BlobCache(path, inline_limit=64, segment_bytes=4096) as writer:
+        writer.put("k0", b"v")
+        state = SharedState.peek(path)
+        assert state is not None
+        bound = state.bound()
+        state.close()
+        for i in range(1, 101):
+            writer.put(f"k{i}", b"v" * 40)  # rolls several times
+        found = _recovery.recover(path, readonly=True, bound=bound)
+        assert len(found.values) == 101
+        writer._compact(force=True)
+        found = _recovery.recover(path, readonly=True, bound=bound)
+        assert len(found.values) == 101
