@@ -267,9 +267,9 @@ class Follower:
         self, kind: int, tag: bytes, raw: bytes, data: bytes, seq: int, value_at: int, end: int
     ) -> Change | None:
         key = N.decode_key(tag, raw)
-        keydir = N.key_dir(self.blobs, N.key_hash(tag, raw))
-        if kind == F.RECORD_PUT:
+        if kind == F.RECORD_PUT:  # the common case: no directory to name
             return Change(key, data[value_at:end])
+        keydir = N.key_dir(self.blobs, N.key_hash(tag, raw))
         if kind == F.RECORD_DELETE:
             return Change(key, None, keydir if keydir in self.key_dirs else None)
         length, checksum = F.VERSION_BODY.unpack_from(data, value_at)
