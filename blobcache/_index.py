@@ -279,7 +279,10 @@ class Index:
 
         A record not newer than the key's live one (a recovered version's own
         note in the log, say) changes nothing: None.
-        REQUIRES: the follower's lock (``_follow``); the record is acknowledged."""
+        REQUIRES: the follower's lock (``_follow``), or the key's stripe lock for a
+        record of this process its writer applies itself (``_writes``): records
+        of one key are told apart by their numbers, not by who applies them;
+        the record is acknowledged."""
         values = self.values
         files = values.files
         with self.lock:
@@ -334,7 +337,8 @@ class Index:
     ) -> int | None:
         """Publish the delete record ``seq`` of ``key``, ``size`` bytes in log
         ``segment``; ``keydir`` is the key's directory if it has one. Returns
-        what ``publish`` does. REQUIRES: the follower's lock."""
+        what ``publish`` does. ``ahead``: applied by its writer before the
+        follower passed it (see ``gone``). REQUIRES: as ``publish``."""
         with self.lock:
             old_meta = self.meta.get(key)
             self.book.add(segment, size, live=False)

@@ -4,7 +4,8 @@ The writer of the format in FORMAT.md, section "The log", whose records and
 segment headers ``_log`` frames (and reads back at open): ``LogWriter`` queues
 the puts of concurrent threads and writes each batch with one ``pwrite`` and
 one fdatasync, rolls over to a new segment when the active one is full, and
-``create_segment`` and ``open_active`` make and reopen segment files for it.
+``create_segment`` makes segment files for it (``_held.attach`` settles the
+active one at open).
 
 Crash policy:
 
