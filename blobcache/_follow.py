@@ -185,40 +185,50 @@ class Follower:
 
     def _read(self, limit: int | None) -> bool:
         """Apply the records from the position up to ``limit`` (None: the end of
-        the file, a sealed segment). Returns whether a sealed segment got staler."""
-        own = self.writer.own if self.writer is not None else {}
-        ahead = self.writer.ahead if self.writer is not None else {}
-        stale = False
+        the file, a sealed segment). Returns whether a sealed segment got staler.
+
+        One read of the file; this process's records in it (``own`` or ``ahead``:
+        both hold every record of ours below ``acked``, which was read before)
+        are taken from memory, the others' parsed. Looked up record by record:
+        with several processes ours and theirs alternate."""
+        writer = self.writer
         if not self._open():
             self._rebuild()
             return True
         size = os.fstat(self._fd).st_size
         limit = size if limit is None else min(limit, size)  # STATE is a hint
-        number = self.segment
-        while self.offset < limit:
-            if self._own_record():
-                continue
-            # Our records, in `own` or `ahead`: the first one past the position,
-            # if in this segment, ends the read of others' records.
-            stop = limit
-            for ours in (own, ahead):
-                first = min(ours, default=None)  # one C call: the leader may add meanwhile
-                if first is not None and first[0] == number and self.offset < first[1] < stop:
-                    stop = first[1]
-            data = os.pread(self._fd, stop - self.offset, self.offset)
-            base, done = self.offset, 0
-            for seq, kind, tag, raw, value_at, end in _log.iter_records(
-                data, 0, self._head, self.logdir
-            ):
+        if self.offset >= limit:
+            return False
+        own = writer.own if writer is not None else {}
+        ahead = writer.ahead if writer is not None else {}
+        number, index = self.segment, self.index
+        stale = False
+        base = self.offset
+        data = os.pread(self._fd, limit - base, base)
+        done = 0
+        for seq, kind, tag, raw, value_at, end in _log.iter_records(
+            data, 0, self._head, self.logdir
+        ):
+            if own or ahead:
+                where = (number, base + done)
+                if where in own or where in ahead:
+                    self.offset = where[1]
+                    if self._own_record():
+                        done = self.offset - base
+                        continue
+            if kind == F.RECORD_PUT:  # the common case, flat
+                old = index.publish(
+                    N.decode_key(tag, raw), data[value_at:end], pack(seq, number, end - done)
+                )
+                stale |= old is not None and old != number
+            else:
                 change = self._change(kind, tag, raw, data, seq, value_at, end)
                 if change is None:
-                    self.index.book_stale(number, end - done)
+                    index.book_stale(number, end - done)
                 else:
                     stale |= self._apply(seq, end - done, change)
-                done = end
-            self.offset = base + done
-            if not done:
-                break
+            done = end
+        self.offset = base + done
         return stale
 
     def passed_own(self, segment: int, offset: int, size: int) -> bool:
@@ -267,8 +277,6 @@ class Follower:
         self, kind: int, tag: bytes, raw: bytes, data: bytes, seq: int, value_at: int, end: int
     ) -> Change | None:
         key = N.decode_key(tag, raw)
-        if kind == F.RECORD_PUT:  # the common case: no directory to name
-            return Change(key, data[value_at:end])
         keydir = N.key_dir(self.blobs, N.key_hash(tag, raw))
         if kind == F.RECORD_DELETE:
             return Change(key, None, keydir if keydir in self.key_dirs else None)

@@ -296,11 +296,17 @@ class LogWriter:
         apply to the index, not the follower's, which took it first otherwise
         (one of the two applies each record, once: a dict's pop is atomic).
         ``gone``: the key, for a delete (the follower clears ``Index.gone``)."""
-        mine = self.own.pop((segment, offset), None)
+        where = (segment, offset)
+        mine = self.own.get(where)
         if mine is None:
             return False
         seq, size, _change = mine
-        self.ahead[(segment, offset)] = (size, seq, gone)
+        # In `ahead` before it leaves `own`: a follower that misses it in the one
+        # finds it in the other, never takes it for another process's record.
+        self.ahead[where] = (size, seq, gone)
+        if self.own.pop(where, None) is None:  # the follower took it meanwhile
+            self.ahead.pop(where, None)
+            return False
         return True
 
     def _acknowledge(self, span: tuple[int, int, int]) -> None:

@@ -482,3 +482,46 @@ def test_a_recovery_bound_read_before_a_roll_or_a_compaction_cuts_nothing(tmp_pa
         writer._compact(force=True)
         found = _recovery.recover(path, readonly=True, bound=bound)
         assert len(found.values) == 101
+
+
+class _PopThenFollow(dict):  # type: ignore[type-arg]
+    """A writer's ``own``: its next ``pop`` by the writer's ``claim`` lets the
+    follower run a catch-up right after it (a thread switch at that point)."""
+
+    follower: Any = None
+
+    def pop(self, *args: Any) -> Any:
+        found = super().pop(*args)
+        follower, self.follower = self.follower, None
+        if follower is not None:
+            follower.catch_up()
+        return found
+
+
+def test_a_record_claimed_by_its_writer_is_applied_once_whenever_the_follower_runs(
+    tmp_path: Path,
+) -> None:
+    """A put applies its own record itself (``claim``) when other processes'
+    records come first in the log; a catch-up at any moment of that claim
+    takes the record for this process's, never for another's (it applied it
+    twice, booking its bytes stale, and left it in ``ahead`` for ever)."""
+    path = str(tmp_path / "store")
+    options: dict[str, Any] = {"refresh_interval": 3600}
+    with BlobCache(path, **options) as a, BlobCache(path, **options) as b:
+        a.put("a", b"first")
+        b.put("b", b"other's")  # before a's next record: a's follower stands behind it
+        writer = a._held.writer  # type: ignore[attr-defined]
+        own = _PopThenFollow(writer.own)
+        own.follower = a._follower  # type: ignore[attr-defined]
+        writer.own = own
+        a.put("k", b"mine")
+        assert own.follower is None  # the claim ran, and the catch-up inside it
+        a.refresh()
+        assert writer.own == {} and writer.ahead == {}
+        assert a["k"] == b"mine" and a["b"] == b"other's"
+        followed = a.stats()
+    with BlobCache(path, readonly=True) as fresh:
+        reopened = fresh.stats()
+    assert followed.live_bytes == reopened.live_bytes
+    assert followed.log_record_bytes == reopened.log_record_bytes
+    assert followed.log_stale_bytes == reopened.log_stale_bytes
