@@ -21,8 +21,8 @@ LOCK_NAME: Final = "LOCK"
 # <root>/COMPACT empty; flocked by the one process compacting the log.
 STATE_NAME: Final = "STATE"
 COMPACT_NAME: Final = "COMPACT"
-# STATE, 64 bytes (u64 little-endian each, after the magic), in a file of one
-# page: a hint, never fsynced, rebuilt from the log whenever it disagrees with it.
+# STATE, 96 bytes (u64 little-endian each, after the magic, but wakes), in a file
+# of one page: a hint, never fsynced, rebuilt from the log whenever it disagrees with it.
 #   offset  size  field
 #   0       4     magic b"BCS1", then 4 zero bytes
 #   8       8     next: the next sequence number to hand out
@@ -33,8 +33,16 @@ COMPACT_NAME: Final = "COMPACT"
 #   40      8     pending: where the append under way ends (> appended: its writer died)
 #   48      8     allocated: how far it is zero-filled ahead, durably
 #   56      8     generation: compactions so far
+#   64      8     synced: how far segment `synced_in` is known fdatasynced
+#   72      8     synced_in: the segment `synced` is of (another: nothing known)
+#   80      8     troubles: failed fdatasyncs of the active segment and cuts of it
+#   88      4     wakes: a u32 counter, the word that processes waiting for
+#                 `synced` sleep on (futex); then 4 zero bytes
 STATE_MAGIC: Final = b"BCS1"
-STATE_LAYOUT: Final = struct.Struct("<4s4xQQQQQQQ")
+STATE_LAYOUT: Final = struct.Struct("<4s4xQQQQQQQQQQI4x")
+# The byte of STATE whose open file description lock (fcntl F_OFD_SETLK, apart
+# from the file's flock) the one process fdatasyncing the log for all holds.
+STATE_SYNC_BYTE: Final = 4095
 BLOBS_DIR: Final = "blobs"
 
 # --- Key directories ------------------------------------------------------------

@@ -208,6 +208,11 @@ def _settle(
             # Rebuilt: the processes that wrote what is there are gone, and their
             # records are what recovery serves anyway: all acknowledged.
             state.reset(next_seq=next_seq, segment=number, appended=end, allocated=allocated)
+    except BaseException:
+        # A cut or an fsync of the active segment may have failed: the other
+        # processes must not trust each other's fdatasyncs over it.
+        state.trouble()
+        raise
     finally:
         if fd >= 0:
             os.close(fd)

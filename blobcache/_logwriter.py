@@ -71,8 +71,10 @@ class LogWriter:
     own lock. A leader takes every queued record (up to ``batch_bytes``),
     and under the store's append flock (``_shared.SharedState``) takes their
     sequence numbers, frames them and writes them with one ``pwrite`` where the
-    last whole record ends; then it makes them durable with one ``fdatasync``
-    and marks them acknowledged (``acked``) for every process to see. Then it
+    last whole record ends; then it makes them durable with one ``fdatasync``,
+    shared with the other processes appending (``SharedState.sync_shared``:
+    theirs may cover it, or its theirs), and marks them acknowledged (``acked``)
+    for every process to see. Then it
     hands the lead to the first record queued meanwhile (so the next batch
     starts at once) and wakes the threads of its batch. With ``sync=False``
     ("os" durability) an append is one ``pwrite`` under the lock, acknowledged
@@ -170,12 +172,13 @@ class LogWriter:
                 batch.append(queue.pop(0))
                 size += batch[-1].hint
         error: BaseException | None = None
-        span: tuple[int, int, int] | None = None
+        span: tuple[int, int, int, int] | None = None
         try:
             span = self._write(batch, acknowledge=False)
             if span is not None:
-                _fsio.fdatasync(self._fd)
-                self._acknowledge(span)
+                # Marks it acknowledged too (`acked`), for every process to see.
+                number, _start, end, troubles = span
+                self.state.sync_shared(number, end, troubles, self._fdatasync_batch)
         except BaseException as exc:  # every put of the batch fails with it
             error = exc
             if span is not None:
@@ -219,11 +222,13 @@ class LogWriter:
                     break
         self._expect = 0
 
-    def _write(self, batch: list[_Request], *, acknowledge: bool) -> tuple[int, int, int] | None:
+    def _write(
+        self, batch: list[_Request], *, acknowledge: bool
+    ) -> tuple[int, int, int, int] | None:
         """Under the append flock: number and frame the records of ``batch`` and
         pwrite them where the active segment's last whole record ends; return
-        (segment, start, end), or None when no record was framed (each request
-        whose ``make`` raised carries its error).
+        (segment, start, end, ``troubles`` then), or None when no record was
+        framed (each request whose ``make`` raised carries its error).
 
         Rolls over first when they would overflow the segment or the last batch
         failed; zero-fills ahead first when they would pass the preallocation.
@@ -276,6 +281,7 @@ class LogWriter:
                 # says so until it is cut (here, or by the roll the next batch makes).
                 state.pending = max(end, dead)
                 self._failed = True
+                state.trouble()
                 with contextlib.suppress(OSError):
                     _fsio.truncate(self._fd, start)
                     state.pending = start
@@ -289,7 +295,7 @@ class LogWriter:
                 request.end, request.size = (number, offset), size
             state.set_appended(end, acked=acknowledge)
             self._unsynced = True
-            return number, start, end
+            return number, start, end, state.troubles
 
     def claim(self, segment: int, offset: int, *, gone: Key | None = None) -> bool:
         """Whether this process's record at (segment, offset) is its writer's to
@@ -309,16 +315,10 @@ class LogWriter:
             return False
         return True
 
-    def _acknowledge(self, span: tuple[int, int, int]) -> None:
-        """After the fdatasync of ``span``: let every process see it (and what it
-        covered). A roll since sealed it, with an fdatasync: all of it is seen."""
-        number, _start, end = span
-        state = self.state
-        with state.locked():
-            if state.segment == number and state.acked < end:
-                state.acked = end
+    def _fdatasync_batch(self) -> None:
+        _fsio.fdatasync(self._fd)
 
-    def _undo(self, span: tuple[int, int, int]) -> None:
+    def _undo(self, span: tuple[int, int, int, int]) -> None:
         """After a failed fdatasync: cut the segment back to where the batch began
         if nothing was written after it since, and roll before the next write.
 
@@ -326,15 +326,19 @@ class LogWriter:
         even if the cut fails no follower reads it, and the roll cuts it then.
         If another process appended after it the records stay: they were never
         acknowledged, yet every process will read them (a failed fdatasync with
-        another writer in between: see FORMAT.md, "Several processes").
+        another writer in between: see FORMAT.md, "Several processes"). So do
+        they once ``acked`` passed their start: another process's fdatasync
+        covered them (the put failed while it waited, interrupted), or an "os"
+        append; other processes may have read them.
         """
-        number, start, end = span
+        number, start, end, _troubles = span
         state = self.state
         self._failed = True
         with state.locked():
+            state.trouble()  # (a cut may come under another's fdatasync)
             for key in [k for k in self.own if k[0] == number and start <= k[1] < end]:
                 del self.own[key]
-            if state.segment == number and state.appended == end:
+            if state.segment == number and state.appended == end and state.acked <= start:
                 state.appended = start
                 state.pending = end  # what is past `start` is a dead append's
                 with contextlib.suppress(OSError):
@@ -348,6 +352,7 @@ class LogWriter:
         state = self.state
         with state.locked():
             if state.segment == self.number and state.pending > state.appended:
+                state.trouble()
                 _fsio.truncate(self._fd, state.appended)
                 state.pending = state.allocated = state.appended
 
@@ -366,19 +371,25 @@ class LogWriter:
         state = self.state
         allocated = state.allocated
         target = max(end, min(state.appended + self.PREALLOCATE, self._segment_bytes))
-        _fsio.pwrite_all(self._fd, bytes(target - allocated), allocated)
+        try:
+            _fsio.pwrite_all(self._fd, bytes(target - allocated), allocated)
+        except BaseException:
+            state.trouble()
+            raise
         self._fdatasync()
         state.allocated = target
 
     def _fdatasync(self) -> None:
         """fdatasync the active segment outside a batch. REQUIRES: this thread owns
         the file. If it fails while written records wait for it, so does every
-        later ``sync()`` (see ``_fsio.earlier_sync_failed``)."""
+        later ``sync()`` (see ``_fsio.earlier_sync_failed``); it is a trouble
+        for every process (``SharedState.trouble``)."""
         try:
             _fsio.fdatasync(self._fd)
         except OSError as exc:
             if self._unsynced:
                 self._sync_error = exc
+            self.state.trouble()
             raise
         self._unsynced = False
 
@@ -444,7 +455,8 @@ class LogWriter:
         os.close(self._fd)
         self._fd, self.number, self._failed = new_fd, number, False
         head = F.SEGMENT_HEADER.size
-        state.appended = state.acked = state.allocated = head
+        state.appended = state.acked = state.allocated = state.synced = head
+        state.synced_in = number
         state.segment = number
         state.pending = head
 

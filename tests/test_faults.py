@@ -174,8 +174,20 @@ def _site(name: str, args: tuple[Any, ...]) -> str:
 # Helpers that only wrap a primitive for their callers: the site is named after
 # the caller ("fdatasync@sync", not "fdatasync@_fdatasync"; "pwrite_all@
 # write_version", not "pwrite_all@fill@_write_temp"; "create_exclusive@open_temp",
-# not "create_exclusive@_flocked_open@open_temp").
-_PASS_THROUGH = frozenset({"_fdatasync", "fill", "_write_temp", "_flocked_open", "open_flocked"})
+# not "create_exclusive@_flocked_open@open_temp"; a batch's "fdatasync@_lead",
+# through SharedState.sync_shared and _sync_own, which share it between processes).
+_PASS_THROUGH = frozenset(
+    {
+        "_fdatasync",
+        "fill",
+        "_write_temp",
+        "_flocked_open",
+        "open_flocked",
+        "_fdatasync_batch",
+        "_sync_own",
+        "sync_shared",
+    }
+)
 
 
 def _torn_pwrite_all(real: Callable[..., Any], error: OSError, *args: Any) -> None:

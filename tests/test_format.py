@@ -53,7 +53,7 @@ def test_struct_sizes_match_the_prose() -> None:
     # Format 1's record header is format 2's without rflags and codec, the last two bytes.
     assert F.RECORD_HEADER.format == F.RECORD_HEADER_V1.format + "BB"
     assert F.VERSION_BODY.size == 16
-    assert F.STATE_LAYOUT.size == 64 <= mmap.PAGESIZE
+    assert F.STATE_LAYOUT.size == 96 <= mmap.PAGESIZE
     assert len(F.MARKER_CONTENT) == len(F.MARKER_CONTENT_V1) == 12
     assert len(N.version_name(1, 2, 3)) == F.VERSION_NAME_LEN == 52
     assert len(_log.segment_name(1)) == F.SEGMENT_NAME_LEN == 20
@@ -61,12 +61,14 @@ def test_struct_sizes_match_the_prose() -> None:
 
 def test_state_layout_matches_the_prose() -> None:
     # magic at 0, four zero bytes, then next, segment, appended, acked, pending,
-    # allocated and generation, a u64 each from offset 8.
-    fields = [0x0101010101010101 * i for i in range(1, 8)]
-    packed = F.STATE_LAYOUT.pack(F.STATE_MAGIC, *fields)
+    # allocated, generation, synced, synced_in and troubles, a u64 each from
+    # offset 8; wakes, a u32 at 88, and four zero bytes.
+    fields = [0x0101010101010101 * i for i in range(1, 11)]
+    packed = F.STATE_LAYOUT.pack(F.STATE_MAGIC, *fields, 0x0A0B0C0D)
     assert packed[:8] == b"BCS1" + bytes(4)
     for i, value in enumerate(fields):
         assert packed[8 + 8 * i : 16 + 8 * i] == value.to_bytes(8, "little")
+    assert packed[88:] == (0x0A0B0C0D).to_bytes(4, "little") + bytes(4)
 
 
 def test_torn_tail_example(tmp_path: object) -> None:
@@ -159,8 +161,14 @@ def test_worked_example(tmp_path: object) -> None:
         assert cache.stats().log_record_bytes == 0  # nothing copied, the delete dropped
         compacted = _read(os.path.join(store, "log", "0000000000000001.log"))
         assert compacted == _log.segment_header(F.SEGMENT_FLAG_COMPACTED)
-        state = F.STATE_LAYOUT.unpack(_read(os.path.join(store, F.STATE_NAME))[:64])
-        assert state == (F.STATE_MAGIC, 3, 2, 16, 16, 16, 16, 1)
+        state = _state(store)
+        assert state[:8] == (F.STATE_MAGIC, 3, 2, 16, 16, 16, 16, 1)
+        assert state[8:10] == (16, 2)  # synced: the new segment's header, made durable
+
+
+def _state(store: str) -> tuple[object, ...]:
+    """The fields of the store's ``STATE``, as ``STATE_LAYOUT`` unpacks them."""
+    return F.STATE_LAYOUT.unpack(_read(os.path.join(store, F.STATE_NAME))[: F.STATE_LAYOUT.size])
 
 
 def _format_1_store(store: str) -> bytes:
@@ -204,7 +212,7 @@ def test_a_format_1_store_opens_and_a_writer_upgrades_it(tmp_path: object) -> No
         assert _read(_segment(store, 1)) == sealed  # cut at its last record
         assert _read(_segment(store, 2)) == _log.segment_header(0)  # BCL2, header only
         cache.put("k", b"again")
-        state = F.STATE_LAYOUT.unpack(_read(os.path.join(store, F.STATE_NAME))[:64])
+        state = _state(store)
         assert state[:3] == (F.STATE_MAGIC, 3, 2)
     assert _read(_segment(store, 2))[16:44] == _log.encode_record(
         2, F.RECORD_PUT, b"s", b"k", b"again"

@@ -100,7 +100,8 @@ _LEAVES = {"_format", "_names", "_filekinds", "errors"}
 
 
 @pytest.mark.parametrize(
-    "module", ["_filekinds", "_filesystems", "_format", "_fsio", "_names", "_problems", "errors"]
+    "module",
+    ["_filekinds", "_filesystems", "_format", "_fsio", "_futex", "_names", "_problems", "errors"],
 )
 def test_the_bottom_layer_imports_only_the_format_names_file_kinds_and_errors(
     module: str,
