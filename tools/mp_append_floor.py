@@ -23,16 +23,15 @@ records per fdatasync. Between the fdatasyncs lie the waiters' wake-ups
 three processes gathered for each fdatasync, 4 processes stay near 2x one:
 2.5x is out of this protocol's reach here, before any work of blobcache's own.
 
-``shared`` was built into blobcache and measured (2026-12-01, interleaved A/B
-runs of 4 processes x 600 durable puts): 0.41-0.48 fdatasyncs per put instead
-of 1.00, yet 4 processes went from 6.4-9.5k to 6.9-9.6k puts/s (1.06-1.52x
-one process against 0.94-1.49x): the wake-ups and each process's following of
-the others' records (about 30 us of CPU per put, measured by turning the
-background refresh off) bound it, not the fdatasyncs. A review then found
-three ways it could call a batch durable that no fdatasync covered (a cut
-under an fdatasync in flight; an EIO consumed by another process's file,
-whose seal then "covered" the waiters; a STATE shared with a writer that does
-not keep the mark), so it was not landed.
+``shared`` is blobcache's way (``SharedState.sync_shared``, with what two
+reviews added: a ``troubles`` value that voids marks across a failed fdatasync
+or a cut, and waiters then fdatasyncing their own descriptor). Measured in
+blobcache, tools/bench.py --only processes, 2026-12-01 16:31 UTC: 4 processes
+x 100 B durable puts 1.22x one process (9,043 puts/s; 0.44 fdatasyncs per put,
+was 1.00 and 1.13x before it), CPU per put 126 us against 69 us alone. Of the
+gap to this floor, the following of the others' records is about 5% (the
+background refresh turned off); the rest is each put's own Python path
+between the wake-up and the next fdatasync, on 2 cores shared by 4 processes.
 """
 
 from __future__ import annotations
