@@ -201,8 +201,8 @@ class SharedState:
         self, segment: int, end: int, troubles: int, fdatasync: Callable[[], None]
     ) -> None:
         """Make the records of ``segment`` up to ``end`` durable, sharing
-        fdatasyncs with the other processes appending to it; ``troubles`` is the
-        count as it was when they were written (``LogWriter._write``).
+        fdatasyncs with the other processes appending to it; ``troubles`` is its
+        value as it was when they were written (``LogWriter._write``).
 
         One process at a time fdatasyncs for everyone (holding the sync lock,
         taken without waiting: ``_lock_sync``): it reads ``appended`` first, so its
@@ -232,7 +232,7 @@ class SharedState:
             if self.segment != segment:
                 # Sealed, and the seal fdatasynced it: through a descriptor
                 # that may have been opened after another process was told of
-                # a write-back error and before it counted the trouble. Ours
+                # a write-back error and before it noted the trouble. Ours
                 # was open before our write: it is told of any that hit it.
                 self._sync_own(segment, fdatasync, wake=False)
                 return
@@ -270,7 +270,7 @@ class SharedState:
         """``fdatasync()``, then ``synced`` and ``acked`` raised to the
         ``appended`` read before it, unless the segment was sealed since or
         ``troubles`` changed meanwhile; with ``wake``, the waiters woken. A
-        failure counts as a trouble."""
+        failure is a trouble."""
         with self.locked():
             upto = self.appended if self.segment == segment else 0
             troubles = self.troubles
