@@ -79,6 +79,18 @@ def test_a_syncer_covers_every_record_written_before_it_began(two: Any) -> None:
     assert theirs.calls == 0
 
 
+def test_an_os_append_after_a_batch_does_not_count_as_its_fdatasync(two: Any) -> None:
+    """An "os" handle acknowledges its records at once (``acked``), past an
+    "fsync" batch written before it: ``synced`` alone says what is durable."""
+    first, second = two
+    with second.locked():
+        second.set_appended(700, acked=True)  # an "os" process's append after ours
+    ours = _Sync()
+    first.sync_shared(1, 500, first.troubles, ours)
+    assert ours.calls == 1
+    assert (first.synced, first.acked) == (700, 700)
+
+
 def test_after_a_trouble_nobody_trusts_another_process_s_fdatasync(two: Any) -> None:
     """A failed fdatasync elsewhere may have eaten the error of our pages: the
     batch written before it fdatasyncs through its own descriptor, even if
