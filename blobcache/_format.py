@@ -35,7 +35,8 @@ COMPACT_NAME: Final = "COMPACT"
 #   56      8     generation: compactions so far
 #   64      8     synced: how far segment `synced_in` is known fdatasynced
 #   72      8     synced_in: the segment `synced` is of (another: nothing known)
-#   80      8     troubles: failed fdatasyncs of the active segment and cuts of it
+#   80      8     troubles: a random value, new at every failed fdatasync or write
+#                 of the active segment, cut of it, failed settle
 #   88      4     wakes: a u32 counter, the word that processes waiting for
 #                 `synced` sleep on (futex); then 4 zero bytes
 STATE_MAGIC: Final = b"BCS1"

@@ -101,7 +101,10 @@ def attach(
             # Before any segment of format 2 is made: blobcache 0.1 then refuses
             # the store instead of misreading it.
             _storedir.upgrade_marker(root)
-        _settle(root, logdir, state, recovered, alone=alone)
+        # A cut or an fsync of the active segment that fails here is a trouble:
+        # the other processes must not trust each other's fdatasyncs over it.
+        with state.troubled_on_failure():
+            _settle(root, logdir, state, recovered, alone=alone)
     return LogWriter(
         logdir,
         state,
@@ -208,11 +211,6 @@ def _settle(
             # Rebuilt: the processes that wrote what is there are gone, and their
             # records are what recovery serves anyway: all acknowledged.
             state.reset(next_seq=next_seq, segment=number, appended=end, allocated=allocated)
-    except BaseException:
-        # A cut or an fsync of the active segment may have failed: the other
-        # processes must not trust each other's fdatasyncs over it.
-        state.trouble()
-        raise
     finally:
         if fd >= 0:
             os.close(fd)

@@ -316,6 +316,9 @@ class LogWriter:
         return True
 
     def _fdatasync_batch(self) -> None:
+        """A batch's fdatasync: unlike ``_fdatasync``, a failure fails only its
+        batch (no ``_sync_error``: those puts raise), and ``sync_shared`` notes
+        the trouble."""
         _fsio.fdatasync(self._fd)
 
     def _undo(self, span: tuple[int, int, int, int]) -> None:
@@ -328,8 +331,8 @@ class LogWriter:
         acknowledged, yet every process will read them (a failed fdatasync with
         another writer in between: see FORMAT.md, "Several processes"). So do
         they once ``acked`` passed their start: another process's fdatasync
-        covered them (the put failed while it waited, interrupted), or an "os"
-        append; other processes may have read them.
+        covered them (the put failed while it waited, interrupted), or a
+        writer's open rebuilt ``STATE``; other processes may have read them.
         """
         number, start, end, _troubles = span
         state = self.state
@@ -371,11 +374,8 @@ class LogWriter:
         state = self.state
         allocated = state.allocated
         target = max(end, min(state.appended + self.PREALLOCATE, self._segment_bytes))
-        try:
+        with state.troubled_on_failure():
             _fsio.pwrite_all(self._fd, bytes(target - allocated), allocated)
-        except BaseException:
-            state.trouble()
-            raise
         self._fdatasync()
         state.allocated = target
 

@@ -19,12 +19,13 @@ with its life; what it left half done, ``pending`` says.
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import mmap
 import os
 import struct
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 from . import _format as F
 from . import _fsio, _futex
@@ -79,6 +80,8 @@ def _lock_sync(fd: int, kind: int) -> bool:
 
 
 def _fresh_trouble() -> int:
+    """A value for ``troubles`` that no process noted: random, not a count, so
+    that two processes writing one at once, without a lock, still change it."""
     return int.from_bytes(os.urandom(8), "little")
 
 
@@ -227,21 +230,21 @@ class SharedState:
         naps = 0
         while True:
             if self.troubles != troubles:
-                self._sync_own(segment, fdatasync, wake=True)
+                self._sync_own(segment, end, fdatasync, wake=True)
                 return
             if self.segment != segment:
                 # Sealed, and the seal fdatasynced it: through a descriptor
                 # that may have been opened after another process was told of
                 # a write-back error and before it noted the trouble. Ours
                 # was open before our write: it is told of any that hit it.
-                self._sync_own(segment, fdatasync, wake=False)
+                self._sync_own(segment, end, fdatasync, wake=False)
                 return
             if self.covers(segment, end):
                 if self.troubles == troubles:  # read after: a failure came before
                     return
                 continue
             if not self._wakes or naps >= SYNC_NAPS:  # no futex here, or no syncer
-                self._sync_own(segment, fdatasync, wake=True)
+                self._sync_own(segment, end, fdatasync, wake=True)
                 return
             seen = _U32.unpack_from(self.map, _WAKES)[0]
             held = False
@@ -253,7 +256,7 @@ class SharedState:
                         naps += 1
                     continue
                 if not self.covers(segment, end) and self.troubles == troubles:
-                    self._sync_own(segment, fdatasync, wake=False)
+                    self._sync_own(segment, end, fdatasync, wake=False)
                     return
             except _NoSyncLock:  # no such locks here: every process for itself
                 self._wakes = 0
@@ -266,28 +269,41 @@ class SharedState:
                         # failed to take the lock then sleeps not at all.
                         self._wake()
 
-    def _sync_own(self, segment: int, fdatasync: Callable[[], None], *, wake: bool) -> None:
-        """``fdatasync()``, then ``synced`` and ``acked`` raised to the
-        ``appended`` read before it, unless the segment was sealed since or
-        ``troubles`` changed meanwhile; with ``wake``, the waiters woken. A
-        failure is a trouble."""
+    def _sync_own(
+        self, segment: int, end: int, fdatasync: Callable[[], None], *, wake: bool
+    ) -> None:
+        """``fdatasync()`` this process's batch of ``segment`` ending at ``end``,
+        then ``synced`` and ``acked`` raised to the ``appended`` read before it,
+        unless the segment was sealed since; if ``troubles`` changed meanwhile,
+        only ``acked``, and only to ``end``: our own descriptor vouches for our
+        records, no one's for the rest (the put returns: other processes must
+        see it). With ``wake``, the waiters woken. A failure is a trouble."""
         with self.locked():
             upto = self.appended if self.segment == segment else 0
             troubles = self.troubles
-        try:
+        with self.troubled_on_failure():
             fdatasync()
-        except BaseException:
-            self.trouble()
-            raise
         with self.locked():
-            if upto and self.segment == segment and self.troubles == troubles:
-                if self.synced_in != segment or self.synced < upto:
+            if upto and self.segment == segment:
+                if self.troubles != troubles:
+                    upto = min(end, self.appended)
+                elif self.synced_in != segment or self.synced < upto:
                     self.synced = upto
                     self.synced_in = segment
                 if self.acked < upto:
                     self.acked = upto
         if wake:
             self._wake()
+
+    @contextlib.contextmanager
+    def troubled_on_failure(self) -> Iterator[None]:
+        """Note a trouble (``trouble``) if the block fails: a write or fdatasync
+        of the active segment, or a settling of it, raised."""
+        try:
+            yield
+        except BaseException:
+            self.trouble()
+            raise
 
     def trouble(self) -> None:
         """Note a trouble: an fdatasync of the active segment failed, a write to
