@@ -74,9 +74,9 @@ class LogWriter:
     last whole record ends; then it makes them durable with one ``fdatasync``,
     shared with the other processes appending (``SharedState.sync_shared``:
     theirs may cover it, or its theirs), and marks them acknowledged (``acked``)
-    for every process to see. Then it
-    hands the lead to the first record queued meanwhile (so the next batch
-    starts at once) and wakes the threads of its batch. With ``sync=False``
+    for every process to see. Then it hands the lead to the first record queued
+    meanwhile (so the next batch starts at once) and wakes the threads of its
+    batch. With ``sync=False``
     ("os" durability) an append is one ``pwrite`` under the lock, acknowledged
     at once, and ``sync()`` flushes later.
 
@@ -322,8 +322,9 @@ class LogWriter:
         _fsio.fdatasync(self._fd)
 
     def _undo(self, span: tuple[int, int, int, int]) -> None:
-        """After a failed fdatasync: cut the segment back to where the batch began
-        if nothing was written after it since, and roll before the next write.
+        """After a failed fdatasync (or any failure while the batch waited for
+        one): cut the segment back to where the batch began if nothing was
+        written after it since, and roll before the next write.
 
         The batch is taken off the log first (``appended`` back to its start), so
         even if the cut fails no follower reads it, and the roll cuts it then.
