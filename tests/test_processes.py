@@ -68,6 +68,18 @@ def _allowed(key: str, last: dict[str, int], plan: list[str]) -> set[bytes | Non
     return allowed
 
 
+def _drain(reader: Connection, acked: dict[str, int]) -> None:
+    """Take into ``acked`` the acknowledgements a writer sent before it was
+    killed and that were not read yet."""
+    while reader.poll(0):
+        try:
+            message = reader.recv()
+        except EOFError:
+            return
+        if message is not None:
+            acked[message[0]] = message[1]
+
+
 def _get(cache: BlobCache, key: str) -> bytes | None:
     value = cache.get(key)
     return None if value is None else bytes(value)
@@ -113,13 +125,7 @@ def test_writers_in_several_processes_lose_nothing_acknowledged_when_some_are_ki
                     os.kill(procs[i].pid, signal.SIGKILL)  # type: ignore[arg-type]
                     procs[i].join()
                     done[i] = True
-                    while reader.poll(0):  # acknowledged before the kill, unread yet
-                        try:
-                            message = reader.recv()
-                        except EOFError:
-                            break
-                        if message is not None:
-                            last[message[0]] = message[1]
+                    _drain(reader, last)  # acknowledged before the kill, unread yet
                     # What it acknowledged is there for a survivor beside it.
                     watcher.refresh()
                     for k in set(plans[f"w{i}"]):
@@ -360,13 +366,7 @@ def test_a_writer_killed_mid_put_blocks_no_one(tmp_path: Path, durability: str) 
         acked[key] = n
     os.kill(child.pid, signal.SIGKILL)  # type: ignore[arg-type]
     child.join()
-    while reader.poll(0):
-        try:
-            message = reader.recv()
-        except EOFError:
-            break
-        if message is not None:
-            acked[message[0]] = message[1]
+    _drain(reader, acked)
     with BlobCache(path, durability=durability) as cache:  # type: ignore[arg-type]
         cache.put("after", b"kill")
         for key in set(plan):
