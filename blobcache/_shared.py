@@ -190,15 +190,13 @@ class SharedState:
             _Q.pack_into(self.map, _APPENDED, end)
 
     def covers(self, segment: int, end: int) -> bool:
-        """Whether the records of ``segment`` up to ``end`` are fdatasynced: by
-        an fdatasync that raised ``synced`` past them, or by the seal of their
-        segment (which fdatasyncs it). A read without the flock: a seal writes
-        the new segment's ``synced`` and ``synced_in`` before its number, so a
-        ``synced`` read after ``segment`` is that segment's or a later one's
-        (then it was sealed). Callers also check ``troubles`` (``sync_shared``)."""
-        if self.segment != segment:
-            return True
-        return self.synced_in == segment and self.synced >= end
+        """Whether an fdatasync raised ``synced`` past the records of the active
+        ``segment`` up to ``end``. A seal counts not (``sync_shared`` says why).
+        A read without the flock, in the order the writers' reverse: ``synced``,
+        then ``synced_in``, then ``segment``; a mark writes ``synced`` before
+        ``synced_in``, a seal both before ``segment``, so a ``synced`` of a later
+        segment is never taken for this one's. Callers also check ``troubles``."""
+        return self.synced >= end and self.synced_in == segment and self.segment == segment
 
     def sync_shared(
         self, segment: int, end: int, troubles: int, fdatasync: Callable[[], None]
@@ -251,7 +249,11 @@ class SharedState:
             try:
                 held = _lock_sync(self.fd, fcntl.F_WRLCK)
                 if not held:
-                    if not self.covers(segment, end) and self.troubles == troubles:
+                    if (
+                        self.segment == segment
+                        and not self.covers(segment, end)
+                        and self.troubles == troubles
+                    ):
                         _futex.wait(self._wakes, seen, SYNC_WAIT_SECONDS)
                         naps += 1
                     continue

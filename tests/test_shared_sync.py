@@ -154,6 +154,18 @@ def test_a_batch_covered_only_by_a_seal_fdatasyncs_its_own_descriptor(two: Any) 
     assert ours.calls == 1
 
 
+def test_a_seal_is_no_cover_whenever_it_comes(two: Any) -> None:
+    """``covers`` says no once the segment moved on, whatever ``synced`` still
+    says: a seal between ``sync_shared``'s own look at the segment and its look
+    at ``synced`` must not let the batch return without its own fdatasync."""
+    first, _second = two
+    first.sync_shared(1, 500, first.troubles, _Sync())
+    assert first.covers(1, 400)
+    with first.locked():
+        first.segment = 2  # sealed, `synced` and `synced_in` not (yet) moved on
+    assert not first.covers(1, 400)
+
+
 def test_every_trouble_changes_the_value_noted(two: Any) -> None:
     first, second = two
     seen = {first.troubles}
