@@ -92,17 +92,20 @@ def test_writers_in_several_processes_lose_nothing_acknowledged_when_some_are_ki
     BlobCache(path).close()
     writers = 4
     pipes = [SPAWN.Pipe(duplex=False) for _ in range(writers)]
-    ops = 400
-    plans = {f"w{i}": _plan(f"w{i}", i, ops) for i in range(writers)}
+    doomed = {0, 2}  # killed midway, at a moment set by their acknowledgements
+    kill_at = {0: 60, 2: 150}
+    # The doomed have ten times the work, so they are still putting when the
+    # kill comes (this process reads their acknowledgements in turn with the
+    # others'; a writer that finished first would exit 0, never killed).
+    ops = [4000 if i in doomed else 400 for i in range(writers)]
+    plans = {f"w{i}": _plan(f"w{i}", i, ops[i]) for i in range(writers)}
     procs = [
-        SPAWN.Process(target=_writer, args=(path, f"w{i}", ops, pipes[i][1], i))
+        SPAWN.Process(target=_writer, args=(path, f"w{i}", ops[i], pipes[i][1], i))
         for i in range(writers)
     ]
     for proc in procs:
         proc.start()
     last: dict[str, int] = {}  # key -> the last acknowledged operation on it
-    doomed = {0, 2}  # killed midway, at a moment set by their acknowledgements
-    kill_at = {0: 60, 2: 150}
     seen = [0] * writers
     done = [False] * writers
     with BlobCache(path) as watcher:  # a process beside them, following the log
