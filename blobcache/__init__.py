@@ -5,12 +5,14 @@
 acknowledged put. See README.md for the guarantees and FORMAT.md for the bytes.
 """
 
+from ._batch import Batch
 from ._janitor import GcResult
 from ._options import Options
 from ._problems import Problem
 from .aio import AsyncBlobCache
 from .cache import BlobCache, Stats
 from .errors import (
+    BatchError,
     BlobCacheError,
     ClosedError,
     CorruptionError,
@@ -21,6 +23,8 @@ from .errors import (
 
 __all__ = [
     "AsyncBlobCache",
+    "Batch",
+    "BatchError",
     "BlobCache",
     "BlobCacheError",
     "ClosedError",

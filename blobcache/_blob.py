@@ -47,14 +47,21 @@ class TempVersion:
         self._tmp = tmp
         self._sync = sync
 
-    def name(self, seq: int) -> Record:
-        """Rename the temp file to version ``seq``'s name.
+    @property
+    def path(self) -> str:
+        """The temp file, until it is named."""
+        return self._tmp
+
+    def name(self, seq: int, *, batch: bool = False) -> Record:
+        """Rename the temp file to version ``seq``'s name (a b- name for one of a
+        ``batch``: FORMAT.md, "Batches").
 
         REQUIRES: the log's append flock, held from taking ``seq`` to appending
         the version's record: the record follows its file, in number order.
         """
         assert self._fd is not None, "a temp version is named once"
-        final = os.path.join(self.keydir, N.version_name(seq, self.length, self.checksum))
+        naming = N.batch_version_name if batch else N.version_name
+        final = os.path.join(self.keydir, naming(seq, self.length, self.checksum))
         _fsio.rename(self._tmp, final)
         _fsio.unlock(self._fd)  # releases the flock: the file now has its final name
         self._fd = None

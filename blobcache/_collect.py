@@ -153,8 +153,8 @@ def _collect_beside_writer(path: str, *, dry_run: bool) -> GcReport:
                     sound[keydir] = _stands_alone(keydir, newer, report, sync=not dry_run)
                 if not sound[keydir]:
                     continue
-            elif not dry_run:
-                sync_log()
+            if not dry_run and (newer is None or N.is_batch_version(newer.path)):
+                sync_log()  # a batch's version counts only with its record there
             if dry_run or _remove_version(keydir, record):
                 _count(report, record.path, record.length)
         if dry_run and not beside:

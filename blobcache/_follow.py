@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import os
 import threading
+import time
 from collections.abc import Callable
 from typing import NamedTuple
 
@@ -38,6 +39,21 @@ from ._index import IN_A_FILE, Index, Mapped, pack
 from ._keydir import Record
 from ._logwriter import LogWriter
 from ._shared import SharedState
+
+_DELETES = (F.RECORD_DELETE, F.RECORD_EVICT)
+
+
+def _version_path(keydir: str, seq: int, length: int, checksum: int) -> str | None:
+    """The file a version record names, under its name as a single put's or as
+    one of a batch's (FORMAT.md, "Batches"); None if neither is there."""
+    for name in (
+        N.version_name(seq, length, checksum),
+        N.batch_version_name(seq, length, checksum),
+    ):
+        path = os.path.join(keydir, name)
+        if os.path.exists(path):
+            return path
+    return None
 
 
 class Change(NamedTuple):
@@ -206,7 +222,7 @@ class Follower:
         base = self.offset
         data = os.pread(self._fd, limit - base, base)
         done = 0
-        for seq, kind, tag, raw, value_at, end in _log.iter_records(
+        for seq, kind, tag, raw, value_at, end, flags, expires in _log.iter_records(
             data, 0, self._head, self.logdir
         ):
             if own or ahead:
@@ -216,13 +232,13 @@ class Follower:
                     if self._own_record():
                         done = self.offset - base
                         continue
-            if kind == F.RECORD_PUT:  # the common case, flat
+            if kind == F.RECORD_PUT and not flags:  # the common case, flat
                 old = index.publish(
                     N.decode_key(tag, raw), data[value_at:end], pack(seq, number, end - done)
                 )
                 stale |= old is not None and old != number
             else:
-                change = self._change(kind, tag, raw, data, seq, value_at, end)
+                change = self._change(kind, tag, raw, data, seq, value_at, end, expires)
                 if change is None:
                     index.book_stale(number, end - done)
                 else:
@@ -274,15 +290,29 @@ class Follower:
         return True
 
     def _change(
-        self, kind: int, tag: bytes, raw: bytes, data: bytes, seq: int, value_at: int, end: int
+        self,
+        kind: int,
+        tag: bytes,
+        raw: bytes,
+        data: bytes,
+        seq: int,
+        value_at: int,
+        end: int,
+        expires: int,
     ) -> Change | None:
         key = N.decode_key(tag, raw)
         keydir = N.key_dir(self.blobs, N.key_hash(tag, raw))
-        if kind == F.RECORD_DELETE:
+        expired = expires and expires <= time.time_ns() // 1_000_000
+        if kind in _DELETES or expired:
+            # An expired put hides the older records of its key, as a delete does.
             return Change(key, None, keydir if keydir in self.key_dirs else None)
+        if kind == F.RECORD_PUT:
+            return Change(key, data[value_at:end])
+        if kind == F.RECORD_PIN:
+            return None  # (pins: issue 15, not yet acted on)
         length, checksum = F.VERSION_BODY.unpack_from(data, value_at)
-        path = os.path.join(keydir, N.version_name(seq, length, checksum))
-        if not os.path.exists(path):
+        path = _version_path(keydir, seq, length, checksum)
+        if path is None:
             # Collected (a newer record follows), or its put failed after the
             # record was written (its directory fsync): nothing to serve.
             return None

@@ -13,8 +13,11 @@ from typing import Final
 # <root>/FORMAT  marker: identifies a blobcache store and its format version.
 # <root>/blobs/  the key directories, fanned out two levels.
 MARKER_NAME: Final = "FORMAT"
-MARKER_CONTENT: Final = b"blobcache 2\n"  # 12 bytes: "blobcache", space, version "2", newline
-MARKER_CONTENT_V1: Final = b"blobcache 1\n"  # a store of format 1: opened, upgraded by a writer
+MARKER_CONTENT: Final = b"blobcache 3\n"  # 12 bytes: "blobcache", space, version "3", newline
+# Stores of the formats before, opened, upgraded by a writer (FORMAT.md, "Versions"):
+MARKER_CONTENT_V2: Final = b"blobcache 2\n"  # the same files; record flags and kinds 4, 5 unused
+MARKER_CONTENT_V1: Final = b"blobcache 1\n"  # 20-byte record headers, BCL1 segments
+MARKERS_READ: Final = (MARKER_CONTENT, MARKER_CONTENT_V2, MARKER_CONTENT_V1)
 # <root>/LOCK    empty; every open handle holds a shared flock on it.
 LOCK_NAME: Final = "LOCK"
 # <root>/STATE   the log's shared state, mapped by every writer; flocked to append.
@@ -76,6 +79,10 @@ KEY_FILE_TRAILER: Final = struct.Struct("<Q")  # checksum: 8 bytes
 # in bytes, checksum xxh3_64 (seed 0) of the value bytes. (A delete is a record
 # in the log, whichever layout held the value.)
 VERSION_PREFIX: Final = "v-"
+# b-<seq>-<length>-<checksum>: a version put by a batch. It counts only while the
+# log holds its version record, which commits it with the rest of its batch
+# (FORMAT.md, "Batches"); compaction copies that record forward while it is live.
+BATCH_VERSION_PREFIX: Final = "b-"
 FIELD_HEX_DIGITS: Final = 16
 FIELD_SEPARATOR: Final = "-"
 VERSION_NAME_LEN: Final = 2 + 3 * FIELD_HEX_DIGITS + 2  # 52
@@ -105,19 +112,22 @@ SEGMENT_MAGIC: Final = b"BCL2"
 SEGMENT_MAGIC_V1: Final = b"BCL1"
 SEGMENT_HEADER: Final = struct.Struct("<4sB3xQ")
 SEGMENT_FLAG_COMPACTED: Final = 0x01
-# Record, 22-byte header then the key's n bytes then the value's m bytes
-# (format 1: the first 20 bytes only, no flags or codec):
+# Record, 22-byte header, the key's n bytes, 8 bytes of expiry if flag EXPIRES,
+# then the value's m bytes (format 1: the first 20 bytes only, no flags or codec):
 #   offset  size  field
 #   0       4     checksum: the low 32 bits of xxh3_64 of bytes [4, 22 + n + m),
 #                 everything after this field
 #   4       8     seq, the store-wide sequence number
 #   12      4     m, the value's length (0 for a delete)
-#   16      1     type: 1 = put, 2 = delete, 3 = version (a value in a file)
+#   16      1     type: 1 = put, 2 = delete, 3 = version (a value in a file),
+#                 4 = evict (a delete made by max_bytes), 5 = pin (m = 0)
 #   17      1     key tag: b"s" or b"b"
 #   18      2     n, the key's length
-#   20      1     flags: 0 (bits reserved for expiry, pins and batches; a reader
-#                 refuses a record with a bit it does not know)
+#   20      1     flags, bits below (a reader refuses a record with a bit it
+#                 does not know: written by a newer blobcache)
 #   21      1     codec: 0 = the value's raw bytes (others reserved, refused alike)
+#   22+n    8     expires (flag EXPIRES only): u64 little-endian, milliseconds
+#                 since the Unix epoch (wall clock), when the value stops being served
 # 32 bits of checksum, as LevelDB's CRC32C: a torn or flipped record goes
 # unnoticed with odds of 1 in 4 billion, and a 100-byte value's record is 12%
 # smaller than with 64 bits.
@@ -128,7 +138,23 @@ RECORD_CHECKSUM_MASK: Final = 0xFFFFFFFF
 RECORD_PUT: Final = 1
 RECORD_DELETE: Final = 2
 RECORD_VERSION: Final = 3
+RECORD_EVICT: Final = 4
+RECORD_PIN: Final = 5
+RECORD_KINDS: Final = (RECORD_PUT, RECORD_DELETE, RECORD_VERSION, RECORD_EVICT, RECORD_PIN)
+# Record flags:
+#   bit 0  MORE     one of a batch, and more of the batch follow it: a reader
+#                   applies a batch once it has read its last record (MORE clear),
+#                   and none of it if the batch is cut short
+#   bit 1  EXPIRES  the 8-byte expiry follows the key (puts and versions only)
+#   bit 2  PINNED   a put or version of a pinned key; a pin record: pinned (set)
+#                   or unpinned (clear)
+FLAG_MORE: Final = 0x01
+FLAG_EXPIRES: Final = 0x02
+FLAG_PINNED: Final = 0x04
+RECORD_FLAGS: Final = FLAG_MORE | FLAG_EXPIRES | FLAG_PINNED  # every bit this version knows
+EXPIRES: Final = struct.Struct("<Q")
 # A version record's value, m = 16: the version file's length and xxh3_64, u64
-# each; with seq they name the file (v-<seq>-<length>-<checksum>).
+# each; with seq they name the file (v-<seq>-<length>-<checksum>, or for one of
+# a batch b-<seq>-<length>-<checksum>).
 VERSION_BODY: Final = struct.Struct("<QQ")
 MAX_INLINE_VALUE: Final = 2**32 - 1  # m is a u32

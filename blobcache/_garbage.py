@@ -150,9 +150,11 @@ class Garbage:
         # a rename and its directory fsync, or "os" puts never synced): make the
         # live one durable before deleting anything older, whatever the mode.
         unsure = keydir in self.found_at_open or self.options.durability == "os"
-        if unsure and (meta is None or segment_of(meta) != IN_A_FILE):
+        in_log = meta is None or segment_of(meta) != IN_A_FILE
+        if unsure and (in_log or (scan.live is not None and N.is_batch_version(scan.live.path))):
             # The newer record (a put or a delete) is in the log, maybe another
-            # "os" process's, which this one's own sync would not cover.
+            # "os" process's, which this one's own sync would not cover; or it
+            # is a batch's version, which counts only with its record there.
             writes.log.sync(force=True)
         try:
             if unsure and scan.live is not None and scan.live.seq == live_seq:
@@ -250,6 +252,13 @@ class Garbage:
                     assert value is not None, "a key in the log has its bytes"
                     values.append(value)
             deleted = [(k, d) for k, d in index.deleted.items() if d.segment in chosen]
+            # A batch's version counts only while the log holds its record:
+            # copied forward for every live one, wherever it was.
+            notes = [
+                (k, m.record)
+                for k, m in index.values.files.items()
+                if N.is_batch_version(m.record.path)
+            ]
         assert inputs[-1] == output, "the segment just sealed is always in the book"
         # Never delete the last durable copy: a value that supersedes a record
         # about to be dropped must be durable first ("os" puts are owed to
@@ -273,14 +282,19 @@ class Garbage:
                 for k, m, v in zip(keys, metas, values, strict=True)
             ),
             (_log.encode_record(d.seq, F.RECORD_DELETE, *N.encode_key(k), b"") for k, d in kept),
+            (_log.encode_version(r.seq, *N.encode_key(k), r.length, r.checksum) for k, r in notes),
         )
         sizes, replaced = _compaction.write_compacted(self.logdir, output, records)
         written = sum(sizes)
-        live_bytes = 0
         with index.lock:
             for key, dead in deleted:
                 if index.deleted.get(key) is dead:
                     del index.deleted[key]
+            # The notes count as live (they are, while their version is; when it is
+            # superseded the book does not learn of it: counted stale at the next
+            # compaction, which drops them).
+            live_bytes = sum(sizes[len(keys) + len(kept) :])
+            del sizes[len(keys) + len(kept) :]
             for (key, dead), size in zip(kept, sizes[len(keys) :], strict=True):
                 # Not if a newer delete took its place, nor a put to the log.
                 live = index.values.peek(key)

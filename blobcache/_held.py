@@ -97,9 +97,10 @@ def attach(
     ``alone``: no other handle had the store open (``STATE`` may be stale)."""
     logdir = os.path.join(root, F.LOG_DIR)
     with state.locked():
-        if _storedir.marker_is_v1(root):
-            # Before any segment of format 2 is made: blobcache 0.1 then refuses
-            # the store instead of misreading it.
+        if not _storedir.marker_is_current(root):
+            # Before any record of format 3 is written (a format 1 store: before
+            # any segment of format 2 is made): older versions then refuse the
+            # store instead of misreading it.
             _storedir.upgrade_marker(root)
         # A cut or an fsync of the active segment that fails here is a trouble:
         # the other processes must not trust each other's fdatasyncs over it.
@@ -175,9 +176,9 @@ def _settle(
         record_head = last.head if last is not None and base else _log.header_size(header)
         start = head if base == 0 else 0
         end = start
-        for seq, *_rest, record_end in _log.iter_records(data, start, record_head, path):
-            next_seq = max(next_seq, seq + 1)
-            end = record_end
+        for record in _log.iter_records(data, start, record_head, path):
+            next_seq = max(next_seq, record.seq + 1)
+            end = record.end
         end += base
         live = not alone and state.magic_ok() and state.segment == number
         if live and base <= state.appended < end:

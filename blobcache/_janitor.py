@@ -15,6 +15,7 @@ from dataclasses import dataclass
 
 from . import _format as F
 from . import _fsio
+from . import _names as N
 from ._keydir import KeyDirScan
 from ._storedir import remove_orphan_temp
 
@@ -57,6 +58,14 @@ def clean_key_dir(scan: KeyDirScan, *, live_seq: int | None) -> GcResult:
             result.bytes_reclaimed += size
     if scan.key is None and (scan.records or scan.unusable):
         return result  # versions whose key is unreadable: reported, kept for a human
+    if live_seq is not None:
+        # A batch's version above the live record: its batch was never committed
+        # (the caller caught up with the log holding the directory, so no batch
+        # is between naming it and appending its records).
+        for record in [r for r in scan.records if r.seq > live_seq and N.is_batch_version(r.path)]:
+            result.bytes_reclaimed += _remove(record.path)
+            result.files_removed += 1
+            scan.records.remove(record)
     newest = scan.live
     if newest is not None and newest.seq == live_seq:
         for record in scan.records[1:] + [u for u in scan.unusable if u.seq < newest.seq]:

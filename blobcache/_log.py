@@ -17,8 +17,10 @@ Crash policy, enforced where marked below:
 from __future__ import annotations
 
 import os
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 import xxhash
 
@@ -34,9 +36,10 @@ from .errors import BlobCacheError, CorruptionError
 _FIELDS = F.RECORD_HEADER_V1
 _HEADER_SIZE = F.RECORD_HEADER.size
 _CHECKSUM = F.RECORD_CHECKSUM_BYTES
-_KINDS = (F.RECORD_PUT, F.RECORD_DELETE, F.RECORD_VERSION)
+_KINDS = F.RECORD_KINDS
 _BODY = F.VERSION_BODY.size
 _TAGS = (F.KEY_TAG_STR, F.KEY_TAG_BYTES)
+_EXPIRES = F.EXPIRES.size
 
 
 def segment_name(number: int) -> str:
@@ -76,18 +79,33 @@ def header_size(head: bytes) -> int:
     return F.RECORD_HEADER_V1.size if head[:4] == F.SEGMENT_MAGIC_V1 else _HEADER_SIZE
 
 
-def encode_record(seq: int, kind: int, tag: bytes, raw: bytes, value: bytes | memoryview) -> bytes:
-    """One framed record of format 2: checksum, then header fields, key and value it
-    covers (flags and codec 0: nothing this version writes uses them)."""
-    body = F.RECORD_HEADER.pack(0, seq, len(value), kind, tag, len(raw), 0, 0)[_CHECKSUM:]
-    body += raw + value
+def encode_record(
+    seq: int,
+    kind: int,
+    tag: bytes,
+    raw: bytes,
+    value: bytes | memoryview,
+    flags: int = 0,
+    expires: int = 0,
+) -> bytes:
+    """One framed record: checksum, then the header fields, key, expiry (with
+    ``FLAG_EXPIRES`` in ``flags``) and value it covers (codec 0: raw bytes)."""
+    body = F.RECORD_HEADER.pack(0, seq, len(value), kind, tag, len(raw), flags, 0)[_CHECKSUM:]
+    body += raw
+    if flags & F.FLAG_EXPIRES:
+        body += F.EXPIRES.pack(expires)
+    body += value
     checksum = xxhash.xxh3_64_intdigest(body) & F.RECORD_CHECKSUM_MASK
     return checksum.to_bytes(_CHECKSUM, "little") + body
 
 
-def encode_version(seq: int, tag: bytes, raw: bytes, length: int, checksum: int) -> bytes:
-    """The record announcing version file ``v-<seq>-<length>-<checksum>`` of a key."""
-    return encode_record(seq, F.RECORD_VERSION, tag, raw, F.VERSION_BODY.pack(length, checksum))
+def encode_version(
+    seq: int, tag: bytes, raw: bytes, length: int, checksum: int, flags: int = 0, expires: int = 0
+) -> bytes:
+    """The record announcing version file ``v-<seq>-<length>-<checksum>`` of a key
+    (``b-...`` with ``FLAG_MORE``, or as the last of a batch: see FORMAT.md)."""
+    body = F.VERSION_BODY.pack(length, checksum)
+    return encode_record(seq, F.RECORD_VERSION, tag, raw, body, flags, expires)
 
 
 def newer_format(path: str, offset: int, flags: int, codec: int) -> BlobCacheError:
@@ -100,37 +118,88 @@ def newer_format(path: str, offset: int, flags: int, codec: int) -> BlobCacheErr
     )
 
 
-def iter_records(
-    data: bytes | memoryview, start: int, head: int, path: str
-) -> Iterator[tuple[int, int, bytes, bytes, int, int]]:
-    """The whole records of a segment's bytes ``data`` from ``start`` on, each as
-    (seq, kind, tag, key bytes, value offset, end), up to the first that is not
-    one (torn, zeroed, or not yet written); ``head`` is ``header_size``.
+class Framed(NamedTuple):
+    """One whole record, as ``iter_records`` reads it."""
+
+    seq: int
+    kind: int
+    tag: bytes
+    raw: bytes  # the key's bytes
+    value_at: int  # where the value starts in the data read
+    end: int  # where the record ends there
+    flags: int
+    expires: int  # ms since the epoch; 0 without FLAG_EXPIRES
+
+
+def _frame(data: bytes | memoryview, offset: int, head: int, path: str) -> Framed | None:
+    """The whole record at ``offset``, or None if there is none there (torn,
+    zeroed, not yet written, damaged).
+
+    :raises BlobCacheError: a whole record of a newer format (see ``newer_format``).
+    """
+    if len(data) - offset < head:
+        return None
+    checksum, seq, vlen, kind, tag, klen = _FIELDS.unpack_from(data, offset)
+    flags = data[offset + 20] if head != _FIELDS.size else 0
+    key_at = offset + head
+    value_at = key_at + klen + (_EXPIRES if flags & F.FLAG_EXPIRES else 0)
+    end = value_at + vlen
+    if kind not in _KINDS or tag not in _TAGS or end > len(data):
+        return None
+    if kind == F.RECORD_VERSION and vlen != _BODY:
+        return None
+    view = memoryview(data)
+    if xxhash.xxh3_64_intdigest(view[offset + _CHECKSUM : end]) & F.RECORD_CHECKSUM_MASK != (
+        checksum
+    ):
+        return None
+    if head != _FIELDS.size and (flags & ~F.RECORD_FLAGS or data[offset + 21]):
+        raise newer_format(path, offset, flags, data[offset + 21])
+    expires = F.EXPIRES.unpack_from(data, key_at + klen)[0] if flags & F.FLAG_EXPIRES else 0
+    raw = bytes(view[key_at : key_at + klen])
+    return Framed(seq, kind, tag, raw, value_at, end, flags, expires)
+
+
+def batch_end(data: bytes | memoryview, offset: int, head: int, path: str) -> int | None:
+    """Where the batch whose first record is at ``offset`` ends: after the first
+    of its records without ``FLAG_MORE``; None if the data ends or a record is
+    not whole before that (the batch was cut short: none of it counts).
+
+    Crash policy: a batch is one write, so a crash during it leaves a torn tail
+    holding its first records, maybe whole; they are dropped with the rest.
+    """
+    while True:
+        record = _frame(data, offset, head, path)
+        if record is None:
+            return None
+        if not record.flags & F.FLAG_MORE:
+            return record.end
+        offset = record.end
+
+
+def iter_records(data: bytes | memoryview, start: int, head: int, path: str) -> Iterator[Framed]:
+    """The whole records of a segment's bytes ``data`` from ``start`` on, up to
+    the first that is not one (torn, zeroed, or not yet written), or to the
+    start of a batch not yet whole; ``head`` is ``header_size``.
 
     For the readers of a live log (``_follow``), where a record past the end of
     the last whole one is no damage but an append under way.
 
     :raises BlobCacheError: a whole record of a newer format (see ``newer_format``).
     """
-    total = len(data)
     offset = start
-    view = memoryview(data)
-    while total - offset >= head:
-        checksum, seq, vlen, kind, tag, klen = _FIELDS.unpack_from(data, offset)
-        key_at = offset + head
-        end = key_at + klen + vlen
-        if kind not in _KINDS or tag not in _TAGS or end > total:
+    whole = start  # the end of the last batch known whole
+    while True:
+        record = _frame(data, offset, head, path)
+        if record is None:
             return
-        if kind == F.RECORD_VERSION and vlen != _BODY:
-            return
-        if xxhash.xxh3_64_intdigest(view[offset + _CHECKSUM : end]) & F.RECORD_CHECKSUM_MASK != (
-            checksum
-        ):
-            return
-        if head != _FIELDS.size and (data[offset + 20] or data[offset + 21]):
-            raise newer_format(path, offset, data[offset + 20], data[offset + 21])
-        yield seq, kind, tag, bytes(view[key_at : key_at + klen]), key_at + klen, end
-        offset = end
+        if record.flags & F.FLAG_MORE and offset >= whole:
+            found = batch_end(data, offset, head, path)
+            if found is None:
+                return
+            whole = found
+        yield record
+        offset = record.end
 
 
 # --- Reading --------------------------------------------------------------------------
@@ -202,15 +271,23 @@ def replay(
     meta: dict[Key, int],
     live: dict[int, int],
     deletes: list[Key],
+    expiry: dict[Key, int],
+    noted: set[int],
     *,
+    now: int,
     active: bool,
     salvage: bool,
 ) -> int:
     """Apply the segment's good records to ``values`` and ``meta`` (key -> the
     newest record's value, None for a delete, and its packed place, as the index
     holds them: see ``_index.pack``; the keys of deletes are added to
-    ``deletes``) and ``live`` (live put bytes per segment); return the highest
-    sequence number seen.
+    ``deletes``), ``live`` (live put bytes per segment) and ``expiry`` (key ->
+    when its live value expires, ms since the epoch, for those that do); return
+    the highest sequence number seen.
+
+    A put whose expiry is not after ``now`` is read as a delete of its key (it
+    still hides every older record of the key). An evict record is a delete.
+    A batch (``FLAG_MORE``) is applied only if it is whole.
 
     The reader and "highest sequence number wins" share one loop because it
     runs once per record at every open: a generator between them cost a third
@@ -222,7 +299,8 @@ def replay(
     digest = xxhash.xxh3_64_intdigest
     mask, skip, head = F.RECORD_CHECKSUM_MASK, _CHECKSUM, info.head
     extra = head != _FIELDS.size  # format 2: flags and codec follow the key length
-    put, version, kinds = F.RECORD_PUT, F.RECORD_VERSION, _KINDS
+    put, version, pin, kinds = F.RECORD_PUT, F.RECORD_VERSION, F.RECORD_PIN, _KINDS
+    flag_expires, known = F.FLAG_EXPIRES, F.RECORD_FLAGS
     str_tag, tags = F.KEY_TAG_STR, (F.KEY_TAG_STR, F.KEY_TAG_BYTES)
     setdefault = meta.setdefault
     seq_shift, field = SEQ_SHIFT, FIELD_MASK
@@ -231,14 +309,16 @@ def replay(
     here = 0  # live put bytes of this segment, added to live[number] at the end
     total = len(data)
     offset = F.SEGMENT_HEADER.size
+    whole = offset  # the end of the last batch known whole
     max_seq = 0
     while offset < total:
         if total - offset < head:
             why = "truncated record header"
         else:
             checksum, seq, vlen, kind, tag, klen = unpack(data, offset)
+            flags = data[offset + 20] if extra else 0
             key_at = offset + head
-            value_at = key_at + klen
+            value_at = key_at + klen + (_EXPIRES if flags & flag_expires else 0)
             end = value_at + vlen
             if kind not in kinds or tag not in tags:
                 why = "impossible record type or key tag"
@@ -250,17 +330,27 @@ def replay(
                 why = f"a version record of {vlen} value bytes, not {F.VERSION_BODY.size}"
             elif digest(view[offset + skip : end]) & mask != checksum:
                 why = "record checksum mismatch"
+            elif (
+                flags & F.FLAG_MORE
+                and offset >= whole
+                and not (whole := batch_end(data, offset, head, info.path) or 0)
+            ):
+                why = "a batch cut short: its last record is missing or damaged"
             else:
-                if extra and (data[offset + 20] or data[offset + 21]):
-                    raise newer_format(info.path, offset, data[offset + 20], data[offset + 21])
+                if extra and (flags & ~known or data[offset + 21]):
+                    raise newer_format(info.path, offset, flags, data[offset + 21])
                 if seq > max_seq:
                     max_seq = seq
-                if kind == version:
+                if kind in (version, pin):
                     # Only a note for the processes following the log: the file
-                    # itself is what recovery reads (_keydir). Stale from birth.
+                    # itself is what recovery reads (_keydir), a batch's once
+                    # this note says it was committed. Stale from birth.
+                    # (Pins: issue 15, not yet acted on.)
+                    if kind == version:
+                        noted.add(seq)
                     offset = end
                     continue
-                raw = data[key_at:value_at]
+                raw = data[key_at : key_at + klen]
                 key: Key = raw.decode() if tag == str_tag else raw
                 size = end - offset
                 packed = seq << seq_shift | in_segment | size
@@ -276,6 +366,14 @@ def replay(
                         else:
                             live[old >> SEGMENT_SHIFT & field] -= old & field
                     meta[key] = packed
+                    if expiry:
+                        expiry.pop(key, None)
+                if kind == put and flags & flag_expires:
+                    expires = F.EXPIRES.unpack_from(data, key_at + klen)[0]
+                    if expires > now:
+                        expiry[key] = expires
+                    else:
+                        kind = 0  # expired: read as a delete
                 if kind == put:
                     values[key] = data[value_at:end]
                     here += size
@@ -320,9 +418,11 @@ def _bad_record(
     )
 
 
-def records_of(directory: str, tag: bytes, raw: bytes) -> dict[int, bytes | None]:
+def records_of(directory: str, tag: bytes, raw: bytes) -> tuple[dict[int, bytes | None], set[int]]:
     """Every intact record of one key in the segments in ``directory``: seq ->
-    value (None for a delete). Reads the whole log and changes nothing: for the
+    value (None for a delete, an evict or an expired put), and the numbers of
+    its version records (a batch's version counts only with its record). Reads
+    the whole log and changes nothing: for the
     rare fall back of a damaged value, which needs the key's older records that
     the index forgot when a version superseded them.
 
@@ -333,6 +433,7 @@ def records_of(directory: str, tag: bytes, raw: bytes) -> dict[int, bytes | None
     again, up to ``_LISTINGS`` times.
     """
     found: dict[int, bytes | None] = {}
+    noted: set[int] = set()
     for _ in range(_LISTINGS):
         vanished = False
         for name in sorted(os.listdir(directory)):
@@ -348,23 +449,31 @@ def records_of(directory: str, tag: bytes, raw: bytes) -> dict[int, bytes | None
             except CorruptionError:
                 continue  # no regular file: none of the log's (open reports such a name)
             if raw in data:  # a record of the key holds its bytes: skip the walk where none do
-                _find_records(data, tag, raw, found)
+                _find_records(data, tag, raw, found, noted)
         if not vanished:
             break
-    return found
+    return found, noted
 
 
 _LISTINGS = 3
 
 
-def _find_records(data: bytes, tag: bytes, raw: bytes, found: dict[int, bytes | None]) -> None:
-    """Add the key's intact records in one segment's bytes to ``found``.
+def _find_records(
+    data: bytes, tag: bytes, raw: bytes, found: dict[int, bytes | None], noted: set[int]
+) -> None:
+    """Add the key's intact records in one segment's bytes to ``found``, and the
+    numbers of its version records to ``noted``.
 
     Not shared with ``replay``, whose loop is kept flat for the speed of every open.
     """
     good = header_flags(data[: F.SEGMENT_HEADER.size]) is not None  # salvaged: by checksums
     head = header_size(data) if good else _HEADER_SIZE
-    records = iter_records(data, F.SEGMENT_HEADER.size, head, "")
-    for seq, kind, key_tag, key_raw, value_at, end in records:
-        if kind != F.RECORD_VERSION and key_tag == tag and key_raw == raw:
-            found[seq] = data[value_at:end] if kind == F.RECORD_PUT else None
+    now = time.time_ns() // 1_000_000
+    for record in iter_records(data, F.SEGMENT_HEADER.size, head, ""):
+        if record.tag != tag or record.raw != raw or record.kind == F.RECORD_PIN:
+            continue
+        if record.kind == F.RECORD_VERSION:
+            noted.add(record.seq)
+            continue
+        put = record.kind == F.RECORD_PUT and not (record.expires and record.expires <= now)
+        found[record.seq] = data[record.value_at : record.end] if put else None

@@ -38,11 +38,14 @@ class _Request:
     once its number is known (under the append flock); ``own`` is what the
     index gets when the follower reaches it (see ``_follow``)."""
 
-    __slots__ = ("done", "end", "error", "hint", "make", "own", "seq", "size", "wake")
+    __slots__ = ("count", "done", "end", "error", "hint", "make", "own", "seq", "size", "wake")
 
-    def __init__(self, make: Callable[[int], tuple[bytes, object]], hint: int) -> None:
+    def __init__(self, make: Callable[[int], tuple[bytes, object]], hint: int, count: int) -> None:
         self.make = make
         self.hint = hint  # about the record's size, to cut batches
+        # The numbers it takes: 1, or a batch's records (then ``own`` is a list
+        # of (size, change), one per record, in order: see ``LogWriter.append``).
+        self.count = count
         self.done = False
         self.error: BaseException | None = None
         self.seq = 0
@@ -125,15 +128,20 @@ class LogWriter:
         self.ahead: dict[tuple[int, int], tuple[int, int, Key | None]] = {}
 
     def append(
-        self, make: Callable[[int], tuple[bytes, object]], hint: int
+        self, make: Callable[[int], tuple[bytes, object]], hint: int, count: int = 1
     ) -> tuple[int, int, int, int]:
         """Write the record ``make(seq)`` frames; return (seq, segment, offset,
         size) once it is acknowledged.
 
         With ``sync`` that is after the fdatasync of its batch: it survives power
         loss. Without, after the write: it survives a crash of this process.
+
+        ``count`` > 1: ``make(seq)`` frames that many records, numbered from
+        ``seq`` on (a batch of the user's, ``_writes.Writes.put_batch``), and
+        says what each of them does: a list of (record size, change). They are
+        written with one write, one after the other, and acknowledged together.
         """
-        request = _Request(make, hint)
+        request = _Request(make, hint, count)
         if not self._sync:  # no queue, no lead: the request is never slept on
             with self._lock:
                 while self._leading:  # a roll() by compaction
@@ -243,19 +251,22 @@ class LogWriter:
                 if state.pending == ROLLING:  # its roller died midway
                     self._finish_roll()
                 first, _, start, _, pending, allocated, _ = state.fields()
-            if first + len(batch) > F.MAX_SEQ:
+            numbers = sum(request.count for request in batch)
+            if first + numbers > F.MAX_SEQ:
                 raise BlobCacheError(f"sequence numbers are exhausted (next would be {first})")
             # Taken before anything is written: a number is never handed out twice,
             # even by a process killed right after this.
-            state.next_seq = first + len(batch)
+            state.next_seq = first + numbers
             records: list[tuple[_Request, bytes]] = []
-            for seq, request in enumerate(batch, first):
+            seq = first
+            for request in batch:
                 try:
                     data, request.own = request.make(seq)
                 except BaseException as exc:  # this put fails alone
                     request.error = exc
                     continue
-                request.seq = seq
+                finally:
+                    request.seq, seq = seq, seq + request.count
                 records.append((request, data))
             if not records:
                 return None
@@ -290,9 +301,16 @@ class LogWriter:
             number, own, offset = self.number, self.own, start
             for request, record in records:
                 size = len(record)
-                own[(number, offset)] = (request.seq, size, request.own)
-                offset += size
-                request.end, request.size = (number, offset), size
+                request.end, request.size = (number, offset + size), size
+                if request.count == 1:
+                    own[(number, offset)] = (request.seq, size, request.own)
+                    offset += size
+                    continue
+                members = request.own
+                assert isinstance(members, list), "a batch's make says each record's change"
+                for member_seq, (member_size, change) in enumerate(members, request.seq):
+                    own[(number, offset)] = (member_seq, member_size, change)
+                    offset += member_size
             state.set_appended(end, acked=acknowledge)
             self._unsynced = True
             return number, start, end, state.troubles

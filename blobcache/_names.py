@@ -81,6 +81,7 @@ class VersionName(NamedTuple):
     seq: int
     length: int
     checksum: int
+    batch: bool = False  # a b- name: one of a batch, valid while the log notes it
 
 
 def _hex(value: int) -> str:
@@ -92,11 +93,28 @@ def version_name(seq: int, length: int, checksum: int) -> str:
     return F.VERSION_PREFIX + F.FIELD_SEPARATOR.join((_hex(seq), _hex(length), _hex(checksum)))
 
 
+def batch_version_name(seq: int, length: int, checksum: int) -> str:
+    """``b-<seq>-<length>-<checksum>``: a version put by a batch."""
+    return F.BATCH_VERSION_PREFIX + version_name(seq, length, checksum)[len(F.VERSION_PREFIX) :]
+
+
+def is_batch_version(path: str) -> bool:
+    """Whether the version file at ``path`` is one of a batch (a b- name)."""
+    return os.path.basename(path).startswith(F.BATCH_VERSION_PREFIX)
+
+
 # Compiled once: recovery parses every name in the store, and a regex match is
 # about 3x faster than checking characters one by one in Python.
 _LOWER_HEX = re.compile("[0-9a-f]+")
 _FIELD = f"([0-9a-f]{{{F.FIELD_HEX_DIGITS}}})"
-_VERSION = re.compile(re.escape(F.VERSION_PREFIX) + re.escape(F.FIELD_SEPARATOR).join([_FIELD] * 3))
+_VERSION = re.compile(
+    "("
+    + re.escape(F.VERSION_PREFIX)
+    + "|"
+    + re.escape(F.BATCH_VERSION_PREFIX)
+    + ")"
+    + re.escape(F.FIELD_SEPARATOR).join([_FIELD] * 3)
+)
 
 
 def _is_lower_hex(text: str) -> bool:
@@ -108,8 +126,9 @@ def parse_version_name(name: str) -> VersionName | None:
     match = _VERSION.fullmatch(name)
     if match is None:
         return None
-    seq, length, checksum = match.groups()
-    return VersionName(int(seq, 16), int(length, 16), int(checksum, 16))
+    prefix, seq, length, checksum = match.groups()
+    batch = prefix == F.BATCH_VERSION_PREFIX
+    return VersionName(int(seq, 16), int(length, 16), int(checksum, 16), batch)
 
 
 def temp_name() -> str:

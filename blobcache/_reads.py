@@ -155,13 +155,18 @@ class Reads:
         Versions are checked (read whole); log records were checked as read.
         """
         tag, raw = N.encode_key(key)
-        found: dict[int, Record | bytes | None] = dict(_log.records_of(self.logdir, tag, raw))
+        logged, noted = _log.records_of(self.logdir, tag, raw)
+        found: dict[int, Record | bytes | None] = dict(logged)
         under = self.log_under_blob.get(key)
         if under is not None and bad.seq <= self.max_seq_at_open:
             found.setdefault(*under)
         with contextlib.suppress(FileNotFoundError):  # removed by hand: reported at open
+            # A batch's version only with its record in the log: without, it may
+            # be of a batch never committed.
             found.update(
-                (v.seq, v) for v in _keydir.scan_key_dir(os.path.dirname(bad.path)).records
+                (v.seq, v)
+                for v in _keydir.scan_key_dir(os.path.dirname(bad.path)).records
+                if not N.is_batch_version(v.path) or v.seq in noted
             )
         for seq in sorted((s for s in found if s < bad.seq), reverse=True):
             candidate = found[seq]

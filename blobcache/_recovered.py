@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from . import _log
 from . import _names as N
 from ._index import Deleted, Values
+from ._keydir import Record
 from ._problems import Problem
 from .errors import CorruptionError
 
@@ -35,6 +36,12 @@ class Recovered:
     segment_live: dict[int, int] = field(default_factory=dict)  # live put bytes per segment
     torn_bytes: int = 0  # cut off the active segment's tail (a crash mid-write)
     log_deletes: list[N.Key] = field(default_factory=list)  # keys of deletes newest when read
+    # key -> its key directory's versions, newest first, when the newest is one
+    # of a batch: the log decides which of them counts (_recovery._commit_batches)
+    batch_versions: dict[N.Key, list[Record]] = field(default_factory=dict)
+    noted: set[int] = field(default_factory=set)  # the numbers of the log's version records
+    # key -> when its live value in the log expires (ms since the epoch), for those that do
+    expiry: dict[N.Key, int] = field(default_factory=dict)
     blob_over_log: dict[N.Key, str] = field(default_factory=dict)  # key -> dir, see _merge
     # key -> (seq, value or None for a delete) of the log record its blob beat
     log_under_blob: dict[N.Key, tuple[int, bytes | None]] = field(default_factory=dict)

@@ -16,6 +16,7 @@ import gc
 import logging
 import os
 import stat
+import time
 from collections.abc import Callable
 
 from . import _filekinds, _fsio, _keydir, _log
@@ -80,6 +81,7 @@ def _recover_into(
     # has no records, so replay never counted its live bytes: zero, not missing.
     for number in result.segment_total:
         result.segment_live.setdefault(number, 0)
+    _commit_batches(result, blob_live)
     _merge(result, blob_live, values, meta)
     if not result.readonly:
         for directory in missing:
@@ -114,6 +116,7 @@ def _replay_log(
     values: dict[N.Key, bytes | None] = {}
     meta: dict[N.Key, int] = {}
     max_seq = result.max_seq
+    now = time.time_ns() // 1_000_000  # what has expired is read as deleted
     for number in numbers:
         active = number == numbers[-1]
         info, data = _log.read_segment(
@@ -135,6 +138,9 @@ def _replay_log(
                 meta,
                 result.segment_live,
                 result.log_deletes,
+                result.expiry,
+                result.noted,
+                now=now,
                 active=active,
                 salvage=salvage,
             )
@@ -261,6 +267,28 @@ def _compacted_floor(logdir: str, numbers: list[int]) -> int:
     return 0
 
 
+def _commit_batches(result: Recovered, blob_live: dict[N.Key, Record]) -> None:
+    """For each key whose newest version is one of a batch (a b- name): its
+    newest version the log commits (a b- one its record notes, or any v- one).
+
+    Crash policy: a batch's versions are named before its records are written,
+    in one write: after a crash either every record is whole and noted, or
+    none counts (``_log.replay``), so its b- versions all count, or none.
+    The key directories are read before the log: a batch committed after the
+    listing is read by the follower later, never lost.
+    """
+    for key, records in result.batch_versions.items():
+        live = next(
+            (r for r in records if not N.is_batch_version(r.path) or r.seq in result.noted), None
+        )
+        if live is None:
+            blob_live.pop(key, None)
+        else:
+            blob_live[key] = live
+        if records[0] is not live:  # a batch never committed: garbage
+            result.dirty.add(os.path.dirname(records[0].path))
+
+
 def _merge(
     result: Recovered,
     blob_live: dict[N.Key, Record],
@@ -348,6 +376,8 @@ def _admit(result: Recovered, scan: KeyDirScan, blob_live: dict[N.Key, Record]) 
     live = scan.live
     if live is not None:
         blob_live[scan.key] = live
+        if N.is_batch_version(live.path):  # counts only with its record: _commit_batches
+            result.batch_versions[scan.key] = scan.records
     # A directory holding no version but entries that are not ours (reported)
     # is left whole for a human, as one whose key is unreadable.
     if (live is None and not scan.foreign) or len(scan.records) > 1 or scan.unusable:

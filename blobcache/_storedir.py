@@ -150,7 +150,7 @@ def has_marker(root: str) -> bool:
         content = os.read(fd, len(F.MARKER_CONTENT) + 1)
     finally:
         os.close(fd)
-    if content not in (F.MARKER_CONTENT, F.MARKER_CONTENT_V1):
+    if content not in F.MARKERS_READ:
         raise BlobCacheError(
             f"{marker} says {content[:40]!r}, not {F.MARKER_CONTENT!r}: this store was "
             "written by another blobcache format version, or the file is damaged"
@@ -158,15 +158,17 @@ def has_marker(root: str) -> bool:
     return True
 
 
-def marker_is_v1(root: str) -> bool:
-    """Whether the store's marker says format 1 (REQUIRES: ``has_marker``)."""
+def marker_is_current(root: str) -> bool:
+    """Whether the store's marker says this version's format (REQUIRES: ``has_marker``)."""
     with open(os.path.join(root, F.MARKER_NAME), "rb") as f:
-        return f.read(len(F.MARKER_CONTENT_V1) + 1) == F.MARKER_CONTENT_V1
+        return f.read(len(F.MARKER_CONTENT) + 1) == F.MARKER_CONTENT
 
 
 def upgrade_marker(root: str) -> None:
-    """Say format 2 in the marker, durably, before the first format 2 segment is
-    made: blobcache 0.1 then refuses the store instead of misreading it."""
+    """Say this version's format in the marker, durably, before anything of it is
+    written: a version that reads only an older format then refuses the store at
+    open instead of misreading it (or, for format 2's, meeting a record it does
+    not know midway)."""
     _fsio.write_file_atomically(root, F.MARKER_NAME, F.MARKER_CONTENT, replacing=True)
 
 

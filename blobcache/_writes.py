@@ -22,7 +22,8 @@ import os
 import stat
 import threading
 from collections.abc import Callable, Iterable, Iterator
-from typing import BinaryIO
+from contextlib import ExitStack
+from typing import BinaryIO, NamedTuple
 
 from . import _blob, _fsio, _keydir, _log
 from . import _format as F
@@ -249,6 +250,109 @@ class Writes:
             self.index.book_stale(segment, size)  # a version's note is never live
             return self._stale(self.index.publish(key, Mapped(named[0]), pack(seq, IN_A_FILE, 0)))
 
+    # --- batches -----------------------------------------------------------------
+
+    def stage_version(self, tag: bytes, raw: bytes, data: memoryview, hold: ExitStack) -> Staged:
+        """Write a batch's large value to a temp version in its key directory now
+        (no lock held: this is the long part), holding the directory (as
+        ``_in_key_dir``) and the temp file in ``hold`` until the batch commits or
+        is dropped.
+
+        Durably whatever the durability level: with "os" too, the file, its key
+        file and its directories are fsynced (and its name, at commit), so that
+        after a power cut the batch's records, never fsynced then, are either
+        gone whole or find every file they name (FORMAT.md, "Batches").
+        """
+        key = N.decode_key(tag, raw)
+        keydir = N.key_dir(self.blobs, N.key_hash(tag, raw))
+        stripe = self.writing(N.key_hash(tag, raw))
+        hold.enter_context(self._in_key_dir(key, tag, raw, keydir, stripe))
+        temp = hold.enter_context(_blob.write_version(keydir, data, sync=True))
+        if self.options.durability != "fsync":
+            self.held.owed.make_durable(keydir, temp.path, parents=True)
+        return Staged(keydir, temp)
+
+    def put_batch(self, ops: list[Op]) -> bool:
+        """Commit a batch: every op (key, tag, raw key, value: bytes, a staged
+        version, or None for a delete) as one write of consecutive records, the
+        last without ``FLAG_MORE`` (FORMAT.md, "Batches"), acknowledged together
+        with one fdatasync; then each applied to the index in order. Returns
+        whether a sealed segment got staler.
+
+        Crash policy: the staged versions get b- names under the append flock,
+        before the records (durably, with "fsync": their directories fsynced),
+        so a crash leaves either no whole batch in the log, and every b- file of
+        it garbage, or the whole batch with every file it names.
+        REQUIRES: nothing of this handle's locks (the stripes are taken here, in
+        order, and held until the batch is applied, so the keys' records are
+        applied in the order of their numbers).
+        """
+        stripes = sorted({int(N.key_hash(tag, raw)[:3], 16) % STRIPES for _, tag, raw, _ in ops})
+        with contextlib.ExitStack() as held:
+            for number in stripes:
+                held.enter_context(StripeGuard(self, self.stripes[number]))
+            named: list[Record] = []
+            members: list[tuple[int, Change]] = []
+
+            def make(first: int) -> tuple[bytes, object]:
+                chunks: list[bytes] = []
+                for seq, (key, tag, raw, value) in enumerate(ops, first):
+                    flags = F.FLAG_MORE if seq < first + len(ops) - 1 else 0
+                    if value is None:
+                        keydir = N.key_dir(self.blobs, N.key_hash(tag, raw))
+                        has_dir = keydir if keydir in self.key_dirs else None
+                        record = _log.encode_record(seq, F.RECORD_DELETE, tag, raw, b"", flags)
+                        change = Change(key, None, has_dir)
+                    elif isinstance(value, Staged):
+                        temp = value.temp
+                        named.append(temp.name(seq, batch=True))
+                        temp.publish(named[-1])  # fails this batch alone, its name taken back
+                        record = _log.encode_version(
+                            seq, tag, raw, temp.length, temp.checksum, flags
+                        )
+                        change = Change(key, Mapped(named[-1]))
+                    else:
+                        record = _log.encode_record(seq, F.RECORD_PUT, tag, raw, value, flags)
+                        change = Change(key, value)
+                    chunks.append(record)
+                    members.append((len(record), change))
+                return b"".join(chunks), members
+
+            hint = sum(_RECORD_HEAD + len(raw) + _body_size(value) for _, _, raw, value in ops)
+            try:
+                first, segment, offset, _size = self.log.append(make, hint, len(ops))
+            except BaseException:
+                for record in named:  # named, but the batch fails: garbage, never live
+                    _fsio.discard(record.path)
+                raise
+            stale = False
+            for seq, (size, change) in enumerate(members, first):
+                stale |= self._apply_member(seq, segment, offset, size, change)
+                offset += size
+            return stale
+
+    def _apply_member(self, seq: int, segment: int, offset: int, size: int, change: Change) -> bool:
+        """Apply one record of an acknowledged batch, as a single put or delete
+        applies its own (``_mine``). REQUIRES: the key's stripe lock."""
+        key, value = change.key, change.value
+        if value is None:
+            if not self._mine(segment, offset, size, gone=key):
+                return False
+            index = self.index
+            return self._stale(
+                index.publish_delete(key, seq, segment, size, change.keydir, ahead=True)
+            )
+        if isinstance(value, Mapped):
+            if self.options.durability != "fsync":
+                self.held.owed.owe_file(value.record.path, os.path.dirname(value.record.path))
+            if not self._mine(segment, offset, size):
+                return False
+            self.index.book_stale(segment, size)  # a version's note is never live
+            return self._stale(self.index.publish(key, value, pack(seq, IN_A_FILE, 0)))
+        if not self._mine(segment, offset, size):
+            return False
+        return self._stale(self.index.publish(key, value, pack(seq, segment, size)))
+
     def put_chunks(
         self, tag: bytes, raw: bytes, stripe: StripeGuard, chunks: Iterable[memoryview]
     ) -> bool:
@@ -389,6 +493,24 @@ class Writes:
                     "collision or a tampered store; move this directory away",
                 )
         self.key_dirs.add(keydir)
+
+
+class Staged(NamedTuple):
+    """A batch's large value, written to a temp version of its key directory."""
+
+    keydir: str
+    temp: _blob.TempVersion
+
+
+# One operation of a batch: key, its tag and bytes, and the value (bytes for the
+# log, a staged version, None for a delete).
+Op = tuple[N.Key, bytes, bytes, "bytes | Staged | None"]
+
+
+def _body_size(value: bytes | Staged | None) -> int:
+    if value is None:
+        return 0
+    return F.VERSION_BODY.size if isinstance(value, Staged) else len(value)
 
 
 class StripeGuard:

@@ -113,3 +113,8 @@ class UnsafeFilesystemError(BlobCacheError):
 
     def __reduce__(self) -> tuple[type[UnsafeFilesystemError], tuple[str, str]]:
         return (type(self), (self.path, self.filesystem))
+
+
+class BatchError(BlobCacheError):
+    """A batch used wrongly: after it ended, from a thread other than its own, or
+    opened inside another batch of the same thread. Nothing was changed."""

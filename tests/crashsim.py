@@ -210,6 +210,14 @@ class Ack:
 
 
 @dataclass(frozen=True)
+class Together:
+    """The operations ``ops`` are one batch (``cache.batch()``): all of them land,
+    or none. Marked before their ``Begin``s."""
+
+    ops: tuple[int, ...]
+
+
+@dataclass(frozen=True)
 class Synced:
     """``sync()`` or ``close()`` returned: with ``durability="os"`` every operation
     acknowledged before this is owed after a power cut."""
@@ -227,10 +235,10 @@ class Note:
 EntryOp: TypeAlias = Create | Mkdir | Rename | Unlink | Rmdir
 FileOp: TypeAlias = Write | Truncate
 FsOp: TypeAlias = Create | Mkdir | Rename | Unlink | Rmdir | Write | Truncate | Fsync | FsyncDir
-Marker: TypeAlias = Begin | Ack | Synced | Note
+Marker: TypeAlias = Begin | Ack | Synced | Note | Together
 Event: TypeAlias = FsOp | Marker
 
-MARKERS: Final = (Begin, Ack, Synced, Note)
+MARKERS: Final = (Begin, Ack, Synced, Note, Together)
 
 
 def describe_op(op: Event) -> str:
@@ -244,6 +252,8 @@ def describe_op(op: Event) -> str:
         return f"{op.call}() returned"
     if isinstance(op, Note):
         return op.text
+    if isinstance(op, Together):
+        return f"a batch of ops {', '.join(map(str, op.ops))}"
     if op.by:
         return f"[{op.by}] " + describe_op(replace(op, by=WRITER))
     if isinstance(op, Write):
@@ -884,9 +894,12 @@ class Ledger:
     position: dict[int, int] = field(default_factory=dict)  # op number -> index in ops
     owed_at_sync: dict[Key, int] = field(default_factory=dict)  # key -> index in ops
     owed_now: dict[Key, int] = field(default_factory=dict)
+    batches: list[tuple[int, ...]] = field(default_factory=list)  # op numbers, see Together
 
     def note(self, marker: Marker) -> None:
-        if isinstance(marker, Begin):
+        if isinstance(marker, Together):
+            self.batches.append(marker.ops)
+        elif isinstance(marker, Begin):
             self.position[marker.op] = len(self.ops)
             self.ops.append(marker)
         elif isinstance(marker, Ack):
@@ -916,6 +929,52 @@ class Ledger:
                     values.append(op.value)
             out[key] = tuple(values)
         return out
+
+    def batches_begun(self) -> list[list[tuple[Begin, set[bytes | None]]]]:
+        """Every batch whose operations have all begun: the last operation of
+        each of its keys (what the key holds if the batch landed), with what the
+        key's operations begun after the batch put (a key holding one of those
+        tells nothing of the batch)."""
+        out = []
+        for ops in self.batches:
+            if not all(op in self.position for op in ops):
+                continue
+            last = {self.ops[self.position[op]].key: self.position[op] for op in ops}
+            end = max(self.position[op] for op in ops)
+            out.append(
+                [
+                    (self.ops[i], {o.value for o in self.ops[end + 1 :] if o.key == key})
+                    for key, i in last.items()
+                ]
+            )
+        return out
+
+
+Batches: TypeAlias = Sequence[Sequence[tuple[Begin, set[bytes | None]]]]
+
+
+def torn_batches(
+    batches: Batches,
+    allowed: Mapping[Key, tuple[bytes | None, ...]],
+    found: Mapping[Key, bytes | None],
+) -> list[tuple[str, str]]:
+    """A batch of which some keys hold what it put and others what they held
+    before: all or none must land (FORMAT.md, "Batches"). A key whose value from
+    the batch is also what it is owed says nothing (it holds that either way),
+    nor does one holding what a later operation put."""
+    problems = []
+    for batch in batches:
+        landed = {
+            op.key: found.get(op.key) == op.value
+            for op, later in batch
+            if op.key in found
+            and allowed[op.key][0] != op.value
+            and (found.get(op.key) == op.value or found.get(op.key) not in later)
+        }
+        if len(set(landed.values())) > 1:
+            shown = ", ".join(f"{k!r}: {'landed' if v else 'not'}" for k, v in landed.items())
+            problems.append(("torn-batch", f"a batch landed in part: {shown}"))
+    return problems
 
 
 # --- The second party: `blobcache gc` beside the writer ----------------------------------
@@ -1359,6 +1418,28 @@ class Driver:
                     f.write(data)
                 self.cache.put_file(key, source)
             self.recorder.mark(Ack(op))
+
+    def batch(self, items: Sequence[tuple[Key, int | None]]) -> None:
+        """Put (a value of that many bytes) or delete (None) each key, as one batch."""
+        ops = [self._take_op() for _ in items]
+        values = [
+            None if size is None else make_value(key, op, size)
+            for op, (key, size) in zip(ops, items, strict=True)
+        ]
+        if not self._step():
+            return
+        self.recorder.mark(Together(tuple(ops)))
+        for op, (key, _size), value in zip(ops, items, values, strict=True):
+            self.recorder.mark(Begin(op, key, value))
+        with self._beside_gc(f"the writer's batch (ops {ops[0]}-{ops[-1]})"):
+            with self.cache.batch() as b:
+                for (key, _size), value in zip(items, values, strict=True):
+                    if value is None:
+                        b.delete(key)
+                    else:
+                        b.put(key, value)
+            for op in ops:
+                self.recorder.mark(Ack(op))
 
     def put_file(self, key: Key, size: int = 3000, *, stream: bool = False) -> None:
         """Put a value that gets a file of its own, from a file or a stream."""
@@ -1912,7 +1993,7 @@ def check_recording(recording: Recording, config: Config, base: str) -> Report:
                     continue
                 seen.add(fingerprint)
                 report.states_checked += 1
-                problems = checker.check(dirs, files, allowed)
+                problems = checker.check(dirs, files, allowed, ledger.batches_begun())
                 report.tolerated = checker.tolerated
                 for kind, detail in problems:
                     add(_failure(recording, fs_trace, model, point, position, choice, kind, detail))
@@ -2069,12 +2150,13 @@ class Checker:
         dirs: list[str],
         files: dict[str, bytes],
         allowed: Mapping[Key, tuple[bytes | None, ...]],
+        batches: Batches = (),
     ) -> list[tuple[str, str]]:
         root = tempfile.mkdtemp(prefix="state-", dir=self.base)
         try:
             materialise(root, dirs, files)
             with _quiet_store_logger():
-                return self._check_store(os.path.join(root, STORE_NAME), allowed)
+                return self._check_store(os.path.join(root, STORE_NAME), allowed, batches)
         finally:
             shutil.rmtree(root, ignore_errors=True)
 
@@ -2082,7 +2164,10 @@ class Checker:
         return BlobCache(store, **self.options)
 
     def _check_store(
-        self, store: str, allowed: Mapping[Key, tuple[bytes | None, ...]]
+        self,
+        store: str,
+        allowed: Mapping[Key, tuple[bytes | None, ...]],
+        batches: Batches = (),
     ) -> list[tuple[str, str]]:
         problems: list[tuple[str, str]] = []
         try:
@@ -2124,6 +2209,7 @@ class Checker:
                             + (f" (problems at open: {noted})" if noted else ""),
                         )
                     )
+            problems += torn_batches(batches, allowed, found)
             unknown = [k for k in list(cache) if k not in allowed]
             if unknown:
                 problems.append(("unknown-key", f"keys never written appear: {unknown!r}"))
@@ -2314,6 +2400,27 @@ def _compaction(d: Driver) -> None:
     d.gc()
     d.small("c2", 900)
     d.gc()
+
+
+def _batches(d: Driver) -> None:
+    d.small("a")
+    d.large("w", 3000)
+    d.small("x")
+    # Small and large values, a new key directory, a delete: all or none.
+    d.batch([("a", 30), ("w", 5000), ("x", None), ("n", 9000)])
+    d.batch([("a", 12), ("b", 20), ("w", 200)])  # w back to the log
+    d.gc()  # compaction copies n's batch record forward, the janitor cleans w and x
+    d.batch([("n", 4000), ("a", None)])
+    d.small("a", 7)
+
+
+def _torn_batches(d: Driver) -> None:
+    d.small("a", 900)
+    d.small("c", 900)
+    # Records of 900 B: the batch's write spans pages, which a power cut tears.
+    d.batch([("a", 900), ("b", 900), ("c", None), ("d", 2000)])
+    # Its first record ends before a page boundary, the next ones cross it.
+    d.batch([("b", 200), ("c", 700), ("a", 900)])
 
 
 def _background_compaction(d: Driver) -> None:
@@ -2583,6 +2690,19 @@ WORKLOADS: Final[dict[str, Workload]] = {
         Workload("cross-limit", BASE, _cross_limit, "one key: small, large, small, large, gc"),
         Workload("deletes", BASE, _deletes, "deletes of small and large keys, gc, re-put"),
         Workload("rollover", ROLLING, _rollover, "segments sealed and started"),
+        Workload("batches", BASE, _batches, "atomic batches of small and large values, gc"),
+        Workload(
+            "torn-batches",
+            {**ROLLING, "segment_bytes": 16384},
+            _torn_batches,
+            "batches whose write spans pages",
+        ),
+        Workload(
+            "os-batches",
+            {**BASE, "durability": "os"},
+            _batches,
+            'durability="os": atomic batches, gc',
+        ),
         Workload("compaction", ROLLING, _compaction, "gc(): forced compaction of the log"),
         Workload(
             "background-compaction",
@@ -2663,7 +2783,7 @@ def random_workload(seed: int, durability: str = "fsync", steps: int = 14) -> Wo
     plan: list[tuple[str, Key, int]] = []
     for _ in range(steps):
         kind = rng.choices(
-            ["small", "large", "delete", "gc", "sync", "reopen"], [6, 4, 2, 1, 1, 1]
+            ["small", "large", "delete", "gc", "sync", "reopen", "batch"], [6, 4, 2, 1, 1, 1, 2]
         )[0]
         plan.append((kind, rng.choice(keys), rng.choice([10, 300, 900, 2000, 5000])))
 
@@ -2674,7 +2794,8 @@ def random_workload(seed: int, durability: str = "fsync", steps: int = 14) -> Wo
 
     options = {**ROLLING, "durability": durability, "compact_ratio": 0.5}
     about = ", ".join(
-        f"{k} {key!r}" + (f" {s} B" if k in ("small", "large") else "") for k, key, s in plan
+        f"{k} {key!r}" + (f" {s} B" if k in ("small", "large", "batch") else "")
+        for k, key, s in plan
     )
     return Workload(f"random-{durability}-{seed}", options, steps_, about)
 
@@ -2693,6 +2814,7 @@ _STEP_INTERRUPTS: Final[Mapping[str, tuple[str, ...]]] = {
         "dir-synced",
     ),
     "delete": ("appended",),
+    "batch": ("temp-created", "temp-written", "temp-synced", "renamed", "appended", "dir-synced"),
     "gc": ("unlinked", "rmdir", "compacted", "temp-created", "temp-written", "dir-synced"),
     "sync": ("file-synced", "dir-synced"),
     "reopen": ("dir-synced", "unlinked", "mkdir"),
@@ -2714,8 +2836,8 @@ def beside_gc_workload(seed: int, durability: str = "fsync", steps: int = 12) ->
     the next one. Also the killed variant: gc runs on what the dead writer left."""
     rng = random.Random(f"crashsim-beside-gc:{seed}")
     keys: list[Key] = ["x", "y", b"z"]
-    kinds = ["small", "large", "delete", "gc", "sync", "reopen"]
-    weights = [5, 5, 2, 1, 1 if durability == "os" else 0, 1]
+    kinds = ["small", "large", "delete", "gc", "sync", "reopen", "batch"]
+    weights = [5, 5, 2, 1, 1 if durability == "os" else 0, 1, 2]
     plan: list[tuple[str, Key, int, str, str, int]] = []
     for _ in range(steps):
         kind = rng.choices(kinds, weights)[0]
@@ -2744,8 +2866,8 @@ def beside_gc_workload(seed: int, durability: str = "fsync", steps: int = 12) ->
     about = ", ".join(
         (f"[gc {how}{' ' + at if how in ('during', 'suspend') else ''}] " if how != "no" else "")
         + kind
-        + (f" {key!r}" if kind in ("small", "large", "delete") else "")
-        + (f" {size} B" if kind in ("small", "large") else "")
+        + (f" {key!r}" if kind in ("small", "large", "delete", "batch") else "")
+        + (f" {size} B" if kind in ("small", "large", "batch") else "")
         for kind, key, size, how, at, _nth in plan
     )
     return Workload(f"beside-gc-{durability}-{seed}", options, steps_, about, beside_gc=True)
@@ -2760,6 +2882,12 @@ def _writer_step(d: Driver, kind: str, key: Key, size: int) -> None:
         d.delete(key)
     elif kind == "gc":
         d.gc()
+    elif kind == "batch":
+        # The key drawn gets the size drawn, the next one a small value, the
+        # third is deleted: both layouts and a delete in one batch.
+        keys: list[Key] = ["x", "y", b"z"]
+        at = keys.index(key)
+        d.batch([(key, size), (keys[(at + 1) % 3], 10), (keys[(at + 2) % 3], None)])
     elif kind == "sync":
         d.sync()
     else:

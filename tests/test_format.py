@@ -208,7 +208,7 @@ def test_a_format_1_store_opens_and_a_writer_upgrades_it(tmp_path: object) -> No
     assert _tree(store) == before  # a reader changes nothing
     with BlobCache(store) as cache:
         assert cache["k"] == b"hello"
-        assert _read(os.path.join(store, F.MARKER_NAME)) == b"blobcache 2\n"
+        assert _read(os.path.join(store, F.MARKER_NAME)) == b"blobcache 3\n"
         assert _read(_segment(store, 1)) == sealed  # cut at its last record
         assert _read(_segment(store, 2)) == _log.segment_header(0)  # BCL2, header only
         cache.put("k", b"again")
@@ -222,18 +222,20 @@ def test_a_format_1_store_opens_and_a_writer_upgrades_it(tmp_path: object) -> No
 
 
 @pytest.mark.parametrize(
-    ("offset", "said"), [(20, "flags 0x01 and codec 0"), (21, "flags 0x00 and codec 1")]
+    ("offset", "byte", "said"),
+    [(20, 0x08, "flags 0x08 and codec 0"), (21, 1, "flags 0x00 and codec 1")],
 )
 @pytest.mark.parametrize("readonly", [False, True])
 def test_a_record_with_an_unknown_rflags_or_codec_is_refused_not_cut(
-    tmp_path: object, offset: int, said: str, readonly: bool
+    tmp_path: object, offset: int, byte: int, said: str, readonly: bool
 ) -> None:
+    """Bit 3 of rflags is the first one format 3 does not know."""
     store = str(tmp_path)
     with BlobCache(store) as cache:
         cache.put("k", b"hello")
     path = _segment(store, 1)
     record = bytearray(_read(path)[16:44])
-    record[offset] = 1  # as a newer blobcache would write it, its checksum good
+    record[offset] = byte  # as a newer blobcache would write it, its checksum good
     record[:4] = (xxhash.xxh3_64_intdigest(record[4:]) & 0xFFFFFFFF).to_bytes(4, "little")
     with open(path, "r+b") as f:
         f.seek(16)

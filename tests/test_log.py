@@ -70,7 +70,7 @@ def _parse(path: str) -> list[Rec]:
     assert data[:4] == F.SEGMENT_MAGIC and _log.header_flags(data[:_HEAD]) is not None, path
     records = []
     offset = _HEAD
-    for seq, kind, tag, raw, value_at, end in _log.iter_records(data, _HEAD, _RECORD, path):
+    for seq, kind, tag, raw, value_at, end, *_ in _log.iter_records(data, _HEAD, _RECORD, path):
         assert tag in (F.KEY_TAG_STR, F.KEY_TAG_BYTES), (path, offset)
         key = raw.decode() if tag == F.KEY_TAG_STR else raw
         records.append(Rec(path, offset, end - offset, seq, kind, key, data[value_at:end]))
@@ -1148,7 +1148,9 @@ def _replayed(
             for seq, key, value in records
         )
         info = _log.SegmentRead(path=f"{number}.log", number=number)
-        _log.replay(data, info, values, meta, live, [], active=False, salvage=False)
+        _log.replay(
+            data, info, values, meta, live, [], {}, set(), now=0, active=False, salvage=False
+        )
     return values, live
 
 

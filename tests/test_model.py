@@ -163,7 +163,7 @@ class BlobCacheModel(RuleBasedStateMachine):
             start = end = F.SEGMENT_HEADER.size
             # Up to the first bytes that are no record: the writer's zeros ahead.
             for record in _log.iter_records(data, start, _log.header_size(data), path):
-                end = record[-1]
+                end = record.end
             assert data.count(0, end) == len(data) - end, f"{path}: a bad record at {end}"
             total += end - start
         return total

@@ -1,0 +1,137 @@
+"""Atomic batches: puts and deletes that land together, or not at all.
+
+``BlobCache.batch()`` hands out a ``Batch``; its puts and deletes are only
+gathered (a large value is written to a temp file of its key directory at once,
+the long part, with no lock held) until the ``with`` block ends. Then
+``_writes.Writes.put_batch`` commits them as one write of consecutive log
+records, the last without ``FLAG_MORE``, with one fdatasync: after a crash of
+any kind the store holds all of the batch or none of it (FORMAT.md, "Batches").
+An exception inside the block, or ``discard()``, applies nothing and removes
+the temp files.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable
+from contextlib import ExitStack
+from types import TracebackType
+
+from . import _names as N
+from ._buffers import as_buffer
+from ._writes import Op, Writes
+from .errors import BatchError
+
+
+class Batch:
+    """Puts and deletes applied all together when the ``with`` block ends.
+
+    Operations apply in order (a key put twice keeps the second value). Nothing
+    is visible to any reader, in this process or another, before the block
+    ends; once it has ended, every reader that looks sees all of it. Use it
+    from the thread that opened it.
+
+    >>> import tempfile, blobcache
+    >>> with blobcache.BlobCache(tempfile.mkdtemp()) as cache:
+    ...     with cache.batch() as b:
+    ...         b.put("weights/0", b"...")
+    ...         b.put("manifest", b'{"shards": 1}')
+    ...     bytes(cache["manifest"])
+    b'{"shards": 1}'
+    """
+
+    def __init__(
+        self,
+        writes: Writes,
+        inline_limit: int,
+        active: threading.local,
+        on_stale: Callable[[], None],
+    ) -> None:
+        self._writes = writes
+        self._on_stale = on_stale  # the handle's: a sealed segment got staler
+        self._inline_limit = inline_limit
+        self._thread = threading.get_ident()
+        self._ops: list[Op] = []
+        self._staged = ExitStack()  # temp files and key directories held until the end
+        self._active = active  # the handle's: which batch this thread has open
+        self._open = True
+
+    def put(self, key: N.Key, value: object) -> None:
+        """Add a put of ``value`` (bytes-like, copied or written now) under ``key``.
+
+        :raises TypeError: ``key`` is not str/bytes, or ``value`` is not bytes-like.
+        :raises BatchError: the batch has ended, or this is not its thread.
+        """
+        self._check()
+        tag, raw = N.encode_key(key)
+        data = as_buffer(value)
+        key = N.decode_key(tag, raw)
+        if data.nbytes < self._inline_limit:
+            self._ops.append((key, tag, raw, bytes(data)))
+        else:
+            self._ops.append(
+                (key, tag, raw, self._writes.stage_version(tag, raw, data, self._staged))
+            )
+
+    def delete(self, key: N.Key) -> None:
+        """Add a delete of ``key`` (nothing happens to a key that is not there).
+
+        :raises TypeError: ``key`` is not str or bytes.
+        :raises BatchError: the batch has ended, or this is not its thread.
+        """
+        self._check()
+        tag, raw = N.encode_key(key)
+        self._ops.append((N.decode_key(tag, raw), tag, raw, None))
+
+    def __len__(self) -> int:
+        return len(self._ops)
+
+    def _check(self) -> None:
+        if not self._open:
+            raise BatchError("this batch has ended (committed or discarded): open a new one")
+        if threading.get_ident() != self._thread:
+            raise BatchError(
+                "a batch belongs to the thread that opened it: open one in this thread"
+            )
+
+    def commit(self) -> None:
+        """Apply every operation, durably, at once; what the ``with`` block does
+        at its end. Returns once the batch survives a crash of the kind the
+        store's ``durability`` names.
+
+        :raises OSError: the disk failed; nothing of the batch is applied.
+        """
+        self._check()
+        self._end()
+        try:
+            stale = bool(self._ops) and self._writes.put_batch(self._ops)
+        finally:
+            self._staged.close()  # temp files not named: removed
+        if stale:
+            self._on_stale()
+
+    def discard(self) -> None:
+        """Drop every operation: nothing of the batch is applied."""
+        self._check()
+        self._end()
+        self._staged.close()
+
+    def _end(self) -> None:
+        self._open = False
+        self._active.batch = None
+
+    def __enter__(self) -> Batch:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        if not self._open:
+            return  # committed or discarded inside the block
+        if exc_type is not None:
+            self.discard()
+        else:
+            self.commit()
