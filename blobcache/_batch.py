@@ -46,7 +46,9 @@ class Batch:
         inline_limit: int,
         active: threading.local,
         on_stale: Callable[[], None],
+        expires: Callable[[float | None], int],
     ) -> None:
+        self._expires = expires  # the handle's: ttl -> when (0: never)
         self._writes = writes
         self._on_stale = on_stale  # the handle's: a sealed segment got staler
         self._inline_limit = inline_limit
@@ -56,22 +58,25 @@ class Batch:
         self._active = active  # the handle's: which batch this thread has open
         self._open = True
 
-    def put(self, key: N.Key, value: object) -> None:
-        """Add a put of ``value`` (bytes-like, copied or written now) under ``key``.
+    def put(self, key: N.Key, value: object, *, ttl: float | None = None) -> None:
+        """Add a put of ``value`` (bytes-like, copied or written now) under ``key``,
+        for ``ttl`` seconds if given (counted from now; else the handle's
+        ``default_ttl``).
 
         :raises TypeError: ``key`` is not str/bytes, or ``value`` is not bytes-like.
+        :raises ValueError: ``ttl`` is not a positive, finite number of seconds.
         :raises BatchError: the batch has ended, or this is not its thread.
         """
         self._check()
         tag, raw = N.encode_key(key)
         data = as_buffer(value)
+        expires = self._expires(ttl)
         key = N.decode_key(tag, raw)
         if data.nbytes < self._inline_limit:
-            self._ops.append((key, tag, raw, bytes(data)))
+            self._ops.append((key, tag, raw, bytes(data), expires))
         else:
-            self._ops.append(
-                (key, tag, raw, self._writes.stage_version(tag, raw, data, self._staged))
-            )
+            staged = self._writes.stage_version(tag, raw, data, self._staged)
+            self._ops.append((key, tag, raw, staged, expires))
 
     def delete(self, key: N.Key) -> None:
         """Add a delete of ``key`` (nothing happens to a key that is not there).
@@ -81,7 +86,7 @@ class Batch:
         """
         self._check()
         tag, raw = N.encode_key(key)
-        self._ops.append((N.decode_key(tag, raw), tag, raw, None))
+        self._ops.append((N.decode_key(tag, raw), tag, raw, None, 0))
 
     def __len__(self) -> int:
         return len(self._ops)

@@ -28,11 +28,10 @@ from __future__ import annotations
 
 import os
 import threading
-import time
 from collections.abc import Callable
 from typing import NamedTuple
 
-from . import _filekinds, _log
+from . import _clock, _filekinds, _log
 from . import _format as F
 from . import _names as N
 from ._index import IN_A_FILE, Index, Mapped, pack
@@ -64,6 +63,7 @@ class Change(NamedTuple):
     key: N.Key
     value: bytes | Mapped | None
     keydir: str | None = None
+    expires: int = 0  # when the value expires, ms since the epoch (0: never)
 
 
 class Follower:
@@ -302,12 +302,12 @@ class Follower:
     ) -> Change | None:
         key = N.decode_key(tag, raw)
         keydir = N.key_dir(self.blobs, N.key_hash(tag, raw))
-        expired = expires and expires <= time.time_ns() // 1_000_000
+        expired = expires and expires <= _clock.now_ms()
         if kind in _DELETES or expired:
             # An expired put hides the older records of its key, as a delete does.
             return Change(key, None, keydir if keydir in self.key_dirs else None)
         if kind == F.RECORD_PUT:
-            return Change(key, data[value_at:end])
+            return Change(key, data[value_at:end], None, expires)
         if kind == F.RECORD_PIN:
             return None  # (pins: issue 15, not yet acted on)
         length, checksum = F.VERSION_BODY.unpack_from(data, value_at)
@@ -320,7 +320,7 @@ class Follower:
         # Another process's file, maybe an "os" one's never fsynced: compaction
         # makes it durable before it drops a log record it supersedes.
         self.foreign_files[keydir] = path
-        return Change(key, Mapped(Record(seq, path, length, checksum)))
+        return Change(key, Mapped(Record(seq, path, length, checksum)), None, expires)
 
     def _apply(self, seq: int, size: int, change: Change) -> bool:
         """Apply one record (``size`` bytes at the position) to the index."""
@@ -328,11 +328,11 @@ class Follower:
         value = change.value
         if isinstance(value, Mapped):
             index.book_stale(segment, size)
-            old = index.publish(change.key, value, pack(seq, IN_A_FILE, 0))
+            old = index.publish(change.key, value, pack(seq, IN_A_FILE, 0), change.expires)
         elif value is None:
             old = index.publish_delete(change.key, seq, segment, size, change.keydir)
         else:
-            old = index.publish(change.key, value, pack(seq, segment, size))
+            old = index.publish(change.key, value, pack(seq, segment, size), change.expires)
         return old is not None and old != segment
 
     def take_foreign_files(self) -> list[tuple[str, str]]:

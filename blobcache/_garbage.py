@@ -252,13 +252,16 @@ class Garbage:
                     assert value is not None, "a key in the log has its bytes"
                     values.append(value)
             deleted = [(k, d) for k, d in index.deleted.items() if d.segment in chosen]
-            # A batch's version counts only while the log holds its record:
-            # copied forward for every live one, wherever it was.
+            # A batch's version counts only while the log holds its record, and
+            # a version's expiry is only there: copied forward for every live
+            # one of those, wherever it was.
+            expiry = index.expiry
             notes = [
-                (k, m.record)
+                (k, m.record, expiry.get(k, 0))
                 for k, m in index.values.files.items()
-                if N.is_batch_version(m.record.path)
+                if N.is_batch_version(m.record.path) or k in expiry
             ]
+            expiries = [expiry.get(k, 0) for k in keys] if expiry else [0] * len(keys)
         assert inputs[-1] == output, "the segment just sealed is always in the book"
         # Never delete the last durable copy: a value that supersedes a record
         # about to be dropped must be durable first ("os" puts are owed to
@@ -278,11 +281,14 @@ class Garbage:
         # never all in memory beside the values they copy.
         records = itertools.chain(
             (
-                _log.encode_record(seq_of(m), F.RECORD_PUT, *N.encode_key(k), v)
-                for k, m, v in zip(keys, metas, values, strict=True)
+                _log.encode_record(seq_of(m), F.RECORD_PUT, *N.encode_key(k), v, _expiring(e), e)
+                for k, m, v, e in zip(keys, metas, values, expiries, strict=True)
             ),
             (_log.encode_record(d.seq, F.RECORD_DELETE, *N.encode_key(k), b"") for k, d in kept),
-            (_log.encode_version(r.seq, *N.encode_key(k), r.length, r.checksum) for k, r in notes),
+            (
+                _log.encode_version(r.seq, *N.encode_key(k), r.length, r.checksum, _expiring(e), e)
+                for k, r, e in notes
+            ),
         )
         sizes, replaced = _compaction.write_compacted(self.logdir, output, records)
         written = sum(sizes)
@@ -290,10 +296,17 @@ class Garbage:
             for key, dead in deleted:
                 if index.deleted.get(key) is dead:
                     del index.deleted[key]
-            # The notes count as live (they are, while their version is; when it is
-            # superseded the book does not learn of it: counted stale at the next
-            # compaction, which drops them).
-            live_bytes = sum(sizes[len(keys) + len(kept) :])
+            # The notes count as live while their version is (``Index.notes``
+            # tells publish which to count stale once it is superseded).
+            live_bytes = 0
+            index.notes = {}
+            for (key, record, _expires), size in zip(
+                notes, sizes[len(keys) + len(kept) :], strict=True
+            ):
+                mapped = index.values.files.get(key)
+                if mapped is not None and mapped.record == record:
+                    index.notes[key] = (output, size)
+                    live_bytes += size
             del sizes[len(keys) + len(kept) :]
             for (key, dead), size in zip(kept, sizes[len(keys) :], strict=True):
                 # Not if a newer delete took its place, nor a put to the log.
@@ -365,3 +378,8 @@ class Garbage:
             (version := N.parse_version_name(name)) is not None and version.seq < seq
             for name in names
         )
+
+
+def _expiring(expires: int) -> int:
+    """The flags of a record copied forward with expiry ``expires`` (0: none)."""
+    return F.FLAG_EXPIRES if expires else 0

@@ -283,6 +283,7 @@ class Held:
         self.owed = Ledger(path)
         self.stop = threading.Event()  # set once let go: the threads end
         self.compact_wanted = threading.Event()
+        self.expiry_soon = threading.Event()  # Index.sooner: wakes the expiry thread
         self.forks = _forks[0]
 
     def compacted(self) -> None:
@@ -317,6 +318,7 @@ class Held:
         (all of it even when the sync fails, which then raises)."""
         self.stop.set()
         self.compact_wanted.set()
+        self.expiry_soon.set()
         # Invariant: in a forked child these are the parent's; the child's copy
         # of the lock descriptor was closed at the fork (see _fsio).
         if self.inherited():
@@ -349,14 +351,17 @@ def let_go_of_dropped(held: Held) -> None:
 
 def start_background(cache: BlobCache, options: Options) -> list[threading.Thread]:
     """The threads of a handle, each a ``_background`` loop: following the other
-    processes every ``refresh_interval``; for a writer, compaction when asked
+    processes every ``refresh_interval``; taking expired values out of memory;
+    for a writer, compaction when asked
     for, with "os" durability a sync every ``sync_interval``, and with a
     ``gc_interval``, a gc that often."""
     held = cache._held
     loops: list[tuple[str, Callable[[], bool], Callable[[BlobCache], object]]] = [
         # Every half interval: a wake-up can wait its turn for the GIL (about
         # 5 ms when other threads are busy), and a hit must stay within the interval.
-        ("refresh", held.every(options.refresh_interval / 2), lambda c: c.refresh())
+        ("refresh", held.every(options.refresh_interval / 2), lambda c: c.refresh()),
+        # At each expiry's deadline (see _expiry): an idle wait when none is set.
+        ("expiry", cache._expiry.waiter(held.stop), lambda c: c._expiry.sweep()),
     ]
     if held.writer is None:
         return _start(cache, loops)

@@ -30,6 +30,7 @@ swaps its fields under ``lock``.
 
 from __future__ import annotations
 
+import heapq
 import os
 import threading
 from collections.abc import Callable, Iterator
@@ -259,6 +260,7 @@ class Index:
         deleted: dict[Key, Deleted],
         book: SegmentBook,
         dirty: set[str],
+        sooner: threading.Event,
     ) -> None:
         self.values = values
         self.meta = meta
@@ -270,12 +272,97 @@ class Index:
         self.gone: dict[Key, int] = {}
         self.dirty = dirty
         self.dirty_lock = threading.Lock()
+        # key -> when its live value expires (ms since the epoch), for those that
+        # do; and the same as a heap of (expires, seq, key), which may hold entries
+        # no longer live (checked against ``meta`` when due). ``sooner`` is set
+        # when a deadline earlier than every other one comes in (_expiry waits on it).
+        self.expiry: dict[Key, int] = {}
+        self.deadlines: list[tuple[int, int, Key]] = []
+        self.sooner = sooner
+        # key -> (segment, size) of the version record compaction copied forward
+        # for its live file (an expiry, a batch's b- file: see _garbage), booked
+        # live there until the key's record is superseded.
+        self.notes: dict[Key, tuple[int, int]] = {}
 
-    def publish(self, key: Key, value: Value | None, meta: int = 0) -> int | None:
+    def set_expiry(self, expiry: dict[Key, int]) -> None:
+        """Take the expiries recovery found (key -> ms), with their records' numbers
+        from ``meta``. REQUIRES: ``lock``, or nothing else using the index yet."""
+        self.expiry = expiry
+        self.deadlines = [(e, seq_of(self.meta[k]), k) for k, e in expiry.items()]
+        heapq.heapify(self.deadlines)
+        self.sooner.set()
+
+    def _note_expiry(self, key: Key, seq: int, expires: int) -> None:
+        """REQUIRES: ``lock``."""
+        if expires:
+            self.expiry[key] = expires
+            if not self.deadlines or expires < self.deadlines[0][0]:
+                self.sooner.set()
+            heapq.heappush(self.deadlines, (expires, seq, key))
+        elif self.expiry:
+            self.expiry.pop(key, None)
+
+    def _drop_note(self, key: Key) -> None:
+        """The key's live record is superseded: so is its copied note. REQUIRES: ``lock``."""
+        if self.notes:
+            note = self.notes.pop(key, None)
+            if note is not None:
+                self.book.supersede(*note)
+
+    def due(self, now: int) -> list[tuple[Key, int]]:
+        """(key, seq) of every value whose expiry is not after ``now``, taken off
+        the heap (each still to be checked live by ``expire``)."""
+        out = []
+        with self.lock:
+            heap = self.deadlines
+            while heap and heap[0][0] <= now:
+                _expires, seq, key = heapq.heappop(heap)
+                out.append((key, seq))
+        return out
+
+    def next_deadline(self) -> int | None:
+        deadlines = self.deadlines
+        return deadlines[0][0] if deadlines else None
+
+    def expire(self, key: Key, seq: int, keydir: str | None, active: int) -> bool:
+        """Drop ``key``'s live value ``seq`` from memory, its expiry passed: the
+        key is absent from now on, as after a delete numbered ``seq`` (its record
+        hides every older one: FORMAT.md, "Expiry"). ``keydir``: the key's
+        directory, if it has one (then compaction keeps a delete of number
+        ``seq`` while older versions lie there; ``active`` is the segment it is
+        booked in when the value was in a file). Returns whether it was live.
+        REQUIRES: the follower has applied every record numbered below ``seq``
+        (``_expiry`` catches up first), so none can come back after this."""
+        values = self.values
+        with self.lock:
+            meta = self.meta.get(key)
+            if meta is None or seq_of(meta) != seq or key not in self.expiry:
+                return False
+            del self.expiry[key]
+            self._drop_note(key)
+            old = values.peek(key)
+            segment, size = segment_of(meta), size_of(meta)
+            if segment != IN_A_FILE:
+                self.book.supersede(segment, size)
+            else:
+                segment = active
+            if keydir is not None:
+                self.deleted[key] = Deleted(seq, segment, size)
+            del self.meta[key]
+            values.pop(key, None)
+            values.files.pop(key, None)
+        if isinstance(old, Mapped):
+            self.mark_dirty(os.path.dirname(old.record.path))
+        elif keydir is not None:
+            self.mark_dirty(keydir)
+        return True
+
+    def publish(self, key: Key, value: Value | None, meta: int = 0, expires: int = 0) -> int | None:
         """Make ``value``, with its ``meta`` (see ``pack``), the key's live record
         (None: deleted), and account for what it supersedes; return the log
         segment of the record superseded, or None (there was none, or it was a
         version file, whose directory is now the janitor's to visit).
+        ``expires``: when the value expires (ms since the epoch), 0 for never.
 
         A record not newer than the key's live one (a recovered version's own
         note in the log, say) changes nothing: None.
@@ -294,6 +381,8 @@ class Index:
                     self.book.add(segment_of(meta), size_of(meta), live=False)
                 return None
             old = values.peek(key)
+            self._note_expiry(key, seq, expires if value is not None else 0)
+            self._drop_note(key)
             # A key going from one dict to the other: between the two changes
             # it is in both (the new record goes in before the old comes out),
             # and ``moves`` is odd for a reader that looked at the other first.
@@ -361,6 +450,7 @@ class Index:
         deleted: dict[Key, Deleted],
         total: dict[int, int],
         live: dict[int, int],
+        expiry: dict[Key, int],
     ) -> None:
         """Take everything from a new recovery (``_follow``'s reload), in place:
         ``get`` keeps its dict, a lookup meanwhile sees a move under way.
@@ -374,6 +464,8 @@ class Index:
             mine.files.update(values.files)
             self.meta, self.deleted = meta, deleted
             self.book = SegmentBook(total, live)
+            self.notes = {}  # recovery booked every version record stale
+            self.set_expiry(expiry)
             mine.moves += 1
 
     def forget_gone(self, key: Key, seq: int) -> None:
@@ -394,6 +486,7 @@ class Index:
             self.values = ClosedIndex(path)
             self.meta = {}
             self.deleted = {}
+            self.expiry, self.deadlines = {}, []
 
     def mark_dirty(self, keydir: str) -> None:
         """Note that ``keydir`` holds garbage for the next ``gc()``."""

@@ -17,14 +17,13 @@ Crash policy, enforced where marked below:
 from __future__ import annotations
 
 import os
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import NamedTuple
 
 import xxhash
 
-from . import _filekinds
+from . import _clock, _filekinds
 from . import _format as F
 from ._index import FIELD_MASK, SEGMENT_SHIFT, SEQ_SHIFT
 from ._names import Key
@@ -272,7 +271,7 @@ def replay(
     live: dict[int, int],
     deletes: list[Key],
     expiry: dict[Key, int],
-    noted: set[int],
+    noted: dict[int, int],
     *,
     now: int,
     active: bool,
@@ -282,8 +281,10 @@ def replay(
     newest record's value, None for a delete, and its packed place, as the index
     holds them: see ``_index.pack``; the keys of deletes are added to
     ``deletes``), ``live`` (live put bytes per segment) and ``expiry`` (key ->
-    when its live value expires, ms since the epoch, for those that do); return
-    the highest sequence number seen.
+    when its live value expires, ms since the epoch, for those that do) and
+    ``noted`` (the numbers of version records -> when their values expire, 0
+    for never: a version file's expiry is only there, and a batch's version
+    file counts only with its record); return the highest sequence number seen.
 
     A put whose expiry is not after ``now`` is read as a delete of its key (it
     still hides every older record of the key). An evict record is a delete.
@@ -347,7 +348,11 @@ def replay(
                     # this note says it was committed. Stale from birth.
                     # (Pins: issue 15, not yet acted on.)
                     if kind == version:
-                        noted.add(seq)
+                        noted[seq] = (
+                            F.EXPIRES.unpack_from(data, key_at + klen)[0]
+                            if flags & flag_expires
+                            else 0
+                        )
                     offset = end
                     continue
                 raw = data[key_at : key_at + klen]
@@ -468,7 +473,7 @@ def _find_records(
     """
     good = header_flags(data[: F.SEGMENT_HEADER.size]) is not None  # salvaged: by checksums
     head = header_size(data) if good else _HEADER_SIZE
-    now = time.time_ns() // 1_000_000
+    now = _clock.now_ms()
     for record in iter_records(data, F.SEGMENT_HEADER.size, head, ""):
         if record.tag != tag or record.raw != raw or record.kind == F.RECORD_PIN:
             continue

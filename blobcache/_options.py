@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from typing import Literal
 
 from . import _format as F
+from ._clock import check_ttl
 
 Durability = Literal["fsync", "os"]
 DURABILITY_LEVELS: tuple[Durability, ...] = ("fsync", "os")
@@ -110,6 +111,13 @@ class Options:
     a look at the mapped ``STATE`` (about a microsecond); shorter intervals cost
     a background wake-up each."""
 
+    default_ttl: float | None = None
+    """Seconds after which a value put without a ``ttl`` of its own expires
+    (default None: never). An expired key misses in every process and after a
+    reopen; ``gc()``, compaction and a background sweep reclaim its space.
+    Measured by the wall clock (FORMAT.md, "Expiry"): a clock set forward
+    expires values early, one set back keeps them longer."""
+
     def __post_init__(self) -> None:
         if self.durability not in DURABILITY_LEVELS:
             raise ValueError(
@@ -120,6 +128,8 @@ class Options:
         _check_seconds("refresh_interval", self.refresh_interval)
         if self.gc_interval is not None:
             _check_seconds("gc_interval", self.gc_interval)
+        if self.default_ttl is not None:
+            check_ttl("default_ttl", self.default_ttl)
         for name in ("verify_on_get", "salvage", "readonly", "trust_filesystem"):
             if not isinstance(getattr(self, name), bool):
                 raise TypeError(

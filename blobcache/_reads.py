@@ -120,7 +120,6 @@ class Reads:
         if values.stored(key) is not bad:
             return values.stored(key)  # replaced meanwhile
         record = bad.record
-        keydir = os.path.dirname(record.path)
         older = self._newest_intact_below(key, record)
         if older is None:
             raise damage
@@ -133,7 +132,7 @@ class Reads:
         self.notes.append(note)
         tag, raw = N.encode_key(key)
         if value is None:
-            writes.delete(key, tag, raw, keydir)
+            writes.delete(key, tag, raw)
         elif len(value) < writes.options.inline_limit:
             writes.put_inline(key, tag, raw, bytes(value))
         else:

@@ -39,7 +39,9 @@ class Recovered:
     # key -> its key directory's versions, newest first, when the newest is one
     # of a batch: the log decides which of them counts (_recovery._commit_batches)
     batch_versions: dict[N.Key, list[Record]] = field(default_factory=dict)
-    noted: set[int] = field(default_factory=set)  # the numbers of the log's version records
+    # The numbers of the log's version records -> when their values expire (0: never)
+    noted: dict[int, int] = field(default_factory=dict)
+    now: int = 0  # the time expiry was judged by (ms since the epoch)
     # key -> when its live value in the log expires (ms since the epoch), for those that do
     expiry: dict[N.Key, int] = field(default_factory=dict)
     blob_over_log: dict[N.Key, str] = field(default_factory=dict)  # key -> dir, see _merge

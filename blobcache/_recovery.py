@@ -16,10 +16,9 @@ import gc
 import logging
 import os
 import stat
-import time
 from collections.abc import Callable
 
-from . import _filekinds, _fsio, _keydir, _log
+from . import _clock, _filekinds, _fsio, _keydir, _log
 from . import _format as F
 from . import _names as N
 from ._index import IN_A_FILE, Deleted, Mapped, Values, pack, segment_of, seq_of, size_of
@@ -47,7 +46,7 @@ def recover(
     writer to cut under the append flock. With ``readonly`` no file is changed
     (no temp file or replaced segment removed).
     """
-    result = Recovered(readonly=readonly, bound=bound)
+    result = Recovered(readonly=readonly, bound=bound, now=_clock.now_ms())
     blobs = os.path.join(root, F.BLOBS_DIR)
     blob_live: dict[N.Key, Record] = {}
     # Building the index makes an object or two per record and frees none: the
@@ -116,7 +115,7 @@ def _replay_log(
     values: dict[N.Key, bytes | None] = {}
     meta: dict[N.Key, int] = {}
     max_seq = result.max_seq
-    now = time.time_ns() // 1_000_000  # what has expired is read as deleted
+    now = result.now  # what has expired is read as deleted
     for number in numbers:
         active = number == numbers[-1]
         info, data = _log.read_segment(
@@ -298,11 +297,13 @@ def _merge(
     """Highest sequence number wins, across the two layouts. ``values`` and
     ``meta``, the log's newest records, become the index."""
     files: dict[N.Key, Mapped] = {}
+    last = result.segments[-1].number if result.segments else 1
     for key, record in blob_live.items():
         newest = meta.get(key)
         if newest is None or seq_of(newest) < record.seq:
             if newest is not None:
                 value = values.pop(key)
+                result.expiry.pop(key, None)
                 if value is not None:
                     result.segment_live[segment_of(newest)] -= size_of(newest)
                 # A version found at open may never have been made durable:
@@ -310,13 +311,25 @@ def _merge(
                 result.blob_over_log[key] = os.path.dirname(record.path)
                 # What the key falls back to if that version fails its check.
                 result.log_under_blob[key] = (seq_of(newest), value)
+            expires = result.noted.get(record.seq, 0)  # a version's expiry: in its record
+            if expires and expires <= result.now:
+                # Expired: the key is absent, as after a delete of that number,
+                # which compaction keeps while the directory holds versions.
+                meta.pop(key, None)
+                result.blob_over_log.pop(key, None)
+                result.log_under_blob.pop(key, None)
+                result.deleted[key] = Deleted(record.seq, last, 0)
+                result.dirty.add(os.path.dirname(record.path))
+                continue
+            if expires:
+                result.expiry[key] = expires
             files[key] = Mapped(record)
             meta[key] = pack(record.seq, IN_A_FILE, 0)
         else:  # superseded by a log record: the whole key directory is garbage
             result.dirty.add(os.path.dirname(record.path))
     for key in set(result.log_deletes):
-        if key in files or values[key] is not None:
-            continue  # put again after this delete
+        if key in files or values.get(key, b"") is not None:
+            continue  # put again after this delete (or expired in a file, above)
         del values[key]
         dead = meta.pop(key)
         if key in result.dir_of:  # older versions there: compaction keeps the delete

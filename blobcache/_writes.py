@@ -158,31 +158,18 @@ class Writes:
             return True
         return self.log.claim(segment, offset, gone=gone)
 
-    def put_inline(self, key: N.Key, tag: bytes, raw: bytes, value: bytes) -> bool:
+    def put_inline(
+        self, key: N.Key, tag: bytes, raw: bytes, value: bytes, expires: int = 0
+    ) -> bool:
         """REQUIRES: the key's stripe lock. Returns whether a sealed segment got staler."""
-        change = Change(key, value)
-        seq, segment, offset, size = self.log.append(
-            lambda seq: (_log.encode_record(seq, F.RECORD_PUT, tag, raw, value), change),
-            _RECORD_HEAD + len(raw) + len(value),
-        )
-        if not self._mine(segment, offset, size):
-            return False
-        return self._stale(self.index.publish(key, value, pack(seq, segment, size)))
+        return self._append([(key, tag, raw, value, expires)])
 
-    def delete(self, key: N.Key, tag: bytes, raw: bytes, keydir: str) -> bool:
+    def delete(self, key: N.Key, tag: bytes, raw: bytes) -> bool:
         """REQUIRES: the key's stripe lock. Returns whether a sealed segment got staler."""
-        has_dir = keydir if keydir in self.key_dirs else None
-        change = Change(key, None, has_dir)
-        seq, segment, offset, size = self.log.append(
-            lambda seq: (_log.encode_record(seq, F.RECORD_DELETE, tag, raw, b""), change),
-            _RECORD_HEAD + len(raw),
-        )
-        if not self._mine(segment, offset, size, gone=key):
-            return False
-        return self._stale(self.index.publish_delete(key, seq, segment, size, has_dir, ahead=True))
+        return self._append([(key, tag, raw, None, 0)])
 
     def put_blob(
-        self, key: N.Key, tag: bytes, raw: bytes, stripe: Stripe, data: memoryview
+        self, key: N.Key, tag: bytes, raw: bytes, stripe: Stripe, data: memoryview, expires: int = 0
     ) -> bool:
         """Write ``data`` as the key's new version; ``stripe`` takes the key's
         stripe lock (a no-op where the caller holds it). Returns whether a
@@ -193,6 +180,7 @@ class Writes:
             raw,
             stripe,
             lambda keydir, sync: _blob.write_version(keydir, data, sync=sync),
+            expires,
         )
 
     def put_version(
@@ -202,6 +190,7 @@ class Writes:
         raw: bytes,
         stripe: Stripe,
         write: Callable[[str, bool], _blob.TempVersion],
+        expires: int = 0,
     ) -> bool:
         """Publish the version ``write(keydir, sync)`` writes to a temp file.
 
@@ -224,31 +213,7 @@ class Writes:
             write(keydir, sync) as temp,  # no lock held
             stripe,
         ):
-            named: list[Record] = []
-
-            def make(seq: int) -> tuple[bytes, Change]:
-                # Under the append flock, before its record: named, and with
-                # "fsync" the name durable, so no process ever reads a record
-                # naming a file a power cut could take away.
-                named.append(temp.name(seq))
-                temp.publish(named[0])  # a failure removes the file: this put fails alone
-                note = _log.encode_version(seq, tag, raw, temp.length, temp.checksum)
-                return note, Change(key, Mapped(named[0]))
-
-            try:
-                seq, segment, offset, size = self.log.append(
-                    make, _RECORD_HEAD + len(raw) + F.VERSION_BODY.size
-                )
-            except BaseException:
-                if named:  # named, but the put fails: it must not win at the next open
-                    _fsio.discard(named[0].path)
-                raise
-            if not sync:
-                self.held.owed.owe_file(named[0].path, keydir)
-            if not self._mine(segment, offset, size):
-                return False
-            self.index.book_stale(segment, size)  # a version's note is never live
-            return self._stale(self.index.publish(key, Mapped(named[0]), pack(seq, IN_A_FILE, 0)))
+            return self._append([(key, tag, raw, Staged(keydir, temp, batch=False), expires)])
 
     # --- batches -----------------------------------------------------------------
 
@@ -270,91 +235,105 @@ class Writes:
         temp = hold.enter_context(_blob.write_version(keydir, data, sync=True))
         if self.options.durability != "fsync":
             self.held.owed.make_durable(keydir, temp.path, parents=True)
-        return Staged(keydir, temp)
+        return Staged(keydir, temp, batch=True)
 
     def put_batch(self, ops: list[Op]) -> bool:
-        """Commit a batch: every op (key, tag, raw key, value: bytes, a staged
-        version, or None for a delete) as one write of consecutive records, the
-        last without ``FLAG_MORE`` (FORMAT.md, "Batches"), acknowledged together
-        with one fdatasync; then each applied to the index in order. Returns
-        whether a sealed segment got staler.
-
-        Crash policy: the staged versions get b- names under the append flock,
-        before the records (durably, with "fsync": their directories fsynced),
-        so a crash leaves either no whole batch in the log, and every b- file of
-        it garbage, or the whole batch with every file it names.
-        REQUIRES: nothing of this handle's locks (the stripes are taken here, in
-        order, and held until the batch is applied, so the keys' records are
-        applied in the order of their numbers).
-        """
-        stripes = sorted({int(N.key_hash(tag, raw)[:3], 16) % STRIPES for _, tag, raw, _ in ops})
+        """Commit a batch (``_batch``): its ops in order, with the stripe locks of
+        all their keys taken here, in order, and held until the batch is
+        applied, so the keys' records are applied in the order of their
+        numbers. Returns whether a sealed segment got staler.
+        REQUIRES: none of this handle's stripe locks held."""
+        stripes = sorted({int(N.key_hash(op[1], op[2])[:3], 16) % STRIPES for op in ops})
         with contextlib.ExitStack() as held:
             for number in stripes:
                 held.enter_context(StripeGuard(self, self.stripes[number]))
-            named: list[Record] = []
-            members: list[tuple[int, Change]] = []
+            return self._append(ops)
 
-            def make(first: int) -> tuple[bytes, object]:
-                chunks: list[bytes] = []
-                for seq, (key, tag, raw, value) in enumerate(ops, first):
-                    flags = F.FLAG_MORE if seq < first + len(ops) - 1 else 0
-                    if value is None:
-                        keydir = N.key_dir(self.blobs, N.key_hash(tag, raw))
-                        has_dir = keydir if keydir in self.key_dirs else None
-                        record = _log.encode_record(seq, F.RECORD_DELETE, tag, raw, b"", flags)
-                        change = Change(key, None, has_dir)
-                    elif isinstance(value, Staged):
-                        temp = value.temp
-                        named.append(temp.name(seq, batch=True))
-                        temp.publish(named[-1])  # fails this batch alone, its name taken back
-                        record = _log.encode_version(
-                            seq, tag, raw, temp.length, temp.checksum, flags
-                        )
-                        change = Change(key, Mapped(named[-1]))
-                    else:
-                        record = _log.encode_record(seq, F.RECORD_PUT, tag, raw, value, flags)
-                        change = Change(key, value)
-                    chunks.append(record)
-                    members.append((len(record), change))
-                return b"".join(chunks), members
+    def _append(self, ops: list[Op]) -> bool:
+        """Append the records of ``ops`` (key, tag, raw key, value: bytes, a staged
+        version, or None for a delete; expiry), numbered one after the other,
+        with one write, acknowledged together (with "fsync", one fdatasync);
+        then apply each to the index, in order. More than one: a batch, every
+        record but the last with ``FLAG_MORE`` (FORMAT.md, "Batches"). Returns
+        whether a sealed segment got staler.
 
-            hint = sum(_RECORD_HEAD + len(raw) + _body_size(value) for _, _, raw, value in ops)
-            try:
-                first, segment, offset, _size = self.log.append(make, hint, len(ops))
-            except BaseException:
-                for record in named:  # named, but the batch fails: garbage, never live
-                    _fsio.discard(record.path)
-                raise
-            stale = False
-            for seq, (size, change) in enumerate(members, first):
-                stale |= self._apply_member(seq, segment, offset, size, change)
-                offset += size
-            return stale
+        Crash policy: the staged versions are named under the append flock,
+        before the records (durably, with "fsync": their directories fsynced),
+        so no process reads a record naming a file a power cut could take away;
+        a batch's get b- names, which count only once their records are in the
+        log: a crash leaves no whole batch, and every b- file of it garbage, or
+        the whole batch with every file it names.
+        REQUIRES: the stripe lock of every key of ``ops``.
+        """
+        named: list[Record] = []
+        members: list[tuple[int, Change]] = []
 
-    def _apply_member(self, seq: int, segment: int, offset: int, size: int, change: Change) -> bool:
-        """Apply one record of an acknowledged batch, as a single put or delete
-        applies its own (``_mine``). REQUIRES: the key's stripe lock."""
+        def make(first: int) -> tuple[bytes, object]:
+            chunks = []
+            last = first + len(ops) - 1
+            for seq, (key, tag, raw, value, expires) in enumerate(ops, first):
+                flags = (F.FLAG_MORE if seq < last else 0) | (F.FLAG_EXPIRES if expires else 0)
+                if value is None:
+                    keydir = N.key_dir(self.blobs, N.key_hash(tag, raw))
+                    has_dir = keydir if keydir in self.key_dirs else None
+                    record = _log.encode_record(seq, F.RECORD_DELETE, tag, raw, b"", flags)
+                    change = Change(key, None, has_dir)
+                elif isinstance(value, Staged):
+                    temp = value.temp
+                    named.append(temp.name(seq, batch=value.batch))
+                    temp.publish(named[-1])  # a failure removes the file: these ops fail alone
+                    record = _log.encode_version(
+                        seq, tag, raw, temp.length, temp.checksum, flags, expires
+                    )
+                    change = Change(key, Mapped(named[-1]), None, expires)
+                else:
+                    record = _log.encode_record(seq, F.RECORD_PUT, tag, raw, value, flags, expires)
+                    change = Change(key, value, None, expires)
+                chunks.append(record)
+                members.append((len(record), change))
+            data = b"".join(chunks)
+            return data, (members if len(ops) > 1 else members[0][1])
+
+        hint = sum(_RECORD_HEAD + len(raw) + _body_size(value, e) for _, _, raw, value, e in ops)
+        try:
+            first, segment, offset, _size = self.log.append(make, hint, len(ops))
+        except BaseException:
+            for record in named:  # named, but the put fails: it must not win at the next open
+                _fsio.discard(record.path)
+            raise
+        stale = False
+        for seq, (size, change) in enumerate(members, first):
+            stale |= self._apply(seq, segment, offset, size, change)
+            offset += size
+        return stale
+
+    def _apply(self, seq: int, segment: int, offset: int, size: int, change: Change) -> bool:
+        """Apply this process's acknowledged record ``seq`` (``size`` bytes at
+        ``offset`` of ``segment``) to the index, unless the follower did
+        (``_mine``). Returns whether a sealed segment got staler.
+        REQUIRES: the key's stripe lock."""
         key, value = change.key, change.value
-        if value is None:
-            if not self._mine(segment, offset, size, gone=key):
-                return False
-            index = self.index
-            return self._stale(
-                index.publish_delete(key, seq, segment, size, change.keydir, ahead=True)
-            )
-        if isinstance(value, Mapped):
-            if self.options.durability != "fsync":
-                self.held.owed.owe_file(value.record.path, os.path.dirname(value.record.path))
-            if not self._mine(segment, offset, size):
-                return False
-            self.index.book_stale(segment, size)  # a version's note is never live
-            return self._stale(self.index.publish(key, value, pack(seq, IN_A_FILE, 0)))
-        if not self._mine(segment, offset, size):
+        if isinstance(value, Mapped) and self.options.durability != "fsync":
+            self.held.owed.owe_file(value.record.path, os.path.dirname(value.record.path))
+        if not self._mine(segment, offset, size, gone=key if value is None else None):
             return False
-        return self._stale(self.index.publish(key, value, pack(seq, segment, size)))
+        index = self.index
+        if value is None:
+            old = index.publish_delete(key, seq, segment, size, change.keydir, ahead=True)
+        elif isinstance(value, Mapped):
+            index.book_stale(segment, size)  # a version's note is never live
+            old = index.publish(key, value, pack(seq, IN_A_FILE, 0), change.expires)
+        else:
+            old = index.publish(key, value, pack(seq, segment, size), change.expires)
+        return self._stale(old)
 
     def put_chunks(
-        self, tag: bytes, raw: bytes, stripe: StripeGuard, chunks: Iterable[memoryview]
+        self,
+        tag: bytes,
+        raw: bytes,
+        stripe: StripeGuard,
+        chunks: Iterable[memoryview],
+        expires: int = 0,
     ) -> bool:
         """Store the concatenation of ``chunks``; returns whether a sealed segment
         got staler. A value that ends below inline_limit goes to the log, as
@@ -370,7 +349,7 @@ class Writes:
                 break
         else:
             with stripe:
-                return self.put_inline(key, tag, raw, bytes(head))
+                return self.put_inline(key, tag, raw, bytes(head), expires)
         first = bytes(head)
         return self.put_version(
             key,
@@ -378,20 +357,27 @@ class Writes:
             raw,
             stripe,
             lambda keydir, sync: _blob.write_version_from(keydir, first, rest, sync=sync),
+            expires,
         )
 
     def put_file(
-        self, tag: bytes, raw: bytes, stripe: StripeGuard, src: Source, chunk: int
+        self,
+        tag: bytes,
+        raw: bytes,
+        stripe: StripeGuard,
+        src: Source,
+        chunk: int,
+        expires: int = 0,
     ) -> bool:
         """``BlobCache.put_file``: a regular file of ``inline_limit`` bytes or more
         is copied by the kernel (and the copy hashed as stored); anything else is
         read ``chunk`` bytes at a time. Returns whether a sealed segment got staler."""
         if not isinstance(src, (str, bytes, os.PathLike)):
-            return self.put_chunks(tag, raw, stripe, read_chunks(src, chunk))
+            return self.put_chunks(tag, raw, stripe, read_chunks(src, chunk), expires)
         with open(os.fsdecode(src), "rb", buffering=0) as f:
             st = os.fstat(f.fileno())
             if not stat.S_ISREG(st.st_mode) or st.st_size < self.options.inline_limit:
-                return self.put_chunks(tag, raw, stripe, read_chunks(f, chunk))
+                return self.put_chunks(tag, raw, stripe, read_chunks(f, chunk), expires)
             fd, size = f.fileno(), st.st_size
             return self.put_version(
                 N.decode_key(tag, raw),
@@ -399,6 +385,7 @@ class Writes:
                 raw,
                 stripe,
                 lambda keydir, sync: _blob.write_version_copy(keydir, fd, size, sync=sync),
+                expires,
             )
 
     # --- key directories ---------------------------------------------------------------
@@ -496,21 +483,24 @@ class Writes:
 
 
 class Staged(NamedTuple):
-    """A batch's large value, written to a temp version of its key directory."""
+    """A large value, written to a temp version of its key directory."""
 
     keydir: str
     temp: _blob.TempVersion
+    batch: bool  # one of a batch's: named b- (FORMAT.md, "Batches")
 
 
-# One operation of a batch: key, its tag and bytes, and the value (bytes for the
-# log, a staged version, None for a delete).
-Op = tuple[N.Key, bytes, bytes, "bytes | Staged | None"]
+# One put or delete: key, its tag and bytes, the value (bytes for the log, a
+# staged version, None for a delete), and its expiry (ms since the epoch, 0: never).
+Op = tuple[N.Key, bytes, bytes, "bytes | Staged | None", int]
 
 
-def _body_size(value: bytes | Staged | None) -> int:
+def _body_size(value: bytes | Staged | None, expires: int) -> int:
+    """A record's bytes after its key (about: for cutting group commits)."""
+    extra = F.EXPIRES.size if expires else 0
     if value is None:
-        return 0
-    return F.VERSION_BODY.size if isinstance(value, Staged) else len(value)
+        return extra
+    return extra + (F.VERSION_BODY.size if isinstance(value, Staged) else len(value))
 
 
 class StripeGuard:

@@ -24,6 +24,7 @@ running when the call returns.
 from __future__ import annotations
 
 import asyncio
+import functools
 import os
 import queue
 import threading
@@ -162,9 +163,9 @@ class AsyncBlobCache:
             await _settle(task)
             raise
 
-    async def put(self, key: Key, value: object) -> None:
+    async def put(self, key: Key, value: object, *, ttl: float | None = None) -> None:
         """As :meth:`BlobCache.put`, awaited; same durability."""
-        await self._run(self.sync_cache.put, key, value)
+        await self._run(functools.partial(self.sync_cache.put, ttl=ttl), key, value)
 
     async def get(self, key: Key, default: _T | None = None) -> Value | _T | None:
         """As :meth:`BlobCache.get`. A large value's first get maps and checks its
@@ -174,14 +175,16 @@ class AsyncBlobCache:
     async def delete(self, key: Key) -> bool:
         return await self._run(self.sync_cache.delete, key)
 
-    async def put_file(self, key: Key, src: str | os.PathLike[str] | BinaryIO | Any) -> None:
+    async def put_file(
+        self, key: Key, src: str | os.PathLike[str] | BinaryIO | Any, *, ttl: float | None = None
+    ) -> None:
         """As :meth:`BlobCache.put_file`, for a path (copied by the kernel, in a
         worker thread), a binary file object, or an async one such as
         ``aiofiles.open(path, "rb")`` gives (read chunk by chunk on the loop,
         each chunk handed to the put running in a worker thread)."""
         read = getattr(src, "read", None)
         if read is None or not asyncio.iscoroutinefunction(read):
-            await self._run(self.sync_cache.put_file, key, src)
+            await self._run(functools.partial(self.sync_cache.put_file, ttl=ttl), key, src)
             return
         size = BlobCache.CHUNK_BYTES
 
@@ -189,16 +192,23 @@ class AsyncBlobCache:
             while chunk := await read(size):
                 yield chunk
 
-        await self.put_stream(key, chunks())
+        await self.put_stream(key, chunks(), ttl=ttl)
 
-    async def put_stream(self, key: Key, chunks: AsyncIterable[object] | Iterable[object]) -> None:
+    async def put_stream(
+        self,
+        key: Key,
+        chunks: AsyncIterable[object] | Iterable[object],
+        *,
+        ttl: float | None = None,
+    ) -> None:
         """As :meth:`BlobCache.put_stream`, for an async or a plain iterable. A
         chunk must not be changed after it is yielded (it is written later)."""
+        put_stream = functools.partial(self.sync_cache.put_stream, ttl=ttl)
         if not isinstance(chunks, AsyncIterable):
-            await self._run(self.sync_cache.put_stream, key, chunks)
+            await self._run(put_stream, key, chunks)
             return
         handoff = _Handoff(asyncio.get_running_loop())
-        writer = asyncio.ensure_future(asyncio.to_thread(self.sync_cache.put_stream, key, handoff))
+        writer = asyncio.ensure_future(asyncio.to_thread(put_stream, key, handoff))
         feeder = asyncio.ensure_future(handoff.feed(chunks))
         try:
             await asyncio.wait([writer, feeder], return_when=asyncio.FIRST_COMPLETED)

@@ -33,6 +33,8 @@ from . import _held, _storedir
 from . import _names as N
 from ._batch import Batch
 from ._buffers import as_buffer
+from ._clock import check_ttl, expires_at
+from ._expiry import Expiry
 from ._follow import Follower
 from ._garbage import Garbage
 from ._index import ClosedIndex, Index, Mapped, SegmentBook, Values
@@ -96,6 +98,7 @@ class BlobCache(MutableMapping[N.Key, Value]):
         readonly: bool = False,
         trust_filesystem: bool = False,
         refresh_interval: float = Options.refresh_interval,
+        default_ttl: float | None = None,
     ) -> None:
         self._options = options = Options(
             durability,
@@ -109,6 +112,7 @@ class BlobCache(MutableMapping[N.Key, Value]):
             readonly,
             trust_filesystem,
             refresh_interval,
+            default_ttl,
         )
         self._path = os.path.abspath(os.fspath(path))
         if not hasattr(self, "_forked_lock"):  # not again when adopted (see _adopt)
@@ -123,8 +127,14 @@ class BlobCache(MutableMapping[N.Key, Value]):
         self._release.atexit = False
         book = SegmentBook(found.segment_total, found.segment_live)
         self._index = Index(
-            found.values, found.meta, found.deleted, book, found.dirty | found.empty_fanouts
+            found.values,
+            found.meta,
+            found.deleted,
+            book,
+            found.dirty | found.empty_fanouts,
+            self._held.expiry_soon,
         )
+        self._index.set_expiry(found.expiry)
         self._values = found.values  # get's one lookup; a ClosedIndex once closed
         self._writes = Writes(
             self._path, options, self._held, self._index, found.max_seq, found.key_dirs
@@ -139,6 +149,14 @@ class BlobCache(MutableMapping[N.Key, Value]):
             _reloader(self),
         )
         self._held.follower = self._follower
+        follower = self._follower  # (not self: the sweep thread must not keep the handle alive)
+        self._expiry = Expiry(
+            self._index,
+            self._writes.blobs,
+            found.key_dirs,
+            follower.catch_up,
+            lambda: follower.active_seen,
+        )
         self._reads = Reads(self._writes, found.log_under_blob, found.max_seq)
         self._values.first_get = self._reads.first_get
         self._values.inherited = self._held.inherited
@@ -205,15 +223,20 @@ class BlobCache(MutableMapping[N.Key, Value]):
         if found is None:
             self.refresh()
             found = self._values.stored(key)
+        elif self._expiry.is_expired(key):
+            self._expiry.sweep()  # exact here, not waiting for the background sweep
+            found = self._values.stored(key)
         return found
 
     def refresh(self) -> None:
         """Catch up at once with every put and delete other processes made: a hit
         is otherwise up to ``refresh_interval`` seconds old (a miss always
-        catches up first)."""
+        catches up first); and take out of memory every value whose ``ttl`` has
+        passed (a background thread does it at each deadline)."""
         self._here()
         if self._follower.catch_up() and self._held.writer is not None:
             self._maybe_compact()
+        self._expiry.sweep()
 
     def _here(self) -> None:
         """In a process forked from the one that opened this handle: open the
@@ -233,7 +256,12 @@ class BlobCache(MutableMapping[N.Key, Value]):
         # durable before it drops that record, as for those found at open.
         self._garbage.blob_over_log.update(found.blob_over_log)
         self._index.replace(
-            found.values, found.meta, found.deleted, found.segment_total, found.segment_live
+            found.values,
+            found.meta,
+            found.deleted,
+            found.segment_total,
+            found.segment_live,
+            found.expiry,
         )
         return _follow_from(found, None)
 
@@ -247,10 +275,12 @@ class BlobCache(MutableMapping[N.Key, Value]):
         return self._lookup(key) is not None
 
     def __len__(self) -> int:
+        self._expiry.sweep()
         return self._values.count()
 
     def __iter__(self) -> Iterator[N.Key]:
         """Iterate over a snapshot of the keys taken when iteration starts."""
+        self._expiry.sweep()
         return iter(self._values.keys_now())
 
     def path(self, key: N.Key) -> str | None:
@@ -283,8 +313,9 @@ class BlobCache(MutableMapping[N.Key, Value]):
 
     # --- writing -------------------------------------------------------------------
 
-    def put(self, key: N.Key, value: object) -> None:
-        """Store ``value`` (any C-contiguous buffer, copied) under ``key``.
+    def put(self, key: N.Key, value: object, *, ttl: float | None = None) -> None:
+        """Store ``value`` (any C-contiguous buffer, copied) under ``key``; with
+        ``ttl`` (or the handle's ``default_ttl``), for that many seconds.
 
         Returns once the value survives a crash of the kind ``durability`` names:
         power loss for ``"fsync"``, a process crash for ``"os"``. A value shorter
@@ -298,26 +329,42 @@ class BlobCache(MutableMapping[N.Key, Value]):
         through during the write. Either way the checksum covers exactly the
         bytes stored, so ``get`` serves them, never an older version.
 
-        :raises TypeError: ``key`` is not str/bytes, or ``value`` is not bytes-like.
-        :raises ValueError: the key is too long, or the buffer is not contiguous.
+        An expired key misses, in every process and after a reopen (FORMAT.md,
+        "Expiry"); a ``get`` in the moment after the deadline may still return
+        the value, until the background sweep takes it out of memory (every
+        other call checks the clock).
+
+        :raises TypeError: ``key`` is not str/bytes, ``value`` is not bytes-like,
+            or ``ttl`` is not a number.
+        :raises ValueError: the key is too long, the buffer is not contiguous, or
+            ``ttl`` is not a positive, finite number of seconds.
         :raises OSError: the disk failed (full, read-only, ...); nothing changed.
         """
         self._here()
         tag, raw = N.encode_key(key)
         data = as_buffer(value)
+        expires = self._expires(ttl)
         key = N.decode_key(tag, raw)  # a plain str or bytes, even for a subclass
         stripe = self._writes.writing(N.key_hash(tag, raw))
         if data.nbytes < self._options.inline_limit:
             inline = bytes(data)
             with stripe:
-                stale = self._writes.put_inline(key, tag, raw, inline)
+                stale = self._writes.put_inline(key, tag, raw, inline, expires)
         else:
-            stale = self._writes.put_blob(key, tag, raw, stripe, data)
+            stale = self._writes.put_blob(key, tag, raw, stripe, data, expires)
         if stale:
             self._maybe_compact()
 
     def __setitem__(self, key: N.Key, value: object) -> None:
         self.put(key, value)
+
+    def _expires(self, ttl: float | None) -> int:
+        """When a put now with ``ttl`` (None: ``default_ttl``) expires; 0: never."""
+        if ttl is None:
+            ttl = self._options.default_ttl
+            if ttl is None:
+                return 0
+        return expires_at(check_ttl("ttl", ttl))
 
     def batch(self) -> Batch:
         """A batch of puts and deletes applied all together, durably, when its
@@ -346,7 +393,11 @@ class BlobCache(MutableMapping[N.Key, Value]):
                 "put into that one, or end it first"
             )
         batch = self._batches.batch = Batch(
-            self._writes, self._options.inline_limit, self._batches, self._maybe_compact
+            self._writes,
+            self._options.inline_limit,
+            self._batches,
+            self._maybe_compact,
+            self._expires,
         )
         return batch
 
@@ -366,7 +417,7 @@ class BlobCache(MutableMapping[N.Key, Value]):
     # Streaming puts read and write this much at a time: what they hold in memory.
     CHUNK_BYTES = 1 << 20
 
-    def put_file(self, key: N.Key, src: Source) -> None:
+    def put_file(self, key: N.Key, src: Source, *, ttl: float | None = None) -> None:
         """Store the bytes of ``src`` -- a path (str, bytes or path-like), or a
         binary file object read from where it stands to its end -- under ``key``,
         as ``put`` would store them.
@@ -385,10 +436,11 @@ class BlobCache(MutableMapping[N.Key, Value]):
         ):
             raise TypeError(f"src must be a path or a binary file object, not {type(src).__name__}")
         tag, raw, stripe = self._stream_target(key)
-        if self._writes.put_file(tag, raw, stripe, src, self.CHUNK_BYTES):
+        expires = self._expires(ttl)
+        if self._writes.put_file(tag, raw, stripe, src, self.CHUNK_BYTES, expires):
             self._maybe_compact()
 
-    def put_stream(self, key: N.Key, chunks: Iterable[object]) -> None:
+    def put_stream(self, key: N.Key, chunks: Iterable[object], *, ttl: float | None = None) -> None:
         """Store the concatenation of ``chunks`` (bytes-like objects) under ``key``,
         holding one chunk at a time. No lock is held while ``chunks`` is
         iterated: a slow iterable holds up no other call, and it may itself use
@@ -398,7 +450,9 @@ class BlobCache(MutableMapping[N.Key, Value]):
         :raises TypeError: ``key`` is not str or bytes, or a chunk is not bytes-like.
         """
         tag, raw, stripe = self._stream_target(key)
-        if self._writes.put_chunks(tag, raw, stripe, (as_buffer(chunk) for chunk in chunks)):
+        expires = self._expires(ttl)
+        chunked = (as_buffer(chunk) for chunk in chunks)
+        if self._writes.put_chunks(tag, raw, stripe, chunked, expires):
             self._maybe_compact()
 
     def _stream_target(self, key: N.Key) -> tuple[bytes, bytes, StripeGuard]:
@@ -423,7 +477,7 @@ class BlobCache(MutableMapping[N.Key, Value]):
         with self._writes.writing(digest):
             if self._lookup(key) is None:
                 return False
-            stale = self._writes.delete(key, tag, raw, N.key_dir(self._writes.blobs, digest))
+            stale = self._writes.delete(key, tag, raw)
         if stale:
             self._maybe_compact()
         return True
@@ -470,6 +524,7 @@ class BlobCache(MutableMapping[N.Key, Value]):
         self._here()
         self._check_open()
         self._writes.check_writer()
+        self._expiry.sweep()
         return self._garbage.gc()
 
     def _maybe_compact(self) -> None:
@@ -499,6 +554,7 @@ class BlobCache(MutableMapping[N.Key, Value]):
         """Counts from memory: keys, live bytes, log segments, what awaits ``gc()``."""
         self._here()
         self._check_open()
+        self._expiry.sweep()
         return Stats.of(
             self._index,
             self._writes,

@@ -1394,11 +1394,16 @@ class Driver:
         self.close()
 
     def put(
-        self, key: Key, value: int | bytes, via: Literal["put", "file", "stream"] = "put"
+        self,
+        key: Key,
+        value: int | bytes,
+        via: Literal["put", "file", "stream"] = "put",
+        ttl: float | None = None,
     ) -> None:
         """Put ``value`` (or a value of that many bytes) with ``put``, with
         ``put_file`` from a file outside the store (the kernel copies it), or with
-        ``put_stream`` as chunks of an iterable."""
+        ``put_stream`` as chunks of an iterable; with ``ttl``, one that expires
+        (long after the checks: what is tested is its record's framing)."""
         op = self._take_op()
         data = value if isinstance(value, bytes) else make_value(key, op, value)
         if not self._step():
@@ -1406,17 +1411,17 @@ class Driver:
         self.recorder.mark(Begin(op, key, data))
         with self._beside_gc(f"the writer's put of {key!r} (op {op})"):
             if via == "put":
-                self.cache.put(key, data)
+                self.cache.put(key, data, ttl=ttl)
             elif via == "stream":
                 chunks = (data[i : i + 1000] for i in range(0, len(data), 1000))
-                self.cache.put_stream(key, chunks)
+                self.cache.put_stream(key, chunks, ttl=ttl)
             else:
                 sources = os.path.join(os.path.dirname(self.store), "sources")
                 os.makedirs(sources, exist_ok=True)
                 source = os.path.join(sources, str(op))
                 with open(source, "wb") as f:
                     f.write(data)
-                self.cache.put_file(key, source)
+                self.cache.put_file(key, source, ttl=ttl)
             self.recorder.mark(Ack(op))
 
     def batch(self, items: Sequence[tuple[Key, int | None]]) -> None:
@@ -2414,6 +2419,19 @@ def _batches(d: Driver) -> None:
     d.small("a", 7)
 
 
+_LONG_TTL: Final = 10.0**7  # seconds: never reached while a state is checked
+
+
+def _expiry(d: Driver) -> None:
+    d.put("s", 20, ttl=_LONG_TTL)  # to the log, with 8 bytes of expiry
+    d.put("L", 3000, ttl=_LONG_TTL)  # a file, its expiry in its version record
+    d.small("s", 30)  # no expiry now
+    d.put("L", 4000, "stream", ttl=_LONG_TTL)
+    d.gc()  # compaction copies L's version record forward: its expiry is only there
+    d.put("s", 12, ttl=_LONG_TTL)
+    d.gc()
+
+
 def _torn_batches(d: Driver) -> None:
     d.small("a", 900)
     d.small("c", 900)
@@ -2691,6 +2709,7 @@ WORKLOADS: Final[dict[str, Workload]] = {
         Workload("deletes", BASE, _deletes, "deletes of small and large keys, gc, re-put"),
         Workload("rollover", ROLLING, _rollover, "segments sealed and started"),
         Workload("batches", BASE, _batches, "atomic batches of small and large values, gc"),
+        Workload("expiry", BASE, _expiry, "puts with a ttl, small and large, and gc"),
         Workload(
             "torn-batches",
             {**ROLLING, "segment_bytes": 16384},

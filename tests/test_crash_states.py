@@ -64,6 +64,7 @@ MIN_STATES: Final = {
     "batches": 60,
     "os-batches": 60,
     "torn-batches": 40,
+    "expiry": 50,
     "compaction": 48,
     "background-compaction": 80,
     "janitor": 70,

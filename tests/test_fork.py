@@ -365,7 +365,13 @@ def test_a_forked_child_runs_threads_of_its_own_once_it_uses_an_inherited_handle
         cache.close()
         return before, during, blobcache_threads()
 
-    names = ["blobcache-compaction", "blobcache-gc", "blobcache-refresh", "blobcache-sync"]
+    names = [
+        "blobcache-compaction",
+        "blobcache-expiry",
+        "blobcache-gc",
+        "blobcache-refresh",
+        "blobcache-sync",
+    ]
     assert sorted(t.name for t in cache._threads) == names
     assert _Child(child).result() == ([], names, [])
     cache.refresh()
@@ -783,10 +789,10 @@ def test_every_flocked_descriptor_is_forgotten_once_closed(store: str, tmp_path:
 @pytest.mark.parametrize(
     ("options", "threads"),
     [
-        pytest.param({}, 2, id="fsync"),
-        pytest.param({"gc_interval": 3600.0}, 3, id="gc-thread"),
-        pytest.param({"durability": "os", "sync_interval": 3600.0}, 3, id="os-sync-thread"),
-        pytest.param({"readonly": True}, 1, id="readonly"),
+        pytest.param({}, 3, id="fsync"),
+        pytest.param({"gc_interval": 3600.0}, 4, id="gc-thread"),
+        pytest.param({"durability": "os", "sync_interval": 3600.0}, 4, id="os-sync-thread"),
+        pytest.param({"readonly": True}, 2, id="readonly"),
     ],
 )
 def test_a_handle_dropped_without_close_releases_the_store(

@@ -1062,8 +1062,8 @@ def test_compaction_beside_a_put_or_delete_between_its_append_and_its_return_kee
     appended, go = threading.Event(), threading.Event()
     real_append = cache._writes.log.append
 
-    def paused_append(make: Any, hint: int) -> tuple[int, int]:
-        where = real_append(make, hint)
+    def paused_append(make: Any, hint: int, count: int = 1) -> tuple[int, int, int, int]:
+        where = real_append(make, hint, count)
         if threading.current_thread().name == "writer":
             appended.set()
             go.wait()

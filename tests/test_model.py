@@ -1,4 +1,5 @@
-"""The model test: random puts, deletes, gets, gc, threads and reopens against a dict.
+"""The model test: random puts, deletes, gets, gc, threads, batches, expiry and
+reopens against a dict.
 
 A Hypothesis state machine drives one store and a ``dict`` holding what the
 store must return. "Close and reopen" is a rule, so every step's state must
@@ -10,7 +11,9 @@ cross between the two layouts (log and file) in both directions every few
 steps, segments roll over often, and background compaction runs while the
 rules put and delete. The model remembers each key's layout: it is decided by
 the limit in force when the value was put, and kept across reopens with another
-limit and across compaction.
+limit and across compaction. Time is the machine's own (``blobcache._clock``
+stood in for): puts with a ``ttl`` expire when a rule moves the clock past
+them, and the model forgets them then.
 """
 
 from __future__ import annotations
@@ -30,7 +33,7 @@ from hypothesis.stateful import (
     rule,
 )
 
-from blobcache import BlobCache, GcResult, _log
+from blobcache import BlobCache, GcResult, _clock, _log
 from blobcache import _format as F
 from blobcache._names import encode_key
 from blobcache._options import DURABILITY_LEVELS, Durability
@@ -70,14 +73,23 @@ ratios = st.sampled_from(COMPACT_RATIOS)
 # What one thread of ``concurrent_writes`` does to its own key, in order: None deletes.
 thread_ops = st.lists(st.one_of(st.none(), values), min_size=1, max_size=4)
 
+ttls = st.sampled_from([1, 5, 30])  # seconds
+# A batch's operations, in order: (key, value) puts, (key, None) deletes.
+batch_ops = st.lists(st.tuples(keys, st.one_of(st.none(), values)), min_size=1, max_size=6)
+
 # How many views of overwritten or deleted values the machine keeps checking.
 MAX_HELD_VIEWS = 8
 _ABSENT = object()
 
 
-def log_record_size(key: Key, value: bytes) -> int:
+class _Abandon(Exception):
+    """Raised inside a batch's block to drop it."""
+
+
+def log_record_size(key: Key, value: bytes, expiring: bool) -> int:
     """Bytes of the one log record holding ``key``'s live value (FORMAT.md, "The log")."""
-    return F.RECORD_HEADER.size + len(encode_key(key)[1]) + len(value)
+    expiry = F.EXPIRES.size if expiring else 0
+    return F.RECORD_HEADER.size + len(encode_key(key)[1]) + expiry + len(value)
 
 
 class BlobCacheModel(RuleBasedStateMachine):
@@ -95,6 +107,11 @@ class BlobCacheModel(RuleBasedStateMachine):
         self.held: list[tuple[memoryview, bytes]] = []
         self.cache: BlobCache | None = None
         self.limit = INLINE_LIMIT
+        self.expires: dict[Key, int] = {}  # key -> when its value expires, ms
+        self.batched: set[Key] = set()  # keys whose live value a batch put
+        self.now = 1_796_148_000_000  # the machine's clock, ms since the epoch
+        self._real_clock = _clock.now_ms
+        _clock.now_ms = lambda: self.now
 
     def open(self, durability: Durability, inline_limit: int, compact_ratio: float) -> None:
         self.limit = inline_limit
@@ -128,14 +145,25 @@ class BlobCacheModel(RuleBasedStateMachine):
             if self.cache is not None:
                 self.cache.close()
         finally:
+            _clock.now_ms = self._real_clock
             shutil.rmtree(self.directory, ignore_errors=True)
 
     def hold(self, view: memoryview) -> None:
         self.held.append((view, bytes(view)))
         del self.held[:-MAX_HELD_VIEWS]
 
-    def record_put(self, key: Key, value: bytes) -> None:
+    def record_put(
+        self, key: Key, value: bytes, ttl: int | None = None, *, batch: bool = False
+    ) -> None:
         self.model[key] = value
+        if batch:
+            self.batched.add(key)
+        else:
+            self.batched.discard(key)
+        if ttl is None:
+            self.expires.pop(key, None)
+        else:
+            self.expires[key] = self.now + ttl * 1000
         if len(value) < self.limit:
             self.inline.add(key)
         else:
@@ -144,6 +172,8 @@ class BlobCacheModel(RuleBasedStateMachine):
     def record_delete(self, key: Key) -> None:
         self.model.pop(key, None)
         self.inline.discard(key)
+        self.expires.pop(key, None)
+        self.batched.discard(key)
 
     def segment_files(self) -> list[str]:
         logdir = os.path.join(self.store, F.LOG_DIR)
@@ -182,6 +212,49 @@ class BlobCacheModel(RuleBasedStateMachine):
     def put(self, key: Key, value: bytes) -> None:
         self.c.put(key, value)
         self.record_put(key, value)
+
+    @rule(key=keys, value=values, ttl=ttls)
+    def put_with_ttl(self, key: Key, value: bytes, ttl: int) -> None:
+        self.c.put(key, value, ttl=ttl)
+        self.record_put(key, value, ttl)
+
+    @rule(seconds=st.sampled_from([1, 4, 10, 60]))
+    def time_passes(self, seconds: int) -> None:
+        self.now += seconds * 1000
+        for key in [k for k, when in self.expires.items() if when <= self.now]:
+            assert key not in self.c  # ``in`` looks at the clock at once
+            self.record_delete(key)
+        # A bare get trusts the background sweep, which sleeps by the real
+        # clock: refresh() sweeps now, so the invariants may use get.
+        self.c.refresh()
+
+    @rule(ops=batch_ops, ttl=st.one_of(st.none(), ttls))
+    def batch(self, ops: list[tuple[Key, bytes | None]], ttl: int | None) -> None:
+        with self.c.batch() as b:
+            for key, value in ops:
+                if value is None:
+                    b.delete(key)
+                else:
+                    b.put(key, value, ttl=ttl)
+            for key, _value in ops:  # nothing shows before the block ends
+                before = self.model.get(key)
+                got = self.c.get(key)
+                assert (None if got is None else bytes(got)) == before
+        for key, value in ops:
+            if value is None:
+                self.record_delete(key)
+            else:
+                self.record_put(key, value, ttl, batch=True)
+
+    @rule(ops=batch_ops)
+    def batch_abandoned(self, ops: list[tuple[Key, bytes | None]]) -> None:
+        with pytest.raises(_Abandon), self.c.batch() as b:
+            for key, value in ops:
+                if value is None:
+                    b.delete(key)
+                else:
+                    b.put(key, value)
+            raise _Abandon  # nothing of it is applied
 
     @rule(key=keys, value=values)
     def setitem(self, key: Key, value: bytes) -> None:
@@ -329,9 +402,16 @@ class BlobCacheModel(RuleBasedStateMachine):
         assert stats.live_bytes == sum(map(len, self.model.values()))
         assert stats.inline_keys == len(self.inline)
         # Each inline key has exactly one live record; everything else in the log
-        # is stale, whether or not background compaction has run yet.
-        live = sum(log_record_size(k, self.model[k]) for k in self.inline)
-        assert stats.log_record_bytes - stats.log_stale_bytes == live
+        # is stale, whether or not background compaction has run yet, but the
+        # version records of files that count on theirs (an expiry, a batch's
+        # b- file), which compaction copies forward as live.
+        live = sum(log_record_size(k, self.model[k], k in self.expires) for k in self.inline)
+        notes = sum(
+            log_record_size(k, bytes(F.VERSION_BODY.size), k in self.expires)
+            for k in self.model
+            if k not in self.inline and (k in self.expires or k in self.batched)
+        )
+        assert live <= stats.log_record_bytes - stats.log_stale_bytes <= live + notes
         assert 0 <= stats.log_stale_bytes <= stats.log_record_bytes
 
     @invariant()
