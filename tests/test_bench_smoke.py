@@ -31,6 +31,16 @@ DISK_GC = "disk space after 10 overwrites of 500 keys of 100 B, then each librar
 PROCESSES = "put, 100 B value, 4 processes on one store, one thread each"
 MISS = "get of a missing key, 500 keys present, another process holding the store"
 STALE = "staleness of a hit while another process overwrites the key every 1 ms"
+# The sieve section's traces (tools/sieve_sim.py's QUICK sizes), one table each.
+ZIPF = [
+    f"miss ratio, 20,000 requests of Zipf alpha={a} over 2,000 keys" for a in ("0.8", "1.0", "1.2")
+]
+SCAN = (
+    "miss ratio, 20,000 requests of Zipf alpha=1.0 over 2,000 keys, a scan of 4,000 others mid-way"
+)
+MISSED = "(% of requests missed, lower is better)"
+BATCH = "put, 100 B value, blobcache 'fsync', 50 puts: one batch or one by one"
+TTL_GET = "get, 100 B value, 500 str keys, with a ttl and without"
 TITLES = [
     f"### 1. {GET} (ns per get, lower is better)",
     f"### 2. {GET_BYTES} (ns per get, lower is better)",
@@ -54,6 +64,11 @@ TITLES = [
     f"### 20. {PROCESSES} (puts/s, higher is better)",
     f"### 21. {MISS} (ns per get, lower is better)",
     f"### 22. {STALE} (ms, lower is better)",
+    *(f"### {n}. {title}, a cache of 200 {MISSED}" for n, title in enumerate(ZIPF, 23)),
+    f"### 26. {SCAN}, a cache of 200 {MISSED}",
+    f"### 27. {BATCH} (puts/s, higher is better)",
+    f"### 28. {TTL_GET} (ns per get, lower is better)",
+    "### 29. expiry: how long a get still serves a value past its ttl, one thread polling (ms",
 ]
 # Every goal either former tool checked, issue 13's get floor and issue 14's goals of
 # several processes: its text and issue.
@@ -92,6 +107,11 @@ GOALS = [
     f"| {PROCESSES}: blobcache 'os' >= 1x its puts/s from one process | 14 |",
     f"| {MISS}: blobcache, a miss <= 20,000 ns per get (absolute) | 14 |",
     f"| {STALE}: blobcache, p99 <= 55.0 ms (absolute) | 14 |",
+    # SIEVE against LRU on each Zipf trace; the scan's trace has no goal.
+    *(f"| {title}, a cache of 200: SIEVE <= 1x LRU | 15 |" for title in ZIPF),
+    f"| {BATCH}: blobcache, put_many >= 20x as fast as blobcache, put | 15 |",
+    f"| {TTL_GET}: blobcache, no ttl <= 1.2x {FLOOR_GET} | 15 |",
+    f"| {TTL_GET}: blobcache, every key with a ttl <= 1.4x {FLOOR_GET} | 15 |",
 ]
 # What each library flushes, counted under strace (docs/performance.md quotes these).
 FLUSHES = [
