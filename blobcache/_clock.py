@@ -16,16 +16,22 @@ def now_ms() -> int:
     return time.time_ns() // 1_000_000
 
 
+MAX_TTL = float(2**32)  # seconds, about 136 years: far from overflowing the u64 of ms
+
+
 def check_ttl(name: str, ttl: object) -> float:
-    """``ttl``, checked: a positive, finite number of seconds.
+    """``ttl``, checked: a positive, finite number of seconds, at most ``MAX_TTL``.
 
     :raises TypeError: not a number (a bool neither).
-    :raises ValueError: zero, negative, NaN or infinite.
+    :raises ValueError: zero, negative, NaN, infinite or above ``MAX_TTL``.
     """
     if isinstance(ttl, bool) or not isinstance(ttl, (int, float)):
         raise TypeError(f"{name} must be a number of seconds, not {type(ttl).__name__}")
-    if not (math.isfinite(ttl) and ttl > 0):
-        raise ValueError(f"{name} must be a positive, finite number of seconds; got {ttl!r}")
+    if not (math.isfinite(ttl) and 0 < ttl <= MAX_TTL):
+        raise ValueError(
+            f"{name} must be a positive, finite number of seconds, at most {MAX_TTL:.0f} "
+            f"(about 136 years); got {ttl!r}"
+        )
     return float(ttl)
 
 

@@ -24,6 +24,8 @@ from . import _clock
 from . import _names as N
 from ._index import Index
 
+_LONGEST_WAIT = 3600.0  # seconds
+
 
 class Expiry:
     """The sweeps of one handle."""
@@ -79,7 +81,9 @@ class Expiry:
                     delay = (deadline - _clock.now_ms()) / 1000
                     if delay <= 0:
                         return True
-                    sooner.wait(delay)
+                    # At most an hour at a time: a clock set forward meanwhile
+                    # is noticed then (and Event.wait refuses huge timeouts).
+                    sooner.wait(min(delay, _LONGEST_WAIT))
                 else:
                     sooner.wait()
             return False

@@ -361,7 +361,7 @@ def start_background(cache: BlobCache, options: Options) -> list[threading.Threa
         # 5 ms when other threads are busy), and a hit must stay within the interval.
         ("refresh", held.every(options.refresh_interval / 2), lambda c: c.refresh()),
         # At each expiry's deadline (see _expiry): an idle wait when none is set.
-        ("expiry", cache._expiry.waiter(held.stop), lambda c: c._expiry.sweep()),
+        ("expiry", cache._expiry.waiter(held.stop), lambda c: c._expire()),
     ]
     if held.writer is None:
         return _start(cache, loops)

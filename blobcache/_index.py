@@ -321,8 +321,11 @@ class Index:
         return out
 
     def next_deadline(self) -> int | None:
-        deadlines = self.deadlines
-        return deadlines[0][0] if deadlines else None
+        """The earliest deadline on the heap (maybe no longer live), or None."""
+        try:
+            return self.deadlines[0][0]
+        except IndexError:  # empty, or emptied by ``due`` in another thread just now
+            return None
 
     def expire(self, key: Key, seq: int, keydir: str | None, active: int) -> bool:
         """Drop ``key``'s live value ``seq`` from memory, its expiry passed: the

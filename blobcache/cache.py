@@ -238,6 +238,13 @@ class BlobCache(MutableMapping[N.Key, Value]):
             self._maybe_compact()
         self._expiry.sweep()
 
+    def _expire(self) -> None:
+        """The sweep thread's work: take expired values out of memory; a writer
+        then compacts if that left sealed segments stale enough (the space of
+        an expired value in a file comes back at the next ``gc()``)."""
+        if self._expiry.sweep() and self._held.writer is not None:
+            self._maybe_compact()
+
     def _here(self) -> None:
         """In a process forked from the one that opened this handle: open the
         store anew here, once (the parent's threads, locks and descriptors are

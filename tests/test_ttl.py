@@ -208,6 +208,7 @@ def test_a_follower_reads_an_expired_record_as_a_delete(tmp_path: Path, clock: C
         (0, ValueError),
         (float("nan"), ValueError),
         (float("inf"), ValueError),
+        (2.0**32 + 1, ValueError),  # about 136 years: the longest
         ("10", TypeError),
         (True, TypeError),
     ],
