@@ -12,6 +12,7 @@ the temp files.
 
 from __future__ import annotations
 
+import os
 import threading
 from collections.abc import Callable
 from contextlib import ExitStack
@@ -53,6 +54,7 @@ class Batch:
         self._on_stale = on_stale  # the handle's: a sealed segment got staler
         self._inline_limit = inline_limit
         self._thread = threading.get_ident()
+        self._pid = os.getpid()
         self._ops: list[Op] = []
         self._staged = ExitStack()  # temp files and key directories held until the end
         self._active = active  # the handle's: which batch this thread has open
@@ -94,9 +96,9 @@ class Batch:
     def _check(self) -> None:
         if not self._open:
             raise BatchError("this batch has ended (committed or discarded): open a new one")
-        if threading.get_ident() != self._thread:
+        if threading.get_ident() != self._thread or os.getpid() != self._pid:
             raise BatchError(
-                "a batch belongs to the thread that opened it: open one in this thread"
+                "a batch belongs to the thread (and process) that opened it: open one here"
             )
 
     def commit(self) -> None:

@@ -25,6 +25,7 @@ from . import _names as N
 from ._index import Index
 
 _LONGEST_WAIT = 3600.0  # seconds
+_RETRY_AFTER = 1.0  # seconds, after a sweep that failed
 
 
 class Expiry:
@@ -72,14 +73,22 @@ class Expiry:
         earlier comes in); False once ``stop`` is set (which also sets
         ``Index.sooner``, see ``_held``)."""
         sooner = self.index.sooner
+        last: list[int | None] = [None]  # the deadline the last sweep was woken for
 
         def wait() -> bool:
             while not stop.is_set():
                 sooner.clear()  # before looking: a deadline noted meanwhile sets it again
                 deadline = self.index.next_deadline()
+                if deadline is not None and deadline == last[0]:
+                    # Still there: that sweep failed (logged by the thread). Try
+                    # again a second later, not in a loop.
+                    last[0] = None
+                    stop.wait(_RETRY_AFTER)
+                    continue
                 if deadline is not None:
                     delay = (deadline - _clock.now_ms()) / 1000
                     if delay <= 0:
+                        last[0] = deadline
                         return True
                     # At most an hour at a time: a clock set forward meanwhile
                     # is noticed then (and Event.wait refuses huge timeouts).

@@ -303,7 +303,7 @@ class Follower:
         key = N.decode_key(tag, raw)
         keydir = N.key_dir(self.blobs, N.key_hash(tag, raw))
         expired = expires and expires <= _clock.now_ms()
-        if kind in _DELETES or expired:
+        if kind in _DELETES or (expired and kind == F.RECORD_PUT):
             # An expired put hides the older records of its key, as a delete does.
             return Change(key, None, keydir if keydir in self.key_dirs else None)
         if kind == F.RECORD_PUT:
@@ -317,6 +317,12 @@ class Follower:
             # record was written (its directory fsync): nothing to serve.
             return None
         self.key_dirs.add(keydir)
+        if expired:
+            # Its file is there, and counts only while this record is: the delete
+            # it becomes is kept (the key's directory known) until the janitor
+            # removes the file, or compaction would drop the record and bring
+            # the value back.
+            return Change(key, None, keydir)
         # Another process's file, maybe an "os" one's never fsynced: compaction
         # makes it durable before it drops a log record it supersedes.
         self.foreign_files[keydir] = path

@@ -79,8 +79,9 @@ KEY_FILE_TRAILER: Final = struct.Struct("<Q")  # checksum: 8 bytes
 # in bytes, checksum xxh3_64 (seed 0) of the value bytes. (A delete is a record
 # in the log, whichever layout held the value.)
 VERSION_PREFIX: Final = "v-"
-# b-<seq>-<length>-<checksum>: a version put by a batch. It counts only while the
-# log holds its version record, which commits it with the rest of its batch
+# b-<seq>-<length>-<checksum>: a version bound to its record: put by a batch, or
+# with an expiry (which only the record holds). It counts only while the log holds
+# its version record (flag BOUND), which commits it, with the rest of its batch
 # (FORMAT.md, "Batches"); compaction copies that record forward while it is live.
 BATCH_VERSION_PREFIX: Final = "b-"
 FIELD_HEX_DIGITS: Final = 16
@@ -148,10 +149,13 @@ RECORD_KINDS: Final = (RECORD_PUT, RECORD_DELETE, RECORD_VERSION, RECORD_EVICT, 
 #   bit 1  EXPIRES  the 8-byte expiry follows the key (puts and versions only)
 #   bit 2  PINNED   a put or version of a pinned key; a pin record: pinned (set)
 #                   or unpinned (clear)
+#   bit 3  BOUND    a version record whose file has a b- name: it counts only
+#                   while this record is in the log (a batch's, or one expiring)
 FLAG_MORE: Final = 0x01
 FLAG_EXPIRES: Final = 0x02
 FLAG_PINNED: Final = 0x04
-RECORD_FLAGS: Final = FLAG_MORE | FLAG_EXPIRES | FLAG_PINNED  # every bit this version knows
+FLAG_BOUND: Final = 0x08
+RECORD_FLAGS: Final = FLAG_MORE | FLAG_EXPIRES | FLAG_PINNED | FLAG_BOUND  # every bit known
 EXPIRES: Final = struct.Struct("<Q")
 # A version record's value, m = 16: the version file's length and xxh3_64, u64
 # each; with seq they name the file (v-<seq>-<length>-<checksum>, or for one of

@@ -146,6 +146,21 @@ class Garbage:
             return self._prune(os.path.dirname(keydir))
         meta = self.index.meta.get(scan.key) if scan.key is not None else None
         live_seq = seq_of(meta) if meta is not None else None
+        if any(
+            N.is_batch_version(r.path) and (live_seq is None or r.seq > live_seq)
+            for r in scan.records
+        ):
+            # A b- file above the live record: its batch was never committed, or
+            # its records are appended but not yet acknowledged (a writer killed
+            # during its fdatasync: the next one's covers them, and they land).
+            # Only once nothing is appended past ``acked`` does the follower,
+            # caught up again, know which.
+            if not self._settled():
+                self.index.mark_dirty(keydir)  # for the next gc
+                return GcResult()
+            writes.follower.catch_up()
+            meta = self.index.meta.get(scan.key) if scan.key is not None else None
+            live_seq = seq_of(meta) if meta is not None else None
         # Records found at open may never have been made durable (a crash between
         # a rename and its directory fsync, or "os" puts never synced): make the
         # live one durable before deleting anything older, whatever the mode.
@@ -170,6 +185,15 @@ class Garbage:
         if result.dirs_removed:
             result.dirs_removed += self._prune(os.path.dirname(keydir)).dirs_removed
         return result
+
+    def _settled(self) -> bool:
+        """Whether every record appended to the log is acknowledged (so none is
+        a killed writer's, still to land), under the append flock for an instant."""
+        state = self.writes.held.state
+        if state is None:
+            return True
+        with state.locked():
+            return state.acked >= state.appended
 
     def _prune(self, directory: str) -> GcResult:
         """Remove ``directory`` if empty (a fan-out directory found so at open, or a
@@ -251,7 +275,10 @@ class Garbage:
                     value = get_value(key)
                     assert value is not None, "a key in the log has its bytes"
                     values.append(value)
-            deleted = [(k, d) for k, d in index.deleted.items() if d.segment in chosen]
+            # Below the new active segment, not only in the inputs: a delete booked
+            # in a segment a compaction removed meanwhile (an expiry swept during
+            # it, see Index.expire) is written out now.
+            deleted = [(k, d) for k, d in index.deleted.items() if d.segment < active]
             # A batch's version counts only while the log holds its record, and
             # a version's expiry is only there: copied forward for every live
             # one of those, wherever it was.
@@ -286,7 +313,9 @@ class Garbage:
             ),
             (_log.encode_record(d.seq, F.RECORD_DELETE, *N.encode_key(k), b"") for k, d in kept),
             (
-                _log.encode_version(r.seq, *N.encode_key(k), r.length, r.checksum, _expiring(e), e)
+                _log.encode_version(
+                    r.seq, *N.encode_key(k), r.length, r.checksum, _bound(r.path, e), e
+                )
                 for k, r, e in notes
             ),
         )
@@ -383,3 +412,8 @@ class Garbage:
 def _expiring(expires: int) -> int:
     """The flags of a record copied forward with expiry ``expires`` (0: none)."""
     return F.FLAG_EXPIRES if expires else 0
+
+
+def _bound(path: str, expires: int) -> int:
+    """The flags of a version record copied forward, for its file at ``path``."""
+    return _expiring(expires) | (F.FLAG_BOUND if N.is_batch_version(path) else 0)

@@ -299,6 +299,14 @@ class Index:
             if not self.deadlines or expires < self.deadlines[0][0]:
                 self.sooner.set()
             heapq.heappush(self.deadlines, (expires, seq, key))
+            if len(self.deadlines) > 2 * len(self.expiry) + 1024:
+                # Mostly entries of values overwritten or deleted since: rebuilt,
+                # so overwrites with a ttl do not grow it without bound.
+                meta = self.meta  # (the key's own is not in it yet: publish sets it after)
+                self.deadlines = [
+                    (e, seq if k == key else seq_of(meta[k]), k) for k, e in self.expiry.items()
+                ]
+                heapq.heapify(self.deadlines)
         elif self.expiry:
             self.expiry.pop(key, None)
 

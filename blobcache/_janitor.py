@@ -59,9 +59,9 @@ def clean_key_dir(scan: KeyDirScan, *, live_seq: int | None) -> GcResult:
     if scan.key is None and (scan.records or scan.unusable):
         return result  # versions whose key is unreadable: reported, kept for a human
     if live_seq is not None:
-        # A batch's version above the live record: its batch was never committed
-        # (the caller caught up with the log holding the directory, so no batch
-        # is between naming it and appending its records).
+        # A b- version above the live record: never committed (the caller made
+        # sure: caught up, holding the directory, with nothing appended past
+        # ``acked``, so no record naming it can land any more).
         for record in [r for r in scan.records if r.seq > live_seq and N.is_batch_version(r.path)]:
             result.bytes_reclaimed += _remove(record.path)
             result.files_removed += 1

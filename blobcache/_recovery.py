@@ -72,10 +72,16 @@ def _recover_into(
         if os.path.lexists(directory):
             _require_dir(directory)  # not a link, a FIFO... of that name
     missing = missing_dirs(result, blobs, logdir, salvage=salvage)
+    # The log first, then the key directories: a version's file is named before
+    # its record is written, so every record read here finds its file listed
+    # (unless a newer record superseded it and it was collected). The other way
+    # round, a b- file committed between the listing and the reading of its
+    # record (its segment sealed meanwhile, so read whole) would be missed, and
+    # the follower, starting after that record, would never apply it.
+    values, meta = ({}, {}) if logdir in missing else _replay_log(logdir, result, salvage=salvage)
     if blobs not in missing:
         for keydir in iter_key_dirs(blobs, result.problems, result.empty_fanouts):
             _admit(result, _keydir.scan_key_dir(keydir), blob_live)
-    values, meta = ({}, {}) if logdir in missing else _replay_log(logdir, result, salvage=salvage)
     # A segment without a header yet (a writer killed right after creating it)
     # has no records, so replay never counted its live bytes: zero, not missing.
     for number in result.segment_total:
@@ -273,8 +279,9 @@ def _commit_batches(result: Recovered, blob_live: dict[N.Key, Record]) -> None:
     Crash policy: a batch's versions are named before its records are written,
     in one write: after a crash either every record is whole and noted, or
     none counts (``_log.replay``), so its b- versions all count, or none.
-    The key directories are read before the log: a batch committed after the
-    listing is read by the follower later, never lost.
+    The log is read before the key directories: a b- file whose record came
+    after the reading is taken for uncommitted here, and applied by the
+    follower when it reads that record.
     """
     for key, records in result.batch_versions.items():
         live = next(

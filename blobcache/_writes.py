@@ -280,10 +280,20 @@ class Writes:
                     change = Change(key, None, has_dir)
                 elif isinstance(value, Staged):
                     temp = value.temp
-                    named.append(temp.name(seq, batch=value.batch))
+                    # Bound to its record (a b- name) in a batch, or when only the
+                    # record holds its expiry: a crash between the rename and the
+                    # record must not leave it counting without it.
+                    bound = value.batch or bool(expires)
+                    named.append(temp.name(seq, batch=bound))
                     temp.publish(named[-1])  # a failure removes the file: these ops fail alone
                     record = _log.encode_version(
-                        seq, tag, raw, temp.length, temp.checksum, flags, expires
+                        seq,
+                        tag,
+                        raw,
+                        temp.length,
+                        temp.checksum,
+                        flags | (F.FLAG_BOUND if bound else 0),
+                        expires,
                     )
                     change = Change(key, Mapped(named[-1]), None, expires)
                 else:
@@ -298,8 +308,13 @@ class Writes:
         try:
             first, segment, offset, _size = self.log.append(make, hint, len(ops))
         except BaseException:
-            for record in named:  # named, but the put fails: it must not win at the next open
-                _fsio.discard(record.path)
+            for record in named:
+                # Named, but the put fails: a v- file must not win at the next
+                # open. Not a b- one: its record may stay in the log all the same
+                # (another process appended after it: see LogWriter._undo), and
+                # without its record a b- file is only garbage for the janitor.
+                if not N.is_batch_version(record.path):
+                    _fsio.discard(record.path)
             raise
         stale = False
         for seq, (size, change) in enumerate(members, first):

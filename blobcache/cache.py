@@ -259,6 +259,7 @@ class BlobCache(MutableMapping[N.Key, Value]):
         live = self._held.writer is not None or _storedir.handles_open(self._path)
         bound = state.bound() if state is not None and live else None
         found = _held.recover_beside(self._path, self._options.salvage, readonly=True, bound=bound)
+        self._writes.key_dirs.update(found.key_dirs)  # (the set the parts share)
         # Versions it found that won over a log record: compaction makes them
         # durable before it drops that record, as for those found at open.
         self._garbage.blob_over_log.update(found.blob_over_log)
@@ -389,7 +390,8 @@ class BlobCache(MutableMapping[N.Key, Value]):
         b'1'
 
         :raises BatchError: a batch is already open in this thread (batches do
-            not nest), or the handle is read-only.
+            not nest).
+        :raises ReadOnlyError: the handle is read-only.
         """
         self._here()
         self._writes.check_writer()

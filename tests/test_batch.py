@@ -152,7 +152,7 @@ def test_a_batch_belongs_to_its_thread(tmp_path: Path) -> None:
             thread.start()
             thread.join()
         assert len(raised) == 1 and isinstance(raised[0], BatchError)
-        assert "belongs to the thread that opened it" in str(raised[0])
+        assert "belongs to the thread (and process) that opened it" in str(raised[0])
         assert cache.get("theirs") is None and cache["mine"] == b"1" and cache["own"] == b"3"
 
 
@@ -191,7 +191,7 @@ def test_the_records_of_a_batch_are_framed_by_more(tmp_path: Path) -> None:
     records = list(_log.iter_records(data, F.SEGMENT_HEADER.size, F.RECORD_HEADER.size, path))
     assert [(r.raw, r.kind, r.flags) for r in records] == [
         (b"a", F.RECORD_PUT, F.FLAG_MORE),
-        (b"w", F.RECORD_VERSION, F.FLAG_MORE),
+        (b"w", F.RECORD_VERSION, F.FLAG_MORE | F.FLAG_BOUND),
         (b"x", F.RECORD_DELETE, 0),
         (b"single", F.RECORD_PUT, 0),
     ]
@@ -363,3 +363,122 @@ def test_a_batch_killed_midway_is_all_or_none(tmp_path: Path, durability: str) -
 
 if __name__ == "__main__":
     sys.exit(writer_main(sys.argv[1:]))
+
+
+# --- regressions found by review (each fails on the code before its fix) ------------
+
+
+def test_a_batch_of_one_large_value_is_a_record_format_2_refuses(tmp_path: Path) -> None:
+    """A b- file's record always carries BOUND, so a version of format 2 (which
+    refuses every flag) never takes it for one naming a missing v- file."""
+    store = str(tmp_path)
+    with BlobCache(store, inline_limit=LIMIT) as cache:
+        cache.put_many([("w", b"W" * 100)])
+    path = os.path.join(store, F.LOG_DIR, _log.segment_name(1))
+    with open(path, "rb") as f:
+        data = f.read()
+    (record,) = _log.iter_records(data, F.SEGMENT_HEADER.size, F.RECORD_HEADER.size, path)
+    assert (record.kind, record.flags) == (F.RECORD_VERSION, F.FLAG_BOUND)
+
+
+def test_the_janitor_keeps_the_b_file_of_a_batch_killed_in_its_fdatasync(
+    tmp_path: Path,
+) -> None:
+    """The writer is SIGKILLed after writing its batch, during its fdatasync:
+    its records are past ``acked`` and land later (the next fdatasync covers
+    them). A gc meanwhile must not take the batch's file for uncommitted."""
+    store = str(tmp_path)
+    child = f"""
+import time
+from blobcache import BlobCache
+from blobcache._logwriter import LogWriter
+cache = BlobCache({store!r}, inline_limit={LIMIT})
+def stuck(self):
+    print("in fdatasync", flush=True)
+    time.sleep(3600)
+LogWriter._fdatasync_batch = stuck
+with cache.batch() as b:
+    b.put("small", b"new")
+    b.put("big", b"N" * 200)
+"""
+    with BlobCache(store, inline_limit=LIMIT) as janitor:
+        janitor.put("small", b"old")
+        janitor.put("big", b"1" * 200)
+        janitor.put("big", b"2" * 200)  # big's directory has garbage: gc visits it
+        writer = subprocess.Popen(
+            [sys.executable, "-c", child], cwd=ROOT, stdout=subprocess.PIPE, text=True
+        )
+        assert writer.stdout is not None
+        assert writer.stdout.readline().strip() == "in fdatasync"
+        writer.send_signal(signal.SIGKILL)
+        writer.wait()
+        janitor.gc()
+        janitor.put("later", b"x")  # its fdatasync covers the killed batch
+        janitor.refresh()
+        assert (janitor["small"], bytes(janitor["big"])) == (b"new", b"N" * 200)
+    with BlobCache(store, inline_limit=LIMIT) as cache:
+        assert (cache["small"], bytes(cache["big"])) == (b"new", b"N" * 200)
+
+
+def test_a_failed_batch_whose_records_stay_keeps_its_files(tmp_path: Path) -> None:
+    """Its fdatasync fails after another handle appended behind it: the records
+    stay in the log (FORMAT.md, section 3), and so must the b- files they name."""
+    import errno
+
+    store = str(tmp_path)
+    with BlobCache(store, inline_limit=LIMIT) as q, BlobCache(store, inline_limit=LIMIT) as p:
+        q.put("a", b"old")
+        q.put("big", b"O" * 200)
+        writer = q._writes.log
+
+        def failing() -> None:
+            p.put("x", b"behind")  # another process appends after the batch meanwhile
+            raise OSError(errno.EIO, "injected EIO")
+
+        writer._fdatasync_batch = failing  # type: ignore[method-assign]
+        with pytest.raises(OSError, match="injected"), q.batch() as b:
+            b.put("a", b"new")
+            b.put("big", b"N" * 200)
+        del writer._fdatasync_batch
+        p.refresh()
+        seen = (p["a"], bytes(p["big"]))
+        assert seen in ((b"old", b"O" * 200), (b"new", b"N" * 200))
+    with BlobCache(store, inline_limit=LIMIT) as cache:
+        assert (cache["a"], bytes(cache["big"])) == seen
+
+
+def test_an_open_beside_a_batch_committed_while_it_reads_finds_it_whole(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The batch commits, and its segment is sealed, while another handle's
+    recovery runs: the log is read before the key directories, so every record
+    read finds its file."""
+    from blobcache import _keydir
+
+    store = str(tmp_path)
+    writer = BlobCache(store, inline_limit=LIMIT, compact_ratio=1.0)
+    writer.put("a", b"old")
+    writer.put("big", b"O" * 200)
+    real = _keydir.scan_key_dir
+    done: list[bool] = []
+
+    def between(keydir: str) -> _keydir.KeyDirScan:
+        scan = real(keydir)
+        if not done:  # right after the recovery under test listed big's directory
+            done.append(True)
+            with writer.batch() as b:
+                b.put("a", b"new")
+                b.put("big", b"N" * 200)
+            writer._writes.log.roll()
+        return scan
+
+    monkeypatch.setattr(_keydir, "scan_key_dir", between)
+    other = BlobCache(store, inline_limit=LIMIT)
+    monkeypatch.setattr(_keydir, "scan_key_dir", real)
+    other.refresh()
+    assert (other["a"], bytes(other["big"])) == (b"new", b"N" * 200)
+    other.gc()
+    writer.close()
+    other.close()
+    with BlobCache(store, inline_limit=LIMIT) as cache:
+        assert (cache["a"], bytes(cache["big"])) == (b"new", b"N" * 200)

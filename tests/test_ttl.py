@@ -10,6 +10,7 @@ from __future__ import annotations
 import math
 import os
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, Final
@@ -259,3 +260,108 @@ def test_the_background_sweep_takes_an_expired_value_out_of_memory(
         assert expired.wait(timeout=30), "the sweep never took the value out"
         assert cache._values.get("k") is None  # get's own lookup misses
         assert cache.get("k") is None
+
+
+# --- regressions found by review (each fails on the code before its fix) ------------
+
+
+def test_a_follower_keeps_the_delete_an_expired_version_becomes(
+    tmp_path: Path, clock: Clock
+) -> None:
+    """A handle that first reads another's expiring version after its deadline
+    keeps the delete it becomes until the file is collected: its compaction
+    would otherwise drop the only record of the expiry, and the file count
+    again after a reopen."""
+    store = str(tmp_path)
+    follower = _open(store, refresh_interval=3600)
+    with _open(store) as writer:
+        writer.put("tok", LARGE, ttl=60)
+    clock.advance(61)
+    assert follower.get("tok") is None
+    follower.gc()
+    follower.close()
+    with _open(store) as cache:
+        assert cache.get("tok") is None
+
+
+def test_an_expiry_swept_during_a_compaction_keeps_its_delete(
+    tmp_path: Path, clock: Clock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The delete of an expired put booked in a segment that the compaction
+    under way removes is written by the next one: the older version it hides
+    stays hidden."""
+    from blobcache import _compaction
+
+    store = str(tmp_path)
+    cache = _open(store, compact_ratio=1.0)
+    cache.put("k", b"O" * 200)  # a version file
+    cache.put("k", b"short", ttl=60)  # in the log, superseding it
+    cache._writes.log.roll()
+    cache.put("other", b"x")
+    cache.put("other", b"y")
+    real = _compaction.write_compacted
+
+    def racing(*args: Any) -> Any:
+        clock.advance(61)
+        assert cache._expiry.sweep() == 1  # as the sweep thread may, meanwhile
+        return real(*args)
+
+    monkeypatch.setattr(_compaction, "write_compacted", racing)
+    cache._garbage.compact(force=True)
+    monkeypatch.setattr(_compaction, "write_compacted", real)
+    cache._garbage.compact(force=True)  # the background compaction: no janitor
+    assert "k" not in cache
+    cache.close()
+    with _open(store) as reopened:
+        assert reopened.get("k") is None
+
+
+def test_a_large_put_with_a_ttl_killed_before_its_record_never_counts(tmp_path: Path) -> None:
+    """Its file is bound to its record (a b- name), which holds the expiry: a
+    SIGKILL between the file's rename and the record leaves the file garbage,
+    never a value served without its expiry."""
+    import signal
+    import subprocess
+    import sys
+
+    store = str(tmp_path)
+    child = f"""
+import os, signal
+from blobcache import BlobCache, _blob
+cache = BlobCache({store!r}, inline_limit={LIMIT})
+real = _blob.TempVersion.publish
+def publish(self, record):
+    real(self, record)  # named, its directory fsynced
+    os.kill(os.getpid(), signal.SIGKILL)  # killed before the record is written
+_blob.TempVersion.publish = publish
+cache.put("tok", b"T" * 200, ttl=60)
+"""
+    done = subprocess.run([sys.executable, "-c", child], check=False)
+    assert done.returncode == -signal.SIGKILL
+    assert [n[:2] for n in _files_under(store)] == ["b-", "ke"]
+    with _open(store) as cache:
+        assert cache.get("tok") is None
+        cache.gc()
+        assert _files_under(store) == []
+
+
+def test_a_failing_sweep_is_retried_a_second_later_not_in_a_loop(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from blobcache import BlobCacheError, _expiry
+
+    failures = threading.Semaphore(0)
+    monkeypatch.setattr(_expiry, "_RETRY_AFTER", 0.2)
+    with _open(str(tmp_path), refresh_interval=3600) as cache:
+
+        def newer() -> None:
+            failures.release()
+            raise BlobCacheError("a record of a newer blobcache (a stand-in)")
+
+        cache._expiry._catch_up = newer
+        cache.put("k", b"v", ttl=0.01)
+        assert failures.acquire(timeout=30)  # the first sweep failed
+        start = time.monotonic()
+        assert failures.acquire(timeout=30)  # the next one came...
+        assert time.monotonic() - start >= 0.15  # ...after the pause, not at once
+        cache._expiry._catch_up = lambda: None
