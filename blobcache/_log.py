@@ -423,10 +423,13 @@ def _bad_record(
     )
 
 
-def records_of(directory: str, tag: bytes, raw: bytes) -> tuple[dict[int, bytes | None], set[int]]:
+def records_of(
+    directory: str, tag: bytes, raw: bytes
+) -> tuple[dict[int, bytes | None], set[int], dict[int, int]]:
     """Every intact record of one key in the segments in ``directory``: seq ->
-    value (None for a delete, an evict or an expired put), and the numbers of
-    its version records (a batch's version counts only with its record). Reads
+    value (None for a delete, an evict, or a put or version that expired), the
+    numbers of its version records (a b- version counts only with its record),
+    and the expiries (ms) of those of its records that expire later. Reads
     the whole log and changes nothing: for the
     rare fall back of a damaged value, which needs the key's older records that
     the index forgot when a version superseded them.
@@ -439,6 +442,7 @@ def records_of(directory: str, tag: bytes, raw: bytes) -> tuple[dict[int, bytes 
     """
     found: dict[int, bytes | None] = {}
     noted: set[int] = set()
+    expiring: dict[int, int] = {}
     for _ in range(_LISTINGS):
         vanished = False
         for name in sorted(os.listdir(directory)):
@@ -454,20 +458,25 @@ def records_of(directory: str, tag: bytes, raw: bytes) -> tuple[dict[int, bytes 
             except CorruptionError:
                 continue  # no regular file: none of the log's (open reports such a name)
             if raw in data:  # a record of the key holds its bytes: skip the walk where none do
-                _find_records(data, tag, raw, found, noted)
+                _find_records(data, tag, raw, found, noted, expiring)
         if not vanished:
             break
-    return found, noted
+    return found, noted, expiring
 
 
 _LISTINGS = 3
 
 
 def _find_records(
-    data: bytes, tag: bytes, raw: bytes, found: dict[int, bytes | None], noted: set[int]
+    data: bytes,
+    tag: bytes,
+    raw: bytes,
+    found: dict[int, bytes | None],
+    noted: set[int],
+    expiring: dict[int, int],
 ) -> None:
-    """Add the key's intact records in one segment's bytes to ``found``, and the
-    numbers of its version records to ``noted``.
+    """Add the key's intact records in one segment's bytes to ``found``, the
+    numbers of its version records to ``noted``, expiries to ``expiring``.
 
     Not shared with ``replay``, whose loop is kept flat for the speed of every open.
     """
@@ -477,8 +486,13 @@ def _find_records(
     for record in iter_records(data, F.SEGMENT_HEADER.size, head, ""):
         if record.tag != tag or record.raw != raw or record.kind == F.RECORD_PIN:
             continue
+        expired = record.expires and record.expires <= now
+        if record.expires and not expired:
+            expiring[record.seq] = record.expires
         if record.kind == F.RECORD_VERSION:
             noted.add(record.seq)
+            if expired:
+                found[record.seq] = None  # as a delete: its file must not come back
             continue
-        put = record.kind == F.RECORD_PUT and not (record.expires and record.expires <= now)
+        put = record.kind == F.RECORD_PUT and not expired
         found[record.seq] = data[record.value_at : record.end] if put else None

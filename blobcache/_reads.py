@@ -123,7 +123,7 @@ class Reads:
         older = self._newest_intact_below(key, record)
         if older is None:
             raise damage
-        seq, value = older
+        seq, value, expires = older
         what = "a delete: the key is deleted" if value is None else "its value"
         note = Problem(
             record.path, f"{damage.detail}; serving the older record {seq} instead ({what})"
@@ -134,16 +134,17 @@ class Reads:
         if value is None:
             writes.delete(key, tag, raw)
         elif len(value) < writes.options.inline_limit:
-            writes.put_inline(key, tag, raw, bytes(value))
+            writes.put_inline(key, tag, raw, bytes(value), expires)
         else:
-            writes.put_blob(key, tag, raw, contextlib.nullcontext(), memoryview(value))
+            writes.put_blob(key, tag, raw, contextlib.nullcontext(), memoryview(value), expires)
         return values.stored(key)
 
     def _newest_intact_below(
         self, key: N.Key, bad: Record
-    ) -> tuple[int, bytes | memoryview | None] | None:
+    ) -> tuple[int, bytes | memoryview | None, int] | None:
         """The newest intact record of ``key`` numbered below ``bad``, as (seq,
-        value; None for a delete), or None if there is none.
+        value: None for a delete or an expired value, expiry: 0 for none), or
+        None if there is none.
 
         It may lie in the key's directory (a version), or in any log segment
         (the index forgot those records once a version superseded them), or be
@@ -154,7 +155,7 @@ class Reads:
         Versions are checked (read whole); log records were checked as read.
         """
         tag, raw = N.encode_key(key)
-        logged, noted = _log.records_of(self.logdir, tag, raw)
+        logged, noted, expiring = _log.records_of(self.logdir, tag, raw)
         found: dict[int, Record | bytes | None] = dict(logged)
         under = self.log_under_blob.get(key)
         if under is not None and bad.seq <= self.max_seq_at_open:
@@ -162,15 +163,16 @@ class Reads:
         with contextlib.suppress(FileNotFoundError):  # removed by hand: reported at open
             # A batch's version only with its record in the log: without, it may
             # be of a batch never committed.
+            # Not one whose record says it expired (found holds None for it).
             found.update(
                 (v.seq, v)
                 for v in _keydir.scan_key_dir(os.path.dirname(bad.path)).records
-                if not N.is_batch_version(v.path) or v.seq in noted
+                if (not N.is_batch_version(v.path) or v.seq in noted) and v.seq not in found
             )
         for seq in sorted((s for s in found if s < bad.seq), reverse=True):
             candidate = found[seq]
             if not isinstance(candidate, Record):
-                return seq, candidate
+                return seq, candidate, expiring.get(seq, 0)
             with contextlib.suppress(CorruptionError):
-                return seq, _mapping.map_version(candidate, check=True)
+                return seq, _mapping.map_version(candidate, check=True), expiring.get(seq, 0)
         return None

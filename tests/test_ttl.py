@@ -365,3 +365,39 @@ def test_a_failing_sweep_is_retried_a_second_later_not_in_a_loop(
         assert failures.acquire(timeout=30)  # the next one came...
         assert time.monotonic() - start >= 0.15  # ...after the pause, not at once
         cache._expiry._catch_up = lambda: None
+
+
+def _damage(path: str) -> None:
+    os.chmod(path, 0o644)
+    with open(path, "r+b") as f:
+        f.write(b"X")
+
+
+def test_a_fall_back_never_serves_an_expired_older_version(tmp_path: Path, clock: Clock) -> None:
+    store = str(tmp_path)
+    with _open(store) as cache:
+        cache.put("k", b"1" * 200, ttl=60)
+        cache.put("k", b"2" * 200)
+        live = cache.path("k")
+    assert live is not None
+    clock.advance(61)
+    _damage(live)
+    with _open(store) as cache:
+        assert cache.get("k") is None  # the older value expired: the key falls back to absent
+    with _open(store) as cache:
+        assert cache.get("k") is None
+
+
+def test_a_fall_back_keeps_the_older_values_expiry(tmp_path: Path, clock: Clock) -> None:
+    store = str(tmp_path)
+    with _open(store) as cache:
+        cache.put("k", b"short", ttl=60)
+        cache.put("k", b"2" * 200)
+        live = cache.path("k")
+    assert live is not None
+    _damage(live)
+    with _open(store) as cache:
+        assert cache.get("k") == b"short"  # served from the older record, rewritten...
+    clock.advance(61)
+    with _open(store) as cache:
+        assert cache.get("k") is None  # ...with its expiry
