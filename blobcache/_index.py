@@ -462,6 +462,7 @@ class Index:
         total: dict[int, int],
         live: dict[int, int],
         expiry: dict[Key, int],
+        notes: dict[Key, tuple[int, int]],
     ) -> None:
         """Take everything from a new recovery (``_follow``'s reload), in place:
         ``get`` keeps its dict, a lookup meanwhile sees a move under way.
@@ -475,7 +476,7 @@ class Index:
             mine.files.update(values.files)
             self.meta, self.deleted = meta, deleted
             self.book = SegmentBook(total, live)
-            self.notes = {}  # recovery booked every version record stale
+            self.notes = notes
             self.set_expiry(expiry)
             mine.moves += 1
 

@@ -271,7 +271,7 @@ def replay(
     live: dict[int, int],
     deletes: list[Key],
     expiry: dict[Key, int],
-    noted: dict[int, int],
+    noted: dict[int, tuple[int, int, int]],
     *,
     now: int,
     active: bool,
@@ -282,9 +282,10 @@ def replay(
     holds them: see ``_index.pack``; the keys of deletes are added to
     ``deletes``), ``live`` (live put bytes per segment) and ``expiry`` (key ->
     when its live value expires, ms since the epoch, for those that do) and
-    ``noted`` (the numbers of version records -> when their values expire, 0
-    for never: a version file's expiry is only there, and a batch's version
-    file counts only with its record); return the highest sequence number seen.
+    ``noted`` (the numbers of version records -> (when their values expire, 0
+    for never; the segment; the record's size): a version file's expiry is only
+    there, and a b- file counts only with its record); return the highest
+    sequence number seen.
 
     A put whose expiry is not after ``now`` is read as a delete of its key (it
     still hides every older record of the key). An evict record is a delete.
@@ -348,11 +349,12 @@ def replay(
                     # this note says it was committed. Stale from birth.
                     # (Pins: issue 15, not yet acted on.)
                     if kind == version:
-                        noted[seq] = (
+                        expires = (
                             F.EXPIRES.unpack_from(data, key_at + klen)[0]
                             if flags & flag_expires
                             else 0
                         )
+                        noted[seq] = (expires, number, end - offset)
                     offset = end
                     continue
                 raw = data[key_at : key_at + klen]

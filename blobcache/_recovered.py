@@ -39,8 +39,12 @@ class Recovered:
     # key -> its key directory's versions, newest first, when the newest is one
     # of a batch: the log decides which of them counts (_recovery._commit_batches)
     batch_versions: dict[N.Key, list[Record]] = field(default_factory=dict)
-    # The numbers of the log's version records -> when their values expire (0: never)
-    noted: dict[int, int] = field(default_factory=dict)
+    # The numbers of the log's version records -> (when their values expire, 0 for
+    # never; their segment; their size)
+    noted: dict[int, tuple[int, int, int]] = field(default_factory=dict)
+    # key -> (segment, size) of the version record its live file counts by (a b-
+    # file's, or one with an expiry): booked live, see Index.notes
+    notes: dict[N.Key, tuple[int, int]] = field(default_factory=dict)
     now: int = 0  # the time expiry was judged by (ms since the epoch)
     # key -> when its live value in the log expires (ms since the epoch), for those that do
     expiry: dict[N.Key, int] = field(default_factory=dict)

@@ -318,7 +318,8 @@ def _merge(
                 result.blob_over_log[key] = os.path.dirname(record.path)
                 # What the key falls back to if that version fails its check.
                 result.log_under_blob[key] = (seq_of(newest), value)
-            expires = result.noted.get(record.seq, 0)  # a version's expiry: in its record
+            note = result.noted.get(record.seq)
+            expires = note[0] if note is not None else 0  # a version's expiry: in its record
             if expires and expires <= result.now:
                 # Expired: the key is absent, as after a delete of that number,
                 # which compaction keeps while the directory holds versions.
@@ -330,6 +331,11 @@ def _merge(
                 continue
             if expires:
                 result.expiry[key] = expires
+            if note is not None and (expires or N.is_batch_version(record.path)):
+                # The record this file counts by is live too (compaction keeps it).
+                _, segment, size = note
+                result.segment_live[segment] = result.segment_live.get(segment, 0) + size
+                result.notes[key] = (segment, size)
             files[key] = Mapped(record)
             meta[key] = pack(record.seq, IN_A_FILE, 0)
         else:  # superseded by a log record: the whole key directory is garbage

@@ -135,6 +135,7 @@ class BlobCache(MutableMapping[N.Key, Value]):
             self._held.expiry_soon,
         )
         self._index.set_expiry(found.expiry)
+        self._index.notes = found.notes
         self._values = found.values  # get's one lookup; a ClosedIndex once closed
         self._writes = Writes(
             self._path, options, self._held, self._index, found.max_seq, found.key_dirs
@@ -270,6 +271,7 @@ class BlobCache(MutableMapping[N.Key, Value]):
             found.segment_total,
             found.segment_live,
             found.expiry,
+            found.notes,
         )
         return _follow_from(found, None)
 

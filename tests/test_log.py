@@ -1149,7 +1149,7 @@ def _replayed(
         )
         info = _log.SegmentRead(path=f"{number}.log", number=number)
         _log.replay(
-            data, info, values, meta, live, [], {}, set(), now=0, active=False, salvage=False
+            data, info, values, meta, live, [], {}, {}, now=0, active=False, salvage=False
         )
     return values, live
 
