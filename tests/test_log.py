@@ -1148,9 +1148,7 @@ def _replayed(
             for seq, key, value in records
         )
         info = _log.SegmentRead(path=f"{number}.log", number=number)
-        _log.replay(
-            data, info, values, meta, live, [], {}, {}, now=0, active=False, salvage=False
-        )
+        _log.replay(data, info, values, meta, live, [], {}, {}, now=0, active=False, salvage=False)
     return values, live
 
 
