@@ -175,6 +175,12 @@ class AsyncBlobCache:
     async def delete(self, key: Key) -> bool:
         return await self._run(self.sync_cache.delete, key)
 
+    async def put_many(self, items: Iterable[tuple[Key, object]]) -> None:
+        """As :meth:`BlobCache.put_many`: one batch, all or none, in a worker thread.
+        ``items`` is read whole on the loop first (the batch belongs to the
+        thread that runs it)."""
+        await self._run(self.sync_cache.put_many, list(items))
+
     async def put_file(
         self, key: Key, src: str | os.PathLike[str] | BinaryIO | Any, *, ttl: float | None = None
     ) -> None:

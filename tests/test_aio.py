@@ -54,12 +54,15 @@ def test_every_method_awaited(store: str, tmp_path: Path) -> None:
             f = await cache.open("ckpt")
             with f:
                 assert f.read(10) == big[:10]
+            await cache.put_many([("m1", b"1"), ("m2", b"M" * 5000)])  # one batch
+            assert await cache.get("m1") == b"1"
+            assert bytes(await cache.get("m2")) == b"M" * 5000  # type: ignore[arg-type]
             assert await cache.delete("small") and not await cache.delete("small")
             assert await cache.get("small", b"gone") == b"gone"
             await cache.sync()
             await cache.put("large", b"M" * 5000)
             assert (await cache.gc()).files_removed >= 1
-            assert (await cache.stats()).keys == 5
+            assert (await cache.stats()).keys == 7  # (m1 and m2 too)
 
     asyncio.run(main())
     with BlobCache(store) as cache:  # an awaited put is as durable as a sync one
