@@ -65,6 +65,19 @@ class Change(NamedTuple):
     keydir: str | None = None
     expires: int = 0  # when the value expires, ms since the epoch (0: never)
 
+    def apply(self, index: Index, seq: int, segment: int, size: int, *, ahead: bool) -> int | None:
+        """Publish this change, record ``seq`` of ``size`` bytes in log ``segment``;
+        return what ``Index.publish`` does. ``ahead``: applied by its own writer
+        before the follower passed it (see ``Index.gone``). Serves the follower
+        and a writer applying its own records (``_writes``) alike."""
+        value = self.value
+        if isinstance(value, Mapped):
+            index.book_stale(segment, size)  # a version's note is never live
+            return index.publish(self.key, value, pack(seq, IN_A_FILE, 0), self.expires)
+        if value is None:
+            return index.publish_delete(self.key, seq, segment, size, self.keydir, ahead=ahead)
+        return index.publish(self.key, value, pack(seq, segment, size), self.expires)
+
 
 class Follower:
     """Where this handle has read the log to, and the applying of what follows.
@@ -330,16 +343,8 @@ class Follower:
 
     def _apply(self, seq: int, size: int, change: Change) -> bool:
         """Apply one record (``size`` bytes at the position) to the index."""
-        index, segment = self.index, self.segment
-        value = change.value
-        if isinstance(value, Mapped):
-            index.book_stale(segment, size)
-            old = index.publish(change.key, value, pack(seq, IN_A_FILE, 0), change.expires)
-        elif value is None:
-            old = index.publish_delete(change.key, seq, segment, size, change.keydir)
-        else:
-            old = index.publish(change.key, value, pack(seq, segment, size), change.expires)
-        return old is not None and old != segment
+        old = change.apply(self.index, seq, self.segment, size, ahead=False)
+        return old is not None and old != self.segment
 
     def take_foreign_files(self) -> list[tuple[str, str]]:
         """The versions of other processes applied since the last call."""

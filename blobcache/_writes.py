@@ -31,7 +31,7 @@ from . import _names as N
 from ._buffers import read_chunks
 from ._follow import Change, Follower
 from ._held import Held
-from ._index import IN_A_FILE, Index, Mapped, pack
+from ._index import Index, Mapped
 from ._keydir import Record
 from ._logwriter import LogWriter
 from ._options import Options
@@ -229,9 +229,9 @@ class Writes:
         gone whole or find every file they name (FORMAT.md, "Batches").
         """
         key = N.decode_key(tag, raw)
-        keydir = N.key_dir(self.blobs, N.key_hash(tag, raw))
-        stripe = self.writing(N.key_hash(tag, raw))
-        hold.enter_context(self._in_key_dir(key, tag, raw, keydir, stripe))
+        digest = N.key_hash(tag, raw)
+        keydir = N.key_dir(self.blobs, digest)
+        hold.enter_context(self._in_key_dir(key, tag, raw, keydir, self.writing(digest)))
         temp = hold.enter_context(_blob.write_version(keydir, data, sync=True))
         if self.options.durability != "fsync":
             self.held.owed.make_durable(keydir, temp.path, parents=True)
@@ -332,15 +332,7 @@ class Writes:
             self.held.owed.owe_file(value.record.path, os.path.dirname(value.record.path))
         if not self._mine(segment, offset, size, gone=key if value is None else None):
             return False
-        index = self.index
-        if value is None:
-            old = index.publish_delete(key, seq, segment, size, change.keydir, ahead=True)
-        elif isinstance(value, Mapped):
-            index.book_stale(segment, size)  # a version's note is never live
-            old = index.publish(key, value, pack(seq, IN_A_FILE, 0), change.expires)
-        else:
-            old = index.publish(key, value, pack(seq, segment, size), change.expires)
-        return self._stale(old)
+        return self._stale(change.apply(self.index, seq, segment, size, ahead=True))
 
     def put_chunks(
         self,
