@@ -14,6 +14,7 @@ from .cache import BlobCache, Stats
 from .errors import (
     BatchError,
     BlobCacheError,
+    CacheFullError,
     ClosedError,
     CorruptionError,
     LockedError,
@@ -27,6 +28,7 @@ __all__ = [
     "BatchError",
     "BlobCache",
     "BlobCacheError",
+    "CacheFullError",
     "ClosedError",
     "CorruptionError",
     "GcResult",

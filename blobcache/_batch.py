@@ -20,6 +20,7 @@ from types import TracebackType
 
 from . import _names as N
 from ._buffers import as_buffer
+from ._options import check_flag
 from ._writes import Op, Writes
 from .errors import BatchError
 
@@ -60,13 +61,16 @@ class Batch:
         self._active = active  # the handle's: which batch this thread has open
         self._open = True
 
-    def put(self, key: N.Key, value: object, *, ttl: float | None = None) -> None:
+    def put(
+        self, key: N.Key, value: object, *, ttl: float | None = None, pin: bool = False
+    ) -> None:
         """Add a put of ``value`` (bytes-like, copied or written now) under ``key``,
         for ``ttl`` seconds if given (counted from now; else the handle's
-        ``default_ttl``).
+        ``default_ttl``); ``pin``: as ``BlobCache.put``'s.
 
         :raises TypeError: ``key`` is not str/bytes, or ``value`` is not bytes-like.
-        :raises ValueError: ``ttl`` is not a positive, finite number of seconds.
+        :raises ValueError: ``ttl`` is not a positive, finite number of seconds, or
+            the value is larger than ``max_bytes`` (``CacheFullError``).
         :raises BatchError: the batch has ended, or this is not its thread.
         """
         self._check()
@@ -74,11 +78,13 @@ class Batch:
         data = as_buffer(value)
         expires = self._expires(ttl)
         key = N.decode_key(tag, raw)
+        check_flag("pin", pin)
+        self._writes.check_fits(data.nbytes)
         if data.nbytes < self._inline_limit:
-            self._ops.append((key, tag, raw, bytes(data), expires))
+            self._ops.append(Op(key, tag, raw, bytes(data), expires, pin))
         else:
             staged = self._writes.stage_version(tag, raw, data, self._staged)
-            self._ops.append((key, tag, raw, staged, expires))
+            self._ops.append(Op(key, tag, raw, staged, expires, pin))
 
     def delete(self, key: N.Key) -> None:
         """Add a delete of ``key`` (nothing happens to a key that is not there).
@@ -88,7 +94,7 @@ class Batch:
         """
         self._check()
         tag, raw = N.encode_key(key)
-        self._ops.append((N.decode_key(tag, raw), tag, raw, None, 0))
+        self._ops.append(Op(N.decode_key(tag, raw), tag, raw, None))
 
     def __len__(self) -> int:
         return len(self._ops)

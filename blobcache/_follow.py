@@ -64,6 +64,7 @@ class Change(NamedTuple):
     value: bytes | Mapped | None
     keydir: str | None = None
     expires: int = 0  # when the value expires, ms since the epoch (0: never)
+    pinned: bool = False  # its record's PINNED bit
 
     def apply(self, index: Index, seq: int, segment: int, size: int, *, ahead: bool) -> int | None:
         """Publish this change, record ``seq`` of ``size`` bytes in log ``segment``;
@@ -73,10 +74,24 @@ class Change(NamedTuple):
         value = self.value
         if isinstance(value, Mapped):
             index.book_stale(segment, size)  # a version's note is never live
-            return index.publish(self.key, value, pack(seq, IN_A_FILE, 0), self.expires)
+            meta = pack(seq, IN_A_FILE, 0)
+            return index.publish(self.key, value, meta, self.expires, self.pinned)
         if value is None:
             return index.publish_delete(self.key, seq, segment, size, self.keydir, ahead=ahead)
-        return index.publish(self.key, value, pack(seq, segment, size), self.expires)
+        return index.publish(self.key, value, pack(seq, segment, size), self.expires, self.pinned)
+
+
+class PinChange(NamedTuple):
+    """What a pin record does: pins (or unpins) the key's live value, if it is not
+    newer than the record (FORMAT.md, "Pins and evictions")."""
+
+    key: N.Key
+    pinned: bool
+    value: bool = True  # (not None: it is no delete)
+
+    def apply(self, index: Index, seq: int, segment: int, size: int, *, ahead: bool) -> None:
+        index.book_stale(segment, size)
+        index.set_pin(self.key, seq, self.pinned)
 
 
 class Follower:
@@ -106,6 +121,9 @@ class Follower:
         self.writer = writer
         self.state = state
         self.segment, self.offset = segment, offset
+        # (segment, offset) where the position stood at its last step: one tuple,
+        # read without the lock (_cap); never past the position.
+        self.floor = (segment, offset)
         self._fd = -1  # open on `segment` once read from
         # The inode of `segment` when the position was taken in it (0: not
         # known): a compaction may have replaced the file under its name since.
@@ -162,6 +180,7 @@ class Follower:
                     break  # behind what we read ourselves (STATE rebuilt): wait for it
             if active != self.active_seen:
                 self.active_seen, stale = active, True
+            self.floor = (self.segment, self.offset)
             return stale or self._stale_seen
 
     def _open(self) -> bool:
@@ -251,7 +270,7 @@ class Follower:
                 )
                 stale |= old is not None and old != number
             else:
-                change = self._change(kind, tag, raw, data, seq, value_at, end, expires)
+                change = self._change(kind, tag, raw, data, seq, value_at, end, flags, expires)
                 if change is None:
                     index.book_stale(number, end - done)
                 else:
@@ -274,6 +293,7 @@ class Follower:
             if self.writer.own.pop((segment, offset), None) is None:
                 return False  # the follower took it (it stands past it then: never here)
             self.offset += size
+            self.floor = (segment, self.offset)
             return True
         finally:
             self.lock.release()
@@ -289,7 +309,7 @@ class Follower:
         mine = writer.own.pop(where, None)
         if mine is not None:
             seq, size, change = mine
-            assert isinstance(change, Change), "a writer's record says its change"
+            assert isinstance(change, (Change, PinChange)), "a writer's record says its change"
             self._stale_seen |= self._apply(seq, size, change)
             self.offset += size
             return True
@@ -311,18 +331,20 @@ class Follower:
         seq: int,
         value_at: int,
         end: int,
+        flags: int,
         expires: int,
-    ) -> Change | None:
+    ) -> Change | PinChange | None:
         key = N.decode_key(tag, raw)
         keydir = N.key_dir(self.blobs, N.key_hash(tag, raw))
         expired = expires and expires <= _clock.now_ms()
         if kind in _DELETES or (expired and kind == F.RECORD_PUT):
             # An expired put hides the older records of its key, as a delete does.
             return Change(key, None, keydir if keydir in self.key_dirs else None)
+        pinned = bool(flags & F.FLAG_PINNED)
         if kind == F.RECORD_PUT:
-            return Change(key, data[value_at:end], None, expires)
+            return Change(key, data[value_at:end], None, expires, pinned)
         if kind == F.RECORD_PIN:
-            return None  # (pins: issue 15, not yet acted on)
+            return PinChange(key, pinned)
         length, checksum = F.VERSION_BODY.unpack_from(data, value_at)
         path = _version_path(keydir, seq, length, checksum)
         if path is None:
@@ -339,9 +361,9 @@ class Follower:
         # Another process's file, maybe an "os" one's never fsynced: compaction
         # makes it durable before it drops a log record it supersedes.
         self.foreign_files[keydir] = path
-        return Change(key, Mapped(Record(seq, path, length, checksum)), None, expires)
+        return Change(key, Mapped(Record(seq, path, length, checksum)), None, expires, pinned)
 
-    def _apply(self, seq: int, size: int, change: Change) -> bool:
+    def _apply(self, seq: int, size: int, change: Change | PinChange) -> bool:
         """Apply one record (``size`` bytes at the position) to the index."""
         old = change.apply(self.index, seq, self.segment, size, ahead=False)
         return old is not None and old != self.segment

@@ -282,11 +282,13 @@ class Garbage:
             # A batch's version counts only while the log holds its record, and
             # a version's expiry is only there: copied forward for every live
             # one of those, wherever it was.
-            expiry = index.expiry
+            # A pin is in the records too: in the PINNED bit of a put copied, and
+            # in a copy of the version record of a file pinned.
+            expiry, pins = index.expiry, set(index.pins)
             notes = [
                 (k, m.record, expiry.get(k, 0))
                 for k, m in index.values.files.items()
-                if N.is_batch_version(m.record.path) or k in expiry
+                if N.is_batch_version(m.record.path) or k in expiry or k in pins
             ]
             expiries = [expiry.get(k, 0) for k in keys] if expiry else [0] * len(keys)
         assert inputs[-1] == output, "the segment just sealed is always in the book"
@@ -308,13 +310,15 @@ class Garbage:
         # never all in memory beside the values they copy.
         records = itertools.chain(
             (
-                _log.encode_record(seq_of(m), F.RECORD_PUT, *N.encode_key(k), v, _expiring(e), e)
+                _log.encode_record(
+                    seq_of(m), F.RECORD_PUT, *N.encode_key(k), v, _expiring(e, k in pins), e
+                )
                 for k, m, v, e in zip(keys, metas, values, expiries, strict=True)
             ),
             (_log.encode_record(d.seq, F.RECORD_DELETE, *N.encode_key(k), b"") for k, d in kept),
             (
                 _log.encode_version(
-                    r.seq, *N.encode_key(k), r.length, r.checksum, _bound(r.path, e), e
+                    r.seq, *N.encode_key(k), r.length, r.checksum, _bound(r.path, e, k in pins), e
                 )
                 for k, r, e in notes
             ),
@@ -409,11 +413,11 @@ class Garbage:
         )
 
 
-def _expiring(expires: int) -> int:
+def _expiring(expires: int, pinned: bool) -> int:
     """The flags of a record copied forward with expiry ``expires`` (0: none)."""
-    return F.FLAG_EXPIRES if expires else 0
+    return (F.FLAG_EXPIRES if expires else 0) | (F.FLAG_PINNED if pinned else 0)
 
 
-def _bound(path: str, expires: int) -> int:
+def _bound(path: str, expires: int, pinned: bool) -> int:
     """The flags of a version record copied forward, for its file at ``path``."""
-    return _expiring(expires) | (F.FLAG_BOUND if N.is_batch_version(path) else 0)
+    return _expiring(expires, pinned) | (F.FLAG_BOUND if N.is_batch_version(path) else 0)

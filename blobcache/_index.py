@@ -42,6 +42,7 @@ from .errors import ClosedError
 
 if TYPE_CHECKING:  # the index names the layouts' records; it imports neither layout
     from ._keydir import Record
+    from ._sieve import Sieve
 
 
 class Mapped:
@@ -283,6 +284,55 @@ class Index:
         # for its live file (an expiry, a batch's b- file: see _garbage), booked
         # live there until the key's record is superseded.
         self.notes: dict[Key, tuple[int, int]] = {}
+        # The keys whose live value is pinned (FORMAT.md, "Pins and evictions"):
+        # ``max_bytes`` never evicts them.
+        self.pins: set[Key] = set()
+        # key -> (seq, pinned) of the newest pin record applied, while no newer
+        # record of the key is: a record older than it, applied later (another
+        # process's, read by the follower after this one's pin record was
+        # applied ahead), takes its pin from it, not from its own bit.
+        self.pin_said: dict[Key, tuple[int, bool]] = {}
+        # With ``max_bytes`` (``track``): the keys in SIEVE order, and the sum of
+        # the live values' lengths, kept as records are published.
+        self.sieve: Sieve | None = None
+        self.live_bytes = 0
+
+    def track(self, sieve: Sieve) -> None:
+        """Keep ``sieve`` and ``live_bytes`` from now on, starting from every live
+        key, oldest record first. REQUIRES: ``lock``, or nothing else using the
+        index yet."""
+        meta = self.meta
+        for key in sorted(meta, key=meta.__getitem__):  # by number: seq is the top field
+            sieve.insert(key)
+        self.sieve = sieve
+        self._count_live()
+
+    def _count_live(self) -> None:
+        values = self.values
+        self.live_bytes = sum(map(len, dict.values(values))) + sum(
+            m.record.length for m in values.files.values()
+        )
+
+    def size(self, key: Key) -> int:
+        """The length of the key's live value, 0 for none. REQUIRES: ``lock``."""
+        value = self.values.peek(key)
+        return 0 if value is None else length(value)
+
+    def set_pin(self, key: Key, seq: int, pinned: bool) -> bool:
+        """Apply pin record ``seq``: pin (or unpin) the key's live value if it is
+        numbered ``seq`` or below; returns whether it did. REQUIRES: as ``publish``."""
+        with self.lock:
+            meta = self.meta.get(key)
+            if meta is None or seq_of(meta) > seq or self.gone.get(key, 0) > seq:
+                return False
+            if pinned:
+                self.pins.add(key)
+            else:
+                self.pins.discard(key)
+            said = self.pin_said.get(key)
+            if said is None or said[0] < seq:
+                self.pin_said[key] = (seq, pinned)
+            return True
 
     def set_expiry(self, expiry: dict[Key, int]) -> None:
         """Take the expiries recovery found (key -> ms), with their records' numbers
@@ -352,6 +402,10 @@ class Index:
             del self.expiry[key]
             self._drop_note(key)
             old = values.peek(key)
+            self.pins.discard(key)
+            if self.sieve is not None and old is not None:
+                self.live_bytes -= length(old)
+                self.sieve.remove(key)
             segment, size = segment_of(meta), size_of(meta)
             if segment != IN_A_FILE:
                 self.book.supersede(segment, size)
@@ -368,12 +422,15 @@ class Index:
             self.mark_dirty(keydir)
         return True
 
-    def publish(self, key: Key, value: Value | None, meta: int = 0, expires: int = 0) -> int | None:
+    def publish(
+        self, key: Key, value: Value | None, meta: int = 0, expires: int = 0, pinned: bool = False
+    ) -> int | None:
         """Make ``value``, with its ``meta`` (see ``pack``), the key's live record
         (None: deleted), and account for what it supersedes; return the log
         segment of the record superseded, or None (there was none, or it was a
         version file, whose directory is now the janitor's to visit).
-        ``expires``: when the value expires (ms since the epoch), 0 for never.
+        ``expires``: when the value expires (ms since the epoch), 0 for never;
+        ``pinned``: its record's PINNED bit.
 
         A record not newer than the key's live one (a recovered version's own
         note in the log, say) changes nothing: None.
@@ -394,6 +451,26 @@ class Index:
             old = values.peek(key)
             self._note_expiry(key, seq, expires if value is not None else 0)
             self._drop_note(key)
+            if self.pin_said:
+                said = self.pin_said.get(key)
+                if said is not None:
+                    if said[0] > seq:
+                        pinned = said[1]  # a newer pin record, applied already
+                    else:
+                        del self.pin_said[key]
+            if pinned and value is not None:
+                self.pins.add(key)
+            elif self.pins:
+                self.pins.discard(key)
+            sieve = self.sieve
+            if sieve is not None:
+                self.live_bytes += (0 if value is None else length(value)) - (
+                    0 if old is None else length(old)
+                )
+                if value is None:
+                    sieve.remove(key)
+                else:
+                    sieve.insert(key)
             # A key going from one dict to the other: between the two changes
             # it is in both (the new record goes in before the old comes out),
             # and ``moves`` is odd for a reader that looked at the other first.
@@ -452,7 +529,7 @@ class Index:
                 self.deleted[key] = Deleted(seq, segment, size)
         if keydir is not None:
             self.mark_dirty(keydir)
-        return self.publish(key, None)
+        return self.publish(key, None, pack(seq, 0, 0))
 
     def replace(
         self,
@@ -463,6 +540,7 @@ class Index:
         live: dict[int, int],
         expiry: dict[Key, int],
         notes: dict[Key, tuple[int, int]],
+        pins: set[Key],
     ) -> None:
         """Take everything from a new recovery (``_follow``'s reload), in place:
         ``get`` keeps its dict, a lookup meanwhile sees a move under way.
@@ -477,7 +555,18 @@ class Index:
             self.meta, self.deleted = meta, deleted
             self.book = SegmentBook(total, live)
             self.notes = notes
+            self.pins = pins
+            self.pin_said = {}
             self.set_expiry(expiry)
+            sieve = self.sieve
+            if sieve is not None:
+                for key in sieve.order():
+                    if key not in meta:
+                        sieve.remove(key)
+                for key in sorted(meta, key=meta.__getitem__):
+                    if key not in sieve:
+                        sieve.insert(key)
+                self._count_live()
             mine.moves += 1
 
     def forget_gone(self, key: Key, seq: int) -> None:

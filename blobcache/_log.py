@@ -272,6 +272,7 @@ def replay(
     deletes: list[Key],
     expiry: dict[Key, int],
     noted: dict[int, tuple[int, int, int]],
+    pins: dict[Key, int],
     *,
     now: int,
     active: bool,
@@ -285,7 +286,10 @@ def replay(
     ``noted`` (the numbers of version records -> (when their values expire, 0
     for never; the segment; the record's size): a version file's expiry is only
     there, and a b- file counts only with its record); return the highest
-    sequence number seen.
+    sequence number seen; ``pins``: key -> the number of its newest record with
+    a say on its pin (a put, a version, a pin record), negated if that record
+    unpins it (``_recovery`` keeps the pins whose record is not older than the
+    key's live one).
 
     A put whose expiry is not after ``now`` is read as a delete of its key (it
     still hides every older record of the key). An evict record is a delete.
@@ -302,7 +306,7 @@ def replay(
     mask, skip, head = F.RECORD_CHECKSUM_MASK, _CHECKSUM, info.head
     extra = head != _FIELDS.size  # format 2: flags and codec follow the key length
     put, version, pin, kinds = F.RECORD_PUT, F.RECORD_VERSION, F.RECORD_PIN, _KINDS
-    flag_expires, known = F.FLAG_EXPIRES, F.RECORD_FLAGS
+    flag_expires, known, flag_pinned = F.FLAG_EXPIRES, F.RECORD_FLAGS, F.FLAG_PINNED
     str_tag, tags = F.KEY_TAG_STR, (F.KEY_TAG_STR, F.KEY_TAG_BYTES)
     setdefault = meta.setdefault
     seq_shift, field = SEQ_SHIFT, FIELD_MASK
@@ -343,11 +347,20 @@ def replay(
                     raise newer_format(info.path, offset, flags, data[offset + 21])
                 if seq > max_seq:
                     max_seq = seq
+                if flags & flag_pinned or pins:
+                    raw = data[key_at : key_at + klen]
+                    pinned_key: Key = raw.decode() if tag == str_tag else raw
+                    said = pins.get(pinned_key)
+                    if said is None or abs(said) < seq:
+                        if flags & flag_pinned:
+                            pins[pinned_key] = seq
+                        elif said is not None:
+                            pins[pinned_key] = -seq
                 if kind in (version, pin):
                     # Only a note for the processes following the log: the file
                     # itself is what recovery reads (_keydir), a batch's once
                     # this note says it was committed. Stale from birth.
-                    # (Pins: issue 15, not yet acted on.)
+                    # A pin record's say is in ``pins`` (above).
                     if kind == version:
                         expires = (
                             F.EXPIRES.unpack_from(data, key_at + klen)[0]

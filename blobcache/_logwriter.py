@@ -38,10 +38,31 @@ class _Request:
     once its number is known (under the append flock); ``own`` is what the
     index gets when the follower reaches it (see ``_follow``)."""
 
-    __slots__ = ("count", "done", "end", "error", "hint", "make", "own", "seq", "size", "wake")
+    __slots__ = (
+        "count",
+        "done",
+        "end",
+        "error",
+        "hint",
+        "make",
+        "own",
+        "plan",
+        "seq",
+        "size",
+        "wake",
+    )
 
-    def __init__(self, make: Callable[[int], tuple[bytes, object]], hint: int, count: int) -> None:
+    def __init__(
+        self,
+        make: Callable[[int], tuple[bytes, object]],
+        hint: int,
+        count: int,
+        plan: Callable[[], int] | None = None,
+    ) -> None:
         self.make = make
+        # Called under the append flock just before ``make``: how many numbers
+        # the request takes (a capped put's evictions are chosen there: _cap).
+        self.plan = plan
         self.hint = hint  # about the record's size, to cut batches
         # The numbers it takes: 1, or a batch's records (then ``own`` is a list
         # of (size, change), one per record, in order: see ``LogWriter.append``).
@@ -126,9 +147,16 @@ class LogWriter:
         # (segment, offset) -> (size, seq), for the follower to step over.
         # (and for a delete its key: see Index.gone).
         self.ahead: dict[tuple[int, int], tuple[int, int, Key | None]] = {}
+        # Writes begun under the append flock: a capped put's view of what is
+        # appended but not yet applied is good for one write (_cap).
+        self.writes_begun = 0
 
     def append(
-        self, make: Callable[[int], tuple[bytes, object]], hint: int, count: int = 1
+        self,
+        make: Callable[[int], tuple[bytes, object]],
+        hint: int,
+        count: int = 1,
+        plan: Callable[[], int] | None = None,
     ) -> tuple[int, int, int, int]:
         """Write the record ``make(seq)`` frames; return (seq, segment, offset,
         size) once it is acknowledged.
@@ -140,8 +168,9 @@ class LogWriter:
         ``seq`` on (a batch of the user's, ``_writes.Writes.put_batch``), and
         says what each of them does: a list of (record size, change). They are
         written with one write, one after the other, and acknowledged together.
+        ``plan``: says that count, under the append flock, just before ``make``.
         """
-        request = _Request(make, hint, count)
+        request = _Request(make, hint, count, plan)
         if not self._sync:  # no queue, no lead: the request is never slept on
             with self._lock:
                 while self._leading:  # a roll() by compaction
@@ -251,18 +280,23 @@ class LogWriter:
                 if state.pending == ROLLING:  # its roller died midway
                     self._finish_roll()
                 first, _, start, _, pending, allocated, _ = state.fields()
-            numbers = sum(request.count for request in batch)
-            if first + numbers > F.MAX_SEQ:
-                raise BlobCacheError(f"sequence numbers are exhausted (next would be {first})")
-            # Taken before anything is written: a number is never handed out twice,
-            # even by a process killed right after this.
-            state.next_seq = first + numbers
+            self.writes_begun += 1
             records: list[tuple[_Request, bytes]] = []
             seq = first
             for request in batch:
                 try:
+                    if request.plan is not None:
+                        request.count = request.plan()
+                    if seq + request.count > F.MAX_SEQ:
+                        raise BlobCacheError(
+                            f"sequence numbers are exhausted (next would be {seq})"
+                        )
+                    # Taken before anything is written (make names files with
+                    # them): a number is never handed out twice, even by a
+                    # process killed right after this.
+                    state.next_seq = seq + request.count
                     data, request.own = request.make(seq)
-                except BaseException as exc:  # this put fails alone
+                except BaseException as exc:  # this put fails alone (its numbers a gap)
                     request.error = exc
                     continue
                 finally:

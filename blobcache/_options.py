@@ -118,6 +118,19 @@ class Options:
     Measured by the wall clock (FORMAT.md, "Expiry"): a clock set forward
     expires values early, one set back keeps them longer."""
 
+    max_bytes: int | None = None
+    """A bound on the live bytes of the store (the sum of its live values'
+    lengths), or None (the default): unbounded. A put, delete or batch of this
+    handle returns with the store's live bytes at or under it, counting what
+    every process wrote: it first evicts other keys, chosen by SIEVE, with
+    evict records (FORMAT.md, "Pins and evictions"). It never evicts the key it
+    puts, a key of its own batch, nor a pinned key; a value larger than the
+    bound raises ``CacheFullError`` (a ``ValueError``), as does a put the
+    pinned keys leave no room for. A store found over it at open is brought
+    under it then. The bound is this handle's: a writer opened without it
+    evicts nothing (the next capped put brings the store back under). Disk use
+    is the live bytes plus what awaits ``gc()``."""
+
     def __post_init__(self) -> None:
         if self.durability not in DURABILITY_LEVELS:
             raise ValueError(
@@ -131,17 +144,21 @@ class Options:
         if self.default_ttl is not None:
             check_ttl("default_ttl", self.default_ttl)
         for name in ("verify_on_get", "salvage", "readonly", "trust_filesystem"):
-            if not isinstance(getattr(self, name), bool):
-                raise TypeError(
-                    f"{name} must be True or False, not {type(getattr(self, name)).__name__}"
-                )
+            check_flag(name, getattr(self, name))
         _check_int("inline_limit", self.inline_limit, 0, F.MAX_INLINE_VALUE)
+        if self.max_bytes is not None:
+            _check_int("max_bytes", self.max_bytes, 1, 2**63)
         _check_int("segment_bytes", self.segment_bytes, 4096, 2**40)
         ratio = self.compact_ratio
         if isinstance(ratio, bool) or not isinstance(ratio, (int, float)):
             raise TypeError(f"compact_ratio must be a number, not {type(ratio).__name__}")
         if not 0 < ratio <= 1:
             raise ValueError(f"compact_ratio must be in (0, 1]; got {ratio!r}")
+
+
+def check_flag(name: str, value: object) -> None:
+    if not isinstance(value, bool):
+        raise TypeError(f"{name} must be True or False, not {type(value).__name__}")
 
 
 def _check_seconds(name: str, interval: object) -> None:

@@ -45,6 +45,10 @@ class Recovered:
     # key -> (segment, size) of the version record its live file counts by (a b-
     # file's, or one with an expiry): booked live, see Index.notes
     notes: dict[N.Key, tuple[int, int]] = field(default_factory=dict)
+    # key -> the number of its newest record with a say on its pin, negated for
+    # an unpin (_log.replay); ``pins``: the keys pinned, once merged
+    pin_says: dict[N.Key, int] = field(default_factory=dict)
+    pins: set[N.Key] = field(default_factory=set)
     now: int = 0  # the time expiry was judged by (ms since the epoch)
     # key -> when its live value in the log expires (ms since the epoch), for those that do
     expiry: dict[N.Key, int] = field(default_factory=dict)

@@ -145,6 +145,7 @@ def _replay_log(
                 result.log_deletes,
                 result.expiry,
                 result.noted,
+                result.pin_says,
                 now=now,
                 active=active,
                 salvage=salvage,
@@ -331,7 +332,8 @@ def _merge(
                 continue
             if expires:
                 result.expiry[key] = expires
-            if note is not None and (expires or N.is_batch_version(record.path)):
+            pinned = result.pin_says.get(key, 0) >= record.seq
+            if note is not None and (expires or pinned or N.is_batch_version(record.path)):
                 # The record this file counts by is live too (compaction keeps it).
                 _, segment, size = note
                 result.segment_live[segment] = result.segment_live.get(segment, 0) + size
@@ -351,6 +353,10 @@ def _merge(
     # Invariant: no None is left, since each delete that won was dropped above.
     result.values = Values(values, files)  # type: ignore[arg-type]
     result.meta = meta
+    # A pin applies to the key's live record if its say is not older.
+    result.pins = {
+        key for key, seq in result.pin_says.items() if key in meta and seq >= seq_of(meta[key])
+    }
 
 
 def iter_key_dirs(blobs: str, problems: list[Problem], empty: set[str]) -> list[str]:

@@ -32,6 +32,10 @@ class Stats:
     problems: int  # unusable files reported at open (see ``BlobCache.problems``)
     temps_removed_at_open: int  # orphaned temp files of crashed puts, deleted by recovery
     torn_bytes_at_open: int  # a torn log tail (a crash mid-write) cut off at open
+    max_bytes: int | None = None  # the cap this handle keeps (None: unbounded)
+    pinned_keys: int = 0  # live keys pinned (never evicted)
+    evicted: int = 0  # keys this handle evicted to keep under max_bytes, since its open
+    evicting_writes: int = 0  # of its puts, deletes and batches, those that had to evict
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -48,6 +52,7 @@ class Stats:
     ) -> Stats:
         values = [value for _, value in index.values.stored_now()]
         writer = writes.held.writer
+        cap = writes.cap
         # No lock in a forked child, where no thread changes the book (the child
         # cannot write) and a parent thread may have held it at the fork.
         inherited = writes.held.inherited()
@@ -68,6 +73,10 @@ class Stats:
             problems=problems,
             temps_removed_at_open=temps_removed_at_open,
             torn_bytes_at_open=torn_bytes_at_open,
+            max_bytes=cap.max_bytes if cap is not None else None,
+            pinned_keys=len(index.pins),
+            evicted=cap.evicted if cap is not None else 0,
+            evicting_writes=cap.evicting if cap is not None else 0,
         )
 
 

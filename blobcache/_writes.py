@@ -29,14 +29,21 @@ from . import _blob, _fsio, _keydir, _log
 from . import _format as F
 from . import _names as N
 from ._buffers import read_chunks
-from ._follow import Change, Follower
+from ._cap import Cap
+from ._follow import Change, Follower, PinChange
 from ._held import Held
 from ._index import Index, Mapped
 from ._keydir import Record
 from ._logwriter import LogWriter
 from ._options import Options
 from ._problems import Problem
-from .errors import BlobCacheError, ClosedError, CorruptionError, ReadOnlyError
+from .errors import (
+    BlobCacheError,
+    CacheFullError,
+    ClosedError,
+    CorruptionError,
+    ReadOnlyError,
+)
 
 log = logging.getLogger("blobcache")
 
@@ -82,6 +89,7 @@ class Writes:
         self.closed = False  # set by close() with every stripe held
         self.warnings: list[Problem] = []  # to log once no lock is held: warn_unlocked
         self.follower: Follower  # set by the handle, which makes it after this
+        self.cap: Cap | None = None  # set by the handle with max_bytes (a writer's)
         self.recovered_next = recovered_max_seq + 1
         writer = held.writer
         self.active_seen = writer.number if writer is not None else 0
@@ -159,17 +167,46 @@ class Writes:
         return self.log.claim(segment, offset, gone=gone)
 
     def put_inline(
-        self, key: N.Key, tag: bytes, raw: bytes, value: bytes, expires: int = 0
+        self, key: N.Key, tag: bytes, raw: bytes, value: bytes, expires: int = 0, pin: bool = False
     ) -> bool:
         """REQUIRES: the key's stripe lock. Returns whether a sealed segment got staler."""
-        return self._append([(key, tag, raw, value, expires)])
+        return self._append([Op(key, tag, raw, value, expires, pin)])
 
     def delete(self, key: N.Key, tag: bytes, raw: bytes) -> bool:
         """REQUIRES: the key's stripe lock. Returns whether a sealed segment got staler."""
-        return self._append([(key, tag, raw, None, 0)])
+        return self._append([Op(key, tag, raw, None)])
+
+    def pin(self, key: N.Key, tag: bytes, raw: bytes, pinned: bool) -> bool:
+        """Write a pin record: pin (or unpin) the key's live value.
+        REQUIRES: the key's stripe lock. Returns whether a sealed segment got staler."""
+        return self._append([Op(key, tag, raw, Pin(pinned))])
+
+    def check_fits(self, length: int) -> None:
+        """Refuse a value larger than ``max_bytes``, before anything is written.
+
+        :raises CacheFullError: (a ValueError) it is."""
+        cap = self.cap
+        if cap is not None and length > cap.max_bytes:
+            raise CacheFullError(
+                f"a value of {length:,} bytes is larger than max_bytes ({cap.max_bytes:,})"
+            )
+
+    def enforce_cap(self) -> bool:
+        """Evict what the cap asks for with no put (a store found over its cap at
+        open: the cap lowered, a crash mid-eviction, an uncapped writer)."""
+        if self.cap is None or self.index.live_bytes <= self.cap.max_bytes:
+            return False
+        return self._append([])
 
     def put_blob(
-        self, key: N.Key, tag: bytes, raw: bytes, stripe: Stripe, data: memoryview, expires: int = 0
+        self,
+        key: N.Key,
+        tag: bytes,
+        raw: bytes,
+        stripe: Stripe,
+        data: memoryview,
+        expires: int = 0,
+        pin: bool = False,
     ) -> bool:
         """Write ``data`` as the key's new version; ``stripe`` takes the key's
         stripe lock (a no-op where the caller holds it). Returns whether a
@@ -181,6 +218,7 @@ class Writes:
             stripe,
             lambda keydir, sync: _blob.write_version(keydir, data, sync=sync),
             expires,
+            pin,
         )
 
     def put_version(
@@ -191,6 +229,7 @@ class Writes:
         stripe: Stripe,
         write: Callable[[str, bool], _blob.TempVersion],
         expires: int = 0,
+        pin: bool = False,
     ) -> bool:
         """Publish the version ``write(keydir, sync)`` writes to a temp file.
 
@@ -208,12 +247,18 @@ class Writes:
         """
         keydir = N.key_dir(self.blobs, N.key_hash(tag, raw))
         sync = self.options.durability == "fsync"
-        with (
-            self._in_key_dir(key, tag, raw, keydir, stripe),  # takes the stripe lock briefly
-            write(keydir, sync) as temp,  # no lock held
-            stripe,
-        ):
-            return self._append([(key, tag, raw, Staged(keydir, temp, batch=False), expires)])
+        try:
+            with (
+                self._in_key_dir(key, tag, raw, keydir, stripe),  # takes the stripe lock briefly
+                write(keydir, sync) as temp,  # no lock held
+                stripe,
+            ):
+                staged = Staged(keydir, temp, batch=False)
+                return self._append([Op(key, tag, raw, staged, expires, pin)])
+        except BaseException:
+            # The directory may hold nothing but the key file it made: for gc.
+            self.index.mark_dirty(keydir)
+            raise
 
     # --- batches -----------------------------------------------------------------
 
@@ -250,12 +295,13 @@ class Writes:
             return self._append(ops)
 
     def _append(self, ops: list[Op]) -> bool:
-        """Append the records of ``ops`` (key, tag, raw key, value: bytes, a staged
-        version, or None for a delete; expiry), numbered one after the other,
-        with one write, acknowledged together (with "fsync", one fdatasync);
-        then apply each to the index, in order. More than one: a batch, every
-        record but the last with ``FLAG_MORE`` (FORMAT.md, "Batches"). Returns
-        whether a sealed segment got staler.
+        """Append the records of ``ops`` (see ``Op``), numbered one after the
+        other, with one write, acknowledged together (with "fsync", one
+        fdatasync); then apply each to the index, in order. More than one: a
+        batch, every record but the last with ``FLAG_MORE`` (FORMAT.md,
+        "Batches"). With ``max_bytes``, the evict records the cap asks for
+        (``_cap``) come first in the same batch. Returns whether a sealed
+        segment got staler.
 
         Crash policy: the staged versions are named under the append flock,
         before the records (durably, with "fsync": their directories fsynced),
@@ -266,24 +312,50 @@ class Writes:
         REQUIRES: the stripe lock of every key of ``ops``.
         """
         named: list[Record] = []
-        members: list[tuple[int, Change]] = []
+        members: list[tuple[int, Change | PinChange]] = []
+        cap = self.cap
+        victims: list[N.Key] = []
+
+        def plan() -> int:
+            nonlocal victims
+            assert cap is not None
+            victims = cap.plan([(op.key, _length(op.value)) for op in ops if not _is_pin(op)])
+            return len(victims) + len(ops)
 
         def make(first: int) -> tuple[bytes, object]:
             chunks = []
-            last = first + len(ops) - 1
-            for seq, (key, tag, raw, value, expires) in enumerate(ops, first):
+            changes = [(victim, *N.encode_key(victim)) for victim in victims]
+            last = first + len(changes) + len(ops) - 1
+            seq = first
+            for key, tag, raw in changes:
+                keydir = N.key_dir(self.blobs, N.key_hash(tag, raw))
+                more = F.FLAG_MORE if seq < last else 0
+                record = _log.encode_record(seq, F.RECORD_EVICT, tag, raw, b"", more)
+                chunks.append(record)
+                members.append((len(record), Change(key, None, _has(keydir, self.key_dirs))))
+                seq += 1
+            pins = self.index.pins
+            for key, tag, raw, value, expires, pin in ops:
                 flags = (F.FLAG_MORE if seq < last else 0) | (F.FLAG_EXPIRES if expires else 0)
+                pinned = pin or (cap.pinned(key) if cap is not None else key in pins)
+                if pinned and value is not None and not isinstance(value, Pin):
+                    flags |= F.FLAG_PINNED  # a plain put keeps the key's pin
+                change: Change | PinChange
                 if value is None:
                     keydir = N.key_dir(self.blobs, N.key_hash(tag, raw))
-                    has_dir = keydir if keydir in self.key_dirs else None
                     record = _log.encode_record(seq, F.RECORD_DELETE, tag, raw, b"", flags)
-                    change = Change(key, None, has_dir)
+                    change = Change(key, None, _has(keydir, self.key_dirs))
+                elif isinstance(value, Pin):
+                    flags |= F.FLAG_PINNED if value.pinned else 0
+                    record = _log.encode_record(seq, F.RECORD_PIN, tag, raw, b"", flags)
+                    change = PinChange(key, value.pinned)
                 elif isinstance(value, Staged):
                     temp = value.temp
-                    # Bound to its record (a b- name) in a batch, or when only the
-                    # record holds its expiry: a crash between the rename and the
-                    # record must not leave it counting without it.
-                    bound = value.batch or bool(expires)
+                    # Bound to its record (a b- name) in a batch, when only the
+                    # record holds its expiry, or when evictions come with it: a
+                    # crash between the rename and the records must not leave it
+                    # counting without them.
+                    bound = value.batch or bool(expires) or bool(victims)
                     named.append(temp.name(seq, batch=bound))
                     temp.publish(named[-1])  # a failure removes the file: these ops fail alone
                     record = _log.encode_version(
@@ -295,18 +367,25 @@ class Writes:
                         flags | (F.FLAG_BOUND if bound else 0),
                         expires,
                     )
-                    change = Change(key, Mapped(named[-1]), None, expires)
+                    change = Change(
+                        key, Mapped(named[-1]), None, expires, bool(flags & F.FLAG_PINNED)
+                    )
                 else:
                     record = _log.encode_record(seq, F.RECORD_PUT, tag, raw, value, flags, expires)
-                    change = Change(key, value, None, expires)
+                    change = Change(key, value, None, expires, bool(flags & F.FLAG_PINNED))
                 chunks.append(record)
                 members.append((len(record), change))
+                seq += 1
+            if cap is not None:
+                cap.commit(_framed(first, members))
             data = b"".join(chunks)
-            return data, (members if len(ops) > 1 else members[0][1])
+            return data, (members if len(members) > 1 else members[0][1])
 
-        hint = sum(_RECORD_HEAD + len(raw) + _body_size(value, e) for _, _, raw, value, e in ops)
+        hint = sum(_RECORD_HEAD + len(op.raw) + _body_size(op.value, op.expires) for op in ops)
         try:
-            first, segment, offset, _size = self.log.append(make, hint, len(ops))
+            first, segment, offset, _size = self.log.append(
+                make, hint, len(ops), plan if cap is not None else None
+            )
         except BaseException:
             for record in named:
                 # Named, but the put fails: a v- file must not win at the next
@@ -315,14 +394,22 @@ class Writes:
                 # without its record a b- file is only garbage for the janitor.
                 if not N.is_batch_version(record.path):
                     _fsio.discard(record.path)
+            if victims:
+                assert cap is not None
+                cap.restore(victims)
             raise
+        if victims:
+            assert cap is not None
+            cap.counted(victims, members)
         stale = False
         for seq, (size, change) in enumerate(members, first):
             stale |= self._apply(seq, segment, offset, size, change)
             offset += size
         return stale
 
-    def _apply(self, seq: int, segment: int, offset: int, size: int, change: Change) -> bool:
+    def _apply(
+        self, seq: int, segment: int, offset: int, size: int, change: Change | PinChange
+    ) -> bool:
         """Apply this process's acknowledged record ``seq`` (``size`` bytes at
         ``offset`` of ``segment``) to the index, unless the follower did
         (``_mine``). Returns whether a sealed segment got staler.
@@ -341,6 +428,7 @@ class Writes:
         stripe: StripeGuard,
         chunks: Iterable[memoryview],
         expires: int = 0,
+        pin: bool = False,
     ) -> bool:
         """Store the concatenation of ``chunks``; returns whether a sealed segment
         got staler. A value that ends below inline_limit goes to the log, as
@@ -356,7 +444,7 @@ class Writes:
                 break
         else:
             with stripe:
-                return self.put_inline(key, tag, raw, bytes(head), expires)
+                return self.put_inline(key, tag, raw, bytes(head), expires, pin)
         first = bytes(head)
         return self.put_version(
             key,
@@ -365,6 +453,7 @@ class Writes:
             stripe,
             lambda keydir, sync: _blob.write_version_from(keydir, first, rest, sync=sync),
             expires,
+            pin,
         )
 
     def put_file(
@@ -375,16 +464,17 @@ class Writes:
         src: Source,
         chunk: int,
         expires: int = 0,
+        pin: bool = False,
     ) -> bool:
         """``BlobCache.put_file``: a regular file of ``inline_limit`` bytes or more
         is copied by the kernel (and the copy hashed as stored); anything else is
         read ``chunk`` bytes at a time. Returns whether a sealed segment got staler."""
         if not isinstance(src, (str, bytes, os.PathLike)):
-            return self.put_chunks(tag, raw, stripe, read_chunks(src, chunk), expires)
+            return self.put_chunks(tag, raw, stripe, read_chunks(src, chunk), expires, pin)
         with open(os.fsdecode(src), "rb", buffering=0) as f:
             st = os.fstat(f.fileno())
             if not stat.S_ISREG(st.st_mode) or st.st_size < self.options.inline_limit:
-                return self.put_chunks(tag, raw, stripe, read_chunks(f, chunk), expires)
+                return self.put_chunks(tag, raw, stripe, read_chunks(f, chunk), expires, pin)
             fd, size = f.fileno(), st.st_size
             return self.put_version(
                 N.decode_key(tag, raw),
@@ -393,6 +483,7 @@ class Writes:
                 stripe,
                 lambda keydir, sync: _blob.write_version_copy(keydir, fd, size, sync=sync),
                 expires,
+                pin,
             )
 
     # --- key directories ---------------------------------------------------------------
@@ -497,15 +588,59 @@ class Staged(NamedTuple):
     batch: bool  # one of a batch's: named b- (FORMAT.md, "Batches")
 
 
-# One put or delete: key, its tag and bytes, the value (bytes for the log, a
-# staged version, None for a delete), and its expiry (ms since the epoch, 0: never).
-Op = tuple[N.Key, bytes, bytes, "bytes | Staged | None", int]
+class Pin(NamedTuple):
+    """A pin record's op: pin or unpin the key's live value."""
+
+    pinned: bool
 
 
-def _body_size(value: bytes | Staged | None, expires: int) -> int:
+class Op(NamedTuple):
+    """One put, delete or pin: the key, its tag and bytes, the value (bytes for the
+    log, a staged version, None for a delete, a ``Pin``), its expiry (ms since
+    the epoch, 0: never), and whether the put pins it (``put(..., pin=True)``)."""
+
+    key: N.Key
+    tag: bytes
+    raw: bytes
+    value: bytes | Staged | Pin | None
+    expires: int = 0
+    pin: bool = False
+
+
+def _is_pin(op: Op) -> bool:
+    return isinstance(op.value, Pin)
+
+
+def _length(value: bytes | Staged | Pin | None) -> int | None:
+    """The length of the value an op leaves live (None: a delete)."""
+    if value is None:
+        return None
+    return value.temp.length if isinstance(value, Staged) else len(value)
+
+
+def _has(keydir: str, key_dirs: set[str]) -> str | None:
+    return keydir if keydir in key_dirs else None
+
+
+def _framed(
+    first: int, members: list[tuple[int, Change | PinChange]]
+) -> Iterator[tuple[int, N.Key, int | None, bool | None]]:
+    """(seq, key, the length it leaves, its pin bit or None) of framed records."""
+    for seq, (_size, change) in enumerate(members, first):
+        if isinstance(change, PinChange):
+            yield seq, change.key, None, change.pinned
+        elif change.value is None:
+            yield seq, change.key, None, None
+        else:
+            value = change.value
+            length = value.record.length if isinstance(value, Mapped) else len(value)
+            yield seq, change.key, length, change.pinned
+
+
+def _body_size(value: bytes | Staged | Pin | None, expires: int) -> int:
     """A record's bytes after its key (about: for cutting group commits)."""
     extra = F.EXPIRES.size if expires else 0
-    if value is None:
+    if value is None or isinstance(value, Pin):
         return extra
     return extra + (F.VERSION_BODY.size if isinstance(value, Staged) else len(value))
 

@@ -163,9 +163,20 @@ class AsyncBlobCache:
             await _settle(task)
             raise
 
-    async def put(self, key: Key, value: object, *, ttl: float | None = None) -> None:
+    async def put(
+        self, key: Key, value: object, *, ttl: float | None = None, pin: bool = False
+    ) -> None:
         """As :meth:`BlobCache.put`, awaited; same durability."""
-        await self._run(functools.partial(self.sync_cache.put, ttl=ttl), key, value)
+        await self._run(functools.partial(self.sync_cache.put, ttl=ttl, pin=pin), key, value)
+
+    async def pin(self, key: Key) -> None:
+        await self._run(self.sync_cache.pin, key)
+
+    async def unpin(self, key: Key) -> None:
+        await self._run(self.sync_cache.unpin, key)
+
+    async def pinned(self, key: Key) -> bool:
+        return await self._run(self.sync_cache.pinned, key)
 
     async def get(self, key: Key, default: _T | None = None) -> Value | _T | None:
         """As :meth:`BlobCache.get`. A large value's first get maps and checks its
@@ -182,7 +193,12 @@ class AsyncBlobCache:
         await self._run(self.sync_cache.put_many, list(items))
 
     async def put_file(
-        self, key: Key, src: str | os.PathLike[str] | BinaryIO | Any, *, ttl: float | None = None
+        self,
+        key: Key,
+        src: str | os.PathLike[str] | BinaryIO | Any,
+        *,
+        ttl: float | None = None,
+        pin: bool = False,
     ) -> None:
         """As :meth:`BlobCache.put_file`, for a path (copied by the kernel, in a
         worker thread), a binary file object, or an async one such as
@@ -190,7 +206,8 @@ class AsyncBlobCache:
         each chunk handed to the put running in a worker thread)."""
         read = getattr(src, "read", None)
         if read is None or not asyncio.iscoroutinefunction(read):
-            await self._run(functools.partial(self.sync_cache.put_file, ttl=ttl), key, src)
+            put_file = functools.partial(self.sync_cache.put_file, ttl=ttl, pin=pin)
+            await self._run(put_file, key, src)
             return
         size = BlobCache.CHUNK_BYTES
 
@@ -198,7 +215,7 @@ class AsyncBlobCache:
             while chunk := await read(size):
                 yield chunk
 
-        await self.put_stream(key, chunks(), ttl=ttl)
+        await self.put_stream(key, chunks(), ttl=ttl, pin=pin)
 
     async def put_stream(
         self,
@@ -206,10 +223,11 @@ class AsyncBlobCache:
         chunks: AsyncIterable[object] | Iterable[object],
         *,
         ttl: float | None = None,
+        pin: bool = False,
     ) -> None:
         """As :meth:`BlobCache.put_stream`, for an async or a plain iterable. A
         chunk must not be changed after it is yielded (it is written later)."""
-        put_stream = functools.partial(self.sync_cache.put_stream, ttl=ttl)
+        put_stream = functools.partial(self.sync_cache.put_stream, ttl=ttl, pin=pin)
         if not isinstance(chunks, AsyncIterable):
             await self._run(put_stream, key, chunks)
             return

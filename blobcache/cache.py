@@ -33,6 +33,7 @@ from . import _held, _storedir
 from . import _names as N
 from ._batch import Batch
 from ._buffers import as_buffer
+from ._cap import Cap
 from ._clock import check_ttl, expires_at
 from ._expiry import Expiry
 from ._follow import Follower
@@ -41,7 +42,7 @@ from ._index import ClosedIndex, Index, Mapped, SegmentBook, Values
 from ._index import Value as Stored
 from ._janitor import GcResult
 from ._logwriter import LogWriter
-from ._options import Durability, Options
+from ._options import Durability, Options, check_flag
 from ._problems import Problem
 from ._reads import Reads
 from ._recovered import Recovered
@@ -99,6 +100,7 @@ class BlobCache(MutableMapping[N.Key, Value]):
         trust_filesystem: bool = False,
         refresh_interval: float = Options.refresh_interval,
         default_ttl: float | None = None,
+        max_bytes: int | None = None,
     ) -> None:
         self._options = options = Options(
             durability,
@@ -113,6 +115,7 @@ class BlobCache(MutableMapping[N.Key, Value]):
             trust_filesystem,
             refresh_interval,
             default_ttl,
+            max_bytes,
         )
         self._path = os.path.abspath(os.fspath(path))
         if not hasattr(self, "_forked_lock"):  # not again when adopted (see _adopt)
@@ -136,6 +139,7 @@ class BlobCache(MutableMapping[N.Key, Value]):
         )
         self._index.set_expiry(found.expiry)
         self._index.notes = found.notes
+        self._index.pins = found.pins
         self._values = found.values  # get's one lookup; a ClosedIndex once closed
         self._writes = Writes(
             self._path, options, self._held, self._index, found.max_seq, found.key_dirs
@@ -175,6 +179,20 @@ class BlobCache(MutableMapping[N.Key, Value]):
             if durability == "os":
                 self._held.owed.owe_found(found.dir_of, self._values.files)
         self._follower.catch_up()  # what others appended since recovery read the log
+        if max_bytes is not None and writer is not None:
+            self._writes.cap = Cap(
+                max_bytes, self._index, writer, self._follower, os.path.join(self._path, F.LOG_DIR)
+            )
+            # A hit sets its key's visited bit: get bound to the variant that does
+            # (close() unbinds it).
+            self.get = _visiting_get(  # type: ignore[method-assign]
+                self._values, self._writes.cap.sieve.visited, self._miss
+            )
+            try:
+                self._writes.enforce_cap()  # over the cap at open: lowered, a crash mid-eviction
+            except BaseException:
+                self.close()
+                raise
         _open_handles[id(self)] = self
         self._threads = _held.start_background(self, options)
 
@@ -272,6 +290,7 @@ class BlobCache(MutableMapping[N.Key, Value]):
             found.segment_live,
             found.expiry,
             found.notes,
+            found.pins,
         )
         return _follow_from(found, None)
 
@@ -323,9 +342,12 @@ class BlobCache(MutableMapping[N.Key, Value]):
 
     # --- writing -------------------------------------------------------------------
 
-    def put(self, key: N.Key, value: object, *, ttl: float | None = None) -> None:
+    def put(
+        self, key: N.Key, value: object, *, ttl: float | None = None, pin: bool = False
+    ) -> None:
         """Store ``value`` (any C-contiguous buffer, copied) under ``key``; with
-        ``ttl`` (or the handle's ``default_ttl``), for that many seconds.
+        ``ttl`` (or the handle's ``default_ttl``), for that many seconds; with
+        ``pin``, pinned (see ``pin``: a put without it keeps the key's pin).
 
         Returns once the value survives a crash of the kind ``durability`` names:
         power loss for ``"fsync"``, a process crash for ``"os"``. A value shorter
@@ -348,25 +370,68 @@ class BlobCache(MutableMapping[N.Key, Value]):
             or ``ttl`` is not a number.
         :raises ValueError: the key is too long, the buffer is not contiguous, or
             ``ttl`` is not a positive, finite number of seconds.
+        :raises CacheFullError: (a ValueError) with ``max_bytes``: the value is
+            larger than it, or what is left to evict is pinned; nothing changed.
         :raises OSError: the disk failed (full, read-only, ...); nothing changed.
         """
         self._here()
         tag, raw = N.encode_key(key)
         data = as_buffer(value)
         expires = self._expires(ttl)
+        check_flag("pin", pin)
         key = N.decode_key(tag, raw)  # a plain str or bytes, even for a subclass
         stripe = self._writes.writing(N.key_hash(tag, raw))
+        self._writes.check_fits(data.nbytes)
         if data.nbytes < self._options.inline_limit:
             inline = bytes(data)
             with stripe:
-                stale = self._writes.put_inline(key, tag, raw, inline, expires)
+                stale = self._writes.put_inline(key, tag, raw, inline, expires, pin)
         else:
-            stale = self._writes.put_blob(key, tag, raw, stripe, data, expires)
+            stale = self._writes.put_blob(key, tag, raw, stripe, data, expires, pin)
         if stale:
             self._maybe_compact()
 
     def __setitem__(self, key: N.Key, value: object) -> None:
         self.put(key, value)
+
+    def pin(self, key: N.Key) -> None:
+        """Pin the key's value: ``max_bytes`` never evicts it. The pin is stored
+        (a pin record, FORMAT.md "Pins and evictions"), so it survives a reopen
+        and holds in every process; a later put of the key keeps it; a delete or
+        an expiry ends it. Without ``max_bytes`` a pin only says so.
+
+        :raises KeyError: the key is not in the cache.
+        """
+        self._set_pin(key, True)
+
+    def unpin(self, key: N.Key) -> None:
+        """Undo ``pin``: the key may be evicted again.
+
+        :raises KeyError: the key is not in the cache.
+        """
+        self._set_pin(key, False)
+
+    def pinned(self, key: N.Key) -> bool:
+        """Whether the key is in the cache and pinned (caught up with the other
+        processes first: a pin made anywhere is seen)."""
+        self.refresh()
+        return self._lookup(key) is not None and key in self._index.pins
+
+    def _set_pin(self, key: N.Key, pinned: bool) -> None:
+        self._here()
+        tag, raw = N.encode_key(key)
+        key = N.decode_key(tag, raw)
+        if self._lookup(key) is None:  # (caught up with the others, and expiries swept)
+            raise KeyError(key)
+        with self._writes.writing(N.key_hash(tag, raw)):
+            if self._index.values.stored(key) is None:  # deleted meanwhile
+                raise KeyError(key)
+            if (key in self._index.pins) != pinned:
+                stale = self._writes.pin(key, tag, raw, pinned)
+            else:
+                stale = False
+        if stale:
+            self._maybe_compact()
 
     def _expires(self, ttl: float | None) -> int:
         """When a put now with ``ttl`` (None: ``default_ttl``) expires; 0: never."""
@@ -428,7 +493,9 @@ class BlobCache(MutableMapping[N.Key, Value]):
     # Streaming puts read and write this much at a time: what they hold in memory.
     CHUNK_BYTES = 1 << 20
 
-    def put_file(self, key: N.Key, src: Source, *, ttl: float | None = None) -> None:
+    def put_file(
+        self, key: N.Key, src: Source, *, ttl: float | None = None, pin: bool = False
+    ) -> None:
         """Store the bytes of ``src`` -- a path (str, bytes or path-like), or a
         binary file object read from where it stands to its end -- under ``key``,
         as ``put`` would store them.
@@ -448,10 +515,13 @@ class BlobCache(MutableMapping[N.Key, Value]):
             raise TypeError(f"src must be a path or a binary file object, not {type(src).__name__}")
         tag, raw, stripe = self._stream_target(key)
         expires = self._expires(ttl)
-        if self._writes.put_file(tag, raw, stripe, src, self.CHUNK_BYTES, expires):
+        check_flag("pin", pin)
+        if self._writes.put_file(tag, raw, stripe, src, self.CHUNK_BYTES, expires, pin):
             self._maybe_compact()
 
-    def put_stream(self, key: N.Key, chunks: Iterable[object], *, ttl: float | None = None) -> None:
+    def put_stream(
+        self, key: N.Key, chunks: Iterable[object], *, ttl: float | None = None, pin: bool = False
+    ) -> None:
         """Store the concatenation of ``chunks`` (bytes-like objects) under ``key``,
         holding one chunk at a time. No lock is held while ``chunks`` is
         iterated: a slow iterable holds up no other call, and it may itself use
@@ -462,8 +532,9 @@ class BlobCache(MutableMapping[N.Key, Value]):
         """
         tag, raw, stripe = self._stream_target(key)
         expires = self._expires(ttl)
+        check_flag("pin", pin)
         chunked = (as_buffer(chunk) for chunk in chunks)
-        if self._writes.put_chunks(tag, raw, stripe, chunked, expires):
+        if self._writes.put_chunks(tag, raw, stripe, chunked, expires, pin):
             self._maybe_compact()
 
     def _stream_target(self, key: N.Key) -> tuple[bytes, bytes, StripeGuard]:
@@ -591,6 +662,7 @@ class BlobCache(MutableMapping[N.Key, Value]):
         forked child, closing a handle inherited from the parent only closes the
         child's copy: the files, the lock and the threads are the parent's.
         """
+        self.__dict__.pop("get", None)  # a bound variant (max_bytes): the class's raises now
         if self._held.inherited():
             # No lock taken: a parent thread may have held one at the fork.
             self._writes.closed = True
@@ -641,6 +713,27 @@ class _BatchOf(threading.local):
 # Every open handle of this process, for the fork hook below.
 # (A mapping is unhashable: keyed by identity.)
 _open_handles: weakref.WeakValueDictionary[int, BlobCache] = weakref.WeakValueDictionary()
+
+
+def _visiting_get(
+    values: Values, visited: set[N.Key], miss: Callable[[Any, Any], Any]
+) -> Callable[..., Any]:
+    """``get`` with ``max_bytes``: a hit also sets the key's visited bit (SIEVE),
+    and nothing else (no lock, no write). A closure over the index's dict and the
+    bit set, not a method: the attribute lookups of one cost 1.6x the dict floor
+    where the goal is 1.4x (issue 15)."""
+    add = visited.add
+
+    def get(key: N.Key, default: Any = None) -> Any:
+        try:
+            value = values[key]  # a value in a file: see _index.Values.__missing__
+        except (KeyError, TypeError):
+            return miss(key, default)
+        add(key)
+        return value
+
+    get.__doc__ = BlobCache.get.__doc__
+    return get
 
 
 def _reopen(path: str, options: dict[str, Any]) -> BlobCache:

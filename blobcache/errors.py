@@ -118,3 +118,9 @@ class UnsafeFilesystemError(BlobCacheError):
 class BatchError(BlobCacheError):
     """A batch used wrongly: after it ended, from a thread other than its own, or
     opened inside another batch of the same thread. Nothing was changed."""
+
+
+class CacheFullError(BlobCacheError, ValueError):
+    """A put, batch or pin that ``max_bytes`` cannot make room for, because what
+    is left to evict is pinned or the operation's own; nothing was changed.
+    (A single value larger than ``max_bytes`` raises it too: a ``ValueError``.)"""

@@ -61,6 +61,7 @@ parent.
 from __future__ import annotations
 
 import contextlib
+import copy
 import hashlib
 import itertools
 import logging
@@ -1446,6 +1447,52 @@ class Driver:
             for op in ops:
                 self.recorder.mark(Ack(op))
 
+    # Op numbers a capped put reserves for the evictions it may make.
+    EVICTIONS_PER_PUT: Final = 4
+
+    def capped_put(self, key: Key, size: int, *, pin: bool = False) -> None:
+        """Put under ``max_bytes``: the keys SIEVE will evict (asked beforehand, of
+        a copy of its state) are deletes of the put's batch, all or none."""
+        op = self._take_op()
+        spare = [self._take_op() for _ in range(self.EVICTIONS_PER_PUT)]
+        data = make_value(key, op, size)
+        if not self._step():
+            return
+        cache = self.cache
+        cap = cache._writes.cap
+        assert cap is not None, "a capped put needs max_bytes"
+        real = cap.sieve
+        cap.sieve = copy.deepcopy(real)
+        try:
+            victims = cap.plan([(key, len(data))])
+        finally:
+            cap.sieve = real
+        assert len(victims) <= len(spare), victims
+        ops = [*spare[: len(victims)], op]
+        before = set(cache)
+        if victims:
+            self.recorder.mark(Together(tuple(ops)))
+        for victim_op, victim in zip(spare, victims, strict=False):
+            self.recorder.mark(Begin(victim_op, victim, None))
+        self.recorder.mark(Begin(op, key, data))
+        with self._beside_gc(f"the writer's capped put of {key!r} (op {op})"):
+            cache.put(key, data, pin=pin)
+            evicted = before - set(cache) - {key}
+            if evicted != set(victims):
+                raise ModelError(f"the put evicted {sorted(evicted)}, not {sorted(victims)}")
+            for done in ops:
+                self.recorder.mark(Ack(done))
+
+    def pin(self, key: Key, pinned: bool = True) -> None:
+        """Pin (or unpin) a key: a record, no value changes."""
+        if self._step():
+            self.recorder.mark(Note(f"pin {key!r} {pinned}"))
+            with self._beside_gc(f"the writer's pin of {key!r}"):
+                if pinned:
+                    self.cache.pin(key)
+                else:
+                    self.cache.unpin(key)
+
     def put_file(self, key: Key, size: int = 3000, *, stream: bool = False) -> None:
         """Put a value that gets a file of its own, from a file or a stream."""
         self.put(key, max(size, self.inline_limit), "stream" if stream else "file")
@@ -2166,7 +2213,9 @@ class Checker:
             shutil.rmtree(root, ignore_errors=True)
 
     def _open(self, store: str) -> BlobCache:
-        return BlobCache(store, **self.options)
+        # Without a cap: a state above it shows as such (``over-cap``), not as the
+        # evictions an open with the cap would make.
+        return BlobCache(store, **{k: v for k, v in self.options.items() if k != "max_bytes"})
 
     def _check_store(
         self,
@@ -2215,6 +2264,11 @@ class Checker:
                         )
                     )
             problems += torn_batches(batches, allowed, found)
+            cap = self.options.get("max_bytes")
+            if cap is not None and cache.stats().live_bytes > cap:
+                problems.append(
+                    ("over-cap", f"{cache.stats().live_bytes:,} live bytes, max_bytes {cap:,}")
+                )
             unknown = [k for k in list(cache) if k not in allowed]
             if unknown:
                 problems.append(("unknown-key", f"keys never written appear: {unknown!r}"))
@@ -2430,6 +2484,19 @@ def _expiry(d: Driver) -> None:
     d.gc()  # compaction copies L's version record forward: its expiry is only there
     d.put("s", 12, ttl=_LONG_TTL)
     d.gc()
+
+
+def _evictions(d: Driver) -> None:
+    # max_bytes 6000 (EVICTING): small and large values, a pin, evictions of both.
+    d.capped_put("p", 900, pin=True)
+    for i in range(4):
+        d.capped_put(f"s{i}", 900)
+    d.capped_put("L", 2500)  # evicts two small values
+    d.capped_put("s0", 900)
+    d.gc()  # the pin survives compaction
+    d.capped_put("M", 3000)  # evicts L and more, never p
+    d.pin("M")
+    d.capped_put("s5", 900)
 
 
 def _torn_batches(d: Driver) -> None:
@@ -2710,6 +2777,12 @@ WORKLOADS: Final[dict[str, Workload]] = {
         Workload("rollover", ROLLING, _rollover, "segments sealed and started"),
         Workload("batches", BASE, _batches, "atomic batches of small and large values, gc"),
         Workload("expiry", BASE, _expiry, "puts with a ttl, small and large, and gc"),
+        Workload(
+            "evictions",
+            {**BASE, "max_bytes": 6000},
+            _evictions,
+            "puts under max_bytes: each with its evict records, a pin",
+        ),
         Workload(
             "torn-batches",
             {**ROLLING, "segment_bytes": 16384},

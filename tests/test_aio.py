@@ -43,6 +43,12 @@ def test_every_method_awaited(store: str, tmp_path: Path) -> None:
                 await cache.put_file("ckpt-async", async_file)
             await cache.put_stream("streamed", chunks())
             await cache.put_stream("plain", [b"a", b"b"])
+            await cache.put("pinned", b"p", pin=True)
+            assert await cache.pinned("pinned")
+            await cache.unpin("pinned")
+            assert not await cache.pinned("pinned")
+            await cache.pin("pinned")
+            assert await cache.pinned("pinned")
             assert await cache.get("small") == b"config"
             assert bytes(await cache.get("large")) == b"L" * 5000  # type: ignore[arg-type]
             assert bytes(await cache.get("ckpt")) == big  # type: ignore[arg-type]
@@ -62,7 +68,7 @@ def test_every_method_awaited(store: str, tmp_path: Path) -> None:
             await cache.sync()
             await cache.put("large", b"M" * 5000)
             assert (await cache.gc()).files_removed >= 1
-            assert (await cache.stats()).keys == 7  # (m1 and m2 too)
+            assert (await cache.stats()).keys == 8  # (m1, m2 and pinned too)
 
     asyncio.run(main())
     with BlobCache(store) as cache:  # an awaited put is as durable as a sync one

@@ -40,7 +40,8 @@ SCAN = (
 )
 MISSED = "(% of requests missed, lower is better)"
 BATCH = "put, 100 B value, blobcache 'fsync', 50 puts: one batch or one by one"
-TTL_GET = "get, 100 B value, 500 str keys, with a ttl and without"
+TTL_GET = "get, 100 B value, 500 str keys: with a ttl, with a cap, with neither"
+CAPPED_PUT = "put, 100 B value, fresh keys, into a store at max_bytes (each put evicts one key)"
 TITLES = [
     f"### 1. {GET} (ns per get, lower is better)",
     f"### 2. {GET_BYTES} (ns per get, lower is better)",
@@ -68,7 +69,8 @@ TITLES = [
     f"### 26. {SCAN}, a cache of 200 {MISSED}",
     f"### 27. {BATCH} (puts/s, higher is better)",
     f"### 28. {TTL_GET} (ns per get, lower is better)",
-    "### 29. expiry: how long a get still serves a value past its ttl, one thread polling (ms",
+    f"### 29. {CAPPED_PUT} (puts/s,",
+    "### 30. expiry: how long a get still serves a value past its ttl, one thread polling (ms",
 ]
 # Every goal either former tool checked, issue 13's get floor and issue 14's goals of
 # several processes: its text and issue.
@@ -112,6 +114,8 @@ GOALS = [
     f"| {BATCH}: blobcache, put_many >= 20x as fast as blobcache, put | 15 |",
     f"| {TTL_GET}: blobcache, no ttl <= 1.2x {FLOOR_GET} | 15 |",
     f"| {TTL_GET}: blobcache, every key with a ttl <= 1.4x {FLOOR_GET} | 15 |",
+    f"| {TTL_GET}: blobcache, max_bytes set <= 1.4x {FLOOR_GET} | 15 |",
+    f"| {CAPPED_PUT}: blobcache, fsync, at its cap <= 1.5x blobcache, fsync, no cap | 15 |",
 ]
 # What each library flushes, counted under strace (docs/performance.md quotes these).
 FLUSHES = [

@@ -1062,8 +1062,8 @@ def test_compaction_beside_a_put_or_delete_between_its_append_and_its_return_kee
     appended, go = threading.Event(), threading.Event()
     real_append = cache._writes.log.append
 
-    def paused_append(make: Any, hint: int, count: int = 1) -> tuple[int, int, int, int]:
-        where = real_append(make, hint, count)
+    def paused_append(*args: Any) -> tuple[int, int, int, int]:
+        where = real_append(*args)
         if threading.current_thread().name == "writer":
             appended.set()
             go.wait()
@@ -1148,7 +1148,9 @@ def _replayed(
             for seq, key, value in records
         )
         info = _log.SegmentRead(path=f"{number}.log", number=number)
-        _log.replay(data, info, values, meta, live, [], {}, {}, now=0, active=False, salvage=False)
+        _log.replay(
+            data, info, values, meta, live, [], {}, {}, {}, now=0, active=False, salvage=False
+        )
     return values, live
 
 
