@@ -38,6 +38,12 @@ log = logging.getLogger("blobcache")
 View = dict[N.Key, tuple[int, int | None, bool]]
 
 
+class Behind(Exception):
+    """``Cap.plan`` found too little to evict among the keys this index holds,
+    while keys it has yet to apply count toward the cap (``Writes._append``
+    catches up, and plans again)."""
+
+
 class Cap:
     """The cap of one handle: its view of the log's unapplied end, and its counts."""
 
@@ -83,10 +89,19 @@ class Cap:
                 return pending[1]
         return key in self.index.pins
 
-    def plan(self, effects: list[tuple[N.Key, int | None]]) -> list[N.Key]:
+    def plan(
+        self,
+        effects: list[tuple[N.Key, int | None]],
+        keep: frozenset[N.Key] = frozenset(),
+        *,
+        best_effort: bool = False,
+    ) -> list[N.Key]:
         """The keys to evict so that applying ``effects`` ((key, the length it
-        leaves, None for a delete), in order) leaves the store within the cap.
-        Taken out of the SIEVE (``restore`` puts them back if the write fails).
+        leaves, None for a delete), in order) leaves the store within the cap;
+        never one of ``keep`` (the keys a write pins) nor of ``effects``. Taken
+        out of the SIEVE (``restore`` puts them back if the write fails).
+        ``best_effort`` (an open finding the store over the cap): when not
+        enough can go, every key that can, instead of raising.
 
         :raises CacheFullError: not enough can be evicted (the rest is pinned, or
             the operation's own), or a single value is larger than the cap.
@@ -97,7 +112,7 @@ class Cap:
         index = self.index
         with index.lock:
             total = index.live_bytes
-            if not self._view and len(effects) == 1:  # the common case, flat
+            if not self._view and len(effects) == 1 and not keep:  # the common case, flat
                 key, size = effects[0]
                 if total + (size or 0) - index.size(key) <= self.max_bytes:
                     return []
@@ -117,11 +132,26 @@ class Cap:
             victims = self.sieve.victims(
                 need,
                 size=current,
-                spare=lambda key: key in final or self.pinned(key) or not current(key),
+                spare=lambda key: (
+                    key in final or key in keep or self.pinned(key) or not current(key)
+                ),
             )
             freed = sum(map(current, victims))
-            if freed < need:
+            if freed < need and any(key not in index.meta for key in self._view):
+                # Keys others wrote that this index has yet to apply, so SIEVE
+                # cannot offer them: the writer catches up, and plans again.
                 self._restore(victims)
+                raise Behind
+            if freed < need and best_effort:
+                log.warning(
+                    "blobcache: the store holds %d bytes over max_bytes (%d) that are "
+                    "pinned: unpin keys to bring it under",
+                    need - freed,
+                    self.max_bytes,
+                )
+            elif freed < need:
+                self._restore(victims)
+
                 own = sum(size or 0 for size in final.values())
                 raise CacheFullError(
                     f"max_bytes ({self.max_bytes:,}) leaves no room for {own:,} bytes: "
@@ -138,8 +168,8 @@ class Cap:
         for seq, key, size, pinned in seqs:
             if size is not None or pinned is None:  # (a pin record changes no length)
                 view[key] = (seq, size, False)
-            if pinned is not None:
-                pins[key] = (seq, pinned)
+            # A delete or an evict ends the key's pin.
+            pins[key] = (seq, bool(pinned) and (size is not None or pinned is not None))
 
     def counted(self, victims: list[N.Key], sizes: Iterable[object]) -> None:
         """Count an acknowledged write's evictions (``stats()``) and log them."""
@@ -163,7 +193,9 @@ class Cap:
         REQUIRES: the append flock."""
         state = self.writer.state
         active, appended, acked = state.segment, state.appended, state.acked
-        segment, offset = self.follower.floor
+        # Where the follower stood, or this process's record it passed and
+        # whose writer has yet to apply it, whichever comes first.
+        segment, offset = min([self.follower.floor, *list(self.follower.unapplied)])
         view: View = {}
         pins: dict[N.Key, tuple[int, bool]] = {}
         if segment == active and offset >= appended:
@@ -202,8 +234,8 @@ class Cap:
                     size = F.VERSION_BODY.unpack_from(data, record.value_at)[0]
                 if size is not None and record.expires and record.expires <= now:
                     size = None  # expired: a delete
-                if size is not None:
-                    pins[key] = (seq, pinned)
+                # A put or version says its pin; a delete, an evict, an expiry end it.
+                pins[key] = (seq, pinned if size is not None else False)
                 old = view.get(key)
                 if old is None or old[0] < seq:
                     if in_flight and old is not None:

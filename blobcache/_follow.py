@@ -124,6 +124,9 @@ class Follower:
         # (segment, offset) where the position stood at its last step: one tuple,
         # read without the lock (_cap); never past the position.
         self.floor = (segment, offset)
+        # Records of this process its writer is applying itself (``hold_floor``
+        # to ``applied``): the floor may pass them before they are in the index.
+        self.unapplied: dict[tuple[int, int], None] = {}
         self._fd = -1  # open on `segment` once read from
         # The inode of `segment` when the position was taken in it (0: not
         # known): a compaction may have replaced the file under its name since.
@@ -297,6 +300,17 @@ class Follower:
             return True
         finally:
             self.lock.release()
+
+    def hold_floor(self, segment: int, offset: int) -> None:
+        """This process's acknowledged record at (segment, offset) is about to be
+        applied by its writer: until ``applied``, the cap's reading of the log's
+        end starts there at the latest, wherever the position moves meanwhile."""
+        self.unapplied[(segment, offset)] = None
+
+    def applied(self, segment: int, offset: int) -> None:
+        """The writer of the record at (segment, offset) has applied it (or the
+        follower did)."""
+        self.unapplied.pop((segment, offset), None)
 
     def _own_record(self) -> bool:
         """Pass this process's record at the position, if it is one: apply it

@@ -325,13 +325,14 @@ class Index:
             meta = self.meta.get(key)
             if meta is None or seq_of(meta) > seq or self.gone.get(key, 0) > seq:
                 return False
+            said = self.pin_said.get(key)
+            if said is not None and said[0] > seq:
+                return False  # a newer pin record is applied already (its writer's, ahead)
             if pinned:
                 self.pins.add(key)
             else:
                 self.pins.discard(key)
-            said = self.pin_said.get(key)
-            if said is None or said[0] < seq:
-                self.pin_said[key] = (seq, pinned)
+            self.pin_said[key] = (seq, pinned)
             return True
 
     def set_expiry(self, expiry: dict[Key, int]) -> None:

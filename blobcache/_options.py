@@ -127,9 +127,10 @@ class Options:
     puts, a key of its own batch, nor a pinned key; a value larger than the
     bound raises ``CacheFullError`` (a ``ValueError``), as does a put the
     pinned keys leave no room for. A store found over it at open is brought
-    under it then. The bound is this handle's: a writer opened without it
-    evicts nothing (the next capped put brings the store back under). Disk use
-    is the live bytes plus what awaits ``gc()``."""
+    under it then (but for what pinned keys alone hold: logged). The bound is
+    this handle's: a writer opened without it evicts nothing (the next capped
+    put brings the store back under). Disk use is the live bytes plus what
+    awaits ``gc()``."""
 
     def __post_init__(self) -> None:
         if self.durability not in DURABILITY_LEVELS:

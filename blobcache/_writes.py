@@ -29,7 +29,7 @@ from . import _blob, _fsio, _keydir, _log
 from . import _format as F
 from . import _names as N
 from ._buffers import read_chunks
-from ._cap import Cap
+from ._cap import Behind, Cap
 from ._follow import Change, Follower, PinChange
 from ._held import Held
 from ._index import Index, Mapped
@@ -157,14 +157,6 @@ class Writes:
         active = self.log.number
         rolled, self.active_seen = active != self.active_seen, active
         return rolled or (old_segment is not None and old_segment != active)
-
-    def _mine(self, segment: int, offset: int, size: int, *, gone: N.Key | None = None) -> bool:
-        """Whether this put's record is its own to apply to the index (else the
-        follower applied it): the follower stands right at it (all there is
-        with one process), or the follower will step over it (``claim``)."""
-        if self.follower.passed_own(segment, offset, size):
-            return True
-        return self.log.claim(segment, offset, gone=gone)
 
     def put_inline(
         self, key: N.Key, tag: bytes, raw: bytes, value: bytes, expires: int = 0, pin: bool = False
@@ -319,7 +311,12 @@ class Writes:
         def plan() -> int:
             nonlocal victims
             assert cap is not None
-            victims = cap.plan([(op.key, _length(op.value)) for op in ops if not _is_pin(op)])
+            victims = cap.plan(
+                [(op.key, _length(op.value)) for op in ops if not _is_pin(op)],
+                frozenset(op.key for op in ops if _is_pin(op)),
+                # An open's eviction, a pin or unpin: never refused for the cap.
+                best_effort=all(_is_pin(op) for op in ops),
+            )
             return len(victims) + len(ops)
 
         def make(first: int) -> tuple[bytes, object]:
@@ -379,13 +376,24 @@ class Writes:
             if cap is not None:
                 cap.commit(_framed(first, members))
             data = b"".join(chunks)
-            return data, (members if len(members) > 1 else members[0][1])
+            # (None at all: an open's eviction the log's end made needless.)
+            return data, (members if len(members) != 1 else members[0][1])
 
         hint = sum(_RECORD_HEAD + len(op.raw) + _body_size(op.value, op.expires) for op in ops)
         try:
-            first, segment, offset, _size = self.log.append(
-                make, hint, len(ops), plan if cap is not None else None
-            )
+            for attempt in range(3):
+                try:
+                    first, segment, offset, _size = self.log.append(
+                        make, hint, len(ops), plan if cap is not None else None
+                    )
+                    break
+                except Behind:  # (raised by plan: nothing was framed or named)
+                    if attempt == 2:
+                        raise CacheFullError(
+                            "max_bytes: other processes' writes count toward the cap but "
+                            "are not yet applied here; try again"
+                        ) from None
+                    self.follower.catch_up()
         except BaseException:
             for record in named:
                 # Named, but the put fails: a v- file must not win at the next
@@ -411,15 +419,25 @@ class Writes:
         self, seq: int, segment: int, offset: int, size: int, change: Change | PinChange
     ) -> bool:
         """Apply this process's acknowledged record ``seq`` (``size`` bytes at
-        ``offset`` of ``segment``) to the index, unless the follower did
-        (``_mine``). Returns whether a sealed segment got staler.
+        ``offset`` of ``segment``) to the index, unless the follower did: it is
+        this writer's when the follower stands right at it (all there is with
+        one process: ``passed_own``), or will step over it (``claim``). Until it
+        is applied, the cap reads the log from it (``Follower.hold_floor``).
+        Returns whether a sealed segment got staler.
         REQUIRES: the key's stripe lock."""
         key, value = change.key, change.value
         if isinstance(value, Mapped) and self.options.durability != "fsync":
             self.held.owed.owe_file(value.record.path, os.path.dirname(value.record.path))
-        if not self._mine(segment, offset, size, gone=key if value is None else None):
-            return False
-        return self._stale(change.apply(self.index, seq, segment, size, ahead=True))
+        follower = self.follower
+        follower.hold_floor(segment, offset)  # before the follower may pass it
+        try:
+            if not follower.passed_own(segment, offset, size) and not self.log.claim(
+                segment, offset, gone=key if value is None else None
+            ):
+                return False  # the follower applied it
+            return self._stale(change.apply(self.index, seq, segment, size, ahead=True))
+        finally:
+            follower.applied(segment, offset)
 
     def put_chunks(
         self,

@@ -426,10 +426,9 @@ class BlobCache(MutableMapping[N.Key, Value]):
         with self._writes.writing(N.key_hash(tag, raw)):
             if self._index.values.stored(key) is None:  # deleted meanwhile
                 raise KeyError(key)
-            if (key in self._index.pins) != pinned:
-                stale = self._writes.pin(key, tag, raw, pinned)
-            else:
-                stale = False
+            # Written even when this index says it is so already: another
+            # process may have changed the pin since the last catch-up.
+            stale = self._writes.pin(key, tag, raw, pinned)
         if stale:
             self._maybe_compact()
 
@@ -797,6 +796,9 @@ def _after_fork_in_child() -> None:
             cache._forked_lock = threading.Lock()
             cache._adopting = True
             cache._values = _Forked(cache)
+            # A variant of get bound at open (max_bytes) reads the parent's dict:
+            # the class's get reads ``_values``, so the child adopts the store.
+            cache.__dict__.pop("get", None)
 
 
 if hasattr(os, "register_at_fork"):

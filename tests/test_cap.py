@@ -21,6 +21,7 @@ import pytest
 from blobcache import BlobCache, CacheFullError, _log
 from blobcache import _format as F
 from blobcache._index import Index, SegmentBook, Values, pack
+from blobcache._writes import Writes
 
 ROOT: Final = Path(__file__).resolve().parents[1]
 LIMIT: Final = 64  # inline_limit: a value of 64 bytes or more gets a file
@@ -249,8 +250,8 @@ def test_pinning_a_missing_key_raises_and_writes_nothing(tmp_path: Path) -> None
         with pytest.raises(TypeError, match="pin must be True or False"):
             cache.put("a", b"2", pin=1)  # type: ignore[arg-type]
         cache.pin("a")
-        cache.pin("a")  # already pinned: no second record
-        assert len(_records(store)) == records + 1
+        cache.pin("a")  # a record each: another process may have unpinned it between
+        assert len(_records(store)) == records + 2
         assert cache["a"] == b"1"
 
 
@@ -346,3 +347,136 @@ def test_a_pin_applied_ahead_outlives_an_older_put_read_later() -> None:
     assert "k" not in index.pins and not index.pin_said
     assert not index.set_pin("k", 21, True)  # stale: older than the live record
     assert "k" not in index.pins
+
+
+# --- regressions found by review (each fails on the code before its fix) ------------
+
+_OTHER: Final = "import sys; from blobcache import BlobCache\nwith BlobCache(sys.argv[1]) as c:\n"
+
+
+def _other(store: str, body: str) -> None:
+    """Run ``body`` (using ``c``, an uncapped handle) in another process."""
+    subprocess.run([sys.executable, "-c", _OTHER + f"    {body}\n", store], check=True, cwd=ROOT)
+
+
+def test_pin_never_evicts_the_key_it_pins(tmp_path: Path) -> None:
+    """pin() on a capped handle while the store is over the cap (an uncapped
+    writer passed it, not yet applied here) evicts others, never its own key."""
+    store = str(tmp_path)
+    with BlobCache(store, max_bytes=300, refresh_interval=3600) as cache:
+        cache.put("a", b"a" * 100)
+        _other(store, "[c.put(k, b'x' * 100) for k in 'bcd']")
+        cache.pin("a")
+        assert "a" in cache and cache.pinned("a") and cache.stats().live_bytes <= 300
+
+
+def test_unpin_undoes_a_pin_another_process_made(tmp_path: Path) -> None:
+    store = str(tmp_path)
+    with BlobCache(store, refresh_interval=3600) as cache:
+        cache.put("a", b"a")
+        _other(store, "c.pin('a')")
+        cache.unpin("a")  # this index did not know of the pin yet
+        assert not cache.pinned("a")
+    with BlobCache(store) as cache:
+        assert not cache.pinned("a")
+
+
+def test_a_delete_in_another_process_ends_the_pin_a_capped_put_sees(tmp_path: Path) -> None:
+    store = str(tmp_path)
+    with BlobCache(store, max_bytes=10_000, refresh_interval=3600) as cache:
+        cache.put("k", b"1", pin=True)
+        _other(store, "c.delete('k')")
+        cache.put("k", b"2")  # after the delete: a plain put, not pinned
+    with BlobCache(store) as cache:
+        assert cache["k"] == b"2" and not cache.pinned("k")
+
+
+def test_a_record_passed_but_not_yet_applied_still_counts(tmp_path: Path) -> None:
+    """A capped put planning between another thread's record passing the
+    follower and its landing in the index counts that record."""
+    cache = BlobCache(str(tmp_path), max_bytes=300, refresh_interval=3600)
+    cache.put("a", b"a" * 100)
+    cache.put("b", b"b" * 100)
+    real = Index.publish
+    fired: list[bool] = []
+
+    def publish(self: Index, key: object, value: object, *args: object) -> object:
+        if key == "x" and not fired:  # x's record is passed, not yet applied
+            fired.append(True)
+            other = threading.Thread(target=cache.put, args=("y", b"y" * 100))
+            other.start()
+            other.join()
+        return real(self, key, value, *args)  # type: ignore[arg-type]
+
+    Index.publish = publish  # type: ignore[assignment,method-assign]
+    try:
+        cache.put("x", b"x" * 100)
+    finally:
+        Index.publish = real  # type: ignore[method-assign]
+    try:
+        assert fired and _live(cache) <= 300 and {"x", "y"} <= set(cache)
+    finally:
+        cache.close()
+
+
+def test_a_store_over_its_cap_by_pins_alone_opens_and_stays_over(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    store = str(tmp_path)
+    with BlobCache(store) as cache:
+        for key in "abc":
+            cache.put(key, b"v" * 100, pin=True)
+        cache.put("d", b"v" * 100)
+    with BlobCache(store, max_bytes=200) as cache:  # evicts d; a, b, c are pinned
+        assert sorted(cache) == ["a", "b", "c"]
+        assert "pinned: unpin keys to bring it under" in caplog.text
+        with pytest.raises(CacheFullError, match="pinned"):
+            cache.put("e", b"e")
+        cache.unpin("c")  # never refused for the cap, and never evicts its own key
+        assert sorted(cache) == ["a", "b", "c"]
+        cache.unpin("b")  # evicts what it can: c
+        assert sorted(cache) == ["a", "b"] and cache.stats().live_bytes <= 200
+        cache.put("e", b"e")  # b goes
+        assert sorted(cache) == ["a", "e"]
+
+
+def test_an_open_whose_eviction_others_made_needless_opens(tmp_path: Path) -> None:
+    """Over the cap at the open's catch-up, under it once the eviction plans
+    (another process deleted meanwhile): an eviction of nothing."""
+    store = str(tmp_path)
+    with BlobCache(store) as cache:
+        for i in range(5):
+            cache.put(f"k{i}", b"v" * 100)
+    real = Writes.enforce_cap
+
+    def enforce_cap(self: Writes) -> bool:
+        _other(store, "[c.delete(f'k{i}') for i in range(4)]")
+        return real(self)
+
+    Writes.enforce_cap = enforce_cap  # type: ignore[method-assign]
+    try:
+        with BlobCache(store, max_bytes=300) as cache:
+            cache.refresh()
+            assert sorted(cache) == ["k4"] and cache.stats().evicted == 0
+    finally:
+        Writes.enforce_cap = real  # type: ignore[method-assign]
+
+
+def test_a_forked_child_of_a_capped_handle_adopts_the_store(tmp_path: Path) -> None:
+    """The capped get is bound at open over the parent's dict; a forked child
+    drops it, so its gets adopt the store there and catch up."""
+    cache = BlobCache(str(tmp_path), max_bytes=10_000, refresh_interval=0.05)
+    try:
+        cache.put("k", b"old")
+        ready_r, ready_w = os.pipe()
+        pid = os.fork()
+        if pid == 0:  # the child
+            os.read(ready_r, 1)
+            code = 0 if cache.get("k") == b"new" else 1  # a get adopts, and reads anew
+            os._exit(code)
+        cache.put("k", b"new")
+        os.write(ready_w, b"x")
+        _, status = os.waitpid(pid, 0)
+        assert os.waitstatus_to_exitcode(status) == 0
+    finally:
+        cache.close()
