@@ -8,6 +8,7 @@ after the kill -- without a cap -- is already under the cap. Power loss: the
 
 from __future__ import annotations
 
+import logging
 import os
 import signal
 import subprocess
@@ -480,3 +481,17 @@ def test_a_forked_child_of_a_capped_handle_adopts_the_store(tmp_path: Path) -> N
         assert os.waitstatus_to_exitcode(status) == 0
     finally:
         cache.close()
+
+
+def test_evictions_are_logged_at_debug_level(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    with (
+        caplog.at_level(logging.DEBUG, logger="blobcache"),
+        BlobCache(str(tmp_path), max_bytes=200) as cache,
+    ):
+        cache.put("a", b"a" * 100)
+        cache.put("b", b"b" * 100)
+        assert "evicted" not in caplog.text
+        cache.put("c", b"c" * 100)
+    assert "max_bytes evicted 1 keys: ['a']" in caplog.text
