@@ -62,7 +62,6 @@ class Cap:
         self._pins: dict[N.Key, tuple[int, bool]] = {}  # pending pin bits: key -> (seq, pinned)
         # Counted by the writer once its records are acknowledged (stats()).
         self.evicted = 0  # keys this handle evicted
-        self.evicted_bytes = 0
         self.evicting = 0  # puts, deletes and batches of this handle that had to evict
 
     def _current(self, key: N.Key) -> int:
@@ -171,7 +170,7 @@ class Cap:
             # A delete or an evict ends the key's pin.
             pins[key] = (seq, bool(pinned) and (size is not None or pinned is not None))
 
-    def counted(self, victims: list[N.Key], sizes: Iterable[object]) -> None:
+    def counted(self, victims: list[N.Key]) -> None:
         """Count an acknowledged write's evictions (``stats()``) and log them."""
         self.evicting += 1
         self.evicted += len(victims)

@@ -32,7 +32,7 @@ from ._buffers import read_chunks
 from ._cap import Behind, Cap
 from ._follow import Change, Follower, PinChange
 from ._held import Held
-from ._index import Index, Mapped
+from ._index import Index, Mapped, length
 from ._keydir import Record
 from ._logwriter import LogWriter
 from ._options import Options
@@ -408,7 +408,7 @@ class Writes:
             raise
         if victims:
             assert cap is not None
-            cap.counted(victims, members)
+            cap.counted(victims)
         stale = False
         for seq, (size, change) in enumerate(members, first):
             stale |= self._apply(seq, segment, offset, size, change)
@@ -425,19 +425,27 @@ class Writes:
         is applied, the cap reads the log from it (``Follower.hold_floor``).
         Returns whether a sealed segment got staler.
         REQUIRES: the key's stripe lock."""
-        key, value = change.key, change.value
+        value = change.value
         if isinstance(value, Mapped) and self.options.durability != "fsync":
             self.held.owed.owe_file(value.record.path, os.path.dirname(value.record.path))
         follower = self.follower
+        if self.cap is None:  # (only the cap reads the floor: no bookkeeping without it)
+            return self._apply_mine(seq, segment, offset, size, change)
         follower.hold_floor(segment, offset)  # before the follower may pass it
         try:
-            if not follower.passed_own(segment, offset, size) and not self.log.claim(
-                segment, offset, gone=key if value is None else None
-            ):
-                return False  # the follower applied it
-            return self._stale(change.apply(self.index, seq, segment, size, ahead=True))
+            return self._apply_mine(seq, segment, offset, size, change)
         finally:
             follower.applied(segment, offset)
+
+    def _apply_mine(
+        self, seq: int, segment: int, offset: int, size: int, change: Change | PinChange
+    ) -> bool:
+        """``_apply``'s choice of who applies the record, and the applying."""
+        if not self.follower.passed_own(segment, offset, size) and not self.log.claim(
+            segment, offset, gone=change.key if change.value is None else None
+        ):
+            return False  # the follower applied it
+        return self._stale(change.apply(self.index, seq, segment, size, ahead=True))
 
     def put_chunks(
         self,
@@ -650,9 +658,7 @@ def _framed(
         elif change.value is None:
             yield seq, change.key, None, None
         else:
-            value = change.value
-            length = value.record.length if isinstance(value, Mapped) else len(value)
-            yield seq, change.key, length, change.pinned
+            yield seq, change.key, length(change.value), change.pinned
 
 
 def _body_size(value: bytes | Staged | Pin | None, expires: int) -> int:
