@@ -126,7 +126,8 @@ SEGMENT_FLAG_COMPACTED: Final = 0x01
 #   18      2     n, the key's length
 #   20      1     flags, bits below (a reader refuses a record with a bit it
 #                 does not know: written by a newer blobcache)
-#   21      1     codec: 0 = the value's raw bytes (others reserved, refused alike)
+#   21      1     codec: how the value's bytes encode it (CODEC_* below); a
+#                 reader refuses a codec it does not know
 #   22+n    8     expires (flag EXPIRES only): u64 little-endian, milliseconds
 #                 since the Unix epoch (wall clock), when the value stops being served
 # 32 bits of checksum, as LevelDB's CRC32C: a torn or flipped record goes
@@ -162,3 +163,12 @@ EXPIRES: Final = struct.Struct("<Q")
 # a batch b-<seq>-<length>-<checksum>).
 VERSION_BODY: Final = struct.Struct("<QQ")
 MAX_INLINE_VALUE: Final = 2**32 - 1  # m is a u32
+# Record codecs (byte 21): what the value's bytes are. The bytes themselves are
+# the same whichever layout holds them (log record or version file), so path(key)
+# of a typed large value is a file its own format's reader opens.
+CODEC_RAW: Final = 0  # bytes put as they are (put, put_file, put_stream)
+CODEC_NPY: Final = 1  # a numpy .npy file, format 1.0 or 2.0, never an object dtype
+CODEC_SAFETENSORS: Final = 2  # a safetensors file: u64 header length, JSON header, data
+CODEC_JSON: Final = 3  # UTF-8 JSON of None, bool, int, float, str, list, str-keyed dict
+CODEC_PICKLE: Final = 4  # pickle protocol 5: only with serializer="pickle", read only so
+CODECS: Final = (CODEC_RAW, CODEC_NPY, CODEC_SAFETENSORS, CODEC_JSON, CODEC_PICKLE)
