@@ -65,6 +65,7 @@ class Change(NamedTuple):
     keydir: str | None = None
     expires: int = 0  # when the value expires, ms since the epoch (0: never)
     pinned: bool = False  # its record's PINNED bit
+    codec: int = F.CODEC_RAW  # what the value's bytes encode (FORMAT.md, "Typed values")
 
     def apply(self, index: Index, seq: int, segment: int, size: int, *, ahead: bool) -> int | None:
         """Publish this change, record ``seq`` of ``size`` bytes in log ``segment``;
@@ -75,10 +76,11 @@ class Change(NamedTuple):
         if isinstance(value, Mapped):
             index.book_stale(segment, size)  # a version's note is never live
             meta = pack(seq, IN_A_FILE, 0)
-            return index.publish(self.key, value, meta, self.expires, self.pinned)
+            return index.publish(self.key, value, meta, self.expires, self.pinned, self.codec)
         if value is None:
             return index.publish_delete(self.key, seq, segment, size, self.keydir, ahead=ahead)
-        return index.publish(self.key, value, pack(seq, segment, size), self.expires, self.pinned)
+        meta = pack(seq, segment, size)
+        return index.publish(self.key, value, meta, self.expires, self.pinned, self.codec)
 
 
 class PinChange(NamedTuple):
@@ -257,7 +259,7 @@ class Follower:
         base = self.offset
         data = os.pread(self._fd, limit - base, base)
         done = 0
-        for seq, kind, tag, raw, value_at, end, flags, expires in _log.iter_records(
+        for seq, kind, tag, raw, value_at, end, flags, expires, codec in _log.iter_records(
             data, 0, self._head, self.logdir
         ):
             if own or ahead:
@@ -267,13 +269,15 @@ class Follower:
                     if self._own_record():
                         done = self.offset - base
                         continue
-            if kind == F.RECORD_PUT and not flags:  # the common case, flat
+            if kind == F.RECORD_PUT and not flags and not codec:  # the common case, flat
                 old = index.publish(
                     N.decode_key(tag, raw), data[value_at:end], pack(seq, number, end - done)
                 )
                 stale |= old is not None and old != number
             else:
-                change = self._change(kind, tag, raw, data, seq, value_at, end, flags, expires)
+                change = self._change(
+                    kind, tag, raw, data, seq, value_at, end, flags, expires, codec
+                )
                 if change is None:
                     index.book_stale(number, end - done)
                 else:
@@ -347,6 +351,7 @@ class Follower:
         end: int,
         flags: int,
         expires: int,
+        codec: int,
     ) -> Change | PinChange | None:
         key = N.decode_key(tag, raw)
         keydir = N.key_dir(self.blobs, N.key_hash(tag, raw))
@@ -356,7 +361,7 @@ class Follower:
             return Change(key, None, keydir if keydir in self.key_dirs else None)
         pinned = bool(flags & F.FLAG_PINNED)
         if kind == F.RECORD_PUT:
-            return Change(key, data[value_at:end], None, expires, pinned)
+            return Change(key, data[value_at:end], None, expires, pinned, codec)
         if kind == F.RECORD_PIN:
             return PinChange(key, pinned)
         length, checksum = F.VERSION_BODY.unpack_from(data, value_at)
@@ -375,7 +380,8 @@ class Follower:
         # Another process's file, maybe an "os" one's never fsynced: compaction
         # makes it durable before it drops a log record it supersedes.
         self.foreign_files[keydir] = path
-        return Change(key, Mapped(Record(seq, path, length, checksum)), None, expires, pinned)
+        record = Record(seq, path, length, checksum)
+        return Change(key, Mapped(record), None, expires, pinned, codec)
 
     def _apply(self, seq: int, size: int, change: Change | PinChange) -> bool:
         """Apply one record (``size`` bytes at the position) to the index."""

@@ -13,11 +13,12 @@ from typing import Final
 # <root>/FORMAT  marker: identifies a blobcache store and its format version.
 # <root>/blobs/  the key directories, fanned out two levels.
 MARKER_NAME: Final = "FORMAT"
-MARKER_CONTENT: Final = b"blobcache 3\n"  # 12 bytes: "blobcache", space, version "3", newline
+MARKER_CONTENT: Final = b"blobcache 4\n"  # 12 bytes: "blobcache", space, version "4", newline
 # Stores of the formats before, opened, upgraded by a writer (FORMAT.md, "Versions"):
+MARKER_CONTENT_V3: Final = b"blobcache 3\n"  # the same files; every record's codec 0
 MARKER_CONTENT_V2: Final = b"blobcache 2\n"  # the same files; record flags and kinds 4, 5 unused
 MARKER_CONTENT_V1: Final = b"blobcache 1\n"  # 20-byte record headers, BCL1 segments
-MARKERS_READ: Final = (MARKER_CONTENT, MARKER_CONTENT_V2, MARKER_CONTENT_V1)
+MARKERS_READ: Final = (MARKER_CONTENT, MARKER_CONTENT_V3, MARKER_CONTENT_V2, MARKER_CONTENT_V1)
 # <root>/LOCK    empty; every open handle holds a shared flock on it.
 LOCK_NAME: Final = "LOCK"
 # <root>/STATE   the log's shared state, mapped by every writer; flocked to append.

@@ -14,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import os
+import struct
 import threading
 from collections.abc import Callable, Iterator
 from typing import ParamSpec
@@ -427,3 +428,45 @@ def makedirs(top: str, path: str, *, sync: bool = True) -> list[str]:
         for directory in passed:
             fsync_dir(os.path.dirname(directory))
     return created
+
+
+# --- byte-range locks: one computation per key ------------------------------------------
+#
+# memoize's waiters (``_memoize``) lock one byte of the store's LOCK file, at an
+# offset its key hashes to: fcntl record locks, which neither touch flock's lock
+# on the same file nor write a byte, die with their process, and are waited on
+# in the kernel (no spinning, the GIL released). Open file description ("OFD")
+# locks where the kernel has them (Linux 3.15 on): classic POSIX record locks
+# belong to the process and all go at the first close() of *any* descriptor of
+# the file in it, which another handle of the store in this process does.
+# Opened through _flocked_open: a forked child closes its copy, which would be
+# the parent's very lock owner, and opens its own.
+_OFD_WAIT = getattr(fcntl, "F_OFD_SETLKW", None)
+_OFD_SET = getattr(fcntl, "F_OFD_SETLK", None)
+# struct flock on Linux x86-64 and aarch64: l_type, l_whence (shorts), l_start,
+# l_len (off_t), l_pid (0 for OFD locks), padded to 32 bytes.
+_FLOCK = struct.Struct("hh4xqqi4x")
+
+
+def open_range_locks(path: str) -> int:
+    """A descriptor of ``path`` (the store's LOCK, which exists) to take
+    ``lock_range`` locks on; ``unlock`` closes it, releasing them."""
+    return _flocked_open(_filekinds.open_regular, path, os.O_RDWR, unlisted=True)
+
+
+def lock_range(fd: int, offset: int) -> None:
+    """Lock the byte at ``offset`` of ``fd``'s file exclusively, waiting for it.
+    REQUIRES: no other thread of this process holds the same byte (an OFD lock
+    is the descriptor's: threads sharing one do not exclude each other)."""
+    if _OFD_WAIT is None:
+        fcntl.lockf(fd, fcntl.LOCK_EX, 1, offset)
+        return
+    fcntl.fcntl(fd, _OFD_WAIT, _FLOCK.pack(fcntl.F_WRLCK, os.SEEK_SET, offset, 1, 0))
+
+
+def unlock_range(fd: int, offset: int) -> None:
+    """Release ``lock_range``'s lock of the byte at ``offset``."""
+    if _OFD_SET is None:
+        fcntl.lockf(fd, fcntl.LOCK_UN, 1, offset)
+        return
+    fcntl.fcntl(fd, _OFD_SET, _FLOCK.pack(fcntl.F_UNLCK, os.SEEK_SET, offset, 1, 0))

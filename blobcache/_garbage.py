@@ -23,7 +23,7 @@ import threading
 from . import _compaction, _fsio, _janitor, _keydir, _log, _mapping
 from . import _format as F
 from . import _names as N
-from ._index import IN_A_FILE, Deleted, Mapped, pack, segment_of, seq_of
+from ._index import IN_A_FILE, Deleted, Mapped, codec_of, pack, segment_of, seq_of
 from ._janitor import GcResult
 from ._reads import Reads
 from ._writes import Writes
@@ -284,9 +284,10 @@ class Garbage:
             # one of those, wherever it was.
             # A pin is in the records too: in the PINNED bit of a put copied, and
             # in a copy of the version record of a file pinned.
+            # And a value's codec (FORMAT.md, "Typed values"), only in its record.
             expiry, pins = index.expiry, set(index.pins)
             notes = [
-                (k, m.record, expiry.get(k, 0))
+                (k, m.record, expiry.get(k, 0), m.codec)
                 for k, m in index.values.files.items()
                 if N.is_batch_version(m.record.path) or k in expiry or k in pins
             ]
@@ -311,16 +312,28 @@ class Garbage:
         records = itertools.chain(
             (
                 _log.encode_record(
-                    seq_of(m), F.RECORD_PUT, *N.encode_key(k), v, _expiring(e, k in pins), e
+                    seq_of(m),
+                    F.RECORD_PUT,
+                    *N.encode_key(k),
+                    v,
+                    _expiring(e, k in pins),
+                    e,
+                    codec_of(v),
                 )
                 for k, m, v, e in zip(keys, metas, values, expiries, strict=True)
             ),
             (_log.encode_record(d.seq, F.RECORD_DELETE, *N.encode_key(k), b"") for k, d in kept),
             (
                 _log.encode_version(
-                    r.seq, *N.encode_key(k), r.length, r.checksum, _bound(r.path, e, k in pins), e
+                    r.seq,
+                    *N.encode_key(k),
+                    r.length,
+                    r.checksum,
+                    _bound(r.path, e, k in pins),
+                    e,
+                    r_codec,
                 )
-                for k, r, e in notes
+                for k, r, e, r_codec in notes
             ),
         )
         sizes, replaced = _compaction.write_compacted(self.logdir, output, records)
@@ -333,7 +346,7 @@ class Garbage:
             # tells publish which to count stale once it is superseded).
             live_bytes = 0
             index.notes = {}
-            for (key, record, _expires), size in zip(
+            for (key, record, _expires, _codec), size in zip(
                 notes, sizes[len(keys) + len(kept) :], strict=True
             ):
                 mapped = index.values.files.get(key)

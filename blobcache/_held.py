@@ -98,7 +98,7 @@ def attach(
     logdir = os.path.join(root, F.LOG_DIR)
     with state.locked():
         if not _storedir.marker_is_current(root):
-            # Before any record of format 3 is written (a format 1 store: before
+            # Before any record of format 4 is written (a format 1 store: before
             # any segment of format 2 is made): older versions then refuse the
             # store instead of misreading it.
             _storedir.upgrade_marker(root)

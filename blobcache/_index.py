@@ -37,6 +37,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Final, NoReturn, TypeVar
 
+from . import _format as F
 from ._names import Key
 from .errors import ClosedError
 
@@ -54,11 +55,60 @@ class Mapped:
     key for everyone else.
     """
 
-    __slots__ = ("record", "view")
+    __slots__ = ("codec", "record", "view")
 
-    def __init__(self, record: Record) -> None:
+    def __init__(self, record: Record, codec: int = F.CODEC_RAW) -> None:
         self.record = record
         self.view: memoryview | None = None
+        self.codec = codec  # what the file's bytes encode (FORMAT.md, "Typed values")
+
+
+class NpyBytes(bytes):
+    """A small typed value's bytes, as ``values`` holds them: the type is the
+    codec (FORMAT.md, "Typed values"). A subclass per codec, not an attribute:
+    bytes subclasses take no slots, and a ``__dict__`` would cost a raw value's
+    bytes; ``get`` returns the very object, so the typed getters learn its
+    codec from it without a second lookup that a put in between could
+    mismatch."""
+
+    __slots__ = ()
+
+
+class SafetensorsBytes(bytes):
+    __slots__ = ()
+
+
+class JsonBytes(bytes):
+    __slots__ = ()
+
+
+class PickleBytes(bytes):
+    __slots__ = ()
+
+
+_TYPED: Final[dict[int, type[bytes]]] = {
+    F.CODEC_NPY: NpyBytes,
+    F.CODEC_SAFETENSORS: SafetensorsBytes,
+    F.CODEC_JSON: JsonBytes,
+    F.CODEC_PICKLE: PickleBytes,
+}
+_CODEC_OF: Final[dict[type, int]] = {kind: codec for codec, kind in _TYPED.items()}
+
+
+def typed(data: bytes | memoryview, start: int, end: int, codec: int) -> bytes:
+    """``data[start:end]`` as the index holds a value of ``codec``. REQUIRES: codec != 0."""
+    kind = _TYPED[codec]
+    if type(data) is kind and start == 0 and end == len(data):
+        return data  # (framed by this process: no second copy)
+    return kind(memoryview(data)[start:end])
+
+
+def codec_of(value: bytes | memoryview | Mapped) -> int:
+    """The codec of a value as the index holds it, or of what a get returned:
+    a ``Mapped``'s, a small value's by its type; 0 (raw) for anything else."""
+    if isinstance(value, Mapped):
+        return value.codec
+    return _CODEC_OF.get(type(value), F.CODEC_RAW)
 
 
 Value = bytes | Mapped  # what a key's live record holds in memory
@@ -424,14 +474,20 @@ class Index:
         return True
 
     def publish(
-        self, key: Key, value: Value | None, meta: int = 0, expires: int = 0, pinned: bool = False
+        self,
+        key: Key,
+        value: Value | None,
+        meta: int = 0,
+        expires: int = 0,
+        pinned: bool = False,
+        codec: int = 0,
     ) -> int | None:
         """Make ``value``, with its ``meta`` (see ``pack``), the key's live record
         (None: deleted), and account for what it supersedes; return the log
         segment of the record superseded, or None (there was none, or it was a
         version file, whose directory is now the janitor's to visit).
         ``expires``: when the value expires (ms since the epoch), 0 for never;
-        ``pinned``: its record's PINNED bit.
+        ``pinned``: its record's PINNED bit; ``codec``: what its bytes encode.
 
         A record not newer than the key's live one (a recovered version's own
         note in the log, say) changes nothing: None.
@@ -463,6 +519,11 @@ class Index:
                 self.pins.add(key)
             elif self.pins:
                 self.pins.discard(key)
+            if codec and value is not None:
+                if isinstance(value, Mapped):
+                    value.codec = codec
+                else:
+                    value = typed(value, 0, len(value), codec)
             sieve = self.sieve
             if sieve is not None:
                 self.live_bytes += (0 if value is None else length(value)) - (

@@ -25,7 +25,7 @@ import xxhash
 
 from . import _clock, _filekinds
 from . import _format as F
-from ._index import FIELD_MASK, SEGMENT_SHIFT, SEQ_SHIFT
+from ._index import FIELD_MASK, SEGMENT_SHIFT, SEQ_SHIFT, typed
 from ._names import Key
 from ._problems import Problem
 from .errors import BlobCacheError, CorruptionError
@@ -39,6 +39,7 @@ _KINDS = F.RECORD_KINDS
 _BODY = F.VERSION_BODY.size
 _TAGS = (F.KEY_TAG_STR, F.KEY_TAG_BYTES)
 _EXPIRES = F.EXPIRES.size
+_CODECS = frozenset(F.CODECS)
 
 
 def segment_name(number: int) -> str:
@@ -86,10 +87,12 @@ def encode_record(
     value: bytes | memoryview,
     flags: int = 0,
     expires: int = 0,
+    codec: int = F.CODEC_RAW,
 ) -> bytes:
     """One framed record: checksum, then the header fields, key, expiry (with
-    ``FLAG_EXPIRES`` in ``flags``) and value it covers (codec 0: raw bytes)."""
-    body = F.RECORD_HEADER.pack(0, seq, len(value), kind, tag, len(raw), flags, 0)[_CHECKSUM:]
+    ``FLAG_EXPIRES`` in ``flags``) and value it covers (``codec``: what the
+    value's bytes encode, FORMAT.md "Typed values")."""
+    body = F.RECORD_HEADER.pack(0, seq, len(value), kind, tag, len(raw), flags, codec)[_CHECKSUM:]
     body += raw
     if flags & F.FLAG_EXPIRES:
         body += F.EXPIRES.pack(expires)
@@ -99,12 +102,19 @@ def encode_record(
 
 
 def encode_version(
-    seq: int, tag: bytes, raw: bytes, length: int, checksum: int, flags: int = 0, expires: int = 0
+    seq: int,
+    tag: bytes,
+    raw: bytes,
+    length: int,
+    checksum: int,
+    flags: int = 0,
+    expires: int = 0,
+    codec: int = F.CODEC_RAW,
 ) -> bytes:
     """The record announcing version file ``v-<seq>-<length>-<checksum>`` of a key
-    (``b-...`` with ``FLAG_MORE``, or as the last of a batch: see FORMAT.md)."""
+    (``b-...`` with ``FLAG_BOUND``: see FORMAT.md)."""
     body = F.VERSION_BODY.pack(length, checksum)
-    return encode_record(seq, F.RECORD_VERSION, tag, raw, body, flags, expires)
+    return encode_record(seq, F.RECORD_VERSION, tag, raw, body, flags, expires, codec)
 
 
 def newer_format(path: str, offset: int, flags: int, codec: int) -> BlobCacheError:
@@ -128,6 +138,7 @@ class Framed(NamedTuple):
     end: int  # where the record ends there
     flags: int
     expires: int  # ms since the epoch; 0 without FLAG_EXPIRES
+    codec: int  # CODEC_*: what the value's bytes (a version's: its file's) encode
 
 
 def _frame(data: bytes | memoryview, offset: int, head: int, path: str) -> Framed | None:
@@ -152,11 +163,12 @@ def _frame(data: bytes | memoryview, offset: int, head: int, path: str) -> Frame
         checksum
     ):
         return None
-    if head != _FIELDS.size and (flags & ~F.RECORD_FLAGS or data[offset + 21]):
-        raise newer_format(path, offset, flags, data[offset + 21])
+    codec = data[offset + 21] if head != _FIELDS.size else F.CODEC_RAW
+    if flags & ~F.RECORD_FLAGS or codec not in _CODECS:
+        raise newer_format(path, offset, flags, codec)
     expires = F.EXPIRES.unpack_from(data, key_at + klen)[0] if flags & F.FLAG_EXPIRES else 0
     raw = bytes(view[key_at : key_at + klen])
-    return Framed(seq, kind, tag, raw, value_at, end, flags, expires)
+    return Framed(seq, kind, tag, raw, value_at, end, flags, expires, codec)
 
 
 def batch_end(data: bytes | memoryview, offset: int, head: int, path: str) -> int | None:
@@ -271,7 +283,7 @@ def replay(
     live: dict[int, int],
     deletes: list[Key],
     expiry: dict[Key, int],
-    noted: dict[int, tuple[int, int, int]],
+    noted: dict[int, tuple[int, int, int, int]],
     pins: dict[Key, int],
     *,
     now: int,
@@ -284,8 +296,9 @@ def replay(
     ``deletes``), ``live`` (live put bytes per segment) and ``expiry`` (key ->
     when its live value expires, ms since the epoch, for those that do) and
     ``noted`` (the numbers of version records -> (when their values expire, 0
-    for never; the segment; the record's size): a version file's expiry is only
-    there, and a b- file counts only with its record); return the highest
+    for never; the segment; the record's size; its codec): a version file's
+    expiry and codec are only there, and a b- file counts only with its
+    record); return the highest
     sequence number seen; ``pins``: key -> the number of its newest record with
     a say on its pin (a put, a version, a pin record), negated if that record
     unpins it (``_recovery`` keeps the pins whose record is not older than the
@@ -308,6 +321,7 @@ def replay(
     put, version, pin, kinds = F.RECORD_PUT, F.RECORD_VERSION, F.RECORD_PIN, _KINDS
     flag_expires, known, flag_pinned = F.FLAG_EXPIRES, F.RECORD_FLAGS, F.FLAG_PINNED
     str_tag, tags = F.KEY_TAG_STR, (F.KEY_TAG_STR, F.KEY_TAG_BYTES)
+    known_codecs = _CODECS
     setdefault = meta.setdefault
     seq_shift, field = SEQ_SHIFT, FIELD_MASK
     number = info.number
@@ -343,8 +357,9 @@ def replay(
             ):
                 why = "a batch cut short: its last record is missing or damaged"
             else:
-                if extra and (flags & ~known or data[offset + 21]):
-                    raise newer_format(info.path, offset, flags, data[offset + 21])
+                codec = data[offset + 21] if extra else 0
+                if flags & ~known or codec not in known_codecs:
+                    raise newer_format(info.path, offset, flags, codec)
                 if seq > max_seq:
                     max_seq = seq
                 if flags & flag_pinned or pins:
@@ -367,7 +382,7 @@ def replay(
                             if flags & flag_expires
                             else 0
                         )
-                        noted[seq] = (expires, number, end - offset)
+                        noted[seq] = (expires, number, end - offset, codec)
                     offset = end
                     continue
                 raw = data[key_at : key_at + klen]
@@ -395,7 +410,7 @@ def replay(
                     else:
                         kind = 0  # expired: read as a delete
                 if kind == put:
-                    values[key] = data[value_at:end]
+                    values[key] = typed(data, value_at, end, codec) if codec else data[value_at:end]
                     here += size
                 else:
                     values[key] = None
@@ -440,11 +455,12 @@ def _bad_record(
 
 def records_of(
     directory: str, tag: bytes, raw: bytes
-) -> tuple[dict[int, bytes | None], set[int], dict[int, int]]:
+) -> tuple[dict[int, bytes | None], set[int], dict[int, int], dict[int, int]]:
     """Every intact record of one key in the segments in ``directory``: seq ->
     value (None for a delete, an evict, or a put or version that expired), the
     numbers of its version records (a b- version counts only with its record),
-    and the expiries (ms) of those of its records that expire later. Reads
+    the expiries (ms) of those of its records that expire later, and the codecs
+    of its typed puts and versions (seq -> codec). Reads
     the whole log and changes nothing: for the
     rare fall back of a damaged value, which needs the key's older records that
     the index forgot when a version superseded them.
@@ -458,6 +474,7 @@ def records_of(
     found: dict[int, bytes | None] = {}
     noted: set[int] = set()
     expiring: dict[int, int] = {}
+    codecs: dict[int, int] = {}
     for _ in range(_LISTINGS):
         vanished = False
         for name in sorted(os.listdir(directory)):
@@ -473,10 +490,10 @@ def records_of(
             except CorruptionError:
                 continue  # no regular file: none of the log's (open reports such a name)
             if raw in data:  # a record of the key holds its bytes: skip the walk where none do
-                _find_records(data, tag, raw, found, noted, expiring)
+                _find_records(data, tag, raw, found, noted, expiring, codecs)
         if not vanished:
             break
-    return found, noted, expiring
+    return found, noted, expiring, codecs
 
 
 _LISTINGS = 3
@@ -489,9 +506,11 @@ def _find_records(
     found: dict[int, bytes | None],
     noted: set[int],
     expiring: dict[int, int],
+    codecs: dict[int, int],
 ) -> None:
     """Add the key's intact records in one segment's bytes to ``found``, the
-    numbers of its version records to ``noted``, expiries to ``expiring``.
+    numbers of its version records to ``noted``, expiries to ``expiring``,
+    codecs to ``codecs``.
 
     Not shared with ``replay``, whose loop is kept flat for the speed of every open.
     """
@@ -504,6 +523,8 @@ def _find_records(
         expired = record.expires and record.expires <= now
         if record.expires and not expired:
             expiring[record.seq] = record.expires
+        if record.codec:
+            codecs[record.seq] = record.codec
         if record.kind == F.RECORD_VERSION:
             noted.add(record.seq)
             if expired:

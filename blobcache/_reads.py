@@ -38,7 +38,7 @@ class Reads:
     def __init__(
         self,
         writes: Writes,
-        log_under_blob: dict[N.Key, tuple[int, bytes | None]],
+        log_under_blob: dict[N.Key, tuple[int, bytes | None, int]],
         max_seq_at_open: int,
     ) -> None:
         self.writes = writes
@@ -123,7 +123,7 @@ class Reads:
         older = self._newest_intact_below(key, record)
         if older is None:
             raise damage
-        seq, value, expires = older
+        seq, value, expires, codec = older
         what = "a delete: the key is deleted" if value is None else "its value"
         note = Problem(
             record.path, f"{damage.detail}; serving the older record {seq} instead ({what})"
@@ -134,17 +134,18 @@ class Reads:
         if value is None:
             writes.delete(key, tag, raw)
         elif len(value) < writes.options.inline_limit:
-            writes.put_inline(key, tag, raw, bytes(value), expires)
+            writes.put_inline(key, tag, raw, bytes(value), expires, codec=codec)
         else:
-            writes.put_blob(key, tag, raw, contextlib.nullcontext(), memoryview(value), expires)
+            stripe = contextlib.nullcontext()
+            writes.put_blob(key, tag, raw, stripe, memoryview(value), expires, codec=codec)
         return values.stored(key)
 
     def _newest_intact_below(
         self, key: N.Key, bad: Record
-    ) -> tuple[int, bytes | memoryview | None, int] | None:
+    ) -> tuple[int, bytes | memoryview | None, int, int] | None:
         """The newest intact record of ``key`` numbered below ``bad``, as (seq,
-        value: None for a delete or an expired value, expiry: 0 for none), or
-        None if there is none.
+        value: None for a delete or an expired value, expiry: 0 for none,
+        codec), or None if there is none.
 
         It may lie in the key's directory (a version), or in any log segment
         (the index forgot those records once a version superseded them), or be
@@ -155,11 +156,13 @@ class Reads:
         Versions are checked (read whole); log records were checked as read.
         """
         tag, raw = N.encode_key(key)
-        logged, noted, expiring = _log.records_of(self.logdir, tag, raw)
+        logged, noted, expiring, codecs = _log.records_of(self.logdir, tag, raw)
         found: dict[int, Record | bytes | None] = dict(logged)
         under = self.log_under_blob.get(key)
         if under is not None and bad.seq <= self.max_seq_at_open:
-            found.setdefault(*under)
+            under_seq, under_value, under_codec = under
+            found.setdefault(under_seq, under_value)
+            codecs.setdefault(under_seq, under_codec)
         with contextlib.suppress(FileNotFoundError):  # removed by hand: reported at open
             # A batch's version only with its record in the log: without, it may
             # be of a batch never committed.
@@ -171,8 +174,9 @@ class Reads:
             )
         for seq in sorted((s for s in found if s < bad.seq), reverse=True):
             candidate = found[seq]
+            expires, codec = expiring.get(seq, 0), codecs.get(seq, F.CODEC_RAW)
             if not isinstance(candidate, Record):
-                return seq, candidate, expiring.get(seq, 0)
+                return seq, candidate, expires, codec
             with contextlib.suppress(CorruptionError):
-                return seq, _mapping.map_version(candidate, check=True), expiring.get(seq, 0)
+                return seq, _mapping.map_version(candidate, check=True), expires, codec
         return None

@@ -40,8 +40,8 @@ class Recovered:
     # of a batch: the log decides which of them counts (_recovery._commit_batches)
     batch_versions: dict[N.Key, list[Record]] = field(default_factory=dict)
     # The numbers of the log's version records -> (when their values expire, 0 for
-    # never; their segment; their size)
-    noted: dict[int, tuple[int, int, int]] = field(default_factory=dict)
+    # never; their segment; their size; their codec)
+    noted: dict[int, tuple[int, int, int, int]] = field(default_factory=dict)
     # key -> (segment, size) of the version record its live file counts by (a b-
     # file's, or one with an expiry): booked live, see Index.notes
     notes: dict[N.Key, tuple[int, int]] = field(default_factory=dict)
@@ -53,8 +53,8 @@ class Recovered:
     # key -> when its live value in the log expires (ms since the epoch), for those that do
     expiry: dict[N.Key, int] = field(default_factory=dict)
     blob_over_log: dict[N.Key, str] = field(default_factory=dict)  # key -> dir, see _merge
-    # key -> (seq, value or None for a delete) of the log record its blob beat
-    log_under_blob: dict[N.Key, tuple[int, bytes | None]] = field(default_factory=dict)
+    # key -> (seq, value or None for a delete, codec) of the log record its blob beat
+    log_under_blob: dict[N.Key, tuple[int, bytes | None, int]] = field(default_factory=dict)
     problems: list[Problem] = field(default_factory=list)
     temps_removed: int = 0
     readonly: bool = False  # beside a live writer: read, never change a file

@@ -21,7 +21,17 @@ from collections.abc import Callable
 from . import _clock, _filekinds, _fsio, _keydir, _log
 from . import _format as F
 from . import _names as N
-from ._index import IN_A_FILE, Deleted, Mapped, Values, pack, segment_of, seq_of, size_of
+from ._index import (
+    IN_A_FILE,
+    Deleted,
+    Mapped,
+    Values,
+    codec_of,
+    pack,
+    segment_of,
+    seq_of,
+    size_of,
+)
 from ._keydir import KeyDirScan, Record
 from ._problems import Problem
 from ._recovered import Recovered, damage, stray
@@ -318,7 +328,8 @@ def _merge(
                 # compaction must fix that before it drops the log record.
                 result.blob_over_log[key] = os.path.dirname(record.path)
                 # What the key falls back to if that version fails its check.
-                result.log_under_blob[key] = (seq_of(newest), value)
+                codec = codec_of(value) if value is not None else F.CODEC_RAW
+                result.log_under_blob[key] = (seq_of(newest), value, codec)
             note = result.noted.get(record.seq)
             expires = note[0] if note is not None else 0  # a version's expiry: in its record
             if expires and expires <= result.now:
@@ -335,10 +346,11 @@ def _merge(
             pinned = result.pin_says.get(key, 0) >= record.seq
             if note is not None and (expires or pinned or N.is_batch_version(record.path)):
                 # The record this file counts by is live too (compaction keeps it).
-                _, segment, size = note
+                _, segment, size, _codec = note
                 result.segment_live[segment] = result.segment_live.get(segment, 0) + size
                 result.notes[key] = (segment, size)
-            files[key] = Mapped(record)
+            # A typed file is always a b- one: its codec is in its record.
+            files[key] = Mapped(record, note[3] if note is not None else F.CODEC_RAW)
             meta[key] = pack(record.seq, IN_A_FILE, 0)
         else:  # superseded by a log record: the whole key directory is garbage
             result.dirty.add(os.path.dirname(record.path))

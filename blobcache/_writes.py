@@ -159,10 +159,17 @@ class Writes:
         return rolled or (old_segment is not None and old_segment != active)
 
     def put_inline(
-        self, key: N.Key, tag: bytes, raw: bytes, value: bytes, expires: int = 0, pin: bool = False
+        self,
+        key: N.Key,
+        tag: bytes,
+        raw: bytes,
+        value: bytes,
+        expires: int = 0,
+        pin: bool = False,
+        codec: int = F.CODEC_RAW,
     ) -> bool:
         """REQUIRES: the key's stripe lock. Returns whether a sealed segment got staler."""
-        return self._append([Op(key, tag, raw, value, expires, pin)])
+        return self._append([Op(key, tag, raw, value, expires, pin, codec)])
 
     def delete(self, key: N.Key, tag: bytes, raw: bytes) -> bool:
         """REQUIRES: the key's stripe lock. Returns whether a sealed segment got staler."""
@@ -199,6 +206,7 @@ class Writes:
         data: memoryview,
         expires: int = 0,
         pin: bool = False,
+        codec: int = F.CODEC_RAW,
     ) -> bool:
         """Write ``data`` as the key's new version; ``stripe`` takes the key's
         stripe lock (a no-op where the caller holds it). Returns whether a
@@ -211,6 +219,7 @@ class Writes:
             lambda keydir, sync: _blob.write_version(keydir, data, sync=sync),
             expires,
             pin,
+            codec,
         )
 
     def put_version(
@@ -222,6 +231,7 @@ class Writes:
         write: Callable[[str, bool], _blob.TempVersion],
         expires: int = 0,
         pin: bool = False,
+        codec: int = F.CODEC_RAW,
     ) -> bool:
         """Publish the version ``write(keydir, sync)`` writes to a temp file.
 
@@ -246,7 +256,7 @@ class Writes:
                 stripe,
             ):
                 staged = Staged(keydir, temp, batch=False)
-                return self._append([Op(key, tag, raw, staged, expires, pin)])
+                return self._append([Op(key, tag, raw, staged, expires, pin, codec)])
         except BaseException:
             # The directory may hold nothing but the key file it made: for gc.
             self.index.mark_dirty(keydir)
@@ -332,7 +342,7 @@ class Writes:
                 members.append((len(record), Change(key, None, _has(keydir, self.key_dirs))))
                 seq += 1
             pins = self.index.pins
-            for key, tag, raw, value, expires, pin in ops:
+            for key, tag, raw, value, expires, pin, codec in ops:
                 flags = (F.FLAG_MORE if seq < last else 0) | (F.FLAG_EXPIRES if expires else 0)
                 pinned = pin or (cap.pinned(key) if cap is not None else key in pins)
                 if pinned and value is not None and not isinstance(value, Pin):
@@ -349,10 +359,10 @@ class Writes:
                 elif isinstance(value, Staged):
                     temp = value.temp
                     # Bound to its record (a b- name) in a batch, when only the
-                    # record holds its expiry, or when evictions come with it: a
-                    # crash between the rename and the records must not leave it
-                    # counting without them.
-                    bound = value.batch or bool(expires) or bool(victims)
+                    # record holds its expiry or its codec, or when evictions
+                    # come with it: a crash between the rename and the records
+                    # must not leave it counting without them.
+                    bound = value.batch or bool(expires or codec) or bool(victims)
                     named.append(temp.name(seq, batch=bound))
                     temp.publish(named[-1])  # a failure removes the file: these ops fail alone
                     record = _log.encode_version(
@@ -363,13 +373,16 @@ class Writes:
                         temp.checksum,
                         flags | (F.FLAG_BOUND if bound else 0),
                         expires,
+                        codec,
                     )
-                    change = Change(
-                        key, Mapped(named[-1]), None, expires, bool(flags & F.FLAG_PINNED)
-                    )
+                    pinned = bool(flags & F.FLAG_PINNED)
+                    change = Change(key, Mapped(named[-1]), None, expires, pinned, codec)
                 else:
-                    record = _log.encode_record(seq, F.RECORD_PUT, tag, raw, value, flags, expires)
-                    change = Change(key, value, None, expires, bool(flags & F.FLAG_PINNED))
+                    record = _log.encode_record(
+                        seq, F.RECORD_PUT, tag, raw, value, flags, expires, codec
+                    )
+                    pinned = bool(flags & F.FLAG_PINNED)
+                    change = Change(key, value, None, expires, pinned, codec)
                 chunks.append(record)
                 members.append((len(record), change))
                 seq += 1
@@ -623,7 +636,8 @@ class Pin(NamedTuple):
 class Op(NamedTuple):
     """One put, delete or pin: the key, its tag and bytes, the value (bytes for the
     log, a staged version, None for a delete, a ``Pin``), its expiry (ms since
-    the epoch, 0: never), and whether the put pins it (``put(..., pin=True)``)."""
+    the epoch, 0: never), whether the put pins it (``put(..., pin=True)``), and
+    what its bytes encode (``codec``: FORMAT.md, "Typed values")."""
 
     key: N.Key
     tag: bytes
@@ -631,6 +645,7 @@ class Op(NamedTuple):
     value: bytes | Staged | Pin | None
     expires: int = 0
     pin: bool = False
+    codec: int = F.CODEC_RAW
 
 
 def _is_pin(op: Op) -> bool:

@@ -24,12 +24,12 @@ import dataclasses
 import os
 import threading
 import weakref
-from collections.abc import Callable, Iterable, Iterator, MutableMapping
+from collections.abc import Callable, Iterable, Iterator, MutableMapping, Sequence
 from types import TracebackType
-from typing import Any, BinaryIO, TypeVar, cast
+from typing import Any, BinaryIO, Literal, TypeVar, cast
 
+from . import _codecs, _held, _memoize, _storedir, _typed
 from . import _format as F
-from . import _held, _storedir
 from . import _names as N
 from ._batch import Batch
 from ._buffers import as_buffer
@@ -42,18 +42,41 @@ from ._index import ClosedIndex, Index, Mapped, SegmentBook, Values
 from ._index import Value as Stored
 from ._janitor import GcResult
 from ._logwriter import LogWriter
+from ._memoize import KeyLocks
 from ._options import Durability, Options, check_flag
 from ._problems import Problem
 from ._reads import Reads
 from ._recovered import Recovered
 from ._stats import Inventory, Stats
 from ._writes import Source, StripeGuard, Writes
-from .errors import BatchError, ClosedError
+from .errors import BatchError, BlobCacheError, ClosedError
 
 _T = TypeVar("_T")
 Value = bytes | memoryview  # what get returns: bytes from the log, a view of a file
 
 __all__ = ["Batch", "BlobCache", "Inventory", "Stats", "Value", "as_buffer"]
+
+
+_TYPED_TRIES = 100  # looks at a key a put replaces between get and codec, before giving up
+_CODEC_NAMES = {
+    F.CODEC_RAW: "bytes put with put()",
+    F.CODEC_NPY: "an array",
+    F.CODEC_SAFETENSORS: "a dict of arrays",
+    F.CODEC_JSON: "plain data (JSON)",
+    F.CODEC_PICKLE: "a pickle",
+}
+
+
+def _not_typed(key: N.Key, codec: int, wanted: str, getter: str) -> str:
+    return (
+        f"{key!r} holds {_CODEC_NAMES[codec]}, not {wanted}: {getter} reads what "
+        "put_object stored as one; use get_object (or get, for bytes)"
+    )
+
+
+def _codecs_trusted(paths: Callable[[], list[str]]) -> Callable[[], None]:
+    """What ``_codecs.decode`` calls before it unpickles: the store must be private."""
+    return lambda: _codecs.check_private(paths())
 
 
 def _key_type_error(key: object) -> TypeError:
@@ -122,6 +145,7 @@ class BlobCache(MutableMapping[N.Key, Value]):
             self._forked_lock = threading.Lock()
             self._adopting = False
         self._batches = _BatchOf()
+        self._memo_locks: KeyLocks | None = None
         self._held, found = _held.open_store(self._path, options)
         # close() lets go of it; for a handle dropped without close(), this does
         # once the handle is collected. Not at interpreter exit: the process's end
@@ -216,6 +240,170 @@ class BlobCache(MutableMapping[N.Key, Value]):
             return self._values[key]  # a value in a file: see _index.Values.__missing__
         except (KeyError, TypeError):
             return self._miss(key, default)
+
+    def get_object(self, key: N.Key, default: Any = None) -> Any:
+        """The value ``put_object`` stored under ``key``, decoded by its codec, or
+        ``default``: an array comes back read-only, over the stored bytes (for a
+        large one, its file's mapping: no copy); a dict of arrays likewise; plain
+        data as it was put. A value put with ``put`` comes back as ``get``
+        returns it.
+
+        :raises BlobCacheError: the value is a pickle and the store's directories
+            or files are writable by others (or not owned by you or root): the
+            sentence says which; ``chmod go-w`` it, or read it with ``get``.
+        :raises CorruptionError: as ``get``, or the stored bytes are not what
+            their codec says.
+        """
+        found = self._typed_get(key)
+        if found is None:
+            return default
+        got, codec = found
+        return _codecs.decode(codec, got, trusted=self._pickle_check(key))
+
+    def get_array(self, key: N.Key, default: Any = None) -> Any:
+        """The numpy array ``put_object`` stored under ``key``, or ``default``:
+        read-only, over the stored bytes with no copy (for a value in a file,
+        over its mapping, whatever its size).
+
+        :raises TypeError: the key holds something other than an array.
+        """
+        found = self._typed_get(key)
+        if found is None:
+            return default
+        got, codec = found
+        if codec != F.CODEC_NPY:
+            raise TypeError(_not_typed(key, codec, "an array", "get_array"))
+        return _codecs.decode_array(got)
+
+    def get_tensors(self, key: N.Key, default: Any = None, *, framework: str = "numpy") -> Any:
+        """The dict of arrays ``put_object`` stored under ``key`` (as safetensors),
+        or ``default``: read-only numpy arrays over the stored bytes, no copy;
+        ``framework="torch"`` gives torch tensors (bfloat16 needs it).
+
+        :raises TypeError: the key holds something other than a dict of arrays.
+        :raises ValueError: ``framework`` is neither ``"numpy"`` nor ``"torch"``.
+        """
+        if framework not in ("numpy", "torch"):
+            raise ValueError(f'framework must be "numpy" or "torch", not {framework!r}')
+        found = self._typed_get(key)
+        if found is None:
+            return default
+        got, codec = found
+        if codec != F.CODEC_SAFETENSORS:
+            raise TypeError(_not_typed(key, codec, "a dict of arrays", "get_tensors"))
+        return _codecs.decode_tensors(got, cast(Literal["numpy", "torch"], framework))
+
+    def memoize(
+        self,
+        version: str | int | Callable[..., Any] | None = None,
+        ignore: Iterable[str] = (),
+        ttl: float | None = None,
+        *,
+        serializer: str | None = None,
+        device_policy: str = "error",
+    ) -> Any:
+        """A decorator: the function's results are stored in this cache under a key
+        derived from its code and its arguments, and a call whose key is stored
+        returns the stored result without running the function. For plain and
+        ``async`` functions (and methods: below). ``@cache.memoize`` works
+        without the parentheses too.
+
+        >>> import tempfile
+        >>> cache = BlobCache(tempfile.mkdtemp())
+        >>> @cache.memoize()
+        ... def scale(x, factor=2):
+        ...     return x * factor
+        >>> scale(21), scale(x=21), scale(21, 2)  # one computation: one key
+        (42, 42, 42)
+        >>> scale.cache_info()
+        MemoInfo(hits=2, misses=1)
+        >>> cache.close()
+
+        The key is xxh3-128 over the function's module, qualified name and code
+        (its bytecode, constants and names, those of the functions of its own
+        package it calls by a global name, and its closure's values -- not its
+        line numbers: a comment leaves the key alone) and over its arguments
+        bound to its signature (defaults applied, so ``f(1)`` and ``f(x=1)``
+        agree), each encoded with its type: None, bool, int, float, complex,
+        str, bytes, tuples, lists, dicts, sets, dataclasses, NamedTuples,
+        enums, paths, numpy arrays (by dtype, shape and values in C order) and
+        torch tensors. An object may give its own key with a
+        ``__blobcache_key__()`` method returning any of those.
+
+        Results are stored as ``put_object`` stores them (arrays as ``.npy``,
+        plain data as JSON...); a result no codec takes raises ``TypeError``
+        unless ``serializer="pickle"``. A hit returns what ``get_object``
+        returns (an array comes back read-only, over the stored file); the call
+        that computed returns its own result.
+
+        Concurrent calls with one key, in threads or processes, compute once:
+        the others wait (in the kernel, not spinning) and return the stored
+        result. If the function raises, nothing is stored, and each waiting
+        call then computes in turn (raising too, if the function raises for it).
+
+        Methods: ``self`` is an argument like any other, so its class must be
+        one the key takes (a dataclass, say) or define ``__blobcache_key__``;
+        or leave it out with ``ignore=("self",)`` when the result does not
+        depend on the instance.
+
+        :param version: when given, the key's function part is the module,
+            name and this version alone: bump it to say the code's meaning
+            changed (keys of old versions are never wiped: the cap and ``gc``
+            age them out, or ``fn.clear()``).
+        :param ignore: names of parameters left out of the key.
+        :param ttl: seconds each stored result lasts (else ``default_ttl``).
+        :param serializer: as for ``put_object``.
+        :param device_policy: ``"error"`` (a tensor not on the CPU raises) or
+            ``"copy"`` (copied to the CPU to derive the key).
+
+        The wrapper has ``__wrapped__``, ``cache_key(*args, **kwargs)`` (the
+        store key of a call), ``invalidate(*args, **kwargs)`` (delete that
+        key; True if it was there), ``clear()`` (delete this function's keys,
+        of every version; returns how many) and ``cache_info()`` (hits and
+        misses in this process).
+
+        :raises TypeError: (at a call) an argument the key cannot take, named
+            with its type; or a result no codec takes.
+        :raises ValueError: an ``ignore`` name the function does not have, a
+            bad ``ttl``, ``serializer`` or ``device_policy``.
+        """
+        if callable(version):  # @cache.memoize, without parentheses
+            return _memoize.memoize(self, version, None, ignore, ttl, serializer, device_policy)
+
+        def decorate(fn: Callable[..., Any]) -> Any:
+            return _memoize.memoize(self, fn, version, ignore, ttl, serializer, device_policy)
+
+        return decorate
+
+    def _key_locks(self) -> KeyLocks:
+        """memoize's per-key locks (made on first use)."""
+        locks = self._memo_locks
+        if locks is None:
+            with self._forked_lock:
+                if self._memo_locks is None:
+                    self._memo_locks = KeyLocks(os.path.join(self._path, F.LOCK_NAME))
+                locks = self._memo_locks
+        return locks
+
+    def _pickle_check(self, key: N.Key) -> Callable[[], None]:
+        return _codecs_trusted(_typed.private_paths(self._path, self._values, key))
+
+    def _typed_get(self, key: N.Key) -> tuple[Value, int] | None:
+        """What ``get`` returns for ``key`` and its codec; None for a miss. Exact
+        about expiry (as every call but ``get`` is): a memoized result whose ttl
+        passed is computed again, not served until the background sweep."""
+        for _ in range(_TYPED_TRIES):
+            got = self.get(key, _MISSING)
+            if got is _MISSING:
+                return None
+            if self._index.expiry and self._expiry.is_expired(key):
+                self._expiry.sweep()
+                continue
+            got = cast(Value, got)
+            codec = _typed.codec_of_got(self._values, key, got)
+            if codec is not None:
+                return got, codec
+        raise BlobCacheError(f"{key!r} was replaced {_TYPED_TRIES} times while it was read")
 
     def _miss(self, key: object, default: _T | None) -> Value | _T | None:
         """get's slow path: a miss, or a key of the wrong type. A put moving the
@@ -374,22 +562,62 @@ class BlobCache(MutableMapping[N.Key, Value]):
             larger than it, or what is left to evict is pinned; nothing changed.
         :raises OSError: the disk failed (full, read-only, ...); nothing changed.
         """
+        data = as_buffer(value)
+        self._put(key, (data,), data.nbytes, F.CODEC_RAW, ttl, pin)
+
+    def _put(
+        self,
+        key: N.Key,
+        parts: Sequence[bytes | memoryview],
+        length: int,
+        codec: int,
+        ttl: float | None,
+        pin: bool,
+    ) -> None:
+        """``put``'s and ``put_object``'s: the arguments checked, then the write."""
         self._here()
         tag, raw = N.encode_key(key)
-        data = as_buffer(value)
         expires = self._expires(ttl)
         check_flag("pin", pin)
         key = N.decode_key(tag, raw)  # a plain str or bytes, even for a subclass
         stripe = self._writes.writing(N.key_hash(tag, raw))
-        self._writes.check_fits(data.nbytes)
-        if data.nbytes < self._options.inline_limit:
-            inline = bytes(data)
-            with stripe:
-                stale = self._writes.put_inline(key, tag, raw, inline, expires, pin)
-        else:
-            stale = self._writes.put_blob(key, tag, raw, stripe, data, expires, pin)
-        if stale:
+        if _typed.write(self._writes, key, tag, raw, stripe, parts, length, codec, expires, pin):
             self._maybe_compact()
+
+    def put_object(
+        self,
+        key: N.Key,
+        value: object,
+        *,
+        serializer: str | None = None,
+        ttl: float | None = None,
+        pin: bool = False,
+    ) -> None:
+        """Store a typed value under ``key``, its codec in its record: a numpy array
+        as a ``.npy`` file, a dict of str to arrays (or torch tensors) as
+        safetensors, plain data (None, bool, int, float, str, lists, str-keyed
+        dicts) as JSON; ``get_object`` gives it back, ``get`` its encoded bytes,
+        and ``path(key)`` of a large one is a file numpy's or safetensors' own
+        loaders open (``numpy.load(path, mmap_mode="r")``). Durable as ``put``.
+
+        Nothing is pickled unless ``serializer="pickle"`` asks for it: unsafe
+        in a directory that others can write, since unpickling runs code
+        (``get_object`` refuses to unpickle from such a store).
+
+        >>> import tempfile
+        >>> with BlobCache(tempfile.mkdtemp()) as cache:
+        ...     cache.put_object("cfg", {"lr": 0.001, "layers": [64, 64]})
+        ...     cache.get_object("cfg")
+        {'lr': 0.001, 'layers': [64, 64]}
+
+        :param serializer: None (by the value's type), or ``"npy"``,
+            ``"safetensors"``, ``"json"``, ``"pickle"`` to say which.
+        :raises TypeError: no codec takes the value (the sentence says which
+            would, and suggests ``serializer="pickle"``); nothing changed.
+        :raises ValueError: an unknown ``serializer``.
+        """
+        encoded = _codecs.encode(value, serializer)
+        self._put(key, encoded.parts, encoded.length, encoded.codec, ttl, pin)
 
     def __setitem__(self, key: N.Key, value: object) -> None:
         self.put(key, value)
@@ -675,6 +903,8 @@ class BlobCache(MutableMapping[N.Key, Value]):
             self._index.close(self._path)
             if self._release.detach() is not None:  # the finalizer will not run: let go here
                 self._held.let_go()
+            if self._memo_locks is not None:
+                self._memo_locks.close()
         for thread in self._threads:
             if thread is not threading.current_thread():
                 thread.join()

@@ -208,7 +208,7 @@ def test_a_format_1_store_opens_and_a_writer_upgrades_it(tmp_path: object) -> No
     assert _tree(store) == before  # a reader changes nothing
     with BlobCache(store) as cache:
         assert cache["k"] == b"hello"
-        assert _read(os.path.join(store, F.MARKER_NAME)) == b"blobcache 3\n"
+        assert _read(os.path.join(store, F.MARKER_NAME)) == b"blobcache 4\n"
         assert _read(_segment(store, 1)) == sealed  # cut at its last record
         assert _read(_segment(store, 2)) == _log.segment_header(0)  # BCL2, header only
         cache.put("k", b"again")
@@ -223,13 +223,13 @@ def test_a_format_1_store_opens_and_a_writer_upgrades_it(tmp_path: object) -> No
 
 @pytest.mark.parametrize(
     ("offset", "byte", "said"),
-    [(20, 0x10, "flags 0x10 and codec 0"), (21, 1, "flags 0x00 and codec 1")],
+    [(20, 0x10, "flags 0x10 and codec 0"), (21, 5, "flags 0x00 and codec 5")],
 )
 @pytest.mark.parametrize("readonly", [False, True])
 def test_a_record_with_an_unknown_rflags_or_codec_is_refused_not_cut(
     tmp_path: object, offset: int, byte: int, said: str, readonly: bool
 ) -> None:
-    """Bit 4 of rflags is the first one format 3 does not know."""
+    """Bit 4 of rflags and codec 5 are the first ones format 4 does not know."""
     store = str(tmp_path)
     with BlobCache(store) as cache:
         cache.put("k", b"hello")

@@ -40,8 +40,12 @@ sections, chosen with ``--only`` (default: all, in this order):
   batch against one by one (and a floor of one write and one fdatasync); get of
   keys put with and without a ttl beside the dict floor; how long a plain get
   still serves a value past its ttl (the sweep thread's wake-up).
+* ``typed``: issue 16's memoize and typed values: a memoize hit beside diskcache's
+  ``memoize``, joblib's ``Memory.cache`` and ``functools.lru_cache``; the memoize key
+  of a call with a 512 MiB array beside xxh3-128 of its bytes and ``joblib.hash``;
+  ``get_array`` of a 1 GiB array beside ``numpy.load(mmap_mode="r")``.
 
-The goals (of issues 3, 5, 6, 7, 13, 14 and 15) are set beside the measurement they are
+The goals (of issues 3, 5, 6, 7, 13, 14, 15 and 16) are set beside the measurement they are
 about and gathered in a table of their own, met or not. Every figure is a median
 over repetitions with its [min..max]; the contenders of a workload run back to back
 in every repetition, in an order shuffled at each (see ``benchkit.interleave``: the
@@ -142,6 +146,7 @@ SECTIONS = (
     "crossover",
     "sieve",
     "bounded",
+    "typed",
 )
 
 
@@ -176,6 +181,9 @@ class Config:
     sieve: sieve_sim.Sizes  # of the eviction simulation's traces
     batch_puts: int  # puts per batch, and per sample of the one-by-one puts beside it
     expiry_keys: int  # keys whose expiry lateness is measured, per repetition
+    memo_keys: int  # stored calls the memoize hit workload cycles through
+    array_key_mib: int  # the array whose memoize key is derived
+    array_get_mib: int  # the array get_array returns
 
 
 def config(parent: str, quick: bool, sections: tuple[str, ...] = SECTIONS) -> Config:
@@ -209,6 +217,9 @@ def config(parent: str, quick: bool, sections: tuple[str, ...] = SECTIONS) -> Co
         sieve=sieve_sim.FULL,
         batch_puts=1_000,
         expiry_keys=50,
+        memo_keys=1_000,
+        array_key_mib=512,
+        array_get_mib=1024,
     )
     if not quick:
         return full
@@ -242,6 +253,9 @@ def config(parent: str, quick: bool, sections: tuple[str, ...] = SECTIONS) -> Co
         sieve=sieve_sim.QUICK,
         batch_puts=50,
         expiry_keys=3,
+        memo_keys=50,
+        array_key_mib=4,
+        array_get_mib=4,
     )
 
 
@@ -2427,6 +2441,157 @@ def bench_expiry_lateness(cfg: Config, root: str) -> Table:
     return table
 
 
+# --- typed values and memoize (issue 16) ---------------------------------------------
+
+
+def bench_typed(cfg: Config, root: str) -> list[Table]:
+    return [bench_memo_hit(cfg, root), bench_array_key(cfg), bench_get_array(cfg, root)]
+
+
+def memo_square(x: int) -> int:
+    """The function every memoizer wraps: a hit never runs it."""
+    return x * x
+
+
+def bench_memo_hit(cfg: Config, root: str) -> Table:
+    """A memoized call whose result is stored, small int argument, beside
+    diskcache's ``memoize`` and joblib's ``Memory.cache`` on the same function,
+    and functools.lru_cache (in memory only: the floor)."""
+    import functools
+
+    import joblib  # type: ignore[import-untyped]
+
+    ours_cache = blobcache.BlobCache(os.path.join(root, "memo-blobcache"))
+    peer = diskcache.Cache(os.path.join(root, "memo-diskcache"))
+    memory = joblib.Memory(os.path.join(root, "memo-joblib"), verbose=0)
+    wrapped = {
+        "floor: functools.lru_cache (memory only)": functools.lru_cache(maxsize=None)(memo_square),
+        "blobcache memoize": ours_cache.memoize()(memo_square),
+        "diskcache memoize": peer.memoize()(memo_square),
+        "joblib Memory.cache": memory.cache(memo_square),
+    }
+    args = list(range(cfg.memo_keys))
+    for fn in wrapped.values():
+        for x in args:
+            fn(x)  # every key stored: what follows are hits
+    random.Random(GET_SEED).shuffle(args)
+    samplers = [net_sampler(fn, args, cfg.get_sample_ns) for fn in wrapped.values()]
+    progress(f"memoize hit: {cfg.reps} repetitions over {len(args):,} stored calls")
+    try:
+        warm_up(*samplers)
+        samples = interleave(cfg.reps, samplers)
+    finally:
+        ours_cache.close()
+        peer.close()
+    names = list(wrapped)
+    us = [[ns / 1000 for ns in line] for line in samples]
+    table = Table(
+        "memoize hit: a call whose result is stored, one small int argument",
+        "µs/call",
+        rate=False,
+        lines=[
+            Line(names[0], "", us[0], floor=True),
+            Line(names[1], POWER, us[1], ours=True, note="key from code + bound arguments"),
+            Line(names[2], PROCESS, us[2]),
+            Line(names[3], PROCESS, us[3]),
+        ],
+        notes=[
+            f"{len(args):,} calls f(x) stored first, then called in a random order; each "
+            "wrapper's own key derivation, lookup and decoding of the int result. "
+            "blobcache's key hashes the function's code and its bound arguments (xxh3-128); "
+            "diskcache pickles the arguments into its key and reads SQLite; joblib hashes "
+            "the arguments with md5 through a pickler and reads a file per call."
+        ],
+    )
+    table.absolute("16", names[1], "<=", 3.0)
+    table.faster("16", names[1], names[2], 1)
+    table.faster("16", names[1], names[3], 1)
+    return table
+
+
+def bench_array_key(cfg: Config) -> Table:
+    """Deriving the key of a call with one large float32 array, beside xxh3-128 of
+    its bytes (the floor) and joblib.hash of the same array."""
+    import joblib
+    import numpy as np
+
+    mib = cfg.array_key_mib
+    array = np.random.default_rng(0).random(mib << 18, dtype=np.float32)  # mib MiB
+    probe = blobcache.BlobCache(tempfile.mkdtemp(dir=cfg.parent, prefix="memo-key-"))
+    key_of = probe.memoize()(memo_square).cache_key
+    raw = memoryview(array).cast("B")
+
+    def rate(action: Callable[[], object]) -> Callable[[int], float]:
+        return lambda _rep: mb_per_s(array.nbytes, time_ns(action))
+
+    samplers = [
+        rate(lambda: xxhash.xxh3_128(raw).digest()),
+        rate(lambda: key_of(array)),
+        rate(lambda: joblib.hash(array)),
+    ]
+    progress(f"array key: {cfg.reps} repetitions over a {mib} MiB array")
+    try:
+        warm_up(*samplers)
+        samples = interleave(cfg.reps, samplers)
+    finally:
+        probe.close()
+        shutil.rmtree(probe.directory, ignore_errors=True)
+    names = ["floor: xxh3-128 of the array's bytes", "blobcache memoize key", "joblib.hash"]
+    table = Table(
+        f"memoize key of a call with a {mib} MiB float32 array (C order)",
+        "MB/s",
+        rate=True,
+        lines=[
+            Line(names[0], "", samples[0], floor=True),
+            Line(names[1], "", samples[1], ours=True, note="dtype, shape, values"),
+            Line(names[2], "", samples[2], note="md5 through a pickler"),
+        ],
+        notes=["In memory: nothing is stored. The key hashes the array's buffer in place."],
+    )
+    table.faster("16", names[1], names[0], 0.8)
+    return table
+
+
+def bench_get_array(cfg: Config, root: str) -> Table:
+    """``get_array`` of a large array already read once (its checksum verified at
+    the first get), beside ``numpy.load(path, mmap_mode="r")`` of its file."""
+    import numpy as np
+
+    mib = cfg.array_get_mib
+    cache = blobcache.BlobCache(os.path.join(root, "typed-get"))
+    cache.put_object("array", np.zeros(mib << 18, dtype=np.float32))
+    cache.get_array("array")  # the first get maps and verifies; what follows is timed
+    path = cache.path("array")
+    assert path is not None
+
+    def timing(action: Callable[[], object]) -> Callable[[int], float]:
+        return lambda _rep: time_ns(action) / 1000
+
+    samplers = [
+        timing(lambda: np.load(path, mmap_mode="r")),
+        timing(lambda: cache.get_array("array")),
+    ]
+    progress(f"get_array: {cfg.reps} repetitions of a {mib} MiB array")
+    try:
+        warm_up(*samplers)
+        samples = interleave(cfg.reps, samplers)
+    finally:
+        cache.close()
+    names = ['numpy.load(path, mmap_mode="r")', "blobcache get_array"]
+    table = Table(
+        f"get_array of a {size_name(mib << 20)} array, after its first (verified) get",
+        "µs",
+        rate=False,
+        lines=[
+            Line(names[0], "", samples[0], floor=True, note="maps the file anew"),
+            Line(names[1], "", samples[1], ours=True, note="a view of the mapping it holds"),
+        ],
+        notes=["Neither reads the array's bytes: both return an array over a mapping."],
+    )
+    table.absolute("16", names[1], "<=", 1000.0)
+    return table
+
+
 # --- Command line --------------------------------------------------------------------
 
 # The sections in the order they run, each returning its tables (the crossover,
@@ -2441,6 +2606,7 @@ RUNS: dict[str, Callable[[Config, str], list[Table]]] = {
     "processes": bench_processes,
     "sieve": bench_sieve,
     "bounded": bench_bounded,
+    "typed": bench_typed,
 }
 
 

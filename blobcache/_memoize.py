@@ -1,0 +1,315 @@
+"""``BlobCache.memoize``: a function's results stored under keys derived from its code
+and arguments, computed once per key across threads and processes.
+
+The key (``_fingerprint``) is ``b"memoize:<module>.<qualname>:"`` and the
+xxh3-128 digest of the function's code and its bound arguments; the result is
+stored through the typed codecs (``_codecs``: arrays as ``.npy``, dicts of arrays
+as safetensors, plain data as JSON; pickle only when asked), with the
+decorator's ``ttl`` and under the handle's ``max_bytes``.
+
+One computation per key: a call that misses takes the key's lock -- a lock per
+key among the threads of this process, then one byte of the store's ``LOCK``
+file among processes (``_fsio.lock_range``, waited on in the kernel, released
+by the kernel if the process dies) -- and looks again before it computes: the
+callers that waited find the result stored and return it. A call whose function
+raises stores nothing and lets go of the lock: each caller that waited then
+computes in turn, and raises too if the function raises again for it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import functools
+import inspect
+import logging
+import os
+import threading
+from collections.abc import Awaitable, Callable, Iterable
+from typing import TYPE_CHECKING, Any, Generic, NamedTuple, ParamSpec, Protocol, TypeVar
+
+import xxhash
+
+from . import _codecs, _fsio
+from . import _format as F
+from ._clock import check_ttl
+from ._fingerprint import Fingerprint, function_digest
+from .errors import BlobCacheError
+
+if TYPE_CHECKING:
+    from .cache import BlobCache
+
+log = logging.getLogger("blobcache")
+
+_P = ParamSpec("_P")
+_R = TypeVar("_R")
+_R_co = TypeVar("_R_co", covariant=True)
+
+_SERIALIZERS = (None, "npy", "safetensors", "json", "pickle")
+_RANGE_OFFSETS = 1 << 62  # the bytes of LOCK a key's lock may fall on (an off_t is signed)
+
+
+class MemoInfo(NamedTuple):
+    """A memoized function's counts in this process: calls served from the store
+    (``hits``, a call that waited for another's computation included) and calls
+    that computed (``misses``)."""
+
+    hits: int
+    misses: int
+
+
+class Memoized(Protocol[_P, _R_co]):
+    """What ``memoize`` returns: the function, and the functools-style extras."""
+
+    __wrapped__: Callable[_P, Any]
+
+    def __call__(self, *args: _P.args, **kwargs: _P.kwargs) -> _R_co: ...
+
+    def cache_key(self, *args: _P.args, **kwargs: _P.kwargs) -> bytes: ...
+
+    def invalidate(self, *args: _P.args, **kwargs: _P.kwargs) -> bool: ...
+
+    def clear(self) -> int: ...
+
+    def cache_info(self) -> MemoInfo: ...
+
+
+class KeyLocks:
+    """The per-key locks of one handle's memoized calls: a thread lock per key
+    (created on demand, dropped when no caller holds or waits for it), then a
+    byte of the store's ``LOCK`` file.
+
+    Invariant: a key's byte is locked by at most one thread of this process,
+    the one holding its thread lock (an OFD lock excludes other descriptors,
+    not other threads on ours).
+    """
+
+    def __init__(self, lock_path: str) -> None:
+        self._path = lock_path
+        self._guard = threading.Lock()
+        self._threads: dict[bytes, list[Any]] = {}  # key -> [its Lock, holders and waiters]
+        self._fd = -1
+        self._pid = 0  # the process _fd was opened in: a forked child opens its own
+
+    def acquire(self, key: bytes) -> bytes:
+        """Wait for ``key``'s lock (in this process, then among processes);
+        ``release(key)`` lets go of it."""
+        if self._pid != os.getpid():
+            self._here()
+        with self._guard:
+            entry = self._threads.setdefault(key, [threading.Lock(), 0])
+            entry[1] += 1
+        entry[0].acquire()
+        try:
+            _fsio.lock_range(self._fd, _offset(key))
+        except BaseException:
+            self._let_go(key, entry)
+            raise
+        return key
+
+    def release(self, key: bytes) -> None:
+        with self._guard:
+            entry = self._threads[key]
+        try:
+            _fsio.unlock_range(self._fd, _offset(key))
+        finally:
+            self._let_go(key, entry)
+
+    def _let_go(self, key: bytes, entry: list[Any]) -> None:
+        entry[0].release()
+        with self._guard:
+            entry[1] -= 1
+            if not entry[1]:
+                del self._threads[key]
+
+    def _here(self) -> None:
+        """First use in this process (a forked child: the parent's threads' locks
+        are not ours, and its descriptor's copy was closed, see ``_fsio``)."""
+        self._guard = threading.Lock()
+        self._threads = {}
+        self._fd = _fsio.open_range_locks(self._path)
+        self._pid = os.getpid()
+
+    def close(self) -> None:
+        with self._guard:
+            if self._pid == os.getpid():
+                _fsio.unlock(self._fd)
+            self._pid, self._fd = 0, -1
+
+
+def _offset(key: bytes) -> int:
+    return xxhash.xxh3_64_intdigest(key) % _RANGE_OFFSETS
+
+
+class _Memo(Generic[_R]):
+    """One memoized function's state: its key derivation, options and counts."""
+
+    def __init__(
+        self,
+        cache: BlobCache,
+        fn: Callable[..., Any],
+        version: str | int | None,
+        ignore: Iterable[str],
+        ttl: float | None,
+        serializer: str | None,
+        device_policy: str,
+    ) -> None:
+        if serializer not in _SERIALIZERS:
+            raise ValueError(
+                f"serializer must be one of {', '.join(map(repr, _SERIALIZERS))}, "
+                f"not {serializer!r}"
+            )
+        self.cache = cache
+        self.fn = fn
+        self.fingerprint = Fingerprint(
+            fn, version=version, ignore=ignore, device_policy=device_policy
+        )
+        self.prefix = f"memoize:{fn.__module__}.{fn.__qualname__}:".encode()
+        self.ttl = None if ttl is None else check_ttl("ttl", ttl)
+        self.serializer = serializer
+        self.counts = [0, 0]  # hits, misses; changed under count_lock
+        self.count_lock = threading.Lock()
+
+    def key(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> bytes:
+        return self.prefix + self.fingerprint.key(args, kwargs)
+
+    def stored(self, key: bytes) -> tuple[bool, Any]:
+        """(True, the stored result) or (False, None)."""
+        cache = self.cache
+        found = cache._typed_get(key)
+        if found is None:
+            return False, None
+        got, codec = found
+        trusted = cache._pickle_check(key) if codec == F.CODEC_PICKLE else None
+        return True, _codecs.decode(codec, got, trusted=trusted)
+
+    def count(self, hit: bool) -> None:
+        with self.count_lock:
+            self.counts[0 if hit else 1] += 1
+
+    def keep(self, key: bytes, result: Any) -> None:
+        """Store ``result`` under ``key``. An unencodable result raises (every call
+        would fail alike: the function or the serializer must change); a store
+        that fails (disk full, a cap all pinned) is logged and the result
+        returned all the same: the computation is not lost to the cache's
+        trouble."""
+        try:
+            self.cache.put_object(key, result, serializer=self.serializer, ttl=self.ttl)
+        except TypeError as error:
+            raise TypeError(
+                f"memoize({self.fn.__qualname__}): its result cannot be stored: {error}"
+            ) from None
+        except (OSError, BlobCacheError) as error:
+            log.warning(
+                "blobcache: memoize(%s) could not store a result: %s", self.fn.__qualname__, error
+            )
+
+    def clear(self) -> int:
+        cache = self.cache
+        cache.refresh()
+        gone = 0
+        for key in list(cache):
+            if isinstance(key, bytes) and key.startswith(self.prefix):
+                gone += cache.delete(key)
+        return gone
+
+
+def memoize(
+    cache: BlobCache,
+    fn: Callable[_P, _R],
+    version: str | int | None,
+    ignore: Iterable[str],
+    ttl: float | None,
+    serializer: str | None,
+    device_policy: str,
+) -> Memoized[_P, _R]:
+    """``BlobCache.memoize``'s wrapper of ``fn`` (see there)."""
+    memo: _Memo[_R] = _Memo(cache, fn, version, ignore, ttl, serializer, device_policy)
+    locks = cache._key_locks
+
+    def sync_call(*args: _P.args, **kwargs: _P.kwargs) -> _R:
+        key = memo.key(args, kwargs)
+        hit, result = memo.stored(key)
+        if hit:
+            memo.count(True)
+            return result  # type: ignore[no-any-return]
+        if cache.options.readonly:  # nothing can be stored: computed, not kept
+            memo.count(False)
+            return fn(*args, **kwargs)
+        locks().acquire(key)
+        try:
+            hit, result = memo.stored(key)  # (a miss asks the other processes first)
+            memo.count(hit)
+            if hit:
+                return result  # type: ignore[no-any-return]
+            result = fn(*args, **kwargs)
+            memo.keep(key, result)
+            return result
+        finally:
+            locks().release(key)
+
+    async def async_call(*args: _P.args, **kwargs: _P.kwargs) -> Any:
+        key = memo.key(args, kwargs)
+        hit, result = await asyncio.to_thread(memo.stored, key)
+        if hit:
+            memo.count(True)
+            return result
+        if cache.options.readonly:
+            memo.count(False)
+            return await fn(*args, **kwargs)  # type: ignore[misc]
+        await _acquire_async(locks(), key)
+        try:
+            hit, result = await asyncio.to_thread(memo.stored, key)
+            memo.count(hit)
+            if hit:
+                return result
+            result = await fn(*args, **kwargs)  # type: ignore[misc]
+            await asyncio.to_thread(memo.keep, key, result)
+            return result
+        finally:
+            locks().release(key)
+
+    wrapper: Any = async_call if inspect.iscoroutinefunction(fn) else sync_call
+    functools.update_wrapper(wrapper, fn)
+    wrapper.cache_key = lambda *args, **kwargs: memo.key(args, kwargs)
+    wrapper.invalidate = lambda *args, **kwargs: cache.delete(memo.key(args, kwargs))
+    wrapper.clear = memo.clear
+    wrapper.cache_info = lambda: MemoInfo(*memo.counts)
+    wrapper.__blobcache_key__ = functools.partial(_wrapped_key, fn, version)
+    return wrapper  # type: ignore[no-any-return]
+
+
+_deriving = threading.local()  # the memoized functions whose keys this thread is deriving
+
+
+def _wrapped_key(fn: Callable[..., Any], version: str | int | None) -> bytes | str:
+    """What a memoized function is keyed by where another function's key meets
+    it (it calls it by a global name): the function it wraps, not the wrapper,
+    whose closure holds the cache. One that calls itself (a memoized recursion)
+    meets its own name the second time round."""
+    busy: set[int] = _deriving.__dict__.setdefault("busy", set())
+    if id(fn) in busy:
+        return f"{fn.__module__}.{fn.__qualname__}"
+    busy.add(id(fn))
+    try:
+        return function_digest(fn, version=version)
+    finally:
+        busy.discard(id(fn))
+
+
+async def _acquire_async(locks: KeyLocks, key: bytes) -> None:
+    """``locks.acquire(key)`` in a thread, without blocking the loop. If the
+    waiting task is cancelled, the lock is let go of as soon as the thread gets
+    it: nobody else would."""
+    waiting: Awaitable[bytes] = asyncio.ensure_future(asyncio.to_thread(locks.acquire, key))
+    try:
+        await asyncio.shield(waiting)
+    except asyncio.CancelledError:
+        future: asyncio.Future[bytes] = waiting  # type: ignore[assignment]
+
+        def let_go(done: asyncio.Future[bytes]) -> None:
+            with contextlib.suppress(BaseException):
+                locks.release(done.result())
+
+        future.add_done_callback(let_go)
+        raise

@@ -1,0 +1,91 @@
+"""Typed values between the face and the write path: a put of encoded parts, and
+which codec a get's value has.
+
+``_codecs`` turns an array, a dict of arrays, plain data (or, asked by name, a
+pickle) into parts of bytes and back; this module stores those parts under a
+key with their codec in the record (FORMAT.md, "Typed values") and, for a get,
+tells the codec of the very value it returned:
+
+* a small value is held in the index as a bytes subclass per codec
+  (``_index.NpyBytes``...), so the object ``get`` returned says its codec;
+* a value in a file is a view of its mapping: the codec is its ``Mapped``'s if
+  that mapping is the key's live one, else a put came between the two looks
+  and the caller looks again.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Sequence
+
+from . import _blob
+from . import _format as F
+from . import _names as N
+from ._index import Mapped, Values, codec_of
+from ._writes import StripeGuard, Writes
+
+
+def write(
+    writes: Writes,
+    key: N.Key,
+    tag: bytes,
+    raw: bytes,
+    stripe: StripeGuard,
+    parts: Sequence[bytes | memoryview],
+    length: int,
+    codec: int,
+    expires: int,
+    pin: bool,
+) -> bool:
+    """Store the concatenation of ``parts`` (``length`` bytes) as the key's value
+    of ``codec``: in the log below ``inline_limit``, else a version file
+    written part by part (an array's data straight from the array, no copy).
+    Returns whether a sealed segment got staler. REQUIRES: the key checked."""
+    writes.check_fits(length)
+    if length < writes.options.inline_limit:
+        inline = bytes(parts[0]) if len(parts) == 1 else b"".join(parts)
+        with stripe:
+            return writes.put_inline(key, tag, raw, inline, expires, pin, codec)
+    if len(parts) == 1:
+        return writes.put_blob(key, tag, raw, stripe, memoryview(parts[0]), expires, pin, codec)
+    head, rest = bytes(parts[0]), [memoryview(part).cast("B") for part in parts[1:]]
+    return writes.put_version(
+        key,
+        tag,
+        raw,
+        stripe,
+        lambda keydir, sync: _blob.write_version_from(keydir, head, iter(rest), sync=sync),
+        expires,
+        pin,
+        codec,
+    )
+
+
+def codec_of_got(values: Values, key: N.Key, got: bytes | memoryview) -> int | None:
+    """The codec of ``got``, what a get of ``key`` just returned; None if it was
+    a version that is no longer the key's live one (get again)."""
+    if not isinstance(got, memoryview):
+        return codec_of(got)
+    mapped = values.files.get(key)
+    if mapped is None or mapped.view is None or mapped.view.obj is not got.obj:
+        return None
+    return mapped.codec
+
+
+def private_paths(root: str, values: Values, key: N.Key) -> Callable[[], list[str]]:
+    """The directories and files whose writers could have planted the value of
+    ``key``: the store's, the log's and its segments, or the key's directories
+    and its file; to check before unpickling."""
+
+    def paths() -> list[str]:
+        logdir = os.path.join(root, F.LOG_DIR)
+        found = [root, logdir, os.path.join(root, F.BLOBS_DIR)]
+        found += [os.path.join(logdir, name) for name in sorted(os.listdir(logdir))]
+        mapped = values.files.get(key)
+        if isinstance(mapped, Mapped):
+            keydir = os.path.dirname(mapped.record.path)
+            fanout2 = os.path.dirname(keydir)
+            found += [os.path.dirname(fanout2), fanout2, keydir, mapped.record.path]
+        return found
+
+    return paths
