@@ -92,7 +92,7 @@ _TYPED: Final[dict[int, type[bytes]]] = {
     F.CODEC_JSON: JsonBytes,
     F.CODEC_PICKLE: PickleBytes,
 }
-_CODEC_OF: Final[dict[type, int]] = {kind: codec for codec, kind in _TYPED.items()}
+CODEC_OF: Final[dict[type, int]] = {kind: codec for codec, kind in _TYPED.items()}
 
 
 def typed(data: bytes | memoryview, start: int, end: int, codec: int) -> bytes:
@@ -108,7 +108,7 @@ def codec_of(value: bytes | memoryview | Mapped) -> int:
     a ``Mapped``'s, a small value's by its type; 0 (raw) for anything else."""
     if isinstance(value, Mapped):
         return value.codec
-    return _CODEC_OF.get(type(value), F.CODEC_RAW)
+    return CODEC_OF.get(type(value), F.CODEC_RAW)
 
 
 Value = bytes | Mapped  # what a key's live record holds in memory

@@ -227,9 +227,25 @@ def memoize(
     memo: _Memo[_R] = _Memo(cache, fn, version, ignore, ttl, serializer, device_policy)
     locks = cache._key_locks
 
+    # The hit's path, flat: a memoized call whose result is stored is this and
+    # no more (issue 16: <= 3 us with a small argument).
+    prefix, derive, typed_get = memo.prefix, memo.fingerprint.key, cache._typed_get
+    counts, count_lock, decode, pickled = (
+        memo.counts,
+        memo.count_lock,
+        _codecs.decode,
+        F.CODEC_PICKLE,
+    )
+
     def sync_call(*args: _P.args, **kwargs: _P.kwargs) -> _R:
-        key = memo.key(args, kwargs)
-        hit, result = memo.stored(key)
+        key = prefix + derive(args, kwargs)
+        found = typed_get(key)
+        if found is not None and found[1] != pickled:
+            result = decode(found[1], found[0])
+            with count_lock:
+                counts[0] += 1
+            return result  # type: ignore[return-value]
+        hit, result = memo.stored(key)  # a miss, or a pickle (checked first)
         if hit:
             memo.count(True)
             return result  # type: ignore[no-any-return]

@@ -17,11 +17,12 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable, Sequence
+from typing import Any
 
 from . import _blob
 from . import _format as F
 from . import _names as N
-from ._index import Mapped, Values, codec_of
+from ._index import CODEC_OF, Mapped, Values
 from ._writes import StripeGuard, Writes
 
 
@@ -61,11 +62,11 @@ def write(
     )
 
 
-def codec_of_got(values: Values, key: N.Key, got: bytes | memoryview) -> int | None:
+def codec_of_got(values: Values, key: N.Key, got: Any) -> int | None:
     """The codec of ``got``, what a get of ``key`` just returned; None if it was
     a version that is no longer the key's live one (get again)."""
-    if not isinstance(got, memoryview):
-        return codec_of(got)
+    if type(got) is not memoryview:
+        return CODEC_OF.get(type(got), F.CODEC_RAW)  # bytes, or a typed value's bytes
     mapped = values.files.get(key)
     if mapped is None or mapped.view is None or mapped.view.obj is not got.obj:
         return None

@@ -393,13 +393,12 @@ class BlobCache(MutableMapping[N.Key, Value]):
         about expiry (as every call but ``get`` is): a memoized result whose ttl
         passed is computed again, not served until the background sweep."""
         for _ in range(_TYPED_TRIES):
-            got = self.get(key, _MISSING)
+            got: Any = self.get(key, _MISSING)
             if got is _MISSING:
                 return None
             if self._index.expiry and self._expiry.is_expired(key):
                 self._expiry.sweep()
                 continue
-            got = cast(Value, got)
             codec = _typed.codec_of_got(self._values, key, got)
             if codec is not None:
                 return got, codec

@@ -42,6 +42,9 @@ MISSED = "(% of requests missed, lower is better)"
 BATCH = "put, 100 B value, blobcache 'fsync', 50 puts: one batch or one by one"
 TTL_GET = "get, 100 B value, 500 str keys: with a ttl, with a cap, with neither"
 CAPPED_PUT = "put, 100 B value, fresh keys, into a store at max_bytes (each put evicts one key)"
+MEMO_HIT = "memoize hit: a call whose result is stored, one small int argument"
+ARRAY_KEY = "memoize key of a call with a 4 MiB float32 array (C order)"
+GET_ARRAY = "get_array of a 4 MiB array, after its first (verified) get"
 TITLES = [
     f"### 1. {GET} (ns per get, lower is better)",
     f"### 2. {GET_BYTES} (ns per get, lower is better)",
@@ -71,6 +74,9 @@ TITLES = [
     f"### 28. {TTL_GET} (ns per get, lower is better)",
     f"### 29. {CAPPED_PUT} (puts/s,",
     "### 30. expiry: how long a get still serves a value past its ttl, one thread polling (ms",
+    f"### 31. {MEMO_HIT} (µs/call, lower is better)",
+    f"### 32. {ARRAY_KEY} (MB/s, higher is better)",
+    f"### 33. {GET_ARRAY} (µs, lower is better)",
 ]
 # Every goal either former tool checked, issue 13's get floor and issue 14's goals of
 # several processes: its text and issue.
@@ -116,6 +122,12 @@ GOALS = [
     f"| {TTL_GET}: blobcache, every key with a ttl <= 1.4x {FLOOR_GET} | 15 |",
     f"| {TTL_GET}: blobcache, max_bytes set <= 1.4x {FLOOR_GET} | 15 |",
     f"| {CAPPED_PUT}: blobcache, fsync, at its cap <= 1.5x blobcache, fsync, no cap | 15 |",
+    f"| {MEMO_HIT}: blobcache memoize <= 3.00 µs/call (absolute) | 16 |",
+    f"| {MEMO_HIT}: blobcache memoize faster than diskcache memoize | 16 |",
+    f"| {MEMO_HIT}: blobcache memoize faster than joblib Memory.cache | 16 |",
+    f"| {ARRAY_KEY}: blobcache memoize key >= 0.8x as fast as floor: xxh3-128 of the array's "
+    "bytes | 16 |",
+    f"| {GET_ARRAY}: blobcache get_array <= 1,000 µs (absolute) | 16 |",
 ]
 # What each library flushes, counted under strace (docs/performance.md quotes these).
 FLUSHES = [
