@@ -14,10 +14,12 @@ from __future__ import annotations
 
 import os
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from contextlib import ExitStack
 from types import TracebackType
 
+from . import _codecs
+from . import _format as F
 from . import _names as N
 from ._buffers import as_buffer
 from ._options import check_flag
@@ -74,17 +76,45 @@ class Batch:
         :raises BatchError: the batch has ended, or this is not its thread.
         """
         self._check()
-        tag, raw = N.encode_key(key)
         data = as_buffer(value)
+        self._put(key, (data,), data.nbytes, F.CODEC_RAW, ttl, pin)
+
+    def put_object(
+        self,
+        key: N.Key,
+        value: object,
+        *,
+        serializer: str | None = None,
+        ttl: float | None = None,
+        pin: bool = False,
+    ) -> None:
+        """Add a put of a typed value, as ``BlobCache.put_object`` stores it.
+
+        :raises TypeError: as ``BlobCache.put_object``; and as ``put``.
+        """
+        self._check()
+        encoded = _codecs.encode(value, serializer)
+        self._put(key, encoded.parts, encoded.length, encoded.codec, ttl, pin)
+
+    def _put(
+        self,
+        key: N.Key,
+        parts: Sequence[bytes | memoryview],
+        length: int,
+        codec: int,
+        ttl: float | None,
+        pin: bool,
+    ) -> None:
+        tag, raw = N.encode_key(key)
         expires = self._expires(ttl)
         key = N.decode_key(tag, raw)
         check_flag("pin", pin)
-        self._writes.check_fits(data.nbytes)
-        if data.nbytes < self._inline_limit:
-            self._ops.append(Op(key, tag, raw, bytes(data), expires, pin))
+        self._writes.check_fits(length)
+        if length < self._inline_limit:
+            self._ops.append(Op(key, tag, raw, b"".join(parts), expires, pin, codec))
         else:
-            staged = self._writes.stage_version(tag, raw, data, self._staged)
-            self._ops.append(Op(key, tag, raw, staged, expires, pin))
+            staged = self._writes.stage_version(tag, raw, parts, self._staged)
+            self._ops.append(Op(key, tag, raw, staged, expires, pin, codec))
 
     def delete(self, key: N.Key) -> None:
         """Add a delete of ``key`` (nothing happens to a key that is not there).

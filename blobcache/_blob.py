@@ -14,7 +14,7 @@ import itertools
 import mmap
 import os
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 
 import xxhash
 
@@ -93,19 +93,25 @@ class TempVersion:
         self.abandon()
 
 
-def write_version(keydir: str, data: memoryview, *, sync: bool) -> TempVersion:
-    """Write ``data`` to a temp version in ``keydir``: temp file (flocked), write,
-    fsync with ``sync`` ("os" durability leaves it to the caller's next ``sync``).
+def write_parts(keydir: str, parts: Sequence[bytes | memoryview], *, sync: bool) -> TempVersion:
+    """Write the concatenation of ``parts`` (a value's buffer; a typed value's
+    header and data) to a temp version in ``keydir``: temp file (flocked),
+    write, fsync with ``sync`` ("os" durability leaves it to the caller's next
+    ``sync``).
 
-    The checksum is computed over the file, not over ``data``: a buffer that
+    The checksum is computed over the file, not over ``parts``: a buffer that
     another thread changes meanwhile may leave any mix of its states in the
     file, and the name then carries the checksum of that mix, so what is served
     later is exactly what was written (never a false CorruptionError).
     """
 
     def fill(fd: int) -> int:
-        _fsio.pwrite_all(fd, data, 0)
-        return data.nbytes
+        offset = 0
+        for part in parts:
+            view = memoryview(part).cast("B")
+            _fsio.pwrite_all(fd, view, offset)
+            offset += view.nbytes
+        return offset
 
     return _write_temp(keydir, fill, sync=sync)
 

@@ -47,15 +47,12 @@ def write(
         inline = bytes(parts[0]) if len(parts) == 1 else b"".join(parts)
         with stripe:
             return writes.put_inline(key, tag, raw, inline, expires, pin, codec)
-    if len(parts) == 1:
-        return writes.put_blob(key, tag, raw, stripe, memoryview(parts[0]), expires, pin, codec)
-    head, rest = bytes(parts[0]), [memoryview(part).cast("B") for part in parts[1:]]
     return writes.put_version(
         key,
         tag,
         raw,
         stripe,
-        lambda keydir, sync: _blob.write_version_from(keydir, head, iter(rest), sync=sync),
+        lambda keydir, sync: _blob.write_parts(keydir, parts, sync=sync),
         expires,
         pin,
         codec,

@@ -21,7 +21,7 @@ import logging
 import os
 import stat
 import threading
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import ExitStack
 from typing import BinaryIO, NamedTuple
 
@@ -216,7 +216,7 @@ class Writes:
             tag,
             raw,
             stripe,
-            lambda keydir, sync: _blob.write_version(keydir, data, sync=sync),
+            lambda keydir, sync: _blob.write_parts(keydir, (data,), sync=sync),
             expires,
             pin,
             codec,
@@ -264,7 +264,9 @@ class Writes:
 
     # --- batches -----------------------------------------------------------------
 
-    def stage_version(self, tag: bytes, raw: bytes, data: memoryview, hold: ExitStack) -> Staged:
+    def stage_version(
+        self, tag: bytes, raw: bytes, parts: Sequence[bytes | memoryview], hold: ExitStack
+    ) -> Staged:
         """Write a batch's large value to a temp version in its key directory now
         (no lock held: this is the long part), holding the directory (as
         ``_in_key_dir``) and the temp file in ``hold`` until the batch commits or
@@ -279,7 +281,7 @@ class Writes:
         digest = N.key_hash(tag, raw)
         keydir = N.key_dir(self.blobs, digest)
         hold.enter_context(self._in_key_dir(key, tag, raw, keydir, self.writing(digest)))
-        temp = hold.enter_context(_blob.write_version(keydir, data, sync=True))
+        temp = hold.enter_context(_blob.write_parts(keydir, parts, sync=True))
         if self.options.durability != "fsync":
             self.held.owed.make_durable(keydir, temp.path, parents=True)
         return Staged(keydir, temp, batch=True)

@@ -169,6 +169,40 @@ class AsyncBlobCache:
         """As :meth:`BlobCache.put`, awaited; same durability."""
         await self._run(functools.partial(self.sync_cache.put, ttl=ttl, pin=pin), key, value)
 
+    async def put_object(
+        self,
+        key: Key,
+        value: object,
+        *,
+        serializer: str | None = None,
+        ttl: float | None = None,
+        pin: bool = False,
+    ) -> None:
+        """As :meth:`BlobCache.put_object`, awaited; same durability."""
+        put = functools.partial(self.sync_cache.put_object, serializer=serializer, ttl=ttl, pin=pin)
+        await self._run(put, key, value)
+
+    async def get_object(self, key: Key, default: Any = None) -> Any:
+        """As :meth:`BlobCache.get_object`."""
+        return await self._run(self.sync_cache.get_object, key, default)
+
+    async def get_array(self, key: Key, default: Any = None) -> Any:
+        """As :meth:`BlobCache.get_array`."""
+        return await self._run(self.sync_cache.get_array, key, default)
+
+    async def get_tensors(self, key: Key, default: Any = None, *, framework: str = "numpy") -> Any:
+        """As :meth:`BlobCache.get_tensors`."""
+        get = functools.partial(self.sync_cache.get_tensors, framework=framework)
+        return await self._run(get, key, default)
+
+    def memoize(self, *args: Any, **kwargs: Any) -> Any:
+        """As :meth:`BlobCache.memoize` (a plain decorator: a memoized ``async``
+        function runs its lookups and waits in worker threads, never on the loop).
+
+        :raises RuntimeError: the cache is not open yet (``async with`` it first).
+        """
+        return self.sync_cache.memoize(*args, **kwargs)
+
     async def pin(self, key: Key) -> None:
         await self._run(self.sync_cache.pin, key)
 

@@ -79,7 +79,9 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any, Final, Literal, TypeAlias
 
-from blobcache import BlobCache, BlobCacheError, CorruptionError, _collect, _format, _fsio
+import numpy as np
+
+from blobcache import BlobCache, BlobCacheError, CorruptionError, _codecs, _collect, _format, _fsio
 
 PAGE: Final = 4096
 """Writes are torn only at page boundaries: the unit a page cache writes back."""
@@ -1447,6 +1449,38 @@ class Driver:
             for op in ops:
                 self.recorder.mark(Ack(op))
 
+    def typed(self, key: Key, size: int) -> None:
+        """``put_object`` of a uint8 array of ``size`` bytes: a .npy value, its codec
+        in its record (a b- file when large); the checker reads it back by codec."""
+        op = self._take_op()
+        array = np.frombuffer(make_value(key, op, size), dtype=np.uint8)
+        data = b"".join(_codecs.encode(array).parts)
+        if not self._step():
+            return
+        self.recorder.mark(Begin(op, key, data))
+        with self._beside_gc(f"the writer's put_object of {key!r} (op {op})"):
+            self.cache.put_object(key, array)
+            self.recorder.mark(Ack(op))
+
+    def typed_batch(self, items: Sequence[tuple[Key, int]]) -> None:
+        """``put_object`` of each (key, size) as above, as one batch."""
+        ops = [self._take_op() for _ in items]
+        arrays = [
+            np.frombuffer(make_value(key, op, size), dtype=np.uint8)
+            for op, (key, size) in zip(ops, items, strict=True)
+        ]
+        if not self._step():
+            return
+        self.recorder.mark(Together(tuple(ops)))
+        for op, (key, _size), array in zip(ops, items, arrays, strict=True):
+            self.recorder.mark(Begin(op, key, b"".join(_codecs.encode(array).parts)))
+        with self._beside_gc(f"the writer's typed batch (ops {ops[0]}-{ops[-1]})"):
+            with self.cache.batch() as b:
+                for (key, _size), array in zip(items, arrays, strict=True):
+                    b.put_object(key, array)
+            for op in ops:
+                self.recorder.mark(Ack(op))
+
     # Op numbers a capped put reserves for the evictions it may make.
     EVICTIONS_PER_PUT: Final = 4
 
@@ -1643,6 +1677,20 @@ class Driver:
             busy = wanted.is_set() or lock.locked()
             quiet = 0 if busy else quiet + 1
             time.sleep(0.0005)
+
+
+def _codec_agrees(cache: BlobCache, key: Key, value: bytes) -> bool:
+    """Whether ``key``'s codec is the one its bytes were put with: npy for the
+    values of ``Driver.typed`` (the only ones starting with numpy's magic), raw
+    for every other."""
+    found = cache._typed_get(key)
+    if found is None:
+        return False
+    if not value.startswith(b"\x93NUMPY"):
+        return found[1] == _format.CODEC_RAW
+    if found[1] != _format.CODEC_NPY:
+        return False
+    return bytes(cache.get_array(key).data) == value[len(value) - cache.get_array(key).nbytes :]
 
 
 def make_value(key: Key, op: int, size: int) -> bytes:
@@ -2250,6 +2298,8 @@ class Checker:
                     continue
                 value = None if got is None else bytes(got)
                 found[key] = value
+                if value is not None and not _codec_agrees(cache, key, value):
+                    problems.append(("wrong-codec", f"{key!r}: {_show(value)} has another codec"))
                 if value not in values:
                     # An older state of the key (a value it had, or absence) is a lost
                     # acknowledgement; bytes no operation gave it are something else.
@@ -2497,6 +2547,20 @@ def _evictions(d: Driver) -> None:
     d.capped_put("M", 3000)  # evicts L and more, never p
     d.pin("M")
     d.capped_put("s5", 900)
+
+
+def _typed(d: Driver) -> None:
+    # inline_limit 1024: a 100-element array (228 B with its header) in the log,
+    # 3000 in a b- file; overwrites across codecs and layouts, a batch, gc.
+    d.typed("t", 100)
+    d.typed("T", 3000)
+    d.small("t", 500)  # raw now: its codec ends
+    d.typed("T", 200)  # from a file to the log
+    d.typed_batch([("b1", 100), ("b2", 3000)])
+    d.gc()  # compaction copies the puts and the b- record with their codecs
+    d.typed("t", 3000)
+    d.delete("b1")
+    d.typed("b2", 100)
 
 
 def _torn_batches(d: Driver) -> None:
@@ -2782,6 +2846,12 @@ WORKLOADS: Final[dict[str, Workload]] = {
             {**BASE, "max_bytes": 6000},
             _evictions,
             "puts under max_bytes: each with its evict records, a pin",
+        ),
+        Workload(
+            "typed",
+            {**BASE, "inline_limit": 1024},
+            _typed,
+            "put_object of arrays, small and large, across codecs, a batch, gc",
         ),
         Workload(
             "torn-batches",

@@ -66,6 +66,7 @@ MIN_STATES: Final = {
     "torn-batches": 40,
     "expiry": 50,
     "evictions": 50,
+    "typed": 50,
     "compaction": 48,
     "background-compaction": 80,
     "janitor": 70,
@@ -102,7 +103,7 @@ _DEFAULT_SEEDS: Final = 2 * 2 + 2 * 1  # (random, beside gc) x (fsync, os) in th
 # Killed variants of the workloads added for issue 15 beyond "batches" run with
 # the slow marker: the default run keeps them unkilled (and "batches" killed),
 # under its six minutes.
-_SLOW_KILLED: Final = frozenset({"os-batches", "torn-batches", "expiry", "evictions"})
+_SLOW_KILLED: Final = frozenset({"os-batches", "torn-batches", "expiry", "evictions", "typed"})
 KILLED: Final = tuple(
     pytest.param(name, marks=pytest.mark.slow) if name in _SLOW_KILLED else name
     for name in sorted(name for name, w in C.WORKLOADS.items() if w.killable)

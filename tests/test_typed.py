@@ -298,3 +298,47 @@ def test_get_array_of_a_1_gib_value_reads_none_of_it(tmp_path: Path) -> None:
     )
     grew_kib = int(out.stdout.strip())
     assert grew_kib < 16 * 1024, f"RSS grew {grew_kib} KiB for a 1 GiB get_array"
+
+
+def test_a_batch_puts_typed_values_all_or_none(store: str) -> None:
+    with BlobCache(store) as cache:
+        with cache.batch() as b:
+            b.put_object("small", _SMALL)
+            b.put_object("large", _LARGE)
+            b.put_object("plain", [1, "two"])
+        assert (cache.get_array("large") == _LARGE).all()
+        with pytest.raises(RuntimeError), cache.batch() as b:
+            b.put_object("plain", [3])
+            raise RuntimeError("applies nothing")
+        with pytest.raises(TypeError), cache.batch() as b:
+            b.put_object("plain", (3,))
+    with BlobCache(store) as cache:
+        assert (cache.get_array("small") == _SMALL).all()
+        assert (cache.get_array("large") == _LARGE).all()
+        assert cache.get_object("plain") == [1, "two"]
+    codecs = {r.raw: (r.codec, r.flags) for r in _records(store)}
+    assert codecs[b"large"] == (F.CODEC_NPY, F.FLAG_MORE | F.FLAG_BOUND)
+
+
+def test_the_async_twins(store: str) -> None:
+    import asyncio
+
+    from blobcache import AsyncBlobCache
+
+    async def main() -> None:
+        async with AsyncBlobCache(store) as cache:
+            await cache.put_object("a", _LARGE)
+            await cache.put_object("t", {"w": _SMALL})
+            await cache.put_object("p", {"x": 1})
+            assert (await cache.get_array("a") == _LARGE).all()
+            assert (await cache.get_tensors("t"))["w"].shape == (3, 4)
+            assert await cache.get_object("p") == {"x": 1}
+
+            @cache.memoize()
+            async def twice(x: int) -> int:
+                return 2 * x
+
+            assert await twice(4) == await twice(4) == 8
+            assert twice.cache_info() == (1, 1)
+
+    asyncio.run(main())
