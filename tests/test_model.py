@@ -23,6 +23,7 @@ import shutil
 import tempfile
 import threading
 
+import numpy as np
 import pytest
 from hypothesis import settings
 from hypothesis import strategies as st
@@ -33,7 +34,7 @@ from hypothesis.stateful import (
     rule,
 )
 
-from blobcache import BlobCache, GcResult, _clock, _log
+from blobcache import BlobCache, GcResult, _clock, _codecs, _log
 from blobcache import _format as F
 from blobcache._names import encode_key
 from blobcache._options import DURABILITY_LEVELS, Durability
@@ -109,6 +110,7 @@ class BlobCacheModel(RuleBasedStateMachine):
         self.limit = INLINE_LIMIT
         self.expires: dict[Key, int] = {}  # key -> when its value expires, ms
         self.batched: set[Key] = set()  # keys whose live value a batch put
+        self.arrays: dict[Key, np.ndarray] = {}  # keys put_object put an array under
         self.now = 1_796_148_000_000  # the machine's clock, ms since the epoch
         self._real_clock = _clock.now_ms
         _clock.now_ms = lambda: self.now
@@ -156,6 +158,7 @@ class BlobCacheModel(RuleBasedStateMachine):
         self, key: Key, value: bytes, ttl: int | None = None, *, batch: bool = False
     ) -> None:
         self.model[key] = value
+        self.arrays.pop(key, None)
         if batch:
             self.batched.add(key)
         else:
@@ -171,6 +174,7 @@ class BlobCacheModel(RuleBasedStateMachine):
 
     def record_delete(self, key: Key) -> None:
         self.model.pop(key, None)
+        self.arrays.pop(key, None)
         self.inline.discard(key)
         self.expires.pop(key, None)
         self.batched.discard(key)
@@ -212,6 +216,14 @@ class BlobCacheModel(RuleBasedStateMachine):
     def put(self, key: Key, value: bytes) -> None:
         self.c.put(key, value)
         self.record_put(key, value)
+
+    @rule(key=keys, n=st.sampled_from([0, 3, 40, 600]), fill=st.integers(0, 65535))
+    def put_array(self, key: Key, n: int, fill: int) -> None:
+        """A typed value (.npy, its codec in its record), on both sides of the limit."""
+        array = np.full(n, fill, dtype=np.uint16)
+        self.c.put_object(key, array)
+        self.record_put(key, b"".join(_codecs.encode(array).parts))
+        self.arrays[key] = array
 
     @rule(key=keys, value=values, ttl=ttls)
     def put_with_ttl(self, key: Key, value: bytes, ttl: int) -> None:
@@ -293,7 +305,7 @@ class BlobCacheModel(RuleBasedStateMachine):
         assert key in self.c
         path = self.c.path(key)
         if key in self.inline:
-            assert type(got) is bytes
+            assert isinstance(got, bytes)  # (a typed value's: a subclass, its codec)
             assert got == self.model[key]
             assert path is None
         else:
@@ -390,8 +402,16 @@ class BlobCacheModel(RuleBasedStateMachine):
         assert set(listed) == set(self.model)
         for key, value in self.model.items():
             got = self.c[key]
-            assert type(got) is (bytes if key in self.inline else memoryview), key
+            if key in self.inline:  # (a typed value's bytes are a bytes subclass)
+                assert isinstance(got, bytes), key
+            else:
+                assert type(got) is memoryview, key
             assert bytes(got) == value, key
+            array = self.arrays.get(key)
+            if array is None:
+                assert self.c._typed_get(key) == (got, F.CODEC_RAW), key
+            else:
+                assert np.array_equal(self.c.get_array(key), array), key
 
     @invariant()
     def stats_match_model(self) -> None:
@@ -404,12 +424,12 @@ class BlobCacheModel(RuleBasedStateMachine):
         # Each inline key has exactly one live record; everything else in the log
         # is stale, whether or not background compaction has run yet, but the
         # version records of files that count on theirs (an expiry, a batch's
-        # b- file), which compaction copies forward as live.
+        # b- file, a typed value's), which compaction copies forward as live.
         live = sum(log_record_size(k, self.model[k], k in self.expires) for k in self.inline)
         notes = sum(
             log_record_size(k, bytes(F.VERSION_BODY.size), k in self.expires)
             for k in self.model
-            if k not in self.inline and (k in self.expires or k in self.batched)
+            if k not in self.inline and (k in self.expires or k in self.batched or k in self.arrays)
         )
         assert live <= stats.log_record_bytes - stats.log_stale_bytes <= live + notes
         assert 0 <= stats.log_stale_bytes <= stats.log_record_bytes
