@@ -93,6 +93,10 @@ class Batch:
         :raises TypeError: as ``BlobCache.put_object``; and as ``put``.
         """
         self._check()
+        if serializer is None and isinstance(value, (bytes, bytearray, memoryview)):
+            data = as_buffer(value)  # as BlobCache.put_object: bytes as they are
+            self._put(key, (data,), data.nbytes, F.CODEC_RAW, ttl, pin)
+            return
         encoded = _codecs.encode(value, serializer)
         self._put(key, encoded.parts, encoded.length, encoded.codec, ttl, pin)
 

@@ -34,6 +34,7 @@ from . import _codecs, _fsio
 from . import _format as F
 from ._clock import check_ttl
 from ._fingerprint import Fingerprint, function_digest
+from ._index import CODEC_OF
 from .errors import BlobCacheError
 
 if TYPE_CHECKING:
@@ -46,6 +47,8 @@ _R = TypeVar("_R")
 _R_co = TypeVar("_R_co", covariant=True)
 
 _SERIALIZERS = (None, "npy", "safetensors", "json", "pickle")
+_SLOW = 1 << 8  # no codec: what the hit's path says of what is not a small typed value
+_FAST_CODECS = {**CODEC_OF, bytes: F.CODEC_RAW}  # (a small raw value: the bytes themselves)
 _RANGE_OFFSETS = 1 << 62  # the bytes of LOCK a key's lock may fall on (an off_t is signed)
 
 
@@ -229,23 +232,22 @@ def memoize(
 
     # The hit's path, flat: a memoized call whose result is stored is this and
     # no more (issue 16: <= 3 us with a small argument).
-    prefix, derive, typed_get = memo.prefix, memo.fingerprint.key, cache._typed_get
-    counts, count_lock, decode, pickled = (
-        memo.counts,
-        memo.count_lock,
-        _codecs.decode,
-        F.CODEC_PICKLE,
-    )
+    # A small result is the index's bytes object itself, its type the codec
+    # (_index.CODEC_OF); anything else -- a miss, a value in a file, an expiry
+    # to check, a pickle -- takes memo.stored, the whole way.
+    prefix, derive, codec_of = memo.prefix, memo.fingerprint.key, _FAST_CODECS.get
+    counts, count_lock, decode, missing = memo.counts, memo.count_lock, _codecs.decode, object()
 
     def sync_call(*args: _P.args, **kwargs: _P.kwargs) -> _R:
         key = prefix + derive(args, kwargs)
-        found = typed_get(key)
-        if found is not None and found[1] != pickled:
-            result = decode(found[1], found[0])
+        got: Any = cache.get(key, missing)
+        codec = codec_of(type(got), _SLOW)
+        if codec < F.CODEC_PICKLE and not cache._index.expiry:
+            result = decode(codec, got)
             with count_lock:
                 counts[0] += 1
             return result  # type: ignore[return-value]
-        hit, result = memo.stored(key)  # a miss, or a pickle (checked first)
+        hit, result = memo.stored(key)
         if hit:
             memo.count(True)
             return result  # type: ignore[no-any-return]

@@ -595,7 +595,8 @@ class BlobCache(MutableMapping[N.Key, Value]):
         """Store a typed value under ``key``, its codec in its record: a numpy array
         as a ``.npy`` file, a dict of str to arrays (or torch tensors) as
         safetensors, plain data (None, bool, int, float, str, lists, str-keyed
-        dicts) as JSON; ``get_object`` gives it back, ``get`` its encoded bytes,
+        dicts) as JSON; bytes, bytearray and memoryview as they are (as ``put``
+        stores them); ``get_object`` gives it back, ``get`` its encoded bytes,
         and ``path(key)`` of a large one is a file numpy's or safetensors' own
         loaders open (``numpy.load(path, mmap_mode="r")``). Durable as ``put``.
 
@@ -615,6 +616,10 @@ class BlobCache(MutableMapping[N.Key, Value]):
             would, and suggests ``serializer="pickle"``); nothing changed.
         :raises ValueError: an unknown ``serializer``.
         """
+        if serializer is None and isinstance(value, (bytes, bytearray, memoryview)):
+            data = as_buffer(value)  # bytes are stored as they are: put's, codec raw
+            self._put(key, (data,), data.nbytes, F.CODEC_RAW, ttl, pin)
+            return
         encoded = _codecs.encode(value, serializer)
         self._put(key, encoded.parts, encoded.length, encoded.codec, ttl, pin)
 

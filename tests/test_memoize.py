@@ -396,3 +396,14 @@ def test_a_memoized_function_calling_another_and_itself_has_a_key(cache: BlobCac
     assert cache.memoize()(caller)(3) == 8
     assert _memo_fib(20) == 6765
     assert _memo_fib.cache_info().misses == 21
+
+
+def test_a_bytes_result_is_stored_as_it_is(cache: BlobCache) -> None:
+    @cache.memoize()
+    def blob(n: int) -> bytes:
+        return bytes(i % 256 for i in range(n))
+
+    assert blob(5) == blob(5) == bytes(range(5))
+    assert blob(300_000)[:3] == blob(300_000)[:3] == b"\x00\x01\x02"  # a file: a view back
+    assert blob.cache_info() == (2, 2)
+    assert cache.get(blob.cache_key(5)) == bytes(range(5))
