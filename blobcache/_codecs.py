@@ -43,7 +43,7 @@ import re
 import stat
 import struct
 import sys
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Collection, Iterable
 from typing import TYPE_CHECKING, Any, Final, Literal, NamedTuple, TypeGuard
 
 from ._format import CODEC_JSON, CODEC_NPY, CODEC_PICKLE, CODEC_RAW, CODEC_SAFETENSORS
@@ -651,7 +651,7 @@ def _where(path: list[object]) -> str:
 # --- Unpickling ----------------------------------------------------------------------
 
 
-def check_private(paths: Iterable[str]) -> None:
+def check_private(paths: Iterable[str], may_vanish: Collection[str] = ()) -> None:
     """Raise unless each of ``paths`` is owned by this user (or root) and writable
     by nobody else, as ssh's StrictModes refuses a world-writable ``~/.ssh``.
 
@@ -659,7 +659,9 @@ def check_private(paths: Iterable[str]) -> None:
     is resolved with ``os.path.realpath`` first, so a symlink is judged by what it
     leads to, the object actually read (a link's own mode bits mean nothing on
     Linux); the directory holding a link is checked when it is named too. Mode
-    bits only: an ACL granting a write is not seen.
+    bits only: an ACL granting a write is not seen. A path of ``may_vanish``
+    that is gone is passed over (a log segment or temp file a compaction
+    removed since the listing: what it held is in a segment listed too).
 
     :raises BlobCacheError: a path is another user's, or writable by its group or
         by others; the sentence names it and what to do.
@@ -668,7 +670,12 @@ def check_private(paths: Iterable[str]) -> None:
     me = os.geteuid()
     for path in paths:
         real = os.path.realpath(path)
-        st = os.stat(real)
+        try:
+            st = os.stat(real)
+        except FileNotFoundError:
+            if path in may_vanish:
+                continue
+            raise
         shown = path if real == path else f"{path} (really {real})"
         if st.st_uid not in (me, 0):
             raise BlobCacheError(

@@ -99,7 +99,7 @@ def typed(data: bytes | memoryview, start: int, end: int, codec: int) -> bytes:
     """``data[start:end]`` as the index holds a value of ``codec``. REQUIRES: codec != 0."""
     kind = _TYPED[codec]
     if type(data) is kind and start == 0 and end == len(data):
-        return data  # (framed by this process: no second copy)
+        return data  # (already one: no second copy)
     return kind(memoryview(data)[start:end])
 
 

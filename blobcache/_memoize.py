@@ -1,7 +1,7 @@
 """``BlobCache.memoize``: a function's results stored under keys derived from its code
 and arguments, computed once per key across threads and processes.
 
-The key (``_fingerprint``) is ``b"memoize:<module>.<qualname>:"`` and the
+The key (``_fingerprint``) is ``b"memoize:<module>:<qualname>:"`` and the
 xxh3-128 digest of the function's code and its bound arguments; the result is
 stored through the typed codecs (``_codecs``: arrays as ``.npy``, dicts of arrays
 as safetensors, plain data as JSON; pickle only when asked), with the
@@ -25,7 +25,7 @@ import inspect
 import logging
 import os
 import threading
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Any, Generic, NamedTuple, ParamSpec, Protocol, TypeVar
 
 import xxhash
@@ -50,6 +50,21 @@ _SERIALIZERS = (None, "npy", "safetensors", "json", "pickle")
 _SLOW = 1 << 8  # no codec: what the hit's path says of what is not a small typed value
 _FAST_CODECS = {**CODEC_OF, bytes: F.CODEC_RAW}  # (a small raw value: the bytes themselves)
 _RANGE_OFFSETS = 1 << 62  # the bytes of LOCK a key's lock may fall on (an off_t is signed)
+
+# Taken by a KeyLocks' first use in a process (``_here``): threads making their
+# first memoized calls at once must share one descriptor, or one locks a byte on
+# its own and releases it on the other's, and the byte stays locked. Module-wide,
+# made anew in a forked child (a thread of the parent may hold it at the fork).
+_first_use = threading.Lock()
+
+
+def _new_first_use_lock() -> None:
+    global _first_use
+    _first_use = threading.Lock()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_new_first_use_lock)
 
 
 class MemoInfo(NamedTuple):
@@ -98,7 +113,9 @@ class KeyLocks:
         """Wait for ``key``'s lock (in this process, then among processes);
         ``release(key)`` lets go of it."""
         if self._pid != os.getpid():
-            self._here()
+            with _first_use:
+                if self._pid != os.getpid():  # (another thread's first use came first)
+                    self._here()
         with self._guard:
             entry = self._threads.setdefault(key, [threading.Lock(), 0])
             entry[1] += 1
@@ -113,8 +130,12 @@ class KeyLocks:
     def release(self, key: bytes) -> None:
         with self._guard:
             entry = self._threads[key]
+            fd = self._fd
         try:
-            _fsio.unlock_range(self._fd, _offset(key))
+            # -1: the handle closed meanwhile, and closing the descriptor let go
+            # of every lock on it; the call that computed still returns its result.
+            if fd >= 0:
+                _fsio.unlock_range(fd, _offset(key))
         finally:
             self._let_go(key, entry)
 
@@ -127,7 +148,9 @@ class KeyLocks:
 
     def _here(self) -> None:
         """First use in this process (a forked child: the parent's threads' locks
-        are not ours, and its descriptor's copy was closed, see ``_fsio``)."""
+        are not ours, and its descriptor's copy was closed, see ``_fsio``).
+        REQUIRES: ``_first_use``. ``_pid`` is set last: a thread that sees it
+        sees the rest."""
         self._guard = threading.Lock()
         self._threads = {}
         self._fd = _fsio.open_range_locks(self._path)
@@ -167,7 +190,8 @@ class _Memo(Generic[_R]):
         self.fingerprint = Fingerprint(
             fn, version=version, ignore=ignore, device_policy=device_policy
         )
-        self.prefix = f"memoize:{fn.__module__}.{fn.__qualname__}:".encode()
+        # ":" between the two, which neither can hold: "a" + "b.c" is not "a.b" + "c".
+        self.prefix = f"memoize:{fn.__module__}:{fn.__qualname__}:".encode()
         self.ttl = None if ttl is None else check_ttl("ttl", ttl)
         self.serializer = serializer
         self.counts = [0, 0]  # hits, misses; changed under count_lock
@@ -198,8 +222,8 @@ class _Memo(Generic[_R]):
         trouble."""
         try:
             self.cache.put_object(key, result, serializer=self.serializer, ttl=self.ttl)
-        except TypeError as error:
-            raise TypeError(
+        except (TypeError, ValueError) as error:
+            raise type(error)(
                 f"memoize({self.fn.__qualname__}): its result cannot be stored: {error}"
             ) from None
         except (OSError, BlobCacheError) as error:
@@ -226,7 +250,15 @@ def memoize(
     serializer: str | None,
     device_policy: str,
 ) -> Memoized[_P, _R]:
-    """``BlobCache.memoize``'s wrapper of ``fn`` (see there)."""
+    """``BlobCache.memoize``'s wrapper of ``fn`` (see there).
+
+    :raises TypeError: ``fn`` is not a function (a ``functools.partial``, a
+        callable object: they have no code or name to key by).
+    """
+    if not inspect.isfunction(fn):
+        raise TypeError(
+            f"memoize takes a function (def or async def), not {type(fn).__name__}: wrap it in one"
+        )
     memo: _Memo[_R] = _Memo(cache, fn, version, ignore, ttl, serializer, device_policy)
     locks = cache._key_locks
 
@@ -316,18 +348,45 @@ def _wrapped_key(fn: Callable[..., Any], version: str | int | None) -> bytes | s
 
 
 async def _acquire_async(locks: KeyLocks, key: bytes) -> None:
-    """``locks.acquire(key)`` in a thread, without blocking the loop. If the
-    waiting task is cancelled, the lock is let go of as soon as the thread gets
-    it: nobody else would."""
-    waiting: Awaitable[bytes] = asyncio.ensure_future(asyncio.to_thread(locks.acquire, key))
+    """``locks.acquire(key)`` in a thread of its own, without blocking the loop.
+
+    Not in the loop's executor: the call holding the key needs the executor's
+    threads (``to_thread(memo.stored)``, ``memo.keep``), and as many waiters as
+    it has threads would take them all, each waiting for that call: a deadlock
+    (issue 16 review). If the waiting task is cancelled, or the loop is gone,
+    the lock is let go of as soon as the thread gets it: nobody else would."""
+    loop = asyncio.get_running_loop()
+    waiting: asyncio.Future[bytes] = loop.create_future()
+
+    def settle(error: BaseException | None) -> None:
+        if waiting.done():  # (never: shielded) the lock must not be kept by nobody
+            if error is None:
+                locks.release(key)
+        elif error is not None:
+            waiting.set_exception(error)
+        else:
+            waiting.set_result(key)
+
+    def wait() -> None:
+        try:
+            locks.acquire(key)
+        except BaseException as error:  # handed to the waiting task
+            with contextlib.suppress(RuntimeError):  # the loop closed: nobody waits
+                loop.call_soon_threadsafe(settle, error)
+            return
+        try:
+            loop.call_soon_threadsafe(settle, None)
+        except RuntimeError:  # the loop closed meanwhile: nobody will release it
+            locks.release(key)
+
+    threading.Thread(target=wait, name="blobcache-memoize-wait", daemon=True).start()
     try:
         await asyncio.shield(waiting)
     except asyncio.CancelledError:
-        future: asyncio.Future[bytes] = waiting  # type: ignore[assignment]
 
         def let_go(done: asyncio.Future[bytes]) -> None:
             with contextlib.suppress(BaseException):
                 locks.release(done.result())
 
-        future.add_done_callback(let_go)
+        waiting.add_done_callback(let_go)
         raise

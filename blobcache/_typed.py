@@ -70,20 +70,24 @@ def codec_of_got(values: Values, key: N.Key, got: Any) -> int | None:
     return mapped.codec
 
 
-def private_paths(root: str, values: Values, key: N.Key) -> Callable[[], list[str]]:
+def private_paths(
+    root: str, values: Values, key: N.Key
+) -> Callable[[], tuple[list[str], set[str]]]:
     """The directories and files whose writers could have planted the value of
     ``key``: the store's, the log's and its segments, or the key's directories
-    and its file; to check before unpickling."""
+    and its file; to check before unpickling. Returned with those of them that
+    may vanish before they are looked at (the log's entries: compaction)."""
 
-    def paths() -> list[str]:
+    def paths() -> tuple[list[str], set[str]]:
         logdir = os.path.join(root, F.LOG_DIR)
         found = [root, logdir, os.path.join(root, F.BLOBS_DIR)]
-        found += [os.path.join(logdir, name) for name in sorted(os.listdir(logdir))]
+        entries = [os.path.join(logdir, name) for name in sorted(os.listdir(logdir))]
+        found += entries
         mapped = values.files.get(key)
         if isinstance(mapped, Mapped):
             keydir = os.path.dirname(mapped.record.path)
             fanout2 = os.path.dirname(keydir)
             found += [os.path.dirname(fanout2), fanout2, keydir, mapped.record.path]
-        return found
+        return found, set(entries)
 
     return paths

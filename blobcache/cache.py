@@ -74,9 +74,9 @@ def _not_typed(key: N.Key, codec: int, wanted: str, getter: str) -> str:
     )
 
 
-def _codecs_trusted(paths: Callable[[], list[str]]) -> Callable[[], None]:
+def _codecs_trusted(paths: Callable[[], tuple[list[str], set[str]]]) -> Callable[[], None]:
     """What ``_codecs.decode`` calls before it unpickles: the store must be private."""
-    return lambda: _codecs.check_private(paths())
+    return lambda: _codecs.check_private(*paths())
 
 
 def _key_type_error(key: object) -> TypeError:

@@ -407,3 +407,20 @@ def test_a_bytes_result_is_stored_as_it_is(cache: BlobCache) -> None:
     assert blob(300_000)[:3] == blob(300_000)[:3] == b"\x00\x01\x02"  # a file: a view back
     assert blob.cache_info() == (2, 2)
     assert cache.get(blob.cache_key(5)) == bytes(range(5))
+
+
+def test_what_memoize_refuses_to_wrap(cache: BlobCache) -> None:
+    import functools
+
+    with pytest.raises(TypeError, match="partial"):
+        cache.memoize(version=1)(functools.partial(shared_function, 1))
+
+    @cache.memoize()
+    def deep(n: int) -> Any:
+        nested: Any = 0
+        for _ in range(n):
+            nested = [nested]
+        return nested
+
+    with pytest.raises(ValueError, match=r"memoize\(.*deep\)"):
+        deep(300)  # nested too deep for JSON: refused with the function named
