@@ -26,7 +26,7 @@ import logging
 import os
 import threading
 from collections.abc import Callable, Iterable
-from typing import TYPE_CHECKING, Any, Generic, NamedTuple, ParamSpec, Protocol, TypeVar
+from typing import TYPE_CHECKING, Any, Generic, NamedTuple, ParamSpec, Protocol, TypeVar, cast
 
 import xxhash
 
@@ -255,7 +255,7 @@ def memoize(
     :raises TypeError: ``fn`` is not a function (a ``functools.partial``, a
         callable object: they have no code or name to key by).
     """
-    if not inspect.isfunction(fn):
+    if not inspect.isfunction(cast(object, fn)):  # (cast: no narrowing of fn's type)
         raise TypeError(
             f"memoize takes a function (def or async def), not {type(fn).__name__}: wrap it in one"
         )
