@@ -25,7 +25,9 @@ fault-injection environment, the explorer works in three steps:
    last acknowledged (and, for ``durability="os"``, synced) operation left, or
    what an operation begun after that left; no key may appear that was never
    written; and the store must accept, keep and serve new puts across a
-   reopen.
+   reopen. With ``Config.jobs`` above 1, worker processes open and check the
+   states, and this one judges their answers in the order it built them: the
+   same report as checking them here (``_PooledChecks``).
 
 A second crash model rides on the same machinery: ``record(kill_after=N)``
 runs the workload in a forked child that dies (as abruptly as SIGKILL) after N
@@ -60,11 +62,15 @@ parent.
 
 from __future__ import annotations
 
+import collections
+import concurrent.futures
+import concurrent.futures.process
 import contextlib
 import copy
 import hashlib
 import itertools
 import logging
+import multiprocessing
 import os
 import pickle
 import random
@@ -1894,6 +1900,10 @@ class Config:
     max_failures: int = 10
     scratch: str | None = None
     known_bugs: tuple[KnownBug, ...] = ()
+    jobs: int = 1
+    """Processes that open and check the states (``check_jobs``): 1, this one;
+    more, worker processes that share each recording's states. The states
+    checked, their order and the report are the same either way."""
 
 
 @dataclass(frozen=True)
@@ -2070,42 +2080,69 @@ def check_recording(recording: Recording, config: Config, base: str) -> Report:
         else:
             report.known[bug] = report.known.get(bug, 0) + 1
 
-    while True:
-        # Markers right after an operation happened before the next one: an ack
-        # logged here was given after everything up to this point.
-        while position < len(recording.trace) and isinstance(recording.trace[position], MARKERS):
-            marker = recording.trace[position]
-            assert isinstance(marker, MARKERS)
-            ledger.note(marker)
-            position += 1
-        if point >= first and (config.points is None or point in config.points):
-            report.crash_points += 1
-            for raised in recording.raised:
-                if raised.point == point:  # no power cut needed: the live store failed
+    def judge(at: _StateAt, problems: list[tuple[str, str]], tolerated: int, now: FsModel) -> bool:
+        """Count one checked state (``now``: the model at its crash point); True
+        once there are ``max_failures`` failures."""
+        report.states_checked += 1
+        report.tolerated += tolerated
+        for kind, detail in problems:
+            add(_failure(recording, fs_trace, now, at.point, at.position, at.choice, kind, detail))
+        if len(report.failures) < config.max_failures:
+            return False
+        # (With worker processes, more may have been built since: not counted.)
+        report.crash_points, report.states_built = at.crash_points, at.built
+        return True
+
+    pooled = _PooledChecks(config.jobs, checker, fs_trace, judge) if config.jobs > 1 else None
+    try:
+        while True:
+            # Markers right after an operation happened before the next one: an ack
+            # logged here was given after everything up to this point.
+            while position < len(recording.trace) and isinstance(
+                recording.trace[position], MARKERS
+            ):
+                marker = recording.trace[position]
+                assert isinstance(marker, MARKERS)
+                ledger.note(marker)
+                position += 1
+            if point >= first and (config.points is None or point in config.points):
+                report.crash_points += 1
+                raised_here = [r for r in recording.raised if r.point == point]
+                if raised_here and pooled is not None and pooled.drain():
+                    return report  # (the failures of the states before come first)
+                for raised in raised_here:  # no power cut needed: the live store failed
                     failure = _failure(recording, fs_trace, model, point, position, {}, "", "")
                     add(replace(failure, kind=raised.kind, detail=raised.detail, choices=NO_CRASH))
-            allowed = ledger.allowed(every_key)
-            for choice in states_at(model, config, recording.name, point):
-                report.states_built += 1
-                dirs, files = model.build(choice)
-                fingerprint = _fingerprint(dirs, files, allowed)
-                if fingerprint in seen:
-                    continue
-                seen.add(fingerprint)
-                report.states_checked += 1
-                problems = checker.check(dirs, files, allowed, ledger.batches_begun())
-                report.tolerated = checker.tolerated
-                for kind, detail in problems:
-                    add(_failure(recording, fs_trace, model, point, position, choice, kind, detail))
-                if len(report.failures) >= config.max_failures:
-                    return report
-        if point == len(fs_trace):
-            return report
-        op = recording.trace[position]
-        assert not isinstance(op, MARKERS)
-        model.apply(op)
-        point += 1
-        position += 1
+                allowed = ledger.allowed(every_key)
+                for choice in states_at(model, config, recording.name, point):
+                    report.states_built += 1
+                    dirs, files = model.build(choice)
+                    fingerprint = _fingerprint(dirs, files, allowed)
+                    if fingerprint in seen:
+                        continue
+                    seen.add(fingerprint)
+                    at = _StateAt(point, position, choice, report.crash_points, report.states_built)
+                    batches = ledger.batches_begun()
+                    if pooled is not None:
+                        if pooled.submit(at, (dirs, files, allowed, batches)):
+                            return report
+                        continue
+                    before = checker.tolerated
+                    problems = checker.check(dirs, files, allowed, batches)
+                    if judge(at, problems, checker.tolerated - before, model):
+                        return report
+            if point == len(fs_trace):
+                if pooled is not None:
+                    pooled.drain()
+                return report
+            op = recording.trace[position]
+            assert not isinstance(op, MARKERS)
+            model.apply(op)
+            point += 1
+            position += 1
+    finally:
+        if pooled is not None:
+            pooled.stop()
 
 
 NO_CRASH: Final = ("(no power cut: this failed on the live store, one party beside the other)",)
@@ -2116,6 +2153,159 @@ def _known(config: Config, recording: Recording, failure: Failure) -> str | None
         if bug.explains(recording, failure):
             return bug.name
     return None
+
+
+# --- Checking states in worker processes -------------------------------------------------
+
+
+def check_jobs() -> int:
+    """How many processes to check crash states in: $CRASHSIM_JOBS, else the
+    CPUs this process may run on, at most 4 (1: check in this process)."""
+    chosen = os.environ.get("CRASHSIM_JOBS")
+    if chosen:
+        return max(1, int(chosen))
+    try:
+        cpus = len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        cpus = os.cpu_count() or 1
+    return max(1, min(cpus, 4))
+
+
+@dataclass(frozen=True)
+class _StateAt:
+    """Where a state was built: its crash point, the choices that made it, and
+    how many crash points and states the report counted then."""
+
+    point: int
+    position: int
+    choice: Mapping[int, Choice]
+    crash_points: int  # ``Report.crash_points`` once it was built
+    built: int  # ``Report.states_built`` once it was
+
+
+_State: TypeAlias = tuple[
+    list[str], dict[str, bytes], Mapping[Key, tuple[bytes | None, ...]], Batches
+]
+_CheckerSpec: TypeAlias = tuple[str, dict[str, Any], str, bool, dict[Key, set[bytes]]]
+_POOLS: dict[int, concurrent.futures.ProcessPoolExecutor] = {}
+
+
+def _pool(jobs: int) -> concurrent.futures.ProcessPoolExecutor:
+    """Worker processes, kept for the rest of this process's life. Spawned, not
+    forked: a worker holds none of this process's threads, locks or patches of
+    blobcache; only a state's files and what each key is owed go to it."""
+    pool = _POOLS.get(jobs)
+    if pool is None:
+        context = multiprocessing.get_context("spawn")
+        pool = _POOLS[jobs] = concurrent.futures.ProcessPoolExecutor(jobs, mp_context=context)
+    return pool
+
+
+def _no_steps(d: Driver) -> None:
+    """A worker's stand-in for a workload's steps: it only checks states."""
+
+
+def _check_in_worker(
+    spec: _CheckerSpec, states: list[_State]
+) -> list[tuple[list[tuple[str, str]], int]]:
+    """In a worker: check ``states`` as ``Checker.check`` does, each with how many
+    gets it tolerated (``Checker.tolerated``)."""
+    name, options, base, deep, written = spec
+    checker = Checker(Workload(name, options, _no_steps), base, deep, written)
+    out = []
+    for dirs, files, allowed, batches in states:
+        before = checker.tolerated
+        problems = checker.check(dirs, files, allowed, batches)
+        out.append((problems, checker.tolerated - before))
+    return out
+
+
+class _PooledChecks:
+    """The states of one recording, checked in worker processes a few at a time
+    and judged here in the order they were built, as ``check_recording`` judges
+    them in this process: the same states are counted and the same failures
+    reported, then it stops at the same one. A failure is described with the
+    model at its own crash point, rebuilt from the trace."""
+
+    CHUNK: Final = 4  # states per task
+    AHEAD: Final = 3  # tasks under way per worker
+
+    def __init__(
+        self,
+        jobs: int,
+        checker: Checker,
+        fs_trace: Sequence[Event],
+        judge: Callable[[_StateAt, list[tuple[str, str]], int, FsModel], bool],
+    ) -> None:
+        self._jobs = jobs
+        self._pool = _pool(jobs)
+        self._spec: _CheckerSpec = (
+            checker.workload.name,
+            dict(checker.options),
+            checker.base,
+            checker.deep,
+            dict(checker.written),
+        )
+        self._fs_trace = fs_trace
+        self._judge = judge
+        self._limit = jobs * self.AHEAD
+        self._chunk: list[tuple[_StateAt, _State]] = []
+        self._under_way: collections.deque[
+            tuple[list[_StateAt], concurrent.futures.Future[Any]]
+        ] = collections.deque()
+        self._done = False
+
+    def submit(self, at: _StateAt, state: _State) -> bool:
+        """Queue one state; True once judging has stopped (``max_failures``)."""
+        self._chunk.append((at, state))
+        if len(self._chunk) >= self.CHUNK:
+            self._send()
+            while len(self._under_way) > self._limit and not self._done:
+                self._judge_oldest()
+        return self._done
+
+    def drain(self) -> bool:
+        """Check and judge every state queued; True once judging has stopped."""
+        if self._chunk:
+            self._send()
+        while self._under_way and not self._done:
+            self._judge_oldest()
+        return self._done
+
+    def stop(self) -> None:
+        """Wait for every task still under way (they write under the recording's
+        base directory, which goes next); their results are not judged."""
+        pending = [future for _ats, future in self._under_way]
+        for future in pending:
+            future.cancel()
+        concurrent.futures.wait(pending)
+        self._under_way.clear()
+
+    def _send(self) -> None:
+        ats = [at for at, _state in self._chunk]
+        states = [state for _at, state in self._chunk]
+        self._chunk = []
+        self._under_way.append((ats, self._pool.submit(_check_in_worker, self._spec, states)))
+
+    def _judge_oldest(self) -> None:
+        ats, future = self._under_way.popleft()
+        try:
+            results = future.result()
+        except concurrent.futures.process.BrokenProcessPool:
+            _POOLS.pop(self._jobs, None)  # a worker died: the next recording starts anew
+            raise
+        for at, (problems, tolerated) in zip(ats, results, strict=True):
+            now = self._model_at(at.point) if problems else FsModel()
+            if self._judge(at, problems, tolerated, now):
+                self._done = True
+                return
+
+    def _model_at(self, point: int) -> FsModel:
+        model = FsModel()
+        for op in self._fs_trace[:point]:
+            assert not isinstance(op, MARKERS)
+            model.apply(op)
+        return model
 
 
 def states_at(model: FsModel, config: Config, name: str, point: int) -> Iterator[dict[int, Choice]]:

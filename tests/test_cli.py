@@ -124,9 +124,14 @@ _WRITER = textwrap.dedent(
 )
 
 
+# The writer's operations, each key put and deleted again many times over: the
+# commands run (all three, between two of them) after every 20th, ten times.
+_LIVE_PUTS = 200
+
+
 def test_commands_beside_a_live_writer_lose_no_acknowledged_put(store: str) -> None:
     writer = subprocess.Popen(
-        [sys.executable, "-c", _WRITER, store, "400"],
+        [sys.executable, "-c", _WRITER, store, str(_LIVE_PUTS)],
         stdin=subprocess.PIPE,
         stdout=subprocess.PIPE,
         text=True,
@@ -135,7 +140,7 @@ def test_commands_beside_a_live_writer_lose_no_acknowledged_put(store: str) -> N
     acked: dict[str, int] = {}
     freed = dirs_removed = 0
     step = 0
-    for step in range(400):
+    for step in range(_LIVE_PUTS):
         line = writer.stdout.readline().split()
         if line == ["ready"]:
             line = writer.stdout.readline().split()
@@ -162,7 +167,7 @@ def test_commands_beside_a_live_writer_lose_no_acknowledged_put(store: str) -> N
             else:
                 expected = (b"%d;" % index) * (4 if index % 3 else 60)
                 assert bytes(cache[key]) == expected, key
-    assert step == 399
+    assert step == _LIVE_PUTS - 1
 
 
 def test_gc_interval_collects_in_the_background(store: str) -> None:

@@ -15,6 +15,8 @@ from __future__ import annotations
 import os
 import random
 import shutil
+import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -22,6 +24,7 @@ import pytest
 from blobcache import BlobCache, BlobCacheError, CorruptionError
 from blobcache import _format as F
 from tests.conftest import flip_bit
+from tests.crashsim import scratch_dir
 
 INLINE = 64  # values of at least 64 B go to files, so small files show both layouts
 SAMPLED_OFFSETS = 48  # per version file and per zero-filled room, in the default run
@@ -49,11 +52,25 @@ def build(path: str) -> None:
             cache.delete(key)
 
 
+# The template and every damaged copy of it are made where the crash explorer
+# builds its states (tests/crashsim.scratch_dir: /dev/shm, a tmpfs, where there
+# is one): the sweep is about what a reader makes of the bytes, and hundreds of
+# copies, opens and fsynced puts on a slow disk were most of its time.
+
+
 @pytest.fixture(scope="module")
-def template(tmp_path_factory: pytest.TempPathFactory) -> str:
-    path = str(tmp_path_factory.mktemp("corruption") / "store")
-    build(path)
-    return path
+def template() -> Iterator[str]:
+    with tempfile.TemporaryDirectory(prefix="corruption-", dir=scratch_dir()) as root:
+        path = os.path.join(root, "store")
+        build(path)
+        yield path
+
+
+@pytest.fixture
+def tmp_path() -> Iterator[Path]:
+    """This module's own ``tmp_path``: a fresh directory in the scratch directory."""
+    with tempfile.TemporaryDirectory(prefix="corruption-", dir=scratch_dir()) as root:
+        yield Path(root)
 
 
 def store_files(root: str) -> list[str]:

@@ -46,10 +46,15 @@ from tests import crashsim as C
 
 ROOT: Final = Path(__file__).resolve().parents[1]
 
-CI: Final = C.Config(max_states=32, exhaustive=128, deep_probe=True, known_bugs=C.KNOWN_BUGS)
+JOBS: Final = C.check_jobs()
+CI: Final = C.Config(
+    max_states=32, exhaustive=128, deep_probe=True, known_bugs=C.KNOWN_BUGS, jobs=JOBS
+)
 """Every state when a crash point has at most 128; else 32 of them (always the
 all-synced and the all-kernel ones). ``deep_probe``: gc() and a new value for
-every key of the workload on each state, not only two new keys."""
+every key of the workload on each state, not only two new keys. ``jobs``: the
+states are checked in a worker process per CPU (the same states, the same
+report: ``crashsim._PooledChecks``)."""
 
 # Floors on distinct crash states checked per test: well below what each
 # checks today (see the printed summaries), well above what a broken explorer
@@ -90,22 +95,27 @@ MIN_RANDOM_STATES: Final = 50
 MIN_KILLED_STATES: Final = 25
 MIN_BESIDE_GC_STATES: Final = 60
 
-# Seeds past the first two (random) and the first (beside gc) run with the slow
-# marker: the default run stays near its six minutes (issue 15 added workloads).
+# Seeds past the first (random and beside gc, each at both durability levels)
+# run with the slow marker: the default run stays near its six minutes (issue 15
+# added workloads); every seed still runs with -m slow.
 RANDOM_SEEDS: Final = (
     0,
-    1,
+    pytest.param(1, marks=pytest.mark.slow),
     pytest.param(2, marks=pytest.mark.slow),
     pytest.param(3, marks=pytest.mark.slow),
 )
 BESIDE_GC_SEEDS: Final = (0, pytest.param(1, marks=pytest.mark.slow))
-_DEFAULT_SEEDS: Final = 2 * 2 + 2 * 1  # (random, beside gc) x (fsync, os) in the default run
-# Killed variants of the workloads added for issue 15 beyond "batches" run with
-# the slow marker: the default run keeps them unkilled (and "batches" killed),
-# under its six minutes.
-_SLOW_KILLED: Final = frozenset({"os-batches", "torn-batches", "expiry", "evictions", "typed"})
+_DEFAULT_SEEDS: Final = 2 * 1 + 2 * 1  # (random, beside gc) x (fsync, os) in the default run
+# Every workload runs unkilled in the default run; killed, only one of each kind
+# does (a single writer with "fsync" and compaction, one with "os" and rollover,
+# atomic batches, a second writer's handle, and blobcache gc on what the dead
+# writer left), beside the killed regressions further down. The killed variants
+# of the others carry the slow marker (-m slow runs them all).
+DEFAULT_KILLED: Final = frozenset(
+    {"batches", "compaction", "os-rollover", "two-writers", "gc-deletes"}
+)
 KILLED: Final = tuple(
-    pytest.param(name, marks=pytest.mark.slow) if name in _SLOW_KILLED else name
+    name if name in DEFAULT_KILLED else pytest.param(name, marks=pytest.mark.slow)
     for name in sorted(name for name, w in C.WORKLOADS.items() if w.killable)
 )
 KILLS_PER_WORKLOAD: Final = 3
@@ -126,8 +136,7 @@ def tally() -> Iterator[list[C.Report]]:
     for report in reports:
         total.add(report)
     print("\n" + total.summary())
-    killed = len(KILLED) - len(_SLOW_KILLED)  # (the slow ones may run too)
-    every = len(MIN_STATES) + _DEFAULT_SEEDS + killed
+    every = len(MIN_STATES) + _DEFAULT_SEEDS + len(DEFAULT_KILLED)  # (slow ones may run too)
     if len(reports) >= every:  # all of the default run's ran
         assert total.states_checked >= MIN_TOTAL_STATES, total.summary()
 
@@ -137,6 +146,8 @@ def tally() -> Iterator[list[C.Report]]:
 
 def test_the_catalogue_has_a_floor_for_every_workload() -> None:
     assert set(MIN_STATES) == set(C.WORKLOADS)
+    killable = {name for name, w in C.WORKLOADS.items() if w.killable}
+    assert DEFAULT_KILLED.issubset(killable), DEFAULT_KILLED - killable
 
 
 @pytest.mark.parametrize("name", sorted(C.WORKLOADS))
@@ -233,7 +244,7 @@ TEETH: Final[dict[str, tuple[str, str, Callable[[str], bool]]]] = {
 def test_a_missing_sync_call_is_reported(case: str) -> None:
     workload_name, call, omit_if = TEETH[case]
     # Known bugs set aside: the failure must come from the omission.
-    config = C.Config(max_failures=1, deep_probe=False, known_bugs=C.KNOWN_BUGS)
+    config = C.Config(max_failures=1, deep_probe=False, known_bugs=C.KNOWN_BUGS, jobs=JOBS)
     report = C.explore(C.WORKLOADS[workload_name], config, omit={call: omit_if})
     assert report.omitted > 0, f"{case}: the workload never made the omitted call"
     assert report.failures, f"{case}: no crash state lost anything: {report.summary()}"
@@ -244,7 +255,7 @@ def test_a_missing_sync_call_is_reported(case: str) -> None:
 
 def test_the_same_workload_passes_without_the_omission() -> None:
     """The teeth tests fail because of the omission, not because of the workload."""
-    report = C.explore(C.WORKLOADS["large-puts"], C.Config(deep_probe=False))
+    report = C.explore(C.WORKLOADS["large-puts"], C.Config(deep_probe=False, jobs=JOBS))
     assert report.omitted == 0 and not report.failures, _fail_message(report)
 
 
@@ -388,7 +399,7 @@ def _passes(report: C.Report) -> None:
     assert not report.failures, _fail_message(report)
 
 
-STRICT: Final = C.Config(deep_probe=True)
+STRICT: Final = C.Config(deep_probe=True, jobs=JOBS)
 
 
 def test_os_zeroed_unsynced_version_falls_back_to_the_synced_one() -> None:

@@ -47,7 +47,7 @@ from blobcache import _format as F
 from blobcache import _names as N
 from blobcache._names import Key
 from tests.conftest import files_named
-from tests.crashsim import RECORDED_CALLS
+from tests.crashsim import RECORDED_CALLS, scratch_dir
 
 Contents = dict[Key, bytes]
 Op = Literal["put", "put_file", "delete", "gc", "sync", "open"]
@@ -583,7 +583,7 @@ def _record(w: Workload, root: str, base: str) -> Reference:
 
 
 def _record_all() -> dict[str, list[str]]:
-    with tempfile.TemporaryDirectory() as root:
+    with tempfile.TemporaryDirectory(prefix="faults-", dir=scratch_dir()) as root:
         base = _build_base(root)
         return {w.name: _record(w, root, base).sites for w in WORKLOADS}
 
@@ -609,9 +609,25 @@ class References:
         return self._done[w.name]
 
 
+# Every store of this module is made where the crash explorer builds its states
+# (tests/crashsim.scratch_dir: /dev/shm, a tmpfs, where there is one), the
+# recorded references, the cases' copies (``tmp_path``, and ``store`` through it)
+# and the sites recorded at collection alike. The faults are injected at _fsio's
+# primitives, so what a real disk's fsyncs cost proves nothing here, and on a
+# slow disk it was most of the sweep's time.
+
+
 @pytest.fixture(scope="session")
-def references(tmp_path_factory: pytest.TempPathFactory) -> References:
-    return References(str(tmp_path_factory.mktemp("fault-references")))
+def references() -> Iterator[References]:
+    with tempfile.TemporaryDirectory(prefix="fault-references-", dir=scratch_dir()) as root:
+        yield References(root)
+
+
+@pytest.fixture
+def tmp_path() -> Iterator[Path]:
+    """This module's own ``tmp_path``: a fresh directory in the scratch directory."""
+    with tempfile.TemporaryDirectory(prefix="faults-", dir=scratch_dir()) as root:
+        yield Path(root)
 
 
 # --- the cases ---------------------------------------------------------------------------

@@ -838,7 +838,7 @@ def test_dropping_an_os_handle_makes_its_acknowledged_puts_durable(store: str) -
         d.small("after", 10)  # opens the store again: the drop released the lock
 
     workload = C.Workload("os-dropped-handle", {**C.BASE, "durability": "os"}, steps)
-    config = C.Config(max_states=32, exhaustive=128, deep_probe=True)
+    config = C.Config(max_states=32, exhaustive=128, deep_probe=True, jobs=C.check_jobs())
     report = C.explore(workload, config)
     print(report.summary())
     assert not report.failures, "\n\n".join(map(str, report.failures))

@@ -414,11 +414,14 @@ def check_sweep(sweep: Sweep) -> None:
     )
 
 
+# The default run keeps "alternating": both durability levels, each round's
+# writer recovering from the kills of rounds at the other level. The runs of one
+# level alone carry the slow marker, beside the longer sweeps below.
 @pytest.mark.parametrize(
     ("first_seed", "rounds", "durabilities"),
     [
-        pytest.param(1_000, 50, ["fsync"], id="fsync"),
-        pytest.param(2_000, 50, ["os"], id="os"),
+        pytest.param(1_000, 50, ["fsync"], id="fsync", marks=pytest.mark.slow),
+        pytest.param(2_000, 50, ["os"], id="os", marks=pytest.mark.slow),
         pytest.param(3_000, 30, ["os", "fsync"], id="alternating"),
     ],
 )

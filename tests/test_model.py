@@ -38,6 +38,7 @@ from blobcache import BlobCache, GcResult, _clock, _codecs, _log
 from blobcache import _format as F
 from blobcache._names import encode_key
 from blobcache._options import DURABILITY_LEVELS, Durability
+from tests.crashsim import scratch_dir
 
 Key = str | bytes
 
@@ -98,7 +99,7 @@ class BlobCacheModel(RuleBasedStateMachine):
 
     def __init__(self) -> None:
         super().__init__()
-        self.directory = tempfile.mkdtemp(prefix="blobcache-model-")
+        self.directory = tempfile.mkdtemp(prefix="blobcache-model-", dir=scratch_dir())
         self.store = os.path.join(self.directory, "store")
         self.model: dict[Key, bytes] = {}
         # Keys whose live value is in the log (the rest have a file each).

@@ -20,6 +20,7 @@ from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, precondition, rule
 
 from blobcache import BlobCache, CacheFullError, _clock
+from tests.crashsim import scratch_dir
 
 Key = str
 
@@ -38,7 +39,7 @@ batch_ops = st.lists(st.tuples(keys, st.one_of(st.none(), values)), min_size=1, 
 class CappedModel(RuleBasedStateMachine):
     def __init__(self) -> None:
         super().__init__()
-        self.directory = tempfile.mkdtemp(prefix="blobcache-capmodel-")
+        self.directory = tempfile.mkdtemp(prefix="blobcache-capmodel-", dir=scratch_dir())
         self.store = os.path.join(self.directory, "store")
         self.model: dict[Key, bytes] = {}
         self.pins: set[Key] = set()

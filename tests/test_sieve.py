@@ -12,6 +12,7 @@ from __future__ import annotations
 import doctest
 from collections.abc import Callable, Collection
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -303,9 +304,24 @@ def weight(key: Key) -> int:
     return len(key) % 3  # 0 too: a victim that frees nothing
 
 
-@settings(max_examples=400, deadline=None)
-@given(st.lists(OPS, min_size=30, max_size=200))
+RUNS = st.lists(OPS, min_size=30, max_size=200)
+
+
+# The default run draws 200 runs; the slow run the 400 it drew before.
+@settings(max_examples=200, deadline=None)
+@given(RUNS)
 def test_matches_the_model(ops: list[tuple[object, ...]]) -> None:
+    _check_against_the_model(ops)
+
+
+@pytest.mark.slow
+@settings(max_examples=400, deadline=None)
+@given(RUNS)
+def test_matches_the_model_long(ops: list[tuple[object, ...]]) -> None:
+    _check_against_the_model(ops)
+
+
+def _check_against_the_model(ops: list[tuple[object, ...]]) -> None:
     sieve, model = Sieve(), ModelSieve()
     for op in ops:
         if op[0] == "victims":
