@@ -222,14 +222,14 @@ class _Memo(Generic[_R]):
         trouble."""
         try:
             self.cache.put_object(key, result, serializer=self.serializer, ttl=self.ttl)
+        except (OSError, BlobCacheError) as error:  # first: CacheFullError is a ValueError too
+            log.warning(
+                "blobcache: memoize(%s) could not store a result: %s", self.fn.__qualname__, error
+            )
         except (TypeError, ValueError) as error:
             raise type(error)(
                 f"memoize({self.fn.__qualname__}): its result cannot be stored: {error}"
             ) from None
-        except (OSError, BlobCacheError) as error:
-            log.warning(
-                "blobcache: memoize(%s) could not store a result: %s", self.fn.__qualname__, error
-            )
 
     def clear(self) -> int:
         cache = self.cache

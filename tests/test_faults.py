@@ -173,7 +173,7 @@ def _site(name: str, args: tuple[Any, ...]) -> str:
 
 # Helpers that only wrap a primitive for their callers: the site is named after
 # the caller ("fdatasync@sync", not "fdatasync@_fdatasync"; "pwrite_all@
-# write_version", not "pwrite_all@fill@_write_temp"; "create_exclusive@open_temp",
+# write_parts", not "pwrite_all@fill@_write_temp"; "create_exclusive@open_temp",
 # not "create_exclusive@_flocked_open@open_temp"; a batch's "fdatasync@_lead",
 # through SharedState.sync_shared and _sync_own, which share it between processes).
 _PASS_THROUGH = frozenset(
@@ -1083,7 +1083,7 @@ def test_short_writes_are_completed(
         "pwrite_all@_write",
         "pwrite_all@_extend",
         "pwrite_all@create_segment",
-        "pwrite_all@write_version",
+        "pwrite_all@write_parts",
         "pwrite_all@write_file_atomically@write_key_file",
         "pwrite_all@write_compacted",
     }
