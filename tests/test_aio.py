@@ -123,7 +123,12 @@ def test_the_loop_keeps_ticking_through_open_and_large_and_small_puts(store: str
     median, worst = statistics.median(gaps), max(gaps)
     print(f"heartbeat: {len(gaps)} ticks, median gap {median:.1f} ms, worst {worst:.1f} ms")
     assert len(gaps) > 10
-    assert worst < 50, f"the loop stalled for {worst:.1f} ms"
+    # 100 ms: the loop thread waits its turn for the GIL behind the executor's six
+    # threads (5 ms each, sys.getswitchinterval()), which on two busy cores made
+    # 52-68 ms of a 50 ms bound (CI, 2026-12-02), with nothing on the loop. Disk
+    # work on the loop stalls it far longer: a 64 MiB put's fsync alone, or the
+    # open's replay of 50,000 records.
+    assert worst < 100, f"the loop stalled for {worst:.1f} ms"
     with BlobCache(store) as cache:  # compared after the heartbeat: 64 MiB on the loop
         assert bytes(cache["large-2"]) == large and cache["small-99"] == b"s" * 100
 
