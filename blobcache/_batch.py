@@ -18,9 +18,9 @@ from collections.abc import Callable, Sequence
 from contextlib import ExitStack
 from types import TracebackType
 
-from . import _codecs
 from . import _format as F
 from . import _names as N
+from . import _typed
 from ._buffers import as_buffer
 from ._options import check_flag
 from ._writes import Op, Writes
@@ -93,12 +93,7 @@ class Batch:
         :raises TypeError: as ``BlobCache.put_object``; and as ``put``.
         """
         self._check()
-        if serializer is None and isinstance(value, (bytes, bytearray, memoryview)):
-            data = as_buffer(value)  # as BlobCache.put_object: bytes as they are
-            self._put(key, (data,), data.nbytes, F.CODEC_RAW, ttl, pin)
-            return
-        encoded = _codecs.encode(value, serializer)
-        self._put(key, encoded.parts, encoded.length, encoded.codec, ttl, pin)
+        self._put(key, *_typed.encode(value, serializer), ttl, pin)
 
     def _put(
         self,

@@ -282,21 +282,27 @@ def _encode_dict(x: dict[Any, Any], out: _Sink) -> None:
     digests = []
     for k, v in x.items():
         pair = out.sub()
-        try:
-            _encode(k, pair)
-        except _Refusal as exc:
-            exc.path.append(f"<key {reprlib.repr(k)}>")
-            raise
-        try:
-            _encode(v, pair)
-        except _Refusal as exc:
-            exc.path.append(f"[{reprlib.repr(k)}]")
-            raise
+        _encode_at(k, pair, f"<key {reprlib.repr(k)}>")
+        _encode_at(v, pair, f"[{reprlib.repr(k)}]")
         digests.append(pair.digest())
-    digests.sort()
-    out += _HEAD(b"d", len(digests))
-    out += b"".join(digests)
+    _put_sorted(out, b"d", digests)
     _leave(ctx, x)
+
+
+def _encode_at(x: Any, out: _Sink, where: str) -> None:
+    """``_encode``, naming ``where`` in the path of a refusal."""
+    try:
+        _encode(x, out)
+    except _Refusal as exc:
+        exc.path.append(where)
+        raise
+
+
+def _put_sorted(out: _Sink, tag: bytes, digests: list[bytes]) -> None:
+    """An unordered collection: its tag and count, then its members' digests sorted."""
+    digests.sort()
+    out += _HEAD(tag, len(digests))
+    out += b"".join(digests)
 
 
 def _set_encoder(tag: bytes) -> _Encoder:
@@ -305,15 +311,9 @@ def _set_encoder(tag: bytes) -> _Encoder:
         digests = []
         for item in x:
             one = out.sub()
-            try:
-                _encode(item, one)
-            except _Refusal as exc:
-                exc.path.append(f"{{{reprlib.repr(item)}}}")
-                raise
+            _encode_at(item, one, f"{{{reprlib.repr(item)}}}")
             digests.append(one.digest())
-        digests.sort()
-        out += _HEAD(tag, len(digests))
-        out += b"".join(digests)
+        _put_sorted(out, tag, digests)
 
     return encode
 

@@ -19,11 +19,26 @@ import os
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from . import _blob
+from . import _blob, _codecs
 from . import _format as F
 from . import _names as N
+from ._buffers import as_buffer
 from ._index import CODEC_OF, Mapped, Values
 from ._writes import StripeGuard, Writes
+
+
+def encode(value: object, serializer: str | None) -> tuple[Sequence[bytes | memoryview], int, int]:
+    """``put_object``'s value as (parts, length, codec): bytes-like values as they
+    are (codec raw, as ``put`` stores them), anything else by ``_codecs.encode``.
+
+    :raises TypeError: as ``_codecs.encode``; a buffer that is not contiguous.
+    :raises ValueError: as ``_codecs.encode``.
+    """
+    if serializer is None and isinstance(value, (bytes, bytearray, memoryview)):
+        data = as_buffer(value)
+        return (data,), data.nbytes, F.CODEC_RAW
+    encoded = _codecs.encode(value, serializer)
+    return encoded.parts, encoded.length, encoded.codec
 
 
 def write(

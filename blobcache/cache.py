@@ -267,13 +267,8 @@ class BlobCache(MutableMapping[N.Key, Value]):
 
         :raises TypeError: the key holds something other than an array.
         """
-        found = self._typed_get(key)
-        if found is None:
-            return default
-        got, codec = found
-        if codec != F.CODEC_NPY:
-            raise TypeError(_not_typed(key, codec, "an array", "get_array"))
-        return _codecs.decode_array(got)
+        got = self._typed_get_as(key, F.CODEC_NPY, "an array", "get_array")
+        return default if got is None else _codecs.decode_array(got)
 
     def get_tensors(self, key: N.Key, default: Any = None, *, framework: str = "numpy") -> Any:
         """The dict of arrays ``put_object`` stored under ``key`` (as safetensors),
@@ -285,12 +280,9 @@ class BlobCache(MutableMapping[N.Key, Value]):
         """
         if framework not in ("numpy", "torch"):
             raise ValueError(f'framework must be "numpy" or "torch", not {framework!r}')
-        found = self._typed_get(key)
-        if found is None:
+        got = self._typed_get_as(key, F.CODEC_SAFETENSORS, "a dict of arrays", "get_tensors")
+        if got is None:
             return default
-        got, codec = found
-        if codec != F.CODEC_SAFETENSORS:
-            raise TypeError(_not_typed(key, codec, "a dict of arrays", "get_tensors"))
         return _codecs.decode_tensors(got, cast(Literal["numpy", "torch"], framework))
 
     def memoize(
@@ -387,6 +379,18 @@ class BlobCache(MutableMapping[N.Key, Value]):
 
     def _pickle_check(self, key: N.Key) -> Callable[[], None]:
         return _codecs_trusted(_typed.private_paths(self._path, self._values, key))
+
+    def _typed_get_as(self, key: N.Key, codec: int, wanted: str, getter: str) -> Value | None:
+        """What ``get`` returns for ``key``, if its codec is ``codec``; None for a miss.
+
+        :raises TypeError: another codec (``wanted``, ``getter``: for the sentence).
+        """
+        found = self._typed_get(key)
+        if found is None:
+            return None
+        if found[1] != codec:
+            raise TypeError(_not_typed(key, found[1], wanted, getter))
+        return found[0]
 
     def _typed_get(self, key: N.Key) -> tuple[Value, int] | None:
         """What ``get`` returns for ``key`` and its codec; None for a miss. Exact
@@ -616,12 +620,7 @@ class BlobCache(MutableMapping[N.Key, Value]):
             would, and suggests ``serializer="pickle"``); nothing changed.
         :raises ValueError: an unknown ``serializer``.
         """
-        if serializer is None and isinstance(value, (bytes, bytearray, memoryview)):
-            data = as_buffer(value)  # bytes are stored as they are: put's, codec raw
-            self._put(key, (data,), data.nbytes, F.CODEC_RAW, ttl, pin)
-            return
-        encoded = _codecs.encode(value, serializer)
-        self._put(key, encoded.parts, encoded.length, encoded.codec, ttl, pin)
+        self._put(key, *_typed.encode(value, serializer), ttl, pin)
 
     def __setitem__(self, key: N.Key, value: object) -> None:
         self.put(key, value)
