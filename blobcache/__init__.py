@@ -19,6 +19,7 @@ from .errors import (
     CorruptionError,
     LockedError,
     ReadOnlyError,
+    RemoteError,
     UnsafeFilesystemError,
 )
 
@@ -36,6 +37,7 @@ __all__ = [
     "Options",
     "Problem",
     "ReadOnlyError",
+    "RemoteError",
     "Stats",
     "UnsafeFilesystemError",
 ]

@@ -51,8 +51,12 @@ class Batch:
         active: threading.local,
         on_stale: Callable[[], None],
         expires: Callable[[float | None], int],
+        remote: Callable[[list[Op]], Callable[[], None]] | None = None,
     ) -> None:
         self._expires = expires  # the handle's: ttl -> when (0: never)
+        # A remote tier's: called with the ops before the commit, returns what to
+        # do after it (``_tier.Tier.batch``).
+        self._remote = remote
         self._writes = writes
         self._on_stale = on_stale  # the handle's: a sealed segment got staler
         self._inline_limit = inline_limit
@@ -146,11 +150,14 @@ class Batch:
         self._check()
         self._end()
         try:
+            after = self._remote(self._ops) if self._remote is not None and self._ops else None
             stale = bool(self._ops) and self._writes.put_batch(self._ops)
         finally:
             self._staged.close()  # temp files not named: removed
         if stale:
             self._on_stale()
+        if after is not None:
+            after()
 
     def discard(self) -> None:
         """Drop every operation: nothing of the batch is applied."""

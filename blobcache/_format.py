@@ -173,3 +173,24 @@ CODEC_SAFETENSORS: Final = 2  # a safetensors file: u64 header length, JSON head
 CODEC_JSON: Final = 3  # UTF-8 JSON of None, bool, int, float, str, list, str-keyed dict
 CODEC_PICKLE: Final = 4  # pickle protocol 5: only with serializer="pickle", read only so
 CODECS: Final = (CODEC_RAW, CODEC_NPY, CODEC_SAFETENSORS, CODEC_JSON, CODEC_PICKLE)
+
+# --- The remote tier (FORMAT.md, "The remote tier") ---------------------------------
+# Objects under the remote's prefix:
+#   blobcache-remote               the marker, created once
+#   r/<key hash>/<version>         a key's version record; version: 20 decimal digits
+#   b/<xxh3-128 hex>-<length>      a large value, content-addressed
+REMOTE_MARKER_NAME: Final = "blobcache-remote"
+REMOTE_MARKER_CONTENT: Final = b"blobcache-remote 1\n"
+REMOTE_RECORDS: Final = "r"
+REMOTE_BLOBS: Final = "b"
+REMOTE_VERSION_DIGITS: Final = 20
+# A record: this line, a JSON header of one line, then the inline value's bytes.
+REMOTE_RECORD_MAGIC: Final = b"blobcache-record 1\n"
+# <root>/REMOTE  the local store's account of the remote: which remote version holds
+# which local value, and the deletes not yet uploaded (write-back). Lines of text:
+#   "remote <url>"                         first line: the remote it is about
+#   "V <key hash> <version> <seq> <crc>"   remote <version> holds local value <seq>
+#   "D <key hash> <key b64> <crc>"         a local delete to upload (write-back)
+# <crc>: 8 hex digits, xxh32 of the line before its space. A line that fails it
+# (torn by a crash) is skipped: the key is then checked against the remote again.
+REMOTE_LEDGER_NAME: Final = "REMOTE"

@@ -359,7 +359,7 @@ def start_background(cache: BlobCache, options: Options) -> list[threading.Threa
     loops: list[tuple[str, Callable[[], bool], Callable[[BlobCache], object]]] = [
         # Every half interval: a wake-up can wait its turn for the GIL (about
         # 5 ms when other threads are busy), and a hit must stay within the interval.
-        ("refresh", held.every(options.refresh_interval / 2), lambda c: c.refresh()),
+        ("refresh", held.every(options.refresh_interval / 2), lambda c: c._catch_up()),
         # At each expiry's deadline (see _expiry): an idle wait when none is set.
         ("expiry", cache._expiry.waiter(held.stop), lambda c: c._expire()),
     ]

@@ -233,7 +233,7 @@ class _Memo(Generic[_R]):
 
     def clear(self) -> int:
         cache = self.cache
-        cache.refresh()
+        cache._catch_up()
         gone = 0
         for key in list(cache):
             if isinstance(key, bytes) and key.startswith(self.prefix):

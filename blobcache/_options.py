@@ -132,6 +132,30 @@ class Options:
     put brings the store back under). Disk use is the live bytes plus what
     awaits ``gc()``."""
 
+    remote: str | None = None
+    """A remote tier: ``"s3://bucket/prefix"`` on an S3-compatible object store
+    (default None: none). The store then survives the loss of the machine, and
+    stores of other machines on the same remote share its values: a local miss
+    reads through (checked before it is served), and per key the highest remote
+    version wins everywhere (README, "A remote tier"). The client's settings
+    (endpoint, region, credentials, ``client_options={"allow_http": True}`` for a
+    local server) are ``BlobCache(remote_options=...)``'s, never written anywhere."""
+
+    remote_mode: str = "write-through"
+    """``"write-through"`` (default): ``put`` returns once the value is durable
+    locally and on the remote (a machine loss loses no acknowledged put; it
+    costs a request to the remote per put). ``"write-back"``: ``put`` returns
+    once local; a background thread uploads in put order, and ``flush_remote()``
+    waits for everything put so far (a machine loss loses what ``stats()`` shows
+    as ``remote_pending``)."""
+
+    remote_refresh: float = 60.0
+    """Seconds between lists of the remote's records (default 60): a local hit
+    may be older than the remote's newest version by that much (plus a list's
+    time; while the remote is unreachable, hits are served as they are). A miss
+    always asks the remote; ``get(key, refresh=True)`` and ``refresh()`` ask at
+    once. Each list costs one request per 1,000 record objects."""
+
     def __post_init__(self) -> None:
         if self.durability not in DURABILITY_LEVELS:
             raise ValueError(
@@ -150,11 +174,31 @@ class Options:
         if self.max_bytes is not None:
             _check_int("max_bytes", self.max_bytes, 1, 2**63)
         _check_int("segment_bytes", self.segment_bytes, 4096, 2**40)
+        if self.remote is not None:
+            _check_remote(self)
         ratio = self.compact_ratio
         if isinstance(ratio, bool) or not isinstance(ratio, (int, float)):
             raise TypeError(f"compact_ratio must be a number, not {type(ratio).__name__}")
         if not 0 < ratio <= 1:
             raise ValueError(f"compact_ratio must be in (0, 1]; got {ratio!r}")
+
+
+def _check_remote(options: Options) -> None:
+    from ._remote import parse_url
+    from ._tier import check_mode
+
+    parse_url(options.remote)
+    check_mode(options.remote_mode)
+    _check_seconds("remote_refresh", options.remote_refresh)
+    if options.readonly:
+        raise ValueError(
+            "a readonly handle cannot have a remote: reading through stores the value locally"
+        )
+    if options.remote_mode == "write-back" and options.max_bytes is not None:
+        raise ValueError(
+            "remote_mode='write-back' with max_bytes is refused: an eviction could drop "
+            "a value not yet uploaded"
+        )
 
 
 def check_flag(name: str, value: object) -> None:

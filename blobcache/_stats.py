@@ -36,6 +36,11 @@ class Stats:
     pinned_keys: int = 0  # live keys pinned (never evicted)
     evicted: int = 0  # keys this handle evicted to keep under max_bytes, since its open
     evicting_writes: int = 0  # of its puts, deletes and batches, those that had to evict
+    remote: str | None = None  # the remote tier's URL (never its credentials), or None
+    remote_mode: str | None = None  # "write-through" or "write-back"
+    remote_pending: int = 0  # keys put or deleted here and not yet on the remote
+    remote_pending_bytes: int = 0  # their bytes: what a machine loss would lose now
+    remote_error: str | None = None  # the uploader's or refresher's last failure, if unresolved
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)

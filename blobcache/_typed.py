@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from . import _blob, _codecs
 from . import _format as F
@@ -25,6 +25,9 @@ from . import _names as N
 from ._buffers import as_buffer
 from ._index import CODEC_OF, Mapped, Values
 from ._writes import StripeGuard, Writes
+
+if TYPE_CHECKING:
+    from ._tier import Gate
 
 
 def encode(value: object, serializer: str | None) -> tuple[Sequence[bytes | memoryview], int, int]:
@@ -52,16 +55,23 @@ def write(
     codec: int,
     expires: int,
     pin: bool,
+    gate: Gate | None = None,
 ) -> bool:
     """Store the concatenation of ``parts`` (``length`` bytes) as the key's value
     of ``codec``: in the log below ``inline_limit``, else a version file
-    written part by part (an array's data straight from the array, no copy).
-    Returns whether a sealed segment got staler. REQUIRES: the key checked."""
+    written part by part (an array's data straight from the array, no copy);
+    with a write-through ``gate``, once the remote has it (a file's upload runs
+    beside its local write). Returns whether a sealed segment got staler.
+    REQUIRES: the key checked."""
     writes.check_fits(length)
     if length < writes.options.inline_limit:
         inline = bytes(parts[0]) if len(parts) == 1 else b"".join(parts)
+        if gate is not None:
+            gate.inline(inline)
         with stripe:
             return writes.put_inline(key, tag, raw, inline, expires, pin, codec)
+    if gate is not None:
+        gate.early(parts, length)
     return writes.put_version(
         key,
         tag,
@@ -71,6 +81,7 @@ def write(
         expires,
         pin,
         codec,
+        gate,
     )
 
 

@@ -23,7 +23,7 @@ import stat
 import threading
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import ExitStack
-from typing import BinaryIO, NamedTuple
+from typing import TYPE_CHECKING, BinaryIO, NamedTuple
 
 from . import _blob, _fsio, _keydir, _log
 from . import _format as F
@@ -37,6 +37,9 @@ from ._keydir import Record
 from ._logwriter import LogWriter
 from ._options import Options
 from ._problems import Problem
+
+if TYPE_CHECKING:
+    from ._tier import Gate
 from .errors import (
     BlobCacheError,
     CacheFullError,
@@ -228,12 +231,15 @@ class Writes:
         tag: bytes,
         raw: bytes,
         stripe: Stripe,
-        write: Callable[[str, bool], _blob.TempVersion],
+        write: Callable[[str, bool], contextlib.AbstractContextManager[_blob.TempVersion]],
         expires: int = 0,
         pin: bool = False,
         codec: int = F.CODEC_RAW,
+        gate: Gate | None = None,
     ) -> bool:
-        """Publish the version ``write(keydir, sync)`` writes to a temp file.
+        """Publish the version ``write(keydir, sync)`` writes to a temp file
+        (with a remote tier's write-through ``gate``, once its remote half is done:
+        ``_tier.Gate.around``).
 
         Invariant: the stripe lock is not held while ``write`` runs, since the
         caller's code runs there (a stream's chunks, a file object's reads) and
@@ -249,6 +255,8 @@ class Writes:
         """
         keydir = N.key_dir(self.blobs, N.key_hash(tag, raw))
         sync = self.options.durability == "fsync"
+        if gate is not None:
+            write = gate.around(write)
         try:
             with (
                 self._in_key_dir(key, tag, raw, keydir, stripe),  # takes the stripe lock briefly
@@ -470,11 +478,13 @@ class Writes:
         chunks: Iterable[memoryview],
         expires: int = 0,
         pin: bool = False,
+        gate: Gate | None = None,
+        codec: int = F.CODEC_RAW,
     ) -> bool:
-        """Store the concatenation of ``chunks``; returns whether a sealed segment
-        got staler. A value that ends below inline_limit goes to the log, as
-        put's would: it is read that far first (at most inline_limit plus one
-        chunk in memory)."""
+        """Store the concatenation of ``chunks`` (of ``codec``); returns whether a
+        sealed segment got staler. A value that ends below inline_limit goes to
+        the log, as put's would: it is read that far first (at most inline_limit
+        plus one chunk in memory)."""
         head = bytearray()
         rest = iter(chunks)
         limit = self.options.inline_limit
@@ -484,8 +494,11 @@ class Writes:
             if len(head) >= limit:
                 break
         else:
+            inline = bytes(head)
+            if gate is not None:
+                gate.inline(inline)
             with stripe:
-                return self.put_inline(key, tag, raw, bytes(head), expires, pin)
+                return self.put_inline(key, tag, raw, inline, expires, pin, codec)
         first = bytes(head)
         return self.put_version(
             key,
@@ -495,6 +508,8 @@ class Writes:
             lambda keydir, sync: _blob.write_version_from(keydir, first, rest, sync=sync),
             expires,
             pin,
+            codec,
+            gate,
         )
 
     def put_file(
@@ -506,16 +521,17 @@ class Writes:
         chunk: int,
         expires: int = 0,
         pin: bool = False,
+        gate: Gate | None = None,
     ) -> bool:
         """``BlobCache.put_file``: a regular file of ``inline_limit`` bytes or more
         is copied by the kernel (and the copy hashed as stored); anything else is
         read ``chunk`` bytes at a time. Returns whether a sealed segment got staler."""
         if not isinstance(src, (str, bytes, os.PathLike)):
-            return self.put_chunks(tag, raw, stripe, read_chunks(src, chunk), expires, pin)
+            return self.put_chunks(tag, raw, stripe, read_chunks(src, chunk), expires, pin, gate)
         with open(os.fsdecode(src), "rb", buffering=0) as f:
             st = os.fstat(f.fileno())
             if not stat.S_ISREG(st.st_mode) or st.st_size < self.options.inline_limit:
-                return self.put_chunks(tag, raw, stripe, read_chunks(f, chunk), expires, pin)
+                return self.put_chunks(tag, raw, stripe, read_chunks(f, chunk), expires, pin, gate)
             fd, size = f.fileno(), st.st_size
             return self.put_version(
                 N.decode_key(tag, raw),
@@ -525,6 +541,7 @@ class Writes:
                 lambda keydir, sync: _blob.write_version_copy(keydir, fd, size, sync=sync),
                 expires,
                 pin,
+                gate=gate,
             )
 
     # --- key directories ---------------------------------------------------------------

@@ -20,6 +20,7 @@ read in this process, an mmap.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import os
 import threading
@@ -28,7 +29,7 @@ from collections.abc import Callable, Iterable, Iterator, MutableMapping, Sequen
 from types import TracebackType
 from typing import Any, BinaryIO, Literal, TypeVar, cast
 
-from . import _codecs, _held, _memoize, _storedir, _typed
+from . import _codecs, _held, _memoize, _storedir, _tier, _typed
 from . import _format as F
 from . import _names as N
 from ._batch import Batch
@@ -47,6 +48,7 @@ from ._options import Durability, Options, check_flag
 from ._problems import Problem
 from ._reads import Reads
 from ._recovered import Recovered
+from ._remote import Remote
 from ._stats import Inventory, Stats
 from ._writes import Source, StripeGuard, Writes
 from .errors import BatchError, BlobCacheError, ClosedError
@@ -124,6 +126,10 @@ class BlobCache(MutableMapping[N.Key, Value]):
         refresh_interval: float = Options.refresh_interval,
         default_ttl: float | None = None,
         max_bytes: int | None = None,
+        remote: str | None = None,
+        remote_options: dict[str, Any] | None = None,
+        remote_mode: str = "write-through",
+        remote_refresh: float = Options.remote_refresh,
     ) -> None:
         self._options = options = Options(
             durability,
@@ -139,7 +145,16 @@ class BlobCache(MutableMapping[N.Key, Value]):
             refresh_interval,
             default_ttl,
             max_bytes,
+            remote,
+            remote_mode,
+            remote_refresh,
         )
+        self._tier: _tier.Tier | None = None
+        self._threads: list[threading.Thread] = []
+        # The client's settings (credentials among them): held here for a reopen
+        # (fork, pickling), never written to the store or a log.
+        self._remote_options = remote_options
+        client = None if remote is None else Remote(remote, remote_options)
         self._path = os.path.abspath(os.fspath(path))
         if not hasattr(self, "_forked_lock"):  # not again when adopted (see _adopt)
             self._forked_lock = threading.Lock()
@@ -217,12 +232,20 @@ class BlobCache(MutableMapping[N.Key, Value]):
             except BaseException:
                 self.close()
                 raise
+        if client is not None:
+            try:
+                self._tier = _attach(self, client)
+            except BaseException:
+                self.close()
+                raise
         _open_handles[id(self)] = self
         self._threads = _held.start_background(self, options)
 
     # --- reading -------------------------------------------------------------------
 
-    def get(self, key: N.Key, default: _T | None = None) -> Value | _T | None:  # type: ignore[override]
+    def get(  # type: ignore[override]
+        self, key: N.Key, default: _T | None = None, *, refresh: bool = False
+    ) -> Value | _T | None:
         """The value of ``key``, or ``default``.
 
         A value stored in the log (shorter than ``inline_limit``) comes back as
@@ -232,10 +255,15 @@ class BlobCache(MutableMapping[N.Key, Value]):
         view of its own: releasing it (``with cache.get(k) as view:``) leaves
         the key readable.
 
+        With a remote tier, a miss reads through (and may raise ``RemoteError``);
+        ``refresh=True`` first brings in the remote's newest version of the key.
+
         :raises TypeError: ``key`` is not str or bytes.
         :raises CorruptionError: a large value's checksum failed on its first read.
         :raises ClosedError: the cache was closed.
         """
+        if refresh:
+            self._refresh_key(key)
         try:
             return self._values[key]  # a value in a file: see _index.Values.__missing__
         except (KeyError, TypeError):
@@ -419,7 +447,7 @@ class BlobCache(MutableMapping[N.Key, Value]):
                 continue  # deleted or moved again meanwhile: ask again
         return default
 
-    def _lookup(self, key: object) -> Stored | None:
+    def _lookup(self, key: object, *, remote: bool = True) -> Stored | None:
         """The stored value of ``key`` or None; the slow path, with the type checks.
         A miss reads what other processes appended first: a put acknowledged
         anywhere is never reported missing afterwards.
@@ -431,8 +459,10 @@ class BlobCache(MutableMapping[N.Key, Value]):
             raise _key_type_error(key)
         found = self._values.stored(key)
         if found is None:
-            self.refresh()
+            self._catch_up()
             found = self._values.stored(key)
+            if found is None and remote and self._tier is not None and self._tier.fetch(key):
+                found = self._values.stored(key)  # read through: a miss asks the remote
         elif self._expiry.is_expired(key):
             self._expiry.sweep()  # exact here, not waiting for the background sweep
             found = self._values.stored(key)
@@ -442,11 +472,42 @@ class BlobCache(MutableMapping[N.Key, Value]):
         """Catch up at once with every put and delete other processes made: a hit
         is otherwise up to ``refresh_interval`` seconds old (a miss always
         catches up first); and take out of memory every value whose ``ttl`` has
-        passed (a background thread does it at each deadline)."""
+        passed (a background thread does it at each deadline). With a remote
+        tier, also bring in every newer remote version of a key held here (a
+        background thread does it every ``remote_refresh`` seconds).
+
+        :raises RemoteError: the remote could not be listed (local catch-up done).
+        """
+        self._catch_up()
+        if self._tier is not None:
+            self._tier.refresh()
+
+    def flush_remote(self) -> None:
+        """Return once every put and delete made so far is on the remote (with
+        ``remote_mode="write-back"``; with write-through they already are, but for
+        values put before the remote was attached, which this uploads too).
+
+        :raises RemoteError: the remote failed; what is not uploaded stays queued,
+            and the background uploader keeps trying.
+        :raises BlobCacheError: the handle has no remote.
+        """
+        self._here()
+        self._check_open()
+        if self._tier is None:
+            raise BlobCacheError(f"{self._path} was opened without a remote: nothing to flush")
+        self._tier.flush()
+
+    def _catch_up(self) -> None:
+        """``refresh`` of the local store: other processes' puts, and expiries."""
         self._here()
         if self._follower.catch_up() and self._held.writer is not None:
             self._maybe_compact()
         self._expiry.sweep()
+
+    def _refresh_key(self, key: object) -> None:
+        self._lookup(key)  # (the type checks, and the local catch-up)
+        if self._tier is not None:
+            self._tier.refresh_key(cast(N.Key, key))
 
     def _expire(self) -> None:
         """The sweep thread's work: take expired values out of memory; a writer
@@ -583,9 +644,33 @@ class BlobCache(MutableMapping[N.Key, Value]):
         expires = self._expires(ttl)
         check_flag("pin", pin)
         key = N.decode_key(tag, raw)  # a plain str or bytes, even for a subclass
-        stripe = self._writes.writing(N.key_hash(tag, raw))
-        if _typed.write(self._writes, key, tag, raw, stripe, parts, length, codec, expires, pin):
+        digest = N.key_hash(tag, raw)
+        stripe = self._writes.writing(digest)
+        with self._remote_half(key, tag, raw, digest, codec, expires) as gate:
+            stale = _typed.write(
+                self._writes, key, tag, raw, stripe, parts, length, codec, expires, pin, gate
+            )
+        if stale:
             self._maybe_compact()
+
+    @contextlib.contextmanager
+    def _remote_half(
+        self, key: N.Key, tag: bytes, raw: bytes, digest: str, codec: int, expires: int
+    ) -> Iterator[_tier.Gate | None]:
+        """Around a put's local write: with a write-through remote, the gate that
+        does the remote half before the local commit, and the note of it after;
+        with write-back, the key queued for upload once the put returns."""
+        tier = self._tier
+        if tier is None:
+            yield None
+        elif tier.through:
+            gate = tier.gate(key, tag, raw, codec, expires)
+            with tier.key_lock(digest):
+                yield gate
+                tier.landed(key, digest, gate.version)
+        else:
+            yield None
+            tier.queue(key)
 
     def put_object(
         self,
@@ -645,8 +730,8 @@ class BlobCache(MutableMapping[N.Key, Value]):
     def pinned(self, key: N.Key) -> bool:
         """Whether the key is in the cache and pinned (caught up with the other
         processes first: a pin made anywhere is seen)."""
-        self.refresh()
-        return self._lookup(key) is not None and key in self._index.pins
+        self._catch_up()
+        return self._lookup(key, remote=False) is not None and key in self._index.pins
 
     def _set_pin(self, key: N.Key, pinned: bool) -> None:
         self._here()
@@ -704,6 +789,7 @@ class BlobCache(MutableMapping[N.Key, Value]):
             self._batches,
             self._maybe_compact,
             self._expires,
+            None if self._tier is None else self._tier.batch,
         )
         return batch
 
@@ -746,7 +832,13 @@ class BlobCache(MutableMapping[N.Key, Value]):
         tag, raw, stripe = self._stream_target(key)
         expires = self._expires(ttl)
         check_flag("pin", pin)
-        if self._writes.put_file(tag, raw, stripe, src, self.CHUNK_BYTES, expires, pin):
+        key = N.decode_key(tag, raw)
+        digest = N.key_hash(tag, raw)
+        with self._remote_half(key, tag, raw, digest, F.CODEC_RAW, expires) as gate:
+            stale = self._writes.put_file(
+                tag, raw, stripe, src, self.CHUNK_BYTES, expires, pin, gate
+            )
+        if stale:
             self._maybe_compact()
 
     def put_stream(
@@ -764,7 +856,11 @@ class BlobCache(MutableMapping[N.Key, Value]):
         expires = self._expires(ttl)
         check_flag("pin", pin)
         chunked = (as_buffer(chunk) for chunk in chunks)
-        if self._writes.put_chunks(tag, raw, stripe, chunked, expires, pin):
+        key = N.decode_key(tag, raw)
+        digest = N.key_hash(tag, raw)
+        with self._remote_half(key, tag, raw, digest, F.CODEC_RAW, expires) as gate:
+            stale = self._writes.put_chunks(tag, raw, stripe, chunked, expires, pin, gate)
+        if stale:
             self._maybe_compact()
 
     def _stream_target(self, key: N.Key) -> tuple[bytes, bytes, StripeGuard]:
@@ -786,6 +882,9 @@ class BlobCache(MutableMapping[N.Key, Value]):
         tag, raw = N.encode_key(key)
         key = N.decode_key(tag, raw)
         digest = N.key_hash(tag, raw)
+        tier = self._tier
+        if tier is not None:
+            return self._delete_with(tier, key, tag, raw, digest)
         with self._writes.writing(digest):
             if self._lookup(key) is None:
                 return False
@@ -793,6 +892,33 @@ class BlobCache(MutableMapping[N.Key, Value]):
         if stale:
             self._maybe_compact()
         return True
+
+    def _delete_with(
+        self, tier: _tier.Tier, key: N.Key, tag: bytes, raw: bytes, digest: str
+    ) -> bool:
+        """``delete`` with a remote tier. Write-through: a tombstone on the remote
+        first (if the remote has the key live), then the local delete; True if
+        either had it. Write-back: the delete noted durably, then made locally,
+        and its tombstone queued; True if the local store had it."""
+        self._writes.check_writer()
+        with tier.key_lock(digest):
+            had_remote, version = False, 0
+            if tier.through:
+                had_remote, version = tier.delete_through(key, tag, raw, digest)
+            else:
+                tier.queue_delete(key, tag, raw, digest)
+            with self._writes.writing(digest):
+                had = self._lookup(key, remote=False) is not None
+                stale = had and self._writes.delete(key, tag, raw)
+            if tier.through:
+                if version:
+                    tier.ledger.note(digest, version, 0)
+                had = had or had_remote
+        if not tier.through:
+            tier.queue(key)
+        if stale:
+            self._maybe_compact()
+        return had
 
     def __delitem__(self, key: N.Key) -> None:
         if not self.delete(key):
@@ -867,13 +993,14 @@ class BlobCache(MutableMapping[N.Key, Value]):
         self._here()
         self._check_open()
         self._expiry.sweep()
-        return Stats.of(
+        stats = Stats.of(
             self._index,
             self._writes,
             problems=len(self.problems),
             temps_removed_at_open=self._temps_removed_at_open,
             torn_bytes_at_open=self._torn_bytes_at_open,
         )
+        return dataclasses.replace(stats, **_tier.describe(self._tier))
 
     def _inventory(self) -> Inventory:
         """What ``blobcache stats | verify | gc`` read of this handle: all of it."""
@@ -893,6 +1020,9 @@ class BlobCache(MutableMapping[N.Key, Value]):
         child's copy: the files, the lock and the threads are the parent's.
         """
         self.__dict__.pop("get", None)  # a bound variant (max_bytes): the class's raises now
+        tier, self._tier = self._tier, None
+        if tier is not None and not self._held.inherited():
+            tier.close()  # its threads stopped first: they use the local store
         if self._held.inherited():
             # No lock taken: a parent thread may have held one at the fork.
             self._writes.closed = True
@@ -915,7 +1045,13 @@ class BlobCache(MutableMapping[N.Key, Value]):
     def __reduce__(self) -> tuple[Callable[..., BlobCache], tuple[str, dict[str, Any]]]:
         """Pickled by path and options: unpickling opens the store anew (in a
         process of a ``spawn`` pool, say), beside every other handle."""
-        return _reopen, (self._path, dataclasses.asdict(self._options))
+        return _reopen, (self._path, self._reopen_options())
+
+    def _reopen_options(self) -> dict[str, Any]:
+        options = dataclasses.asdict(self._options)
+        if self._options.remote is not None:
+            options["remote_options"] = self._remote_options
+        return options
 
     def __enter__(self) -> BlobCache:
         return self
@@ -968,6 +1104,53 @@ def _visiting_get(
     return get
 
 
+def _attach(cache: BlobCache, client: Remote) -> _tier.Tier:
+    """Open the handle's remote tier: check the remote (a wrong bucket, endpoint or
+    credential fails here, in one sentence), then start its threads. Its puts and
+    deletes of the local store close over the write path, not the handle, so its
+    threads do not keep a dropped handle alive."""
+    options = cache._options
+    client.check(create=True)
+    writes, index = cache._writes, cache._index
+
+    def put_value(
+        key: N.Key, parts: Sequence[bytes | memoryview], length: int, codec: int, expires: int
+    ) -> None:
+        tag, raw = N.encode_key(key)
+        stripe = writes.writing(N.key_hash(tag, raw))
+        _typed.write(writes, key, tag, raw, stripe, parts, length, codec, expires, False)
+
+    def put_chunks(key: N.Key, chunks: Iterable[memoryview], codec: int, expires: int) -> None:
+        tag, raw = N.encode_key(key)
+        stripe = writes.writing(N.key_hash(tag, raw))
+        writes.put_chunks(tag, raw, stripe, chunks, expires, False, None, codec)
+
+    def delete(key: N.Key) -> None:
+        tag, raw = N.encode_key(key)
+        with writes.writing(N.key_hash(tag, raw)):
+            writes.delete(key, tag, raw)
+
+    local = _tier.Local(
+        lambda: index.values,
+        lambda: index.meta,
+        lambda key: index.expiry.get(key, 0),
+        put_value,
+        put_chunks,
+        delete,
+        options.inline_limit,
+    )
+    tier = _tier.Tier(
+        cache._path,
+        client,
+        _tier.check_mode(options.remote_mode),
+        options.remote_refresh,
+        local,
+        sync_deletes=options.durability == "fsync",
+    )
+    tier.start()
+    return tier
+
+
 def _reopen(path: str, options: dict[str, Any]) -> BlobCache:
     return BlobCache(path, **options)
 
@@ -981,7 +1164,7 @@ def _adopt(cache: BlobCache) -> None:
         cache._release.detach()  # the parent's: its parts are not ours to let go
         # Half of the handle is its own midway: another thread's put or delete
         # waits here (``_adopting``) rather than use the parent's half.
-        BlobCache.__init__(cache, cache._path, **dataclasses.asdict(cache._options))
+        BlobCache.__init__(cache, cache._path, **cache._reopen_options())
         cache._adopting = False
 
 

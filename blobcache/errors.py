@@ -124,3 +124,18 @@ class CacheFullError(BlobCacheError, ValueError):
     """A put, batch or pin that ``max_bytes`` cannot make room for, because what
     is left to evict is pinned or the operation's own; nothing was changed.
     (A single value larger than ``max_bytes`` raises it too: a ``ValueError``.)"""
+
+
+class RemoteError(BlobCacheError):
+    """The remote tier failed: unreachable, refusing the credentials, a missing
+    bucket, or a prefix that is not a remote tier. ``url`` is the remote's (never
+    with credentials). What a failed put left is said where it is raised: a
+    write-through ``put`` that raises this changed nothing locally."""
+
+    def __init__(self, url: str, why: str) -> None:
+        super().__init__(f"{url}: {why}")
+        self.url = url
+        self.why = why
+
+    def __reduce__(self) -> tuple[type[RemoteError], tuple[str, str]]:
+        return (type(self), (self.url, self.why))
