@@ -16,8 +16,9 @@ thread every half ``refresh_interval`` bounds how old a hit may be;
 delete applies its own record itself once acknowledged (so this process sees
 its puts at once, without reading what others appended before it): the
 writer's ``claim`` or the follower, whichever comes first, applies each of
-this process's records once, and ``Index.gone`` remembers a delete applied
-ahead of the follower, so an older record of the key read later stays older.
+this process's records once (the put returns only once it is applied:
+``settle``), and ``Index.gone`` remembers a delete applied ahead of the
+follower, so an older record of the key read later stays older.
 
 If the follower falls so far behind that a compaction replaced a segment it
 had not read yet (it opens one by name and finds it COMPACTED), it rebuilds
@@ -304,6 +305,18 @@ class Follower:
             return True
         finally:
             self.lock.release()
+
+    def settle(self) -> None:
+        """Wait for the catch-up under way, if any, to end.
+
+        A catch-up takes a record of this process out of ``own`` and applies it
+        within one hold of ``lock``: a writer whose ``claim`` found its record
+        taken waits here, so its put returns with the index showing it
+        (read-your-writes), not while the catch-up is between the two.
+        REQUIRES: not ``lock`` (a catch-up takes no stripe lock: a writer holding
+        its key's may wait for it)."""
+        with self.lock:
+            pass
 
     def hold_floor(self, segment: int, offset: int) -> None:
         """This process's acknowledged record at (segment, offset) is about to be

@@ -152,7 +152,8 @@ class Writes:
     # (``LogWriter.claim``), without reading what other processes appended
     # before it: the follower does that later, passing over records older than
     # the index's (``Index.publish``, ``Index.gone``). If the follower got to
-    # the record first (compaction makes it), it applied it.
+    # the record first (a catch-up of the refresh thread, compaction or the
+    # expiry sweep), it applies it, and the put returns once it has.
 
     def _stale(self, old_segment: int | None) -> bool:
         """Whether a publish that superseded a record of ``old_segment`` made a
@@ -464,10 +465,16 @@ class Writes:
         self, seq: int, segment: int, offset: int, size: int, change: Change | PinChange
     ) -> bool:
         """``_apply``'s choice of who applies the record, and the applying."""
-        if not self.follower.passed_own(segment, offset, size) and not self.log.claim(
+        follower = self.follower
+        if not follower.passed_own(segment, offset, size) and not self.log.claim(
             segment, offset, gone=change.key if change.value is None else None
         ):
-            return False  # the follower applied it
+            # The follower took it: not yet applied, maybe (taken out of ``own``,
+            # not yet published). Returning now let a get right after the put
+            # serve the key's older value (the model test found a typed value
+            # put as a file back in the log: the older record).
+            follower.settle()
+            return False
         return self._stale(change.apply(self.index, seq, segment, size, ahead=True))
 
     def put_chunks(

@@ -605,6 +605,50 @@ def test_a_key_moving_from_a_file_to_the_log_is_never_missing(store: str, lookup
     cache.close()
 
 
+def test_a_put_taken_by_a_catch_up_returns_once_it_is_applied(
+    store: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A catch-up in another thread (the refresh thread, compaction, the expiry
+    sweep) may take a put's own record out of ``own`` between its append and its
+    claim: the put returns only once that catch-up has applied it, never while
+    the index still holds the key's older value (a get right after the put
+    served it: the model test once found a typed value put as a file back in
+    the log). Here the catch-up holds the record until the claim has failed."""
+    cache = BlobCache(store, inline_limit=64, refresh_interval=3600)
+    cache.put("k", b"old")
+    follower, writer = cache._follower, cache._held.writer
+    assert writer is not None
+    taken, claimed = threading.Event(), threading.Event()
+    catch_up = threading.Thread(target=follower.catch_up)
+    follower_apply, passed_own, claim = follower._apply, follower.passed_own, writer.claim
+
+    def apply_late(*args: Any) -> bool:
+        taken.set()  # out of ``own``, not yet in the index
+        claimed.wait(timeout=30)  # a bound for a hang
+        return follower_apply(*args)
+
+    def catch_up_first(*args: Any) -> bool:
+        catch_up.start()
+        assert taken.wait(timeout=30)
+        return passed_own(*args)  # False: the catch-up holds the follower's lock
+
+    def claim_then_let_go(*args: Any, **kwargs: Any) -> bool:
+        try:
+            return claim(*args, **kwargs)  # False: the catch-up took the record
+        finally:
+            claimed.set()
+
+    monkeypatch.setattr(follower, "_apply", apply_late)
+    monkeypatch.setattr(follower, "passed_own", catch_up_first)
+    monkeypatch.setattr(writer, "claim", claim_then_let_go)
+    cache.put("k", b"N" * 100)  # a file now
+    got = cache.get("k")
+    catch_up.join()
+    assert type(got) is memoryview and bytes(got) == b"N" * 100
+    assert writer.own == {} and writer.ahead == {}
+    cache.close()
+
+
 def test_close_lets_go_of_the_values(store: str) -> None:
     """After close() the index holds no value (views handed out stay valid)."""
     cache = BlobCache(store)
