@@ -248,13 +248,13 @@ class Remote:
             raise self.error(exc, "listing a key's versions") from exc
         return sorted(v for m in metas if (v := _version_of(m["path"])) is not None)
 
-    def all_versions(self) -> dict[str, list[tuple[int, float]]]:
-        """Every key hash's (version, last modified as epoch seconds), ascending.
+    def all_versions(self) -> dict[str, list[tuple[int, float, int]]]:
+        """Every key hash's (version, last modified as epoch seconds, size), ascending.
 
         :raises RemoteError:"""
         import obstore
 
-        found: dict[str, list[tuple[int, float]]] = {}
+        found: dict[str, list[tuple[int, float, int]]] = {}
         try:
             for chunk in obstore.list(self.store, F.REMOTE_RECORDS, chunk_size=1000):
                 for meta in chunk:
@@ -263,22 +263,22 @@ class Remote:
                     if version is None or len(parts) < 3:
                         continue
                     stamp = meta["last_modified"].timestamp()
-                    found.setdefault(parts[-2], []).append((version, stamp))
+                    found.setdefault(parts[-2], []).append((version, stamp, meta["size"]))
         except Exception as exc:
             raise self.error(exc, "listing the remote's records") from exc
         for versions in found.values():
             versions.sort()
         return found
 
-    def blobs(self) -> list[tuple[str, float]]:
-        """Every blob's (name, last modified as epoch seconds).
+    def blobs(self) -> list[tuple[str, float, int]]:
+        """Every blob's (name, last modified as epoch seconds, size).
 
         :raises RemoteError:"""
         import obstore
 
         try:
             return [
-                (meta["path"], meta["last_modified"].timestamp())
+                (meta["path"], meta["last_modified"].timestamp(), meta["size"])
                 for chunk in obstore.list(self.store, F.REMOTE_BLOBS, chunk_size=1000)
                 for meta in chunk
             ]
@@ -345,22 +345,12 @@ class Remote:
 
     # --- blobs ------------------------------------------------------------------------
 
-    def has_blob(self, name: str, length: int) -> bool:
-        """:raises RemoteError:"""
-        import obstore
-
-        try:
-            return int(obstore.head(self.store, name)["size"]) == length
-        except FileNotFoundError as exc:
-            if "NoSuchBucket" in str(exc):
-                raise self.error(exc, "looking for a blob") from exc
-            return False
-        except Exception as exc:
-            raise self.error(exc, "looking for a blob") from exc
-
     def upload(self, name: str, body: Sequence[bytes | memoryview] | Path) -> None:
         """Upload a blob (not conditional: obstore would send a conditional put whole,
-        from memory; a content address makes a second upload harmless). From a file
+        from memory; a content address makes a second upload harmless, and it is
+        always made: an upload skipped because the blob is there would let gc,
+        which spares only blobs younger than its grace or named by a record it
+        read, delete it under the record about to name it). From a file
         it streams, in parts; from memory, the parts are slices of the caller's
         buffers. An upload that fails is aborted by obstore (best effort).
 

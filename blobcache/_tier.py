@@ -420,7 +420,7 @@ class Tier:
                     self.ledger.note(digest, version, seq)  # it is there: a put before a crash
                     return
                 record = _record(tag, raw, codec, expires, content, length, parts)
-                if record.blob is not None and not self.remote.has_blob(record.blob, length):
+                if record.blob is not None:
                     self.remote.upload(record.blob, path if path is not None else parts)
                 version = self._create(digest, record)
             self.ledger.note(digest, version, seq)
@@ -597,7 +597,7 @@ class Gate:
 
 
 class _Upload:
-    """A blob's upload in a thread of its own (hash, look, upload)."""
+    """A blob's upload in a thread of its own (hash, then upload)."""
 
     def __init__(self, remote: Remote, body: Sequence[bytes | memoryview] | Path, length: int):
         self.remote = remote
@@ -616,8 +616,7 @@ class _Upload:
             else:
                 content = value_digest(self.body)
             name = blob_name(content, self.length)
-            if not self.remote.has_blob(name, self.length):
-                self.remote.upload(name, self.body)
+            self.remote.upload(name, self.body)
             self.result = (name, content)
         except BaseException as exc:  # handed to the put's thread by wait()
             self.error = exc

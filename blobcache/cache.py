@@ -155,6 +155,10 @@ class BlobCache(MutableMapping[N.Key, Value]):
         # (fork, pickling), never written to the store or a log.
         self._remote_options = remote_options
         client = None if remote is None else Remote(remote, remote_options)
+        if client is not None:
+            # Before the store is touched: a wrong bucket, endpoint or credential
+            # fails here, in one sentence, and leaves the directory as it was.
+            client.check(create=True)
         self._path = os.path.abspath(os.fspath(path))
         if not hasattr(self, "_forked_lock"):  # not again when adopted (see _adopt)
             self._forked_lock = threading.Lock()
@@ -1105,12 +1109,11 @@ def _visiting_get(
 
 
 def _attach(cache: BlobCache, client: Remote) -> _tier.Tier:
-    """Open the handle's remote tier: check the remote (a wrong bucket, endpoint or
-    credential fails here, in one sentence), then start its threads. Its puts and
+    """Open the handle's remote tier (its client checked already): the ledger, what
+    is not uploaded yet, and its threads. Its puts and
     deletes of the local store close over the write path, not the handle, so its
     threads do not keep a dropped handle alive."""
     options = cache._options
-    client.check(create=True)
     writes, index = cache._writes, cache._index
 
     def put_value(

@@ -18,9 +18,10 @@ import json
 import sys
 from typing import Any
 
-from . import _collect
+from . import _collect, _remotegc
 from . import _maintenance as M
 from ._demo import run_demo
+from ._remote import Remote
 from .errors import BlobCacheError, CorruptionError, UnsafeFilesystemError
 
 
@@ -92,6 +93,52 @@ def _gc(path: str, as_json: bool, dry_run: bool, salvage: bool, trust_filesystem
     return 0
 
 
+def _remote_arguments(command: argparse.ArgumentParser) -> None:
+    command.add_argument(
+        "--remote",
+        metavar="URL",
+        help="also collect a remote tier's garbage: superseded records and blobs no record "
+        "names, older than --grace (credentials from AWS_ACCESS_KEY_ID and "
+        "AWS_SECRET_ACCESS_KEY, or the client's other sources)",
+    )
+    command.add_argument("--endpoint", help="the S3-compatible server's URL (with --remote)")
+    command.add_argument("--region", help="the bucket's region (with --remote)")
+    command.add_argument(
+        "--allow-http", action="store_true", help="allow a plain http:// endpoint (with --remote)"
+    )
+    command.add_argument(
+        "--grace",
+        type=float,
+        default=_remotegc.DEFAULT_GRACE_SECONDS,
+        help="seconds an object must be old to go (with --remote; default %(default).0f)",
+    )
+
+
+def _gc_remote(args: argparse.Namespace) -> int:
+    if args.path is not None:
+        code = _gc(args.path, args.json, args.dry_run, args.salvage, args.trust_filesystem)
+        if code:
+            return code
+    options: dict[str, Any] = {}
+    if args.endpoint:
+        options["endpoint"] = args.endpoint
+    if args.region:
+        options["region"] = args.region
+    if args.allow_http:
+        options["client_options"] = {"allow_http": True}
+    remote = Remote(args.remote, options)
+    remote.check(create=False)
+    r = _remotegc.collect(remote, grace=args.grace, dry_run=args.dry_run)
+    verb = "would remove" if args.dry_run else "removed"
+    lines = [f"{verb} {remote.url}/{p}" for p in r.removed]
+    lines.append(
+        f"{remote.url}: {verb} {r.records_deleted:,} superseded records, stubbed "
+        f"{r.records_stubbed:,}, {r.blobs_deleted:,} blobs; {_size(r.bytes_freed)} freed"
+    )
+    _emit(args.json, {"remote": remote.url, **r.as_dict()}, lines)
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="blobcache", description="Maintain and try out blobcache stores."
@@ -110,7 +157,11 @@ def main(argv: list[str] | None = None) -> int:
     }
     for name, text in commands.items():
         command = sub.add_parser(name, help=text, description=text)
-        command.add_argument("path", help="store directory")
+        if name == "gc":
+            command.add_argument("path", nargs="?", help="store directory (optional with --remote)")
+            _remote_arguments(command)
+        else:
+            command.add_argument("path", help="store directory")
         command.add_argument("--json", action="store_true", help="machine-readable output")
         if name == "gc":
             mode = command.add_mutually_exclusive_group()
@@ -129,6 +180,10 @@ def main(argv: list[str] | None = None) -> int:
             return _stats(args.path, args.json, args.salvage)
         if args.command == "verify":
             return _verify(args.path, args.json)
+        if args.remote is not None:
+            return _gc_remote(args)
+        if args.path is None:
+            parser.error("gc needs a store directory, or --remote")
         return _gc(args.path, args.json, args.dry_run, args.salvage, args.trust_filesystem)
     except BlobCacheError as exc:
         print(f"blobcache {args.command}: {exc}{_hint(exc, args.command)}", file=sys.stderr)
