@@ -212,10 +212,23 @@ class AsyncBlobCache:
     async def pinned(self, key: Key) -> bool:
         return await self._run(self.sync_cache.pinned, key)
 
-    async def get(self, key: Key, default: _T | None = None) -> Value | _T | None:
+    async def get(
+        self, key: Key, default: _T | None = None, *, refresh: bool = False
+    ) -> Value | _T | None:
         """As :meth:`BlobCache.get`. A large value's first get maps and checks its
-        file, so it runs in a thread; later gets are dict lookups."""
-        return await self._run(self.sync_cache.get, key, default)
+        file, and a miss may read through from a remote, so it runs in a thread;
+        later gets are dict lookups."""
+        return await self._run(
+            functools.partial(self.sync_cache.get, refresh=refresh), key, default
+        )
+
+    async def refresh(self) -> None:
+        """As :meth:`BlobCache.refresh` (with a remote tier, one list of it)."""
+        await self._run(self.sync_cache.refresh)
+
+    async def flush_remote(self) -> None:
+        """As :meth:`BlobCache.flush_remote`: every write-back upload done."""
+        await self._run(self.sync_cache.flush_remote)
 
     async def delete(self, key: Key) -> bool:
         return await self._run(self.sync_cache.delete, key)

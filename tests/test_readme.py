@@ -7,6 +7,8 @@ import re
 
 import pytest
 
+from tests.remote_fixtures import remote_prefix, seaweed  # noqa: F401
+
 ROOT = os.path.join(os.path.dirname(__file__), os.pardir)
 
 
@@ -21,10 +23,17 @@ def _blocks(language: str) -> list[str]:
 
 @pytest.mark.parametrize("index", range(len(_blocks("python"))))
 def test_readme_python_example_runs(
-    index: int, tmp_path: object, monkeypatch: pytest.MonkeyPatch
+    index: int, tmp_path: object, monkeypatch: pytest.MonkeyPatch, request: pytest.FixtureRequest
 ) -> None:
     monkeypatch.chdir(str(tmp_path))
     code = _blocks("python")[index]
+    if "BLOBCACHE_REMOTE" in code:  # the remote tier's: run against the tests' SeaweedFS
+        place = request.getfixturevalue("remote_prefix")
+        monkeypatch.setenv("BLOBCACHE_REMOTE", place.url)
+        monkeypatch.setenv("BLOBCACHE_ENDPOINT", place.options["endpoint"])
+        monkeypatch.setenv("AWS_ACCESS_KEY_ID", place.options["access_key_id"])
+        monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", place.options["secret_access_key"])
+        monkeypatch.setenv("AWS_REGION", place.options["region"])
     exec(compile(code, f"README.md python block {index}", "exec"), {"__name__": "readme"})
 
 

@@ -575,3 +575,31 @@ def test_blobcache_gc_remote_from_the_command_line(
     assert code == 0
     report = json.loads(capsys.readouterr().out)
     assert report["remote"] == place.url and report["records_deleted"] == 0  # all young
+
+
+def test_async_twins_and_a_pickled_handle_keep_the_remote(
+    place: RemotePrefix, tmp_path: Path
+) -> None:
+    import asyncio
+    import pickle
+
+    from blobcache import AsyncBlobCache
+
+    async def run() -> bytes | None:
+        async with AsyncBlobCache(
+            tmp_path / "a", remote=place.url, remote_options=place.options, remote_mode="write-back"
+        ) as cache:
+            await cache.put("k", b"v")
+            await cache.flush_remote()
+            await cache.refresh()
+            got = await cache.get("k", refresh=True)
+            return None if got is None else bytes(got)
+
+    assert asyncio.run(run()) == b"v"
+    with open_with(place, tmp_path / "b") as cache:
+        again = pickle.loads(pickle.dumps(cache))
+        try:
+            assert again.stats().remote == place.url
+            assert bytes(again["k"]) == b"v"
+        finally:
+            again.close()
