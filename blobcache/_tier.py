@@ -207,6 +207,7 @@ class Tier:
         self.hints: dict[str, tuple[int, float]] = {}  # key hash -> (newest seen, when)
         self._locks = [threading.Lock() for _ in range(_LOCKS)]
         self.pending: dict[N.Key, int] = {}  # keys to upload, oldest put first: a ticket each
+        self.found_at_open: set[N.Key] = set()  # write-through's leftovers: see find_pending
         self._tickets = 0
         self.pending_lock = threading.Lock()
         self.drain_lock = threading.Lock()  # one drain at a time: the thread's or flush's
@@ -250,6 +251,12 @@ class Tier:
         with self.pending_lock:
             for _, key in found:
                 self._enqueue(key)
+                if self.through:
+                    # Not a put of this handle's: a value put before the remote was
+                    # attached, or one whose V line a crash lost. Uploaded only where
+                    # the remote has no other version of the key: a newer one from
+                    # another machine is not overwritten by an older local value.
+                    self.found_at_open.add(key)
             for raw in list(self.ledger.deletes.values()):
                 self._enqueue(N.decode_key(raw[:1], raw[1:]))
         if self.pending:
@@ -328,6 +335,7 @@ class Tier:
 
     def _enqueue(self, key: N.Key) -> None:
         """REQUIRES: ``pending_lock``."""
+        self.found_at_open.discard(key)  # put again here: this put is the newest
         self.pending.pop(key, None)  # queued before: a newer put's place is at the end
         self._tickets += 1
         self.pending[key] = self._tickets
@@ -418,6 +426,10 @@ class Tier:
                     == (content, length, codec, expires)
                 ):
                     self.ledger.note(digest, version, seq)  # it is there: a put before a crash
+                    return
+                if newest is not None and key in self.found_at_open:
+                    self.found_at_open.discard(key)
+                    self._bring(key, digest, version, newest)  # the remote's is the newer
                     return
                 record = _record(tag, raw, codec, expires, content, length, parts)
                 if record.blob is not None:

@@ -17,16 +17,28 @@ def _read(name: str) -> str:
         return f.read()
 
 
-def _blocks(language: str) -> list[str]:
-    return re.findall(rf"^```{language}\n(.*?)^```$", _read("README.md"), re.DOTALL | re.MULTILINE)
+def _blocks(language: str, name: str = "README.md") -> list[str]:
+    return re.findall(rf"^```{language}\n(.*?)^```$", _read(name), re.DOTALL | re.MULTILINE)
 
 
-@pytest.mark.parametrize("index", range(len(_blocks("python"))))
+# The README's examples, and those it sends a reader to.
+_EXAMPLES = [
+    (name, index)
+    for name in ("README.md", "docs/examples.md")
+    for index in range(len(_blocks("python", name)))
+]
+
+
+@pytest.mark.parametrize(("name", "index"), _EXAMPLES)
 def test_readme_python_example_runs(
-    index: int, tmp_path: object, monkeypatch: pytest.MonkeyPatch, request: pytest.FixtureRequest
+    name: str,
+    index: int,
+    tmp_path: object,
+    monkeypatch: pytest.MonkeyPatch,
+    request: pytest.FixtureRequest,
 ) -> None:
     monkeypatch.chdir(str(tmp_path))
-    code = _blocks("python")[index]
+    code = _blocks("python", name)[index]
     if "BLOBCACHE_REMOTE" in code:  # the remote tier's: run against the tests' SeaweedFS
         place = request.getfixturevalue("remote_prefix")
         monkeypatch.setenv("BLOBCACHE_REMOTE", place.url)
@@ -34,7 +46,7 @@ def test_readme_python_example_runs(
         monkeypatch.setenv("AWS_ACCESS_KEY_ID", place.options["access_key_id"])
         monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", place.options["secret_access_key"])
         monkeypatch.setenv("AWS_REGION", place.options["region"])
-    exec(compile(code, f"README.md python block {index}", "exec"), {"__name__": "readme"})
+    exec(compile(code, f"{name} python block {index}", "exec"), {"__name__": "readme"})
 
 
 def test_readme_opens_with_the_two_commands_and_ci_runs_the_second() -> None:

@@ -603,3 +603,20 @@ def test_async_twins_and_a_pickled_handle_keep_the_remote(
             assert bytes(again["k"]) == b"v"
         finally:
             again.close()
+
+
+def test_values_put_before_the_remote_was_attached_go_up_unless_the_remote_has_newer(
+    place: RemotePrefix, tmp_path: Path
+) -> None:
+    with BlobCache(tmp_path / "a") as plain:  # no remote yet
+        plain.put("only-here", b"local")
+        plain.put("both", b"local-old")
+    with open_with(place, tmp_path / "b") as other:
+        other.put("both", b"remote-new")
+    with open_with(place, tmp_path / "a") as attached:
+        attached.flush_remote()
+        assert bytes(attached["both"]) == b"remote-new"  # not overwritten by the older local
+        assert attached.stats().remote_pending == 0
+    with open_with(place, tmp_path / "c") as fresh:
+        assert bytes(fresh["only-here"]) == b"local"
+        assert bytes(fresh["both"]) == b"remote-new"
