@@ -67,6 +67,8 @@ CREATE_TRIES = 16
 # Write-back: waits between tries after a failure, doubling up to the last.
 BACKOFF_SECONDS = (0.25, 30.0)
 _LOCKS = 64
+# The uploader's longest wait without a wake-up: how long it outlives a dropped handle.
+IDLE_SECONDS = 5.0
 
 
 @dataclass
@@ -196,6 +198,7 @@ class Tier:
         local: Local,
         *,
         sync_deletes: bool,
+        stop: threading.Event,
     ) -> None:
         self.remote = remote
         self.mode = mode
@@ -212,7 +215,9 @@ class Tier:
         self.pending_lock = threading.Lock()
         self.drain_lock = threading.Lock()  # one drain at a time: the thread's or flush's
         self.wake = threading.Event()
-        self.stop = threading.Event()
+        # The handle's: set when it is let go, by close() or, for a handle dropped
+        # without close(), by its finalizer; the threads then end (within IDLE_SECONDS).
+        self.stop = stop
         self.last_error: str | None = None
         self.uploaded = 0
         self._threads: list[threading.Thread] = []
@@ -440,7 +445,7 @@ class Tier:
     def _upload_loop(self) -> None:
         backoff = 0.0
         while not self.stop.is_set():
-            self.wake.wait(backoff or None)
+            self.wake.wait(backoff or IDLE_SECONDS)
             self.wake.clear()
             if self.stop.is_set():
                 return

@@ -1149,6 +1149,7 @@ def _attach(cache: BlobCache, client: Remote) -> _tier.Tier:
         options.remote_refresh,
         local,
         sync_deletes=options.durability == "fsync",
+        stop=cache._held.stop,
     )
     tier.start()
     return tier

@@ -620,3 +620,24 @@ def test_values_put_before_the_remote_was_attached_go_up_unless_the_remote_has_n
     with open_with(place, tmp_path / "c") as fresh:
         assert bytes(fresh["only-here"]) == b"local"
         assert bytes(fresh["both"]) == b"remote-new"
+
+
+def test_a_dropped_handle_with_a_remote_is_collected_and_its_threads_end(
+    place: RemotePrefix, tmp_path: Path
+) -> None:
+    import gc
+    import weakref
+
+    before = set(threading.enumerate())
+    cache = open_with(place, tmp_path / "a", remote_mode="write-back")
+    cache.put("k", b"v")
+    cache.flush_remote()
+    mine = [t for t in threading.enumerate() if t not in before]
+    assert {t.name for t in mine} >= {"blobcache-uploader", "blobcache-remote-refresh"}
+    dropped = weakref.ref(cache)
+    del cache
+    gc.collect()
+    assert dropped() is None  # the tier's threads do not hold the handle
+    for thread in mine:
+        thread.join(timeout=30)
+        assert not thread.is_alive(), thread.name
