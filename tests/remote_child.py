@@ -1,8 +1,9 @@
 """A writer process for the remote tier's crash and race tests (tests/test_remote.py).
 
 ``python -m tests.remote_child '<json>'``: opens a store with a remote and puts keys,
-printing ``ack <key> <value hex>`` after each put returns (and ``flushed <n>`` after a
-``flush_remote()`` returned, every ``flush_every`` puts), so the parent, which SIGKILLs
+printing ``ack <key> <i>`` after each put returns (``flushed <n>`` after a
+``flush_remote()`` returned, every ``flush_every`` puts; then ``deleted <key>`` after
+each of ``deletes`` returned), so the parent, which SIGKILLs
 it at some line, knows what was acknowledged. The options come as JSON; the retry
 settings are rebuilt here (a timedelta does not cross JSON).
 """
@@ -49,6 +50,9 @@ def main() -> None:
         if flush_every and (i + 1) % flush_every == 0:
             cache.flush_remote()
             print(f"flushed {i + 1}", flush=True)
+    for key in spec.get("deletes", []):
+        cache.delete(key)
+        print(f"deleted {key}", flush=True)
     if spec.get("flush_at_end"):
         cache.flush_remote()
         print("flushed all", flush=True)

@@ -125,9 +125,9 @@ def test_write_back_delete_is_not_read_back_through_before_its_tombstone(
 # --- crashes with the remote attached ---------------------------------------------------
 
 
-def _run_child(spec: dict[str, Any], kill_after: int | None) -> list[str]:
-    """Run tests/remote_child.py; SIGKILL it after ``kill_after`` ack lines (None: let
-    it finish). Returns the lines it printed."""
+def _run_child(spec: dict[str, Any], kill_after: int | None, counting: str = "ack") -> list[str]:
+    """Run tests/remote_child.py; SIGKILL it after ``kill_after`` lines starting with
+    ``counting`` (None: let it finish). Returns the lines it printed."""
     child = subprocess.Popen(
         [sys.executable, "-m", "tests.remote_child", json.dumps(spec)],
         cwd=ROOT,
@@ -140,7 +140,7 @@ def _run_child(spec: dict[str, Any], kill_after: int | None) -> list[str]:
     acks = 0
     for line in child.stdout:
         lines.append(line.strip())
-        if line.startswith("ack"):
+        if line.startswith(counting):
             acks += 1
             if kill_after is not None and acks == kill_after:
                 child.send_signal(signal.SIGKILL)
@@ -641,3 +641,21 @@ def test_a_dropped_handle_with_a_remote_is_collected_and_its_threads_end(
     for thread in mine:
         thread.join(timeout=30)
         assert not thread.is_alive(), thread.name
+
+
+def test_sigkilled_write_back_deletes_are_never_read_back_through(
+    place: RemotePrefix, tmp_path: Path
+) -> None:
+    keys = [f"k{i}" for i in range(7)]
+    spec = _spec(place, tmp_path / "child", "write-back", count=7, flush_every=7, deletes=keys)
+    lines = _run_child(spec, kill_after=4, counting="deleted")
+    deleted = [line.split()[1] for line in lines if line.startswith("deleted")]
+    assert len(deleted) == 4
+    # The machine survived: the killed writer's store, reopened, misses each deleted
+    # key (no read-through brings it back) and uploads the tombstones.
+    with open_with(place, tmp_path / "child", remote_mode="write-back") as again:
+        assert [again.get(key) for key in deleted] == [None] * 4
+        again.flush_remote()
+    with open_with(place, tmp_path / "fresh") as fresh:
+        assert [fresh.get(key) for key in deleted] == [None] * 4
+        assert all(fresh.get(key) is not None for key in keys[5:])  # not yet deleted
