@@ -210,7 +210,7 @@ class Tier:
         self.hints: dict[str, tuple[int, float]] = {}  # key hash -> (newest seen, when)
         self._locks = [threading.Lock() for _ in range(_LOCKS)]
         self.pending: dict[N.Key, int] = {}  # keys to upload, oldest put first: a ticket each
-        self.found_at_open: set[N.Key] = set()  # write-through's leftovers: see find_pending
+        self.found_at_open: set[N.Key] = set()  # leftovers of before this open: find_pending
         self._tickets = 0
         self.pending_lock = threading.Lock()
         self.drain_lock = threading.Lock()  # one drain at a time: the thread's or flush's
@@ -256,12 +256,10 @@ class Tier:
         with self.pending_lock:
             for _, key in found:
                 self._enqueue(key)
-                if self.through:
-                    # Not a put of this handle's: a value put before the remote was
-                    # attached, or one whose V line a crash lost. Uploaded only where
-                    # the remote has no other version of the key: a newer one from
-                    # another machine is not overwritten by an older local value.
-                    self.found_at_open.add(key)
+                # Not a put of this handle's: a write-back put a crash left, a value
+                # put before the remote was attached, or one whose V line a crash lost:
+                # checked against the remote before it goes up (``_settled_at_open``).
+                self.found_at_open.add(key)
             for raw in list(self.ledger.deletes.values()):
                 self._enqueue(N.decode_key(raw[:1], raw[1:]))
         if self.pending:
@@ -423,24 +421,39 @@ class Tier:
                     return  # its file collected: a newer put superseded it, queued itself
                 length = sum(memoryview(p).nbytes for p in parts)
                 content = value_digest(parts)
-                version, newest = self.newest(digest)
-                if (
-                    newest is not None
-                    and not newest.deleted
-                    and (newest.digest, newest.length, newest.codec, newest.expires)
-                    == (content, length, codec, expires)
+                if key in self.found_at_open and self._settled_at_open(
+                    key, digest, seq, (content, length, codec, expires)
                 ):
-                    self.ledger.note(digest, version, seq)  # it is there: a put before a crash
-                    return
-                if newest is not None and key in self.found_at_open:
-                    self.found_at_open.discard(key)
-                    self._bring(key, digest, version, newest)  # the remote's is the newer
                     return
                 record = _record(tag, raw, codec, expires, content, length, parts)
                 if record.blob is not None:
                     self.remote.upload(record.blob, path if path is not None else parts)
                 version = self._create(digest, record)
             self.ledger.note(digest, version, seq)
+            self.found_at_open.discard(key)
+
+    def _settled_at_open(
+        self, key: N.Key, digest: str, seq: int, value: tuple[str, int, int, int]
+    ) -> bool:
+        """For a key found at open with a value ``REMOTE`` does not name: whether the
+        remote settles it without an upload, because its newest record holds that very
+        value (uploaded before a crash lost its line), or (write-through) another
+        version, which is brought in. ``value``: (xxh3, length, codec, expiry).
+        REQUIRES: the key's lock."""
+        version, newest = self.newest(digest)
+        if newest is None:
+            return False
+        if (
+            not newest.deleted
+            and (newest.digest, newest.length, newest.codec, newest.expires) == value
+        ):
+            self.ledger.note(digest, version, seq)
+        elif self.through:
+            self._bring(key, digest, version, newest)
+        else:
+            return False  # a write-back put a crash left: it goes up, ordered at its upload
+        self.found_at_open.discard(key)
+        return True
 
     def _upload_loop(self) -> None:
         backoff = 0.0
