@@ -4,7 +4,8 @@ A ``--quick`` run completes, prints every table and every goal, writes its JSON
 and its report into a file between the markers, and removes its stores. No timing
 is looked at: figures from a run this small, on a shared machine, mean nothing.
 The counts of flushes are, since they do not depend on the machine: they are what
-docs/performance.md says each library does to survive a crash.
+docs/performance.md says each library does to survive a crash. The run includes the
+remote section, against a SeaweedFS of its own (tests/seaweed.py).
 """
 
 from __future__ import annotations
@@ -45,6 +46,9 @@ CAPPED_PUT = "put, 100 B value, fresh keys, into a store at max_bytes (each put 
 MEMO_HIT = "memoize hit: a call whose result is stored, one small int argument"
 ARRAY_KEY = "memoize key of a call with a 4 MiB float32 array (C order)"
 GET_ARRAY = "get_array of a 4 MiB array, after its first (verified) get"
+REMOTE_PUT = "put of 4 MiB, a fresh key, to a remote on the loopback (SeaweedFS)"
+REMOTE_GET = "first get of a 4 MiB value held by the remote only, into a fresh store"
+REMOTE_SMALL = "put of 1 KiB, fresh keys, one thread, with a remote on the loopback"
 TITLES = [
     f"### 1. {GET} (ns per get, lower is better)",
     f"### 2. {GET_BYTES} (ns per get, lower is better)",
@@ -77,6 +81,9 @@ TITLES = [
     f"### 31. {MEMO_HIT} (µs/call, lower is better)",
     f"### 32. {ARRAY_KEY} (MB/s, higher is better)",
     f"### 33. {GET_ARRAY} (µs, lower is better)",
+    f"### 34. {REMOTE_PUT} (ms, lower is better)",
+    f"### 35. {REMOTE_GET} (MB/s, higher is better)",
+    f"### 36. {REMOTE_SMALL} (ms per put, lower is better)",
 ]
 # Every goal either former tool checked, issue 13's get floor and issue 14's goals of
 # several processes: its text and issue.
@@ -128,6 +135,11 @@ GOALS = [
     f"| {ARRAY_KEY}: blobcache memoize key >= 0.8x as fast as floor: xxh3-128 of the array's "
     "bytes | 16 |",
     f"| {GET_ARRAY}: blobcache get_array <= 1,000 µs (absolute) | 16 |",
+    f"| {REMOTE_PUT}: blobcache, write-through <= 1.2x floor: obstore.put, multipart | 17 |",
+    f"| {REMOTE_GET}: blobcache, read-through >= 0.8x as fast as floor: obstore.get streamed "
+    "to a file + fsync | 17 |",
+    f"| {REMOTE_SMALL}: blobcache, write-back <= 1.2x blobcache, no remote | 17 |",
+    f"| {REMOTE_SMALL}: blobcache, write-through <= 1.5x floor: obstore.put, mode='create' | 17 |",
 ]
 # What each library flushes, counted under strace (docs/performance.md quotes these).
 FLUSHES = [
@@ -177,6 +189,7 @@ def test_quick_run_prints_every_table_and_goal_and_writes_json_and_report(
     # Each row names the crash it survives.
     assert "| LMDB sync=True (fdatasync + a write through O_DSYNC per commit) | power loss |" in out
     assert "| floor: pwrite into written blocks + fdatasync | power loss |" in out
+    assert "| blobcache, write-through (a create-only record, then the local put) | machine" in out
     # A machine without strace gets a table that says so, never invented counts.
     if shutil.which("strace") is None:
         assert "Not measured: strace is not installed." in out

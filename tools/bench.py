@@ -44,9 +44,14 @@ sections, chosen with ``--only`` (default: all, in this order):
   ``memoize``, joblib's ``Memory.cache`` and ``functools.lru_cache``; the memoize key
   of a call with a 512 MiB array beside xxh3-128 of its bytes and ``joblib.hash``;
   ``get_array`` of a 1 GiB array beside ``numpy.load(mmap_mode="r")``.
+* ``remote``: issue 17's remote tier, against a SeaweedFS it starts on the loopback
+  (``tests/seaweed.py``; needs the ``[test]`` extra): a write-through put of 64 MiB
+  beside obstore's multipart upload of the same bytes; the first get of a 64 MiB value
+  only the remote holds beside obstore's get streamed into a file and fsynced; puts of
+  1 KiB, write-back beside no remote and write-through beside one create-only PUT.
 
-The goals (of issues 3, 5, 6, 7, 13, 14, 15 and 16) are set beside the measurement they are
-about and gathered in a table of their own, met or not. Every figure is a median
+The goals (of issues 3, 5, 6, 7, 13, 14, 15, 16 and 17) are set beside the measurement
+they are about and gathered in a table of their own, met or not. Every figure is a median
 over repetitions with its [min..max]; the contenders of a workload run back to back
 in every repetition, in an order shuffled at each (see ``benchkit.interleave``: the
 disk of a virtual machine drifts by several times within minutes, and so hits
@@ -147,6 +152,7 @@ SECTIONS = (
     "sieve",
     "bounded",
     "typed",
+    "remote",
 )
 
 
@@ -184,6 +190,9 @@ class Config:
     memo_keys: int  # stored calls the memoize hit workload cycles through
     array_key_mib: int  # the array whose memoize key is derived
     array_get_mib: int  # the array get_array returns
+    remote_reps: int  # of the remote section (it shares 2 cores and a disk with its server)
+    remote_mib: int  # the large value put to and read through from the remote
+    remote_puts: int  # small puts per sample, with a remote
 
 
 def config(parent: str, quick: bool, sections: tuple[str, ...] = SECTIONS) -> Config:
@@ -220,6 +229,9 @@ def config(parent: str, quick: bool, sections: tuple[str, ...] = SECTIONS) -> Co
         memo_keys=1_000,
         array_key_mib=512,
         array_get_mib=1024,
+        remote_reps=11,
+        remote_mib=64,
+        remote_puts=100,
     )
     if not quick:
         return full
@@ -256,6 +268,9 @@ def config(parent: str, quick: bool, sections: tuple[str, ...] = SECTIONS) -> Co
         memo_keys=50,
         array_key_mib=4,
         array_get_mib=4,
+        remote_reps=2,
+        remote_mib=4,
+        remote_puts=5,
     )
 
 
@@ -2592,6 +2607,360 @@ def bench_get_array(cfg: Config, root: str) -> Table:
     return table
 
 
+# --- The remote tier (issue 17) ------------------------------------------------------
+
+MACHINE = "machine loss"
+REMOTE_BUCKET = "blobcache-bench"
+REMOTE_SMALL = KIB  # bytes of a small value put through or back
+READ_CHUNK = 4 * MIB  # what the read-through asks obstore's stream for (_tier.Tier._bring)
+# A refresh lists every record of the remote; every 60 s by default, it would land in
+# some samples and not others. Moved out of the run: the puts and gets are measured.
+NO_REFRESH = 3600.0
+
+
+@dataclass(frozen=True)
+class Seaweed:
+    """The section's S3 server and the client options every contender uses."""
+
+    bucket: str
+    options: dict[str, Any]
+    root: str  # the local directory the section's stores are made in
+
+    def store(self, prefix: str) -> Any:
+        """A raw obstore client under ``prefix``: the floors' and the clean-ups'."""
+        from obstore.store import S3Store
+
+        return S3Store(self.bucket, prefix=prefix, **self.options)
+
+    def cache(self, name: str, prefix: str, **options: Any) -> blobcache.BlobCache:
+        return blobcache.BlobCache(
+            os.path.join(self.root, name),
+            remote=f"s3://{self.bucket}/{prefix}",
+            remote_options=self.options,
+            remote_refresh=NO_REFRESH,
+            **options,
+        )
+
+
+def remove_all(store: Any, prefix: str) -> None:
+    """Delete every object under ``prefix`` of ``store`` (untimed, between samples)."""
+    import obstore
+
+    paths = [meta["path"] for chunk in obstore.list(store, prefix) for meta in chunk]
+    if paths:
+        obstore.delete(store, paths)
+
+
+def bench_remote(cfg: Config, root: str) -> list[Table]:
+    """Start a SeaweedFS on the loopback (tests/seaweed.py), measure, stop it."""
+    from tests.seaweed import CLIENT_ENV_HAZARDS, Server
+
+    # Variables that would send obstore's requests elsewhere (tests/seaweed.py says why).
+    hidden = {name: os.environ.pop(name) for name in CLIENT_ENV_HAZARDS if name in os.environ}
+    progress("remote: starting SeaweedFS")
+    server = Server.start(
+        os.path.join(root, "seaweed"),
+        bucket=REMOTE_BUCKET,
+        access_key=REMOTE_BUCKET,
+        secret_key=os.urandom(16).hex(),
+    )
+    try:
+        options = server.options
+        # The test options' 5 s per request would fail a slow 64 MiB get: blobcache's own
+        # default, for every contender alike.
+        options["client_options"] = {**options["client_options"], "timeout": "60s"}
+        seaweed = Seaweed(server.bucket, options, root)
+        return [
+            bench_remote_put(cfg, seaweed),
+            bench_remote_get(cfg, seaweed),
+            bench_remote_small(cfg, seaweed),
+        ]
+    finally:
+        server.stop()
+        os.environ.update(hidden)
+
+
+def stamp_value(data: bytearray, tag: str, rep: int) -> None:
+    """Make ``data`` a value never put before: its content address is new, so no
+    upload is skipped as already there."""
+    data[:32] = f"{tag}-{rep:+08d}".encode().ljust(32, b".")
+
+
+def bench_remote_put(cfg: Config, seaweed: Seaweed) -> Table:
+    """A write-through put of a large value beside a raw multipart upload of its bytes."""
+    import obstore
+
+    from blobcache import _remote
+
+    size = cfg.remote_mib * MIB
+    data = bytearray(os.urandom(MIB) * cfg.remote_mib)
+    view = memoryview(data)
+    raw = seaweed.store("floor")
+    through = seaweed.cache("rput-through", "put")
+    local = blobcache.BlobCache(os.path.join(seaweed.root, "rput-local"))
+    remote_side = seaweed.store("put")
+
+    def upload(name: str) -> None:
+        obstore.put(
+            raw,
+            name,
+            view,
+            chunk_size=_remote.PART_BYTES,
+            max_concurrency=_remote.PART_CONCURRENCY,
+        )
+
+    def upload_beside_local(name: str) -> None:
+        writer = threading.Thread(target=local.put, args=(name, view))
+        writer.start()
+        try:
+            upload(name)
+        finally:
+            writer.join()
+
+    def unput(cache: blobcache.BlobCache, name: str) -> None:
+        cache.delete(name)
+        cache.gc()  # its file removed
+
+    def unput_local(name: str) -> None:
+        unput(local, name)
+
+    def unput_through(name: str) -> None:
+        unput(through, name)  # a tombstone on the remote; the blob stays, so:
+        remove_all(remote_side, "b")
+
+    def unupload(name: str) -> None:
+        obstore.delete(raw, name)
+
+    def timing(put: Callable[[str], object], tag: str, *undo: Callable[[str], object]) -> Sample:
+        def sample(rep: int) -> float:
+            stamp_value(data, tag, rep)  # a new value, so no upload is skipped as there
+            name = f"{tag}-{rep + 1}"
+            ns = time_ns(lambda: put(name))
+            for step in undo:  # untimed: the disks hold one such value at a time
+                step(name)
+            settle(local.directory)  # (and `sync`: nothing left dirty for the next one)
+            settle(through.directory)
+            return ns / 1e6
+
+        return sample
+
+    samplers = [
+        timing(upload, "floor", unupload),
+        timing(upload_beside_local, "both", unupload, unput_local),
+        timing(lambda name: through.put(name, view), "through", unput_through),
+        timing(lambda name: local.put(name, view), "local", unput_local),
+    ]
+    progress(f"remote put, {size_name(size)}: {cfg.remote_reps} repetitions")
+    try:
+        warm_up(*samplers)
+        samples = interleave(cfg.remote_reps, samplers)
+    finally:
+        through.close()
+        local.close()
+    names = [
+        "floor: obstore.put, multipart",
+        "the floor's upload beside the put with no remote",
+        "blobcache, write-through",
+        "blobcache, no remote",
+    ]
+    table = Table(
+        f"put of {size_name(size)}, a fresh key, to a remote on the loopback (SeaweedFS)",
+        "ms",
+        rate=False,
+        lines=[
+            Line(
+                names[0],
+                MACHINE,
+                samples[0],
+                floor=True,
+                note=f"parts of {size_name(_remote.PART_BYTES)}, "
+                f"{_remote.PART_CONCURRENCY} at a time, from the buffer",
+            ),
+            Line(names[1], MACHINE, samples[1], note="two threads"),
+            Line(
+                names[2],
+                MACHINE,
+                samples[2],
+                ours=True,
+                note="xxh3, then the same upload, beside the local write; a record",
+            ),
+            Line(names[3], POWER, samples[3], floor=True, note="the local write alone, fsynced"),
+        ],
+        notes=[
+            "A new value (its first bytes stamped) under a new key each repetition. The "
+            "write-through put uploads in a thread of its own while it writes and fsyncs the "
+            "local file, then creates the key's version record (If-None-Match) and publishes "
+            "locally; the second line is that overlap done by hand. Untimed after each "
+            "sample: the value deleted (and gc), its objects removed from the remote, `sync`. "
+            "The server shares this machine's 2 cores and disk. One untimed warm-up round."
+        ],
+    )
+    table.costs_at_most("17", names[2], names[0], 1.2)
+    return table
+
+
+def bench_remote_get(cfg: Config, seaweed: Seaweed) -> Table:
+    """The first get of a large value held by the remote only (read-through), beside a
+    raw streamed get of its blob into a local file, fsynced."""
+    import obstore
+
+    size = cfg.remote_mib * MIB
+    data = os.urandom(MIB) * cfg.remote_mib
+    with seaweed.cache("rget-writer", "get") as writer:
+        writer.put("big", data)
+    raw = seaweed.store("get")
+    (blob,) = [meta["path"] for chunk in obstore.list(raw, "b") for meta in chunk]
+    local_file = os.path.join(seaweed.root, "rget-floor.bin")
+
+    def floor(_rep: int) -> float:
+        def fetch() -> None:
+            fd = os.open(local_file, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644)
+            try:
+                for chunk in obstore.get(raw, blob).stream(min_chunk_size=READ_CHUNK):
+                    piece = memoryview(chunk)
+                    while piece:
+                        piece = piece[os.write(fd, piece) :]
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+
+        ns = time_ns(fetch)
+        assert os.path.getsize(local_file) == size
+        os.unlink(local_file)
+        os.sync()
+        return mb_per_s(size, ns)
+
+    def ours(rep: int) -> float:
+        name = f"rget-{rep + 1}"
+        cache = seaweed.cache(name, "get")  # a fresh local store: the value is remote only
+        try:
+            got: list[Any] = []
+            ns = time_ns(lambda: got.append(cache.get("big")))
+            assert memoryview(got.pop()).nbytes == size
+        finally:
+            cache.close()
+        shutil.rmtree(os.path.join(seaweed.root, name))
+        os.sync()
+        return mb_per_s(size, ns)
+
+    samplers = [floor, ours]
+    progress(f"remote read-through, {size_name(size)}: {cfg.remote_reps} repetitions")
+    warm_up(*samplers)
+    samples = interleave(cfg.remote_reps, samplers)
+    floor_name = "floor: obstore.get streamed to a file + fsync"
+    ours_name = "blobcache, read-through"
+    times = [
+        f"{name}: {fmt(statistics.median(size / MB / s * 1000 for s in got))} ms"
+        for name, got in ((floor_name, samples[0]), (ours_name, samples[1]))
+    ]
+    table = Table(
+        f"first get of a {size_name(size)} value held by the remote only, into a fresh store",
+        "MB/s",
+        rate=True,
+        lines=[
+            Line(floor_name, "", samples[0], floor=True, note="the blob's one GET"),
+            Line(
+                ours_name,
+                "",
+                samples[1],
+                ours=True,
+                note="list, record, the blob streamed into a version file, xxh3 checked",
+            ),
+        ],
+        notes=[
+            "Each repetition opens a new local store (untimed) and times its first get of "
+            "the key, until the buffer is returned (its bytes not read again); the floor "
+            f"streams the same blob in chunks of {size_name(READ_CHUNK)} into a file and "
+            "fsyncs it. The server's copy stays in its page cache: the remote's disk is not "
+            "measured. Median times: " + "; ".join(times) + ". One untimed warm-up round."
+        ],
+    )
+    table.faster("17", ours_name, floor_name, 0.8)
+    return table
+
+
+def bench_remote_small(cfg: Config, seaweed: Seaweed) -> Table:
+    """Small puts, fresh keys: write-back beside no remote at all, write-through beside
+    a raw create-only put of as many bytes."""
+    import obstore
+
+    n = cfg.remote_puts
+    value = os.urandom(REMOTE_SMALL)
+    raw = seaweed.store("floor-small")
+    local = blobcache.BlobCache(os.path.join(seaweed.root, "rsmall-local"))
+    back = seaweed.cache("rsmall-back", "back", remote_mode="write-back")
+    through = seaweed.cache("rsmall-through", "through")
+
+    def create(keys: list[str]) -> None:
+        for key in keys:
+            obstore.put(raw, key, value, mode="create")
+
+    def create_then_put(keys: list[str]) -> None:
+        for key in keys:
+            obstore.put(raw, key, value, mode="create")
+            local.put(key, value)
+
+    def timing(put: Callable[[list[str]], object], tag: str, after: Callable[[], object]) -> Sample:
+        def sample(rep: int) -> float:
+            keys = key_names(n, f"{tag}-{rep:+05d}")
+            ms = time_ns(lambda: put(keys)) / 1e6 / n
+            after()  # untimed: a write-back's uploads are not the next sample's load
+            return ms
+
+        return sample
+
+    samplers = [
+        timing(create, "create", lambda: None),
+        timing(lambda keys: put_all(local, keys, value), "local", lambda: None),
+        timing(create_then_put, "both", lambda: None),
+        timing(lambda keys: put_all(back, keys, value), "back", back.flush_remote),
+        timing(lambda keys: put_all(through, keys, value), "through", lambda: None),
+    ]
+    progress(f"remote small puts: {cfg.remote_reps} repetitions of {n} puts")
+    try:
+        warm_up(*samplers)
+        samples = interleave(cfg.remote_reps, samplers)
+    finally:
+        for cache in (local, back, through):
+            cache.close()
+    names = [
+        "floor: obstore.put, mode='create'",
+        "blobcache, no remote",
+        "the floor's create, then the put with no remote",
+        "blobcache, write-back",
+        "blobcache, write-through",
+    ]
+    table = Table(
+        f"put of {size_name(REMOTE_SMALL)}, fresh keys, one thread, with a remote on the loopback",
+        "ms per put",
+        rate=False,
+        lines=[
+            Line(names[0], MACHINE, samples[0], floor=True, note="one conditional PUT"),
+            Line(names[1], POWER, samples[1], floor=True, note="log + fdatasync"),
+            Line(names[2], MACHINE, samples[2], note="one after the other"),
+            Line(names[3], POWER, samples[3], ours=True, note="local; a thread uploads"),
+            Line(
+                names[4],
+                MACHINE,
+                samples[4],
+                ours=True,
+                note="a create-only record, then the local put",
+            ),
+        ],
+        notes=[
+            f"{n} puts of new keys per sample, durability 'fsync'. The write-back put returns "
+            "once local; its uploader thread (a create per key) runs beside the "
+            "puts that follow, on the same 2 cores as the server, and what it has not "
+            "uploaded when the sample ends is flushed untimed. A write-through put creates "
+            "its record first, then commits locally: the third line is that sum done by "
+            "hand. 'machine loss': an acknowledged put is on the remote."
+        ],
+    )
+    table.costs_at_most("17", names[3], names[1], 1.2)
+    table.costs_at_most("17", names[4], names[0], 1.5)
+    return table
+
+
 # --- Command line --------------------------------------------------------------------
 
 # The sections in the order they run, each returning its tables (the crossover,
@@ -2607,6 +2976,7 @@ RUNS: dict[str, Callable[[Config, str], list[Table]]] = {
     "sieve": bench_sieve,
     "bounded": bench_bounded,
     "typed": bench_typed,
+    "remote": bench_remote,
 }
 
 
