@@ -15,7 +15,7 @@ from __future__ import annotations
 import os
 import threading
 from collections.abc import Callable, Sequence
-from contextlib import ExitStack
+from contextlib import AbstractContextManager, ExitStack, nullcontext
 from types import TracebackType
 
 from . import _format as F
@@ -51,11 +51,11 @@ class Batch:
         active: threading.local,
         on_stale: Callable[[], None],
         expires: Callable[[float | None], int],
-        remote: Callable[[list[Op]], Callable[[], None]] | None = None,
+        remote: Callable[[list[Op]], AbstractContextManager[Callable[[], None]]] | None = None,
     ) -> None:
         self._expires = expires  # the handle's: ttl -> when (0: never)
-        # A remote tier's: called with the ops before the commit, returns what to
-        # do after it (``_tier.Tier.batch``).
+        # A remote tier's: called with the ops, the context the commit runs in,
+        # which gives what to call once it is done (``_tier.Tier.batch``).
         self._remote = remote
         self._writes = writes
         self._on_stale = on_stale  # the handle's: a sealed segment got staler
@@ -149,15 +149,16 @@ class Batch:
         """
         self._check()
         self._end()
+        remote = self._remote
+        around = remote(self._ops) if remote is not None and self._ops else nullcontext(_nothing)
         try:
-            after = self._remote(self._ops) if self._remote is not None and self._ops else None
-            stale = bool(self._ops) and self._writes.put_batch(self._ops)
+            with around as after:
+                stale = bool(self._ops) and self._writes.put_batch(self._ops)
         finally:
             self._staged.close()  # temp files not named: removed
         if stale:
             self._on_stale()
-        if after is not None:
-            after()
+        after()
 
     def discard(self) -> None:
         """Drop every operation: nothing of the batch is applied."""
@@ -184,3 +185,7 @@ class Batch:
             self.discard()
         else:
             self.commit()
+
+
+def _nothing() -> None:
+    """A batch's last step without a remote tier."""

@@ -13,7 +13,7 @@ import logging
 import os
 import threading
 import weakref
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING
 
 from . import _filekinds, _fsio, _log, _logwriter, _recovered, _recovery, _storedir
@@ -27,6 +27,7 @@ from .errors import BlobCacheError, ClosedError
 
 if TYPE_CHECKING:
     from ._follow import Follower
+    from ._tier import Tier
     from .cache import BlobCache
 
 log = logging.getLogger("blobcache")
@@ -340,10 +341,14 @@ class Held:
                 _fsio.unlock(self.lock_fd)
 
 
-def let_go_of_dropped(held: Held) -> None:
+def let_go_of_dropped(held: Held, tiers: Sequence[Tier] = ()) -> None:
     """The finalizer of a handle dropped without ``close()``: let go of the store
-    as ``close()`` would. Nobody is left to raise to: a failure is logged."""
+    as ``close()`` would, its remote tier's threads stopped first (they use the
+    store). Nobody is left to raise to: a failure is logged."""
     try:
+        if not held.inherited():
+            for tier in tiers:
+                tier.close()
         held.let_go()
     except (OSError, BlobCacheError) as exc:
         log.error("blobcache: closing %s, dropped without close(), failed: %s", held.path, exc)

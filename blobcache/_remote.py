@@ -168,7 +168,7 @@ class Remote:
         given["retry_config"] = {**_RETRY_DEFAULTS, **given.get("retry_config", {})}
         self.url = f"s3://{bucket}/{prefix}" if prefix else f"s3://{bucket}"
         self.bucket = bucket
-        self.endpoint = str(options.get("endpoint", "the default endpoint"))
+        self.endpoint = _without_userinfo(str(options.get("endpoint", "the default endpoint")))
         try:
             self.store = S3Store(bucket, prefix=prefix or None, **given)
         except Exception as exc:  # obstore's config errors: several classes, all "bad option"
@@ -410,3 +410,12 @@ def _sentence(exc: BaseException) -> str:
     """The first line of an error's message, without obstore's debug dump."""
     text = str(exc).strip().splitlines()
     return text[0].rstrip(":") if text else type(exc).__name__
+
+
+def _without_userinfo(endpoint: str) -> str:
+    """``endpoint`` as errors name it: without a ``user:password@`` it may hold."""
+    scheme, sep, rest = endpoint.partition("://")
+    if not sep:
+        return endpoint
+    host, slash, path = rest.partition("/")
+    return f"{scheme}://{host.rpartition('@')[2]}{slash}{path}"

@@ -51,7 +51,7 @@ from ._blob import TempVersion
 from ._clock import now_ms
 from ._index import CODEC_OF, Mapped, Values, seq_of
 from ._remote import Remote, RemoteRecord, blob_name, new_put_id, value_digest
-from .errors import BlobCacheError, CorruptionError, RemoteError
+from .errors import BlobCacheError, ClosedError, CorruptionError, RemoteError
 
 log = logging.getLogger("blobcache")
 
@@ -62,13 +62,13 @@ REMOTE_MODES: tuple[RemoteMode, ...] = ("write-through", "write-back")
 # have been collected meanwhile (see the module's invariant).
 HINT_SECONDS = 300.0
 MIN_GRACE_SECONDS = 1800.0
+# How many of a key's newest records a value found at open is looked for in.
+SETTLE_LOOKBACK = 8
 # A create that meets another put's version lists and tries again this many times.
 CREATE_TRIES = 16
 # Write-back: waits between tries after a failure, doubling up to the last.
 BACKOFF_SECONDS = (0.25, 30.0)
 _LOCKS = 64
-# The uploader's longest wait without a wake-up: how long it outlives a dropped handle.
-IDLE_SECONDS = 5.0
 
 
 @dataclass
@@ -117,6 +117,7 @@ class Ledger:
     def read(self) -> None:
         """Take in the lines appended since the last read (other handles' too)."""
         with self.lock:
+            self._check_open()
             data = b""
             while chunk := os.pread(self.fd, 1 << 20, self.offset + len(data)):
                 data += chunk
@@ -137,14 +138,23 @@ class Ledger:
         elif fields[0] == b"D" and len(fields) == 3:
             self.deletes[fields[1].decode()] = base64.b64decode(fields[2])
 
+    def _check_open(self) -> None:
+        """REQUIRES: ``lock``. :raises ClosedError: closed (its fd may be another
+        file's by now: never written after ``close``)."""
+        if self.fd < 0:
+            raise ClosedError(self.path)
+
     def _append(self, body: bytes, *, sync: bool = False) -> None:
         line = body + b" %08x\n" % xxhash.xxh32_intdigest(body)
-        # One write of a line: O_APPEND puts it whole at the end, beside other processes'.
-        written = os.write(self.fd, line)
-        if written != len(line):
-            raise OSError(f"short write to {self.path}")
-        if sync:
-            _fsio.fdatasync(self.fd)
+        with self.lock:
+            self._check_open()
+            # One write of a line: O_APPEND puts it whole at the end, beside other
+            # processes'.
+            written = os.write(self.fd, line)
+            if written != len(line):
+                raise OSError(f"short write to {self.path}")
+            if sync:
+                _fsio.fdatasync(self.fd)
         self.read()
 
     def note(self, digest: str, version: int, seq: int) -> None:
@@ -156,7 +166,10 @@ class Ledger:
         self._append(b"D %s %s" % (digest.encode(), base64.b64encode(tag + raw)), sync=sync)
 
     def close(self) -> None:
-        os.close(self.fd)
+        with self.lock:
+            fd, self.fd = self.fd, -1
+        if fd >= 0:
+            os.close(fd)
 
 
 class Local:
@@ -198,7 +211,6 @@ class Tier:
         local: Local,
         *,
         sync_deletes: bool,
-        stop: threading.Event,
     ) -> None:
         self.remote = remote
         self.mode = mode
@@ -215,9 +227,7 @@ class Tier:
         self.pending_lock = threading.Lock()
         self.drain_lock = threading.Lock()  # one drain at a time: the thread's or flush's
         self.wake = threading.Event()
-        # The handle's: set when it is let go, by close() or, for a handle dropped
-        # without close(), by its finalizer; the threads then end (within IDLE_SECONDS).
-        self.stop = stop
+        self.stop = threading.Event()  # set by close(): the handle's, or its finalizer's
         self.last_error: str | None = None
         self.uploaded = 0
         self._threads: list[threading.Thread] = []
@@ -348,10 +358,14 @@ class Tier:
         no read-through brings the value back before its tombstone is up."""
         self.ledger.note_delete(digest, tag, raw, sync=self.sync_deletes)
 
-    def batch(self, ops: Sequence[Any]) -> Callable[[], None]:
-        """A batch's remote half (``_batch.Batch``): before its local commit, its
-        deletes noted (as ``queue_delete``); after it, its keys uploaded (write-through,
-        before the batch returns) or queued (write-back). A batch is one commit
+    @contextlib.contextmanager
+    def batch(self, ops: Sequence[Any]) -> Iterator[Callable[[], None]]:
+        """Around a batch's local commit (``_batch.Batch``): before it, its deletes
+        noted (as ``queue_delete``) and its keys' locks taken (as a put's, so no
+        read-through or refresh writes an older remote value over the batch's);
+        after it, its keys queued. Yields what the batch calls last: with
+        write-through, the upload of its keys before it returns (not under the
+        keys' locks: a drain takes them after its own). A batch is one commit
         locally; the remote takes it key by key (a remote has no multi-key commit)."""
         deletes = [op for op in ops if op.value is None]
         for i, op in enumerate(deletes):
@@ -359,21 +373,24 @@ class Tier:
             last = i == len(deletes) - 1
             self.ledger.note_delete(digest, op.tag, op.raw, sync=self.sync_deletes and last)
         keys = list(dict.fromkeys(op.key for op in ops))
-
-        def after() -> None:
+        locks = sorted({int(N.key_hash(*N.encode_key(key))[:4], 16) % _LOCKS for key in keys})
+        with contextlib.ExitStack() as held:
+            for number in locks:  # in order: two batches never wait for each other
+                held.enter_context(self._locks[number])
+            yield self._after_batch
             for key in keys:
                 self.queue(key)
-            if self.through:
-                try:
-                    self.flush()
-                except RemoteError as exc:
-                    raise RemoteError(
-                        self.remote.url,
-                        f"the batch is stored locally and queued for the remote, which "
-                        f"failed: {exc.why}",
-                    ) from exc
 
-        return after
+    def _after_batch(self) -> None:
+        if self.through:
+            try:
+                self.flush()
+            except RemoteError as exc:
+                raise RemoteError(
+                    self.remote.url,
+                    f"the batch is stored locally and queued for the remote, which "
+                    f"failed: {exc.why}",
+                ) from exc
 
     def flush(self) -> None:
         """Upload everything queued so far, here and now.
@@ -436,29 +453,42 @@ class Tier:
         self, key: N.Key, digest: str, seq: int, value: tuple[str, int, int, int]
     ) -> bool:
         """For a key found at open with a value ``REMOTE`` does not name: whether the
-        remote settles it without an upload, because its newest record holds that very
-        value (uploaded before a crash lost its line), or (write-through) another
-        version, which is brought in. ``value``: (xxh3, length, codec, expiry).
-        REQUIRES: the key's lock."""
-        version, newest = self.newest(digest)
-        if newest is None:
+        remote settles it without an upload. It does if one of the key's newest
+        ``SETTLE_LOOKBACK`` records holds that very value (uploaded before a crash
+        lost its line): then it is noted, and a newer version than it, if any, is
+        brought in (another machine's later put wins). With write-through it does
+        too if the remote has any other version: that one is brought in (a value put
+        before the remote was attached does not overwrite it). ``value``: (xxh3,
+        length, codec, expiry). REQUIRES: the key's lock."""
+        versions = self.remote.versions(digest)
+        if not versions:
             return False
-        if (
-            not newest.deleted
-            and (newest.digest, newest.length, newest.codec, newest.expires) == value
-        ):
-            self.ledger.note(digest, version, seq)
-        elif self.through:
-            self._bring(key, digest, version, newest)
+        self.hints[digest] = (versions[-1], time.monotonic())
+        newest: tuple[int, RemoteRecord] | None = None
+        for version in reversed(versions[-SETTLE_LOOKBACK:]):
+            record = self.remote.record(digest, version)
+            if record is None:
+                continue  # collected meanwhile
+            if newest is None:
+                newest = (version, record)
+            if not record.deleted and (
+                (record.digest, record.length, record.codec, record.expires) == value
+            ):
+                self.ledger.note(digest, version, seq)
+                if newest[0] != version:
+                    self._bring(key, digest, *newest)
+                break
         else:
-            return False  # a write-back put a crash left: it goes up, ordered at its upload
+            if newest is None or not self.through:
+                return False  # a write-back put a crash left: it goes up, ordered at its upload
+            self._bring(key, digest, *newest)
         self.found_at_open.discard(key)
         return True
 
     def _upload_loop(self) -> None:
         backoff = 0.0
         while not self.stop.is_set():
-            self.wake.wait(backoff or IDLE_SECONDS)
+            self.wake.wait(backoff or None)
             self.wake.clear()
             if self.stop.is_set():
                 return
@@ -497,9 +527,12 @@ class Tier:
             its length or xxh3 (nothing stored)."""
         tag, raw = N.encode_key(key)
         digest = N.key_hash(tag, raw)
-        if digest in self.ledger.deletes:
-            return False
         with self.key_lock(digest):
+            # REMOTE read first: another handle's write-back delete, not yet
+            # uploaded, is there (and its local delete is what made this miss).
+            self.ledger.read()
+            if digest in self.ledger.deletes:
+                return False
             if self.local.values().stored(key) is not None:
                 return True  # another thread's fetch (or put) came first
             version, record = self.newest(digest)
@@ -549,6 +582,12 @@ class Tier:
             if known is None or known.version >= newest:
                 continue  # not held here, or up to date
             with self.key_lock(digest):
+                # Again under the lock: a put of this handle that held it may
+                # have made a version above the listing's newest meanwhile.
+                self.ledger.read()
+                known = self.ledger.versions.get(digest)
+                if known is None or known.version >= newest:
+                    continue
                 record = self.remote.record(digest, newest)
                 if record is None:
                     continue

@@ -169,7 +169,10 @@ class BlobCache(MutableMapping[N.Key, Value]):
         # close() lets go of it; for a handle dropped without close(), this does
         # once the handle is collected. Not at interpreter exit: the process's end
         # releases the lock, and "os" durability promises nothing at a crash.
-        self._release = weakref.finalize(self, _held.let_go_of_dropped, self._held)
+        # A remote tier, once attached, is in ``_tiers``: its threads use the store,
+        # so a dropped handle's finalizer stops them first.
+        self._tiers: list[_tier.Tier] = []
+        self._release = weakref.finalize(self, _held.let_go_of_dropped, self._held, self._tiers)
         self._release.atexit = False
         book = SegmentBook(found.segment_total, found.segment_live)
         self._index = Index(
@@ -239,6 +242,7 @@ class BlobCache(MutableMapping[N.Key, Value]):
         if client is not None:
             try:
                 self._tier = _attach(self, client)
+                self._tiers.append(self._tier)
             except BaseException:
                 self.close()
                 raise
@@ -663,7 +667,10 @@ class BlobCache(MutableMapping[N.Key, Value]):
     ) -> Iterator[_tier.Gate | None]:
         """Around a put's local write: with a write-through remote, the gate that
         does the remote half before the local commit, and the note of it after;
-        with write-back, the key queued for upload once the put returns."""
+        with write-back, the key queued for upload once the put returns. Either
+        way under the key's lock of the tier, which a read-through and a refresh
+        of the key hold from their look at the local store to their local write:
+        else they could write an older remote value over this put's."""
         tier = self._tier
         if tier is None:
             yield None
@@ -673,8 +680,9 @@ class BlobCache(MutableMapping[N.Key, Value]):
                 yield gate
                 tier.landed(key, digest, gate.version)
         else:
-            yield None
-            tier.queue(key)
+            with tier.key_lock(digest):
+                yield None
+                tier.queue(key)
 
     def put_object(
         self,
@@ -1149,7 +1157,6 @@ def _attach(cache: BlobCache, client: Remote) -> _tier.Tier:
         options.remote_refresh,
         local,
         sync_deletes=options.durability == "fsync",
-        stop=cache._held.stop,
     )
     tier.start()
     return tier
@@ -1165,6 +1172,14 @@ def _adopt(cache: BlobCache) -> None:
     with cache._forked_lock:
         if not cache._held.inherited():
             return  # another thread of this process did
+        if cache._options.remote is not None:
+            # obstore's runtime (its threads) is the parent's: every request of
+            # the child, even a new client's, would hang for good.
+            raise BlobCacheError(
+                f"{cache._path} has a remote tier, which cannot be used in a forked child "
+                "(the object-store client does not survive fork): use a spawn or "
+                "forkserver pool, to which a pickled handle reopens with its remote"
+            )
         cache._release.detach()  # the parent's: its parts are not ours to let go
         # Half of the handle is its own midway: another thread's put or delete
         # waits here (``_adopting``) rather than use the parent's half.
