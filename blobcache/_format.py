@@ -194,3 +194,7 @@ REMOTE_RECORD_MAGIC: Final = b"blobcache-record 1\n"
 # <crc>: 8 hex digits, xxh32 of the line before its space. A line that fails it
 # (torn by a crash) is skipped: the key is then checked against the remote again.
 REMOTE_LEDGER_NAME: Final = "REMOTE"
+# A key's remote halves (put, read-through, refresh) hold an OFD lock on byte
+# REMOTE_LOCK_BASE + (the key hash's first 15 hex digits) of LOCK: above memoize's
+# bytes (below 2^62), never written.
+REMOTE_LOCK_BASE: Final = 1 << 62

@@ -221,6 +221,7 @@ class Tier:
         self.ledger = Ledger(root, remote.url)
         self.hints: dict[str, tuple[int, float]] = {}  # key hash -> (newest seen, when)
         self._locks = [threading.Lock() for _ in range(_LOCKS)]
+        self._range_fd = _fsio.open_range_locks(os.path.join(root, F.LOCK_NAME))
         self.pending: dict[N.Key, int] = {}  # keys to upload, oldest put first: a ticket each
         self.found_at_open: set[N.Key] = set()  # leftovers of before this open: find_pending
         self._tickets = 0
@@ -251,6 +252,7 @@ class Tier:
             if thread is not threading.current_thread():
                 thread.join()
         self.ledger.close()
+        _fsio.unlock(self._range_fd)  # (closes it)
 
     def find_pending(self) -> None:
         """Queue every local key whose value ``REMOTE`` does not say is on the remote,
@@ -275,10 +277,25 @@ class Tier:
         if self.pending:
             self.wake.set()
 
-    def key_lock(self, digest: str) -> threading.Lock:
-        """Serialises this handle's remote and local halves of puts of one key, so its
-        local order is its remote order."""
-        return self._locks[int(digest[:4], 16) % _LOCKS]
+    @contextlib.contextmanager
+    def key_lock(self, digest: str) -> Iterator[None]:
+        """Serialises the remote and local halves of puts, read-throughs and refreshes
+        of one key, among the threads of this handle (a striped lock) and the handles
+        of every process of the store (an OFD lock on a byte of ``LOCK``, FORMAT.md,
+        "The remote tier"): so the local store's order of a key's values is the
+        remote's, and its ``REMOTE`` line is the last one written for it."""
+        with self._locks[int(digest[:4], 16) % _LOCKS]:
+            self._lock_range(digest)
+            try:
+                yield
+            finally:
+                self._unlock_range(digest)
+
+    def _lock_range(self, digest: str) -> None:
+        _fsio.lock_range(self._range_fd, F.REMOTE_LOCK_BASE + int(digest[:15], 16))
+
+    def _unlock_range(self, digest: str) -> None:
+        _fsio.unlock_range(self._range_fd, F.REMOTE_LOCK_BASE + int(digest[:15], 16))
 
     # --- versions -------------------------------------------------------------------
 
@@ -373,10 +390,14 @@ class Tier:
             last = i == len(deletes) - 1
             self.ledger.note_delete(digest, op.tag, op.raw, sync=self.sync_deletes and last)
         keys = list(dict.fromkeys(op.key for op in ops))
-        locks = sorted({int(N.key_hash(*N.encode_key(key))[:4], 16) % _LOCKS for key in keys})
+        digests = sorted({N.key_hash(*N.encode_key(key)) for key in keys})
+        stripes = sorted({int(digest[:4], 16) % _LOCKS for digest in digests})
         with contextlib.ExitStack() as held:
-            for number in locks:  # in order: two batches never wait for each other
+            for number in stripes:  # in order: two batches never wait for each other
                 held.enter_context(self._locks[number])
+            for digest in digests:  # in order too, in every process
+                self._lock_range(digest)
+                held.callback(self._unlock_range, digest)
             yield self._after_batch
             for key in keys:
                 self.queue(key)

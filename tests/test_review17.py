@@ -13,6 +13,7 @@ import pytest
 
 from blobcache import BlobCache, BlobCacheError
 from blobcache import _names as N
+from blobcache._remote import Remote
 from tests.remote_fixtures import RemotePrefix, remote_prefix, seaweed  # noqa: F401
 
 
@@ -124,53 +125,60 @@ def test_refresh_does_not_bring_an_older_version_over_a_put_made_meanwhile(
         assert bytes(cache["k"]) == b"v3", "refresh brought version 2 over the put of version 3"
 
 
-@pytest.mark.xfail(strict=True, reason="review17: REMOTE's last V line wins, not the local value's")
 def test_two_handles_of_one_store_racing_one_key_agree_with_the_remote(
     place: RemotePrefix, tmp_path: Path
 ) -> None:
-    """Two handles of one local store (two processes of one machine, here two
-    handles): the local store's winner must be the remote's."""
+    """Two handles of one local store (as two processes of one machine would have)
+    put one key at once. Forced order without the key's lock on LOCK: A creates
+    version 2 and stalls; B creates 3, commits locally and stalls before its REMOTE
+    line; A commits locally (the local value is A's), then B writes its line: the
+    store says version 3 is here while it holds A's. With the lock, B waits for A
+    (A's stall ends after 1 s), and the local value is the remote's newest."""
+    import xxhash
+
     p1 = open_with(place, tmp_path / "a", remote_refresh=3600, refresh_interval=3600)
     p2 = open_with(place, tmp_path / "a", remote_refresh=3600, refresh_interval=3600)
     try:
         p1.put("k", b"v0")
         t1, t2 = p1._tier, p2._tier
         assert t1 is not None and t2 is not None
-        created, go1 = threading.Event(), threading.Event()
+        b_landing, a_done = threading.Event(), threading.Event()
         create1 = t1.remote.create
 
-        def create_then_wait(digest: str, version: int, record: Any) -> bool:
+        def create_then_stall(digest: str, version: int, record: Any) -> bool:
             made = create1(digest, version, record)
-            created.set()
-            go1.wait(5)
+            b_landing.wait(1.0)  # the lock keeps B out: then this ends after 1 s
             return made
 
-        t1.remote.create = create_then_wait  # type: ignore[method-assign]
-        landing, go2 = threading.Event(), threading.Event()
+        t1.remote.create = create_then_stall  # type: ignore[method-assign]
         landed2 = t2.landed
 
-        def landed_late(key: Any, digest: str, version: int) -> None:
-            landing.set()
-            go2.wait(5)
+        def landed_after_a(key: Any, digest: str, version: int) -> None:
+            b_landing.set()
+            a_done.wait(10)
             landed2(key, digest, version)
 
-        t2.landed = landed_late  # type: ignore[method-assign]
-        a = threading.Thread(target=p1.put, args=("k", b"A"))
-        a.start()
-        assert created.wait(5)  # A has version 2
+        t2.landed = landed_after_a  # type: ignore[method-assign]
+
+        def put_a() -> None:
+            p1.put("k", b"A")
+            a_done.set()
+
+        a = threading.Thread(target=put_a)
         b = threading.Thread(target=p2.put, args=("k", b"B"))
+        a.start()
         b.start()
-        assert landing.wait(5)  # B has version 3 and is committed locally
-        go1.set()
-        a.join()  # A committed locally after B: the local store's value is A
-        go2.set()
+        a.join()
         b.join()
-        t1.remote.create = create1  # type: ignore[method-assign]
-        p1.refresh()
-        p2.refresh()
-        remote = t1.newest(N.key_hash(*N.encode_key("k")))[1]
-        assert remote is not None and remote.inline == b"B"
-        assert bytes(p1["k"]) == b"B" and bytes(p2["k"]) == b"B"
+        remote = Remote(place.url, place.options)
+        digest = N.key_hash(*N.encode_key("k"))
+        newest = remote.record(digest, remote.versions(digest)[-1])
+        assert newest is not None
+        for cache in (p1, p2):
+            cache._catch_up()  # the other handle's put, as another process's
+            assert xxhash.xxh3_128_hexdigest(bytes(cache["k"])) == newest.digest
+            cache.refresh()  # and no refresh changes it either
+            assert xxhash.xxh3_128_hexdigest(bytes(cache["k"])) == newest.digest
     finally:
         p1.close()
         p2.close()
