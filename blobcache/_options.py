@@ -176,6 +176,11 @@ class Options:
         _check_int("segment_bytes", self.segment_bytes, 4096, 2**40)
         if self.remote is not None:
             _check_remote(self)
+        elif (self.remote_mode, self.remote_refresh) != (
+            Options.remote_mode,
+            Options.remote_refresh,
+        ):
+            raise ValueError("remote_mode and remote_refresh need a remote (remote=...)")
         ratio = self.compact_ratio
         if isinstance(ratio, bool) or not isinstance(ratio, (int, float)):
             raise TypeError(f"compact_ratio must be a number, not {type(ratio).__name__}")

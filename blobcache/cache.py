@@ -149,6 +149,8 @@ class BlobCache(MutableMapping[N.Key, Value]):
             remote_mode,
             remote_refresh,
         )
+        if remote is None and remote_options is not None:
+            raise ValueError("remote_options need a remote (remote='s3://bucket/prefix')")
         self._tier: _tier.Tier | None = None
         self._threads: list[threading.Thread] = []
         # The client's settings (credentials among them): held here for a reopen

@@ -478,6 +478,12 @@ def test_a_missing_bucket_fails_at_open(place: RemotePrefix, tmp_path: Path) -> 
         ({"remote_refresh": -1}, ValueError, "remote_refresh"),
         ({"remote_mode": "write-back", "max_bytes": 1000}, ValueError, "eviction"),
         ({"readonly": True}, ValueError, "readonly"),
+        ({"remote": None}, ValueError, "need a remote"),
+        (
+            {"remote": None, "remote_options": None, "remote_mode": "write-back"},
+            ValueError,
+            "need a remote",
+        ),
     ],
 )
 def test_bad_remote_arguments_are_refused_before_anything_is_touched(
