@@ -222,6 +222,12 @@ class Tier:
         self.hints: dict[str, tuple[int, float]] = {}  # key hash -> (newest seen, when)
         self._locks = [threading.Lock() for _ in range(_LOCKS)]
         self._range_fd = _fsio.open_range_locks(os.path.join(root, F.LOCK_NAME))
+        # Who is using ``_range_fd`` now: ``close`` leaves it to the last of them
+        # to close (closed under one, its unlock would hit EBADF, or the file
+        # that took its number meanwhile). REQUIRES: ``_range_guard``.
+        self._range_users = 0
+        self._range_closed = False
+        self._range_guard = threading.Lock()
         self.pending: dict[N.Key, int] = {}  # keys to upload, oldest put first: a ticket each
         self.found_at_open: set[N.Key] = set()  # leftovers of before this open: find_pending
         self._tickets = 0
@@ -252,7 +258,25 @@ class Tier:
             if thread is not threading.current_thread():
                 thread.join()
         self.ledger.close()
-        _fsio.unlock(self._range_fd)  # (closes it)
+        with self._range_guard:
+            self._range_closed = True
+            if self._range_users == 0:
+                _fsio.unlock(self._range_fd)  # (closes it)
+
+    @contextlib.contextmanager
+    def _using_range_fd(self) -> Iterator[None]:
+        """:raises ClosedError: the tier is closed."""
+        with self._range_guard:
+            if self._range_closed:
+                raise ClosedError(self.ledger.path)
+            self._range_users += 1
+        try:
+            yield
+        finally:
+            with self._range_guard:
+                self._range_users -= 1
+                if self._range_closed and self._range_users == 0:
+                    _fsio.unlock(self._range_fd)  # close() left it to the last user
 
     def find_pending(self) -> None:
         """Queue every local key whose value ``REMOTE`` does not say is on the remote,
@@ -284,7 +308,7 @@ class Tier:
         of every process of the store (an OFD lock on a byte of ``LOCK``, FORMAT.md,
         "The remote tier"): so the local store's order of a key's values is the
         remote's, and its ``REMOTE`` line is the last one written for it."""
-        with self._locks[int(digest[:4], 16) % _LOCKS]:
+        with self._locks[int(digest[:4], 16) % _LOCKS], self._using_range_fd():
             self._lock_range(digest)
             try:
                 yield
@@ -395,6 +419,7 @@ class Tier:
         with contextlib.ExitStack() as held:
             for number in stripes:  # in order: two batches never wait for each other
                 held.enter_context(self._locks[number])
+            held.enter_context(self._using_range_fd())
             for digest in digests:  # in order too, in every process
                 self._lock_range(digest)
                 held.callback(self._unlock_range, digest)
@@ -480,28 +505,43 @@ class Tier:
         brought in (another machine's later put wins). With write-through it does
         too if the remote has any other version: that one is brought in (a value put
         before the remote was attached does not overwrite it). ``value``: (xxh3,
-        length, codec, expiry). REQUIRES: the key's lock."""
+        length, codec, expiry). REQUIRES: the key's lock.
+
+        Only a version above the one ``REMOTE`` last names for the key can be this
+        value's upload: every version noted was there before the value went up
+        (an upload takes one above all), and any noted after it would be of a
+        later value. A version at or below it holding the same value is an
+        earlier put of the same bytes (x, y, then x again, killed before its
+        upload): taking it for this one would bring y back over the newest put."""
         versions = self.remote.versions(digest)
         if not versions:
             return False
         self.hints[digest] = (versions[-1], time.monotonic())
+        known = self.ledger.versions.get(digest)
+        floor = 0 if known is None else known.version
         newest: tuple[int, RemoteRecord] | None = None
+        mine = 0  # the version holding this value, if found
         for version in reversed(versions[-SETTLE_LOOKBACK:]):
             record = self.remote.record(digest, version)
             if record is None:
                 continue  # collected meanwhile
             if newest is None:
                 newest = (version, record)
+            if version <= floor:
+                break  # neither it nor any below is this value's (see above)
             if not record.deleted and (
                 (record.digest, record.length, record.codec, record.expires) == value
             ):
-                self.ledger.note(digest, version, seq)
-                if newest[0] != version:
-                    self._bring(key, digest, *newest)
+                mine = version
                 break
+        if mine:
+            assert newest is not None
+            self.ledger.note(digest, mine, seq)
+            if newest[0] != mine:
+                self._bring(key, digest, *newest)
+        elif newest is None or not self.through:
+            return False  # a write-back put a crash left: it goes up, ordered at its upload
         else:
-            if newest is None or not self.through:
-                return False  # a write-back put a crash left: it goes up, ordered at its upload
             self._bring(key, digest, *newest)
         self.found_at_open.discard(key)
         return True
@@ -629,10 +669,15 @@ class Tier:
 
 
 class Gate:
-    """One write-through put's remote half, run by the local write path before it
-    publishes: ``inline`` for a value going to the log, ``early`` then ``around`` for a
-    value going to a file (its upload beside the local write). ``version`` is set once
-    the remote record is made; an exception leaves the local store as it was."""
+    """One put's remote half, run by the local write path before it publishes:
+    ``inline`` for a value going to the log, ``early`` then ``around`` for a value
+    going to a file (its upload beside the local write). Each takes the key's lock
+    (``Tier.key_lock``) at its last step before the commit, not before: a stream's
+    chunks and a file object's reads, the caller's code, run outside it (they may
+    use the cache, keys of the same stripe included); ``release`` lets go of it
+    after the commit's note. With write-through it also makes the remote record
+    (``version`` is set then); an exception leaves the local store as it was. With
+    write-back it only takes the lock."""
 
     def __init__(self, tier: Tier, key: N.Key, tag: bytes, raw: bytes, codec: int, expires: int):
         self.tier = tier
@@ -644,8 +689,23 @@ class Gate:
         self.expires = expires
         self.version = 0
         self._upload: _Upload | None = None
+        self._held = contextlib.ExitStack()
+        self.holding = False
+
+    def hold(self) -> None:
+        """Take the key's lock, if not yet taken."""
+        if not self.holding:
+            self._held.enter_context(self.tier.key_lock(self.digest))
+            self.holding = True
+
+    def release(self) -> None:
+        self.holding = False
+        self._held.close()
 
     def inline(self, value: bytes) -> None:
+        self.hold()
+        if not self.tier.through:
+            return
         record = _record(
             self.tag, self.raw, self.codec, self.expires, value_digest([value]), len(value), [value]
         )
@@ -653,7 +713,8 @@ class Gate:
 
     def early(self, parts: Sequence[bytes | memoryview], length: int) -> None:
         """Start uploading a value held in memory now, beside the local write."""
-        self._upload = _Upload(self.tier.remote, parts, length)
+        if self.tier.through:
+            self._upload = _Upload(self.tier.remote, parts, length)
 
     def around(
         self, write: Callable[[str, bool], contextlib.AbstractContextManager[TempVersion]]
@@ -664,6 +725,10 @@ class Gate:
         @contextlib.contextmanager
         def gated(keydir: str, sync: bool) -> Iterator[TempVersion]:
             with write(keydir, sync) as temp:
+                if not self.tier.through:
+                    self.hold()
+                    yield temp
+                    return
                 upload = self._upload
                 if upload is None:  # a stream's: its bytes are in the temp file only
                     upload = _Upload(self.tier.remote, Path(temp.path), temp.length)
@@ -680,6 +745,7 @@ class Gate:
                 )
                 if upload.length != temp.length:
                     raise BlobCacheError("the value changed length while it was put")
+                self.hold()
                 self.version = self.tier._create(self.digest, record)
                 yield temp
 

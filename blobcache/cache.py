@@ -670,21 +670,25 @@ class BlobCache(MutableMapping[N.Key, Value]):
         """Around a put's local write: with a write-through remote, the gate that
         does the remote half before the local commit, and the note of it after;
         with write-back, the key queued for upload once the put returns. Either
-        way under the key's lock of the tier, which a read-through and a refresh
-        of the key hold from their look at the local store to their local write:
-        else they could write an older remote value over this put's."""
+        way under the key's lock of the tier from the gate's last step before the
+        local commit (after a stream's chunks are read: they may use the cache)
+        to the note: a read-through and a refresh of the key hold it from their
+        look at the local store to their local write, else they could write an
+        older remote value over this put's."""
         tier = self._tier
         if tier is None:
             yield None
-        elif tier.through:
-            gate = tier.gate(key, tag, raw, codec, expires)
-            with tier.key_lock(digest):
-                yield gate
+            return
+        gate = tier.gate(key, tag, raw, codec, expires)
+        try:
+            yield gate
+            gate.hold()  # (taken by the write path already)
+            if tier.through:
                 tier.landed(key, digest, gate.version)
-        else:
-            with tier.key_lock(digest):
-                yield None
+            else:
                 tier.queue(key)
+        finally:
+            gate.release()
 
     def put_object(
         self,
