@@ -43,6 +43,18 @@ class RemoteGcResult:
         return asdict(self)
 
 
+def check_grace(grace: object) -> None:
+    """:raises TypeError: not a number. :raises ValueError: below ``MIN_GRACE_SECONDS``
+    (NaN included)."""
+    if isinstance(grace, bool) or not isinstance(grace, (int, float)):
+        raise TypeError(f"grace must be a number of seconds, not {type(grace).__name__}")
+    if not grace >= MIN_GRACE_SECONDS:
+        raise ValueError(
+            f"grace must be at least {MIN_GRACE_SECONDS:.0f} seconds (puts rely on a version "
+            f"seen that recently not being collected); got {grace}"
+        )
+
+
 def collect(
     remote: Remote,
     *,
@@ -57,13 +69,7 @@ def collect(
     :raises RemoteError: the remote failed (what was removed before stays removed:
         every step is safe alone).
     """
-    if isinstance(grace, bool) or not isinstance(grace, (int, float)) or grace != grace:
-        raise TypeError(f"grace must be a number of seconds, not {type(grace).__name__}")
-    if grace < MIN_GRACE_SECONDS:
-        raise ValueError(
-            f"grace must be at least {MIN_GRACE_SECONDS:.0f} seconds (puts rely on a version "
-            f"seen that recently not being collected); got {grace}"
-        )
+    check_grace(grace)
     clock = time.time() if now is None else now
     result = RemoteGcResult()
     stub = STUB.encode()

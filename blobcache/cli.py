@@ -126,6 +126,7 @@ def _gc_remote(args: argparse.Namespace) -> int:
         options["region"] = args.region
     if args.allow_http:
         options["client_options"] = {"allow_http": True}
+    _remotegc.check_grace(args.grace)  # before anything is asked of the remote
     remote = Remote(args.remote, options)
     remote.check(create=False)
     r = _remotegc.collect(remote, grace=args.grace, dry_run=args.dry_run)
@@ -182,11 +183,21 @@ def main(argv: list[str] | None = None) -> int:
             return _verify(args.path, args.json)
         if args.remote is not None:
             return _gc_remote(args)
+        remote_only = [
+            f"--{n.replace('_', '-')}" for n in ("endpoint", "region") if getattr(args, n)
+        ]
+        remote_only += ["--allow-http"] * args.allow_http
+        remote_only += ["--grace"] * (args.grace != _remotegc.DEFAULT_GRACE_SECONDS)
+        if remote_only:
+            parser.error(f"{', '.join(remote_only)} need --remote")
         if args.path is None:
             parser.error("gc needs a store directory, or --remote")
         return _gc(args.path, args.json, args.dry_run, args.salvage, args.trust_filesystem)
     except BlobCacheError as exc:
         print(f"blobcache {args.command}: {exc}{_hint(exc, args.command)}", file=sys.stderr)
+        return 2
+    except (TypeError, ValueError) as exc:  # a bad argument (a remote URL, a grace)
+        print(f"blobcache {args.command}: {exc}", file=sys.stderr)
         return 2
     except OSError as exc:  # permission denied, an I/O error: say which file
         where = f"{exc.filename}: " if exc.filename else ""

@@ -665,3 +665,15 @@ def test_sigkilled_write_back_deletes_are_never_read_back_through(
     with open_with(place, tmp_path / "fresh") as fresh:
         assert [fresh.get(key) for key in deleted] == [None] * 4
         assert all(fresh.get(key) is not None for key in keys[5:])  # not yet deleted
+
+
+def test_blobcache_gc_refuses_remote_flags_without_remote_and_a_bad_grace(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from blobcache.cli import main
+
+    with pytest.raises(SystemExit):
+        main(["gc", str(tmp_path), "--endpoint", "http://127.0.0.1:1"])
+    assert "--endpoint need --remote" in capsys.readouterr().err
+    assert main(["gc", "--remote", "s3://b/p", "--grace", "nan"]) == 2
+    assert "grace must be at least" in capsys.readouterr().err
