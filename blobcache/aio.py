@@ -30,7 +30,7 @@ import queue
 import threading
 from collections.abc import AsyncIterable, AsyncIterator, Callable, Iterable, Iterator
 from types import TracebackType
-from typing import Any, BinaryIO, TypeVar
+from typing import Any, BinaryIO, TypeVar, cast
 
 from ._buffers import as_buffer
 from ._janitor import GcResult
@@ -218,9 +218,10 @@ class AsyncBlobCache:
         """As :meth:`BlobCache.get`. A large value's first get maps and checks its
         file, and a miss may read through from a remote, so it runs in a thread;
         later gets are dict lookups."""
-        return await self._run(
-            functools.partial(self.sync_cache.get, refresh=refresh), key, default
-        )
+        if refresh:  # (a handle with a remote: its get takes it)
+            get: Any = functools.partial(cast(Any, self.sync_cache.get), refresh=True)
+            return await self._run(get, key, default)
+        return await self._run(self.sync_cache.get, key, default)
 
     async def refresh(self) -> None:
         """As :meth:`BlobCache.refresh` (with a remote tier, one list of it)."""

@@ -677,3 +677,21 @@ def test_blobcache_gc_refuses_remote_flags_without_remote_and_a_bad_grace(
     assert "--endpoint need --remote" in capsys.readouterr().err
     assert main(["gc", "--remote", "s3://b/p", "--grace", "nan"]) == 2
     assert "grace must be at least" in capsys.readouterr().err
+
+
+def test_get_refresh_with_a_cap_and_the_hot_get_without_a_remote(
+    place: RemotePrefix, tmp_path: Path
+) -> None:
+    with (
+        open_with(place, tmp_path / "a") as a,
+        open_with(place, tmp_path / "b", max_bytes=10_000, remote_refresh=3600) as b,
+    ):
+        a.put("k", b"1")
+        assert bytes(b["k"]) == b"1"
+        a.put("k", b"2")
+        assert bytes(b.get("k", refresh=True)) == b"2"
+        assert "k" in b._writes.cap.sieve.visited  # type: ignore[union-attr]
+    with BlobCache(tmp_path / "plain") as plain:
+        with pytest.raises(TypeError, match="refresh"):
+            plain.get("k", refresh=True)  # type: ignore[call-arg]
+        assert type(plain).get is BlobCache.get and "get" not in vars(plain)
