@@ -184,7 +184,6 @@ class Local:
         put_value: Callable[[N.Key, Sequence[bytes | memoryview], int, int, int], None],
         put_chunks: Callable[[N.Key, Iterable[memoryview], int, int], None],
         delete: Callable[[N.Key], None],
-        inline_limit: int,
     ) -> None:
         self.values = values
         self.meta = meta
@@ -192,7 +191,6 @@ class Local:
         self.put_value = put_value  # (key, parts, length, codec, expires)
         self.put_chunks = put_chunks  # (key, chunks, codec, expires)
         self.delete = delete
-        self.inline_limit = inline_limit
 
     def seq(self, key: N.Key) -> int | None:
         meta = self.meta().get(key)
@@ -236,7 +234,6 @@ class Tier:
         self.wake = threading.Event()
         self.stop = threading.Event()  # set by close(): the handle's, or its finalizer's
         self.last_error: str | None = None
-        self.uploaded = 0
         self._threads: list[threading.Thread] = []
 
     # --- start and stop ---------------------------------------------------------------
@@ -363,8 +360,25 @@ class Tier:
 
     # --- write-through ----------------------------------------------------------------
 
-    def gate(self, key: N.Key, tag: bytes, raw: bytes, codec: int, expires: int) -> Gate:
-        return Gate(self, key, tag, raw, codec, expires)
+    @contextlib.contextmanager
+    def putting(self, tag: bytes, raw: bytes, codec: int, expires: int) -> Iterator[Gate]:
+        """Around a put's local write: the gate the write path calls before its local
+        commit, then the put noted (write-through) or queued (write-back). Under the
+        key's lock from the gate's last step before the commit (after a stream's
+        chunks are read: they may use the cache) to that note: a read-through and a
+        refresh of the key hold it from their look at the local store to their local
+        write, else they could write an older remote value over this put's."""
+        key = N.decode_key(tag, raw)
+        gate = Gate(self, key, tag, raw, codec, expires)
+        try:
+            yield gate
+            gate.hold()  # (taken by the write path already)
+            if self.through:
+                self.landed(key, gate.digest, gate.version)
+            else:
+                self.queue(key)
+        finally:
+            gate.release()
 
     def landed(self, key: N.Key, digest: str, version: int) -> None:
         """The local commit of remote ``version`` returned: note it."""
@@ -456,7 +470,6 @@ class Tier:
             with self.pending_lock:
                 if self.pending.get(key) == ticket:  # (else queued again meanwhile: kept)
                     del self.pending[key]
-            self.uploaded += 1
 
     def upload(self, key: N.Key) -> None:
         """Bring the remote up to the local store for ``key``: its value, or a
@@ -795,18 +808,7 @@ def _record(
     parts: Sequence[bytes | memoryview],
 ) -> RemoteRecord:
     """The record of a value: inline below ``INLINE_REMOTE``, else naming its blob."""
-    if length < INLINE_REMOTE:
-        inline = b"".join(bytes(p) for p in parts)
-        return RemoteRecord(
-            tag,
-            raw,
-            new_put_id(),
-            codec=codec,
-            expires=expires,
-            length=length,
-            digest=content,
-            inline=inline,
-        )
+    small = length < INLINE_REMOTE
     return RemoteRecord(
         tag,
         raw,
@@ -815,7 +817,8 @@ def _record(
         expires=expires,
         length=length,
         digest=content,
-        blob=blob_name(content, length),
+        blob=None if small else blob_name(content, length),
+        inline=b"".join(bytes(p) for p in parts) if small else b"",
     )
 
 

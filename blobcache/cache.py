@@ -522,8 +522,10 @@ class BlobCache(MutableMapping[N.Key, Value]):
         self._expiry.sweep()
 
     def _refresh_key(self, key: object) -> None:
-        self._lookup(key)  # (the type checks, and the local catch-up)
-        if self._tier is not None:
+        """``get(key, refresh=True)``'s first step: a key held here is checked against
+        the remote; a missing one is left to the get's miss, which reads it through."""
+        held = self._lookup(key, remote=False)  # (the type checks, the local catch-up)
+        if held is not None and self._tier is not None:
             self._tier.refresh_key(cast(N.Key, key))
 
     def _expire(self) -> None:
@@ -661,41 +663,22 @@ class BlobCache(MutableMapping[N.Key, Value]):
         expires = self._expires(ttl)
         check_flag("pin", pin)
         key = N.decode_key(tag, raw)  # a plain str or bytes, even for a subclass
-        digest = N.key_hash(tag, raw)
-        stripe = self._writes.writing(digest)
-        with self._remote_half(key, tag, raw, digest, codec, expires) as gate:
+        stripe = self._writes.writing(N.key_hash(tag, raw))
+        with self._remote_half(tag, raw, codec, expires) as gate:
             stale = _typed.write(
                 self._writes, key, tag, raw, stripe, parts, length, codec, expires, pin, gate
             )
         if stale:
             self._maybe_compact()
 
-    @contextlib.contextmanager
     def _remote_half(
-        self, key: N.Key, tag: bytes, raw: bytes, digest: str, codec: int, expires: int
-    ) -> Iterator[_tier.Gate | None]:
-        """Around a put's local write: with a write-through remote, the gate that
-        does the remote half before the local commit, and the note of it after;
-        with write-back, the key queued for upload once the put returns. Either
-        way under the key's lock of the tier from the gate's last step before the
-        local commit (after a stream's chunks are read: they may use the cache)
-        to the note: a read-through and a refresh of the key hold it from their
-        look at the local store to their local write, else they could write an
-        older remote value over this put's."""
+        self, tag: bytes, raw: bytes, codec: int, expires: int
+    ) -> contextlib.AbstractContextManager[_tier.Gate | None]:
+        """Around a put's local write: with a remote tier, its half of the put
+        (``_tier.Tier.putting``); without one, nothing (a shared null context: a
+        generator's would cost every put about 1.4 us)."""
         tier = self._tier
-        if tier is None:
-            yield None
-            return
-        gate = tier.gate(key, tag, raw, codec, expires)
-        try:
-            yield gate
-            gate.hold()  # (taken by the write path already)
-            if tier.through:
-                tier.landed(key, digest, gate.version)
-            else:
-                tier.queue(key)
-        finally:
-            gate.release()
+        return _NO_GATE if tier is None else tier.putting(tag, raw, codec, expires)
 
     def put_object(
         self,
@@ -857,9 +840,7 @@ class BlobCache(MutableMapping[N.Key, Value]):
         tag, raw, stripe = self._stream_target(key)
         expires = self._expires(ttl)
         check_flag("pin", pin)
-        key = N.decode_key(tag, raw)
-        digest = N.key_hash(tag, raw)
-        with self._remote_half(key, tag, raw, digest, F.CODEC_RAW, expires) as gate:
+        with self._remote_half(tag, raw, F.CODEC_RAW, expires) as gate:
             stale = self._writes.put_file(
                 tag, raw, stripe, src, self.CHUNK_BYTES, expires, pin, gate
             )
@@ -881,9 +862,7 @@ class BlobCache(MutableMapping[N.Key, Value]):
         expires = self._expires(ttl)
         check_flag("pin", pin)
         chunked = (as_buffer(chunk) for chunk in chunks)
-        key = N.decode_key(tag, raw)
-        digest = N.key_hash(tag, raw)
-        with self._remote_half(key, tag, raw, digest, F.CODEC_RAW, expires) as gate:
+        with self._remote_half(tag, raw, F.CODEC_RAW, expires) as gate:
             stale = self._writes.put_chunks(tag, raw, stripe, chunked, expires, pin, gate)
         if stale:
             self._maybe_compact()
@@ -1105,6 +1084,8 @@ class _BatchOf(threading.local):
 
 # Every open handle of this process, for the fork hook below.
 # (A mapping is unhashable: keyed by identity.)
+_NO_GATE: contextlib.nullcontext[None] = contextlib.nullcontext()  # _remote_half's without a tier
+
 _open_handles: weakref.WeakValueDictionary[int, BlobCache] = weakref.WeakValueDictionary()
 
 
@@ -1186,7 +1167,6 @@ def _attach(cache: BlobCache, client: Remote) -> _tier.Tier:
         put_value,
         put_chunks,
         delete,
-        options.inline_limit,
     )
     tier = _tier.Tier(
         cache._path,

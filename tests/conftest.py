@@ -15,6 +15,10 @@ import pytest
 from blobcache import BlobCache, _fsio
 from blobcache import _format as F
 
+# The remote tier's fixtures (``seaweed``, ``remote_prefix``, ``place``) for every module:
+# a session that asks for none starts no server.
+pytest_plugins = ["tests.remote_fixtures"]
+
 
 @pytest.fixture
 def store(tmp_path: Path) -> str:

@@ -3,15 +3,16 @@
 ``seaweed``: one ``weed mini`` for the whole session, started the first time a test asks
 for it (a session that runs no such test starts none), stopped at the session's end;
 a test may restart or kill it, and must leave it running (restarted) when it ends.
-``remote_prefix``: a fresh ``s3://<bucket>/<unique prefix>`` for each test, with the
-options that reach the session's server; what the test left there is deleted after it.
+``remote_prefix`` (and its short name ``place``): a fresh ``s3://<bucket>/<unique prefix>``
+for each test, with the options that reach the session's server; what the test left there
+is deleted after it. ``open_with(place, path, **options)``: a store on it.
 
-A test module uses them by importing them (``from tests.remote_fixtures import seaweed,
-remote_prefix``), until tests/conftest.py imports them for every module.
+tests/conftest.py loads this module as a plugin: every test module has them by name.
 """
 
 from __future__ import annotations
 
+import os
 import re
 import uuid
 from collections.abc import Iterator
@@ -26,36 +27,6 @@ BUCKET = "blobcache-test"
 ACCESS_KEY = "blobcache-test"
 
 
-class _Shared:
-    """The one server of the process. Each module that imports ``seaweed`` gets a fixture
-    of its own (pytest keys a session fixture by where it is found), so the server is
-    kept here: the first user starts it, the last one stops it."""
-
-    server: Server | None = None
-    users = 0
-
-    @classmethod
-    def acquire(cls, factory: pytest.TempPathFactory) -> Server:
-        if cls.server is None:
-            cls.server = Server.start(
-                factory.mktemp("seaweed"),
-                bucket=BUCKET,
-                access_key=ACCESS_KEY,
-                secret_key=uuid.uuid4().hex,
-            )
-        elif not cls.server.running:  # a test killed it and did not restart it
-            cls.server.restart()
-        cls.users += 1
-        return cls.server
-
-    @classmethod
-    def release(cls) -> None:
-        cls.users -= 1
-        if cls.users == 0 and cls.server is not None:
-            cls.server.stop()
-            cls.server = None
-
-
 @pytest.fixture(scope="session")
 def seaweed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     with pytest.MonkeyPatch.context() as env:
@@ -63,11 +34,16 @@ def seaweed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
         # (an endpoint override, a session token, a proxy: tests/seaweed.py tells why).
         for name in CLIENT_ENV_HAZARDS:
             env.delenv(name, raising=False)
-        server = _Shared.acquire(tmp_path_factory)
+        server = Server.start(
+            tmp_path_factory.mktemp("seaweed"),
+            bucket=BUCKET,
+            access_key=ACCESS_KEY,
+            secret_key=uuid.uuid4().hex,
+        )
         try:
             yield server
         finally:
-            _Shared.release()
+            server.stop()
 
 
 @dataclass(frozen=True)
@@ -96,11 +72,25 @@ class RemotePrefix:
 
 @pytest.fixture
 def remote_prefix(seaweed: Server, request: pytest.FixtureRequest) -> Iterator[RemotePrefix]:
+    if not seaweed.running:  # an earlier test killed it and failed before its restart
+        seaweed.restart()
     name = re.sub(r"[^a-z0-9]+", "-", request.node.name.lower()).strip("-")[:40]
     place = RemotePrefix(seaweed, seaweed.bucket, f"t/{name}-{uuid.uuid4().hex[:12]}")
     yield place
     if seaweed.running:  # a test that killed the server and failed leaves it dead
         _delete_all(place)
+
+
+@pytest.fixture
+def place(remote_prefix: RemotePrefix) -> RemotePrefix:
+    return remote_prefix
+
+
+def open_with(place: RemotePrefix, path: str | os.PathLike[str], **options: Any) -> Any:
+    """A ``BlobCache`` at ``path`` with ``place`` as its remote tier."""
+    from blobcache import BlobCache
+
+    return BlobCache(path, remote=place.url, remote_options=place.options, **options)
 
 
 def _delete_all(place: RemotePrefix) -> None:

@@ -25,10 +25,8 @@ from obstore.exceptions import (
 )
 from obstore.store import S3Store
 
-from tests.remote_fixtures import RemotePrefix, remote_prefix, seaweed
+from tests.remote_fixtures import RemotePrefix
 from tests.seaweed import Server
-
-__all__ = ["remote_prefix", "seaweed"]  # fixtures, used by name
 
 MiB = 1 << 20
 

@@ -7,8 +7,6 @@ import re
 
 import pytest
 
-from tests.remote_fixtures import remote_prefix, seaweed  # noqa: F401
-
 ROOT = os.path.join(os.path.dirname(__file__), os.pardir)
 
 

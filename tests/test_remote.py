@@ -30,19 +30,10 @@ from blobcache import _names as N
 from blobcache._remote import Remote, RemoteRecord, new_put_id, record_path
 from blobcache._remotegc import collect
 from tests.remote_child import plain_options, value_of
-from tests.remote_fixtures import RemotePrefix, remote_prefix, seaweed  # noqa: F401
+from tests.remote_fixtures import RemotePrefix, open_with
 
 ROOT = Path(__file__).resolve().parent.parent
 BIG = 6 << 20  # past obstore's multipart threshold and the local inline limit
-
-
-def open_with(place: RemotePrefix, path: Path | str, **kw: Any) -> BlobCache:
-    return BlobCache(path, remote=place.url, remote_options=place.options, **kw)
-
-
-@pytest.fixture
-def place(remote_prefix: RemotePrefix) -> RemotePrefix:  # noqa: F811
-    return remote_prefix
 
 
 def remote_objects(place: RemotePrefix) -> list[str]:

@@ -14,16 +14,7 @@ import pytest
 from blobcache import BlobCache, BlobCacheError
 from blobcache import _names as N
 from blobcache._remote import Remote
-from tests.remote_fixtures import RemotePrefix, remote_prefix, seaweed  # noqa: F401
-
-
-def open_with(place: RemotePrefix, path: Path | str, **kw: Any) -> BlobCache:
-    return BlobCache(path, remote=place.url, remote_options=place.options, **kw)
-
-
-@pytest.fixture
-def place(remote_prefix: RemotePrefix) -> RemotePrefix:  # noqa: F811
-    return remote_prefix
+from tests.remote_fixtures import RemotePrefix, open_with
 
 
 def _tier_threads() -> list[threading.Thread]:

@@ -18,18 +18,9 @@ import pytest
 
 from blobcache import BlobCache, ClosedError, _tier
 from blobcache import _names as N
-from tests.remote_fixtures import RemotePrefix, remote_prefix, seaweed  # noqa: F401
+from tests.remote_fixtures import RemotePrefix, open_with
 
 ROOT = Path(__file__).resolve().parent.parent
-
-
-def open_with(place: RemotePrefix, path: Path | str, **kw: Any) -> BlobCache:
-    return BlobCache(path, remote=place.url, remote_options=place.options, **kw)
-
-
-@pytest.fixture
-def place(remote_prefix: RemotePrefix) -> RemotePrefix:  # noqa: F811
-    return remote_prefix
 
 
 def _digest(key: str) -> str:

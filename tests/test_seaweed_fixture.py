@@ -11,10 +11,8 @@ import obstore
 import pytest
 from obstore.exceptions import GenericError
 
-from tests.remote_fixtures import RemotePrefix, remote_prefix, seaweed
+from tests.remote_fixtures import RemotePrefix
 from tests.seaweed import LOOPBACK, Server, listening_ports, pick_ports
-
-__all__ = ["remote_prefix", "seaweed"]  # fixtures, used by name
 
 
 def test_start_and_stop_in_under_ten_seconds(tmp_path: Path) -> None:
