@@ -686,3 +686,18 @@ def test_get_refresh_with_a_cap_and_the_hot_get_without_a_remote(
         with pytest.raises(TypeError, match="refresh"):
             plain.get("k", refresh=True)  # type: ignore[call-arg]
         assert type(plain).get is BlobCache.get and "get" not in vars(plain)
+
+
+def test_a_store_that_had_a_remote_opens_without_one_and_passes_verify(
+    place: RemotePrefix, tmp_path: Path
+) -> None:
+    from blobcache.cli import main
+
+    with open_with(place, tmp_path / "a") as cache:
+        cache.put("k", b"v")
+        cache.put("big", b"B" * BIG)
+    assert (tmp_path / "a" / F.REMOTE_LEDGER_NAME).exists()
+    with BlobCache(tmp_path / "a") as plain:  # the local format is unchanged
+        assert bytes(plain["k"]) == b"v" and bytes(plain["big"]) == b"B" * BIG
+        assert plain.problems == ()
+    assert main(["verify", str(tmp_path / "a")]) == 0  # REMOTE is no stray
