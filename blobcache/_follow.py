@@ -68,19 +68,21 @@ class Change(NamedTuple):
     pinned: bool = False  # its record's PINNED bit
     codec: int = F.CODEC_RAW  # what the value's bytes encode (FORMAT.md, "Typed values")
 
-    def apply(self, index: Index, seq: int, segment: int, size: int, *, ahead: bool) -> int | None:
-        """Publish this change, record ``seq`` of ``size`` bytes in log ``segment``;
+    def apply(
+        self, index: Index, seq: int, segment: int, offset: int, size: int, *, ahead: bool
+    ) -> int | None:
+        """Publish this change, record ``seq`` of ``size`` bytes at ``offset`` of log ``segment``;
         return what ``Index.publish`` does. ``ahead``: applied by its own writer
         before the follower passed it (see ``Index.gone``). Serves the follower
         and a writer applying its own records (``_writes``) alike."""
         value = self.value
         if isinstance(value, Mapped):
             index.book_stale(segment, size)  # a version's note is never live
-            meta = pack(seq, IN_A_FILE, 0)
+            meta = pack(seq, IN_A_FILE, 0, 0)
             return index.publish(self.key, value, meta, self.expires, self.pinned, self.codec)
         if value is None:
             return index.publish_delete(self.key, seq, segment, size, self.keydir, ahead=ahead)
-        meta = pack(seq, segment, size)
+        meta = pack(seq, segment, offset, size)
         return index.publish(self.key, value, meta, self.expires, self.pinned, self.codec)
 
 
@@ -92,7 +94,9 @@ class PinChange(NamedTuple):
     pinned: bool
     value: bool = True  # (not None: it is no delete)
 
-    def apply(self, index: Index, seq: int, segment: int, size: int, *, ahead: bool) -> None:
+    def apply(
+        self, index: Index, seq: int, segment: int, offset: int, size: int, *, ahead: bool
+    ) -> None:
         index.book_stale(segment, size)
         index.set_pin(self.key, seq, self.pinned)
 
@@ -272,7 +276,9 @@ class Follower:
                         continue
             if kind == F.RECORD_PUT and not flags and not codec:  # the common case, flat
                 old = index.publish(
-                    N.decode_key(tag, raw), data[value_at:end], pack(seq, number, end - done)
+                    N.decode_key(tag, raw),
+                    data[value_at:end],
+                    pack(seq, number, base + done, end - done),
                 )
                 stale |= old is not None and old != number
             else:
@@ -282,7 +288,7 @@ class Follower:
                 if change is None:
                     index.book_stale(number, end - done)
                 else:
-                    stale |= self._apply(seq, end - done, change)
+                    stale |= self._apply(seq, base + done, end - done, change)
             done = end
         self.offset = base + done
         return stale
@@ -341,7 +347,7 @@ class Follower:
         if mine is not None:
             seq, size, change = mine
             assert isinstance(change, (Change, PinChange)), "a writer's record says its change"
-            self._stale_seen |= self._apply(seq, size, change)
+            self._stale_seen |= self._apply(seq, self.offset, size, change)
             self.offset += size
             return True
         stepped = writer.ahead.pop(where, None)
@@ -396,9 +402,9 @@ class Follower:
         record = Record(seq, path, length, checksum)
         return Change(key, Mapped(record), None, expires, pinned, codec)
 
-    def _apply(self, seq: int, size: int, change: Change | PinChange) -> bool:
-        """Apply one record (``size`` bytes at the position) to the index."""
-        old = change.apply(self.index, seq, self.segment, size, ahead=False)
+    def _apply(self, seq: int, offset: int, size: int, change: Change | PinChange) -> bool:
+        """Apply one record (``size`` bytes at ``offset``) to the index."""
+        old = change.apply(self.index, seq, self.segment, offset, size, ahead=False)
         return old is not None and old != self.segment
 
     def take_foreign_files(self) -> list[tuple[str, str]]:

@@ -174,6 +174,46 @@ CODEC_JSON: Final = 3  # UTF-8 JSON of None, bool, int, float, str, list, str-ke
 CODEC_PICKLE: Final = 4  # pickle protocol 5: only with serializer="pickle", read only so
 CODECS: Final = (CODEC_RAW, CODEC_NPY, CODEC_SAFETENSORS, CODEC_JSON, CODEC_PICKLE)
 
+# --- The index snapshot (FORMAT.md, "The index snapshot") -------------------------
+# <root>/INDEX  what open needs to know of the log up to a position, written by
+# close(), gc() and compaction (never by a put); optional: without it, or when
+# it does not fit the log, open replays the whole log.
+SNAPSHOT_NAME: Final = "INDEX"
+SNAPSHOT_MAGIC: Final = b"BCX1"
+SNAPSHOT_VERSION: Final = 1
+# The header, 96 bytes (u64 little-endian each, but magic and version):
+#   offset  size  field
+#   0       4     magic b"BCX1"
+#   4       4     version: 1 (u32)
+#   8       8     segment: the log segment the snapshot covers up to
+#   16      8     offset: in it, where the first record not covered starts
+#   24      8     max_seq: no record covered, nor any version file it knows, is numbered above it
+#   32      8     made: when it was written, ms since the epoch (for people)
+#   40      8     segments: how many segment entries follow the header
+#   48      8     entries: how many hashes, then as many entries, follow them
+#   56      8     extra: the length of the extra section, after the entries
+#   64      8     xxh3_64 of the segment entries
+#   72      8     xxh3_64 of the hashes and the entries
+#   80      8     xxh3_64 of the extra section
+#   88      8     xxh3_64 of bytes 0-87
+SNAPSHOT_HEADER: Final = struct.Struct("<4sIQQQQQQQQQQQ")
+# A segment covered, 48 bytes: number; tail: xxh3_64 of its last SNAPSHOT_TAIL
+# bytes covered (all of them, header included, in a shorter one), which a
+# compaction's output in its place does not match (nor its header's flags:
+# COMPACTED; the inode would not do, a copied store has new ones); end (the bytes covered:
+# the whole file but in the last one); total and live record bytes (the log's
+# book); its records' header size; its header's flags.
+SNAPSHOT_SEGMENT: Final = struct.Struct("<QQQQQII")
+SNAPSHOT_TAIL: Final = 4096
+# The hashes: xxh3_64(key tag + key bytes), seed 0, one u64 per live key in the
+# log, ascending; entry i is the key of hash i, 24 bytes: the record's seq;
+# segment << 40 | offset; flags << 40 | the value's length.
+SNAPSHOT_HASH: Final = struct.Struct("<Q")
+SNAPSHOT_ENTRY: Final = struct.Struct("<QQQ")
+SNAPSHOT_PLACE_SHIFT: Final = 40  # segment << 40 | offset; flags << 40 | length
+SNAPSHOT_EAGER: Final = 0x01  # the value expires or is pinned: loaded at open
+# The extra section: marshal (version 4) of a tuple of lists, see _snapshot.
+
 # --- The remote tier (FORMAT.md, "The remote tier") ---------------------------------
 # Objects under the remote's prefix:
 #   blobcache-remote               the marker, created once

@@ -12,8 +12,10 @@ create, rename, unlink or mkdir) is durable only once its directory is fsynced.
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
 import os
+import stat
 import struct
 import threading
 from collections.abc import Callable, Iterator
@@ -233,6 +235,28 @@ def lock_file(path: str, *, shared: bool = False) -> int | None:
     if not try_lock(fd, shared=shared):
         unlock(fd)
         return None
+    return fd
+
+
+def lock_existing(path: str) -> int | None:
+    """flock the regular file ``path`` exclusively without waiting and without
+    creating it: its descriptor (``unlock`` releases it), or None when another
+    holder has it.
+
+    :raises FileNotFoundError: it is not there.
+    :raises OSError: it is something else (a link is never followed, a FIFO
+        never waited on).
+    """
+    fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise OSError(errno.EINVAL, "not a regular file", path)
+        if not try_lock(fd):
+            os.close(fd)
+            return None
+    except BaseException:
+        os.close(fd)
+        raise
     return fd
 
 

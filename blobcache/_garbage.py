@@ -17,17 +17,23 @@ from __future__ import annotations
 
 import contextlib
 import itertools
+import logging
 import os
 import threading
+from collections.abc import Callable
 
-from . import _compaction, _fsio, _janitor, _keydir, _log, _mapping
+from . import _compaction, _fsio, _janitor, _keydir, _log, _mapping, _snapshotwrite
 from . import _format as F
 from . import _names as N
+from ._follow import Follower
 from ._index import IN_A_FILE, Deleted, Mapped, codec_of, pack, segment_of, seq_of
 from ._janitor import GcResult
 from ._reads import Reads
+from ._shared import SharedState
 from ._writes import Writes
-from .errors import ClosedError, CorruptionError
+from .errors import BlobCacheError, ClosedError, CorruptionError
+
+log = logging.getLogger("blobcache")
 
 
 class Garbage:
@@ -52,6 +58,15 @@ class Garbage:
         self.index = writes.index
         self.reads = reads
         self.options = writes.options
+        self.snapshots_written = 0  # (gc() writes one if its compaction did not)
+        # (follower segment, offset, highest number handed out) the store's
+        # snapshot stands for, if known: no need to write it again.
+        self.snapshot_mark: tuple[int, int, int] | None = None
+        # STATE's count of compactions the index's log positions are of: another
+        # process's compaction moves records without telling this index (its
+        # follower goes on in the active segment), so a snapshot of it would name
+        # places that hold other bytes. None: unknown, no snapshot is written.
+        self.generation: int | None = None
         self.owed = writes.held.owed
         self.logdir = os.path.join(writes.path, F.LOG_DIR)
         self.found_at_open = found_at_open
@@ -65,6 +80,7 @@ class Garbage:
         """``BlobCache.gc``. REQUIRES: a writer; no earlier fsync failed."""
         self.owed.refuse_after_failure()
         total = GcResult()
+        self.index.warm()  # (the janitor asks of each key directory's key whether it is live)
         self.writes.follower.catch_up()  # the others' newer records, before judging
         with self.gc_lock:
             todo = sorted(self.index.take_dirty())
@@ -80,8 +96,91 @@ class Garbage:
                     for left in todo[done:]:  # not cleaned: still garbage for next time
                         self.index.mark_dirty(left)
                     raise
+        written = self.snapshots_written
         total.add(self.compact(force=True))
+        with self.compact_lock:
+            if self.snapshots_written == written:  # (compaction wrote one if it ran)
+                self.write_snapshot(loud=True)
         return total
+
+    def _make_others_durable(self) -> None:
+        """Make durable the versions other processes wrote that this one applied
+        since the last call, and those adopted (found at open)."""
+        for keydir, path in self.writes.follower.take_foreign_files():
+            with contextlib.suppress(FileNotFoundError):  # collected: superseded
+                self.owed.make_durable(keydir, path, parents=True)
+        self._make_adopted_durable()
+
+    def write_snapshot(self, *, loud: bool = False) -> bool:
+        """Write the index snapshot (``_snapshotwrite``), once the log is synced.
+        Returns whether it was written. A failure raises with ``loud`` (gc(): the
+        caller asked for the work, and an ENOSPC is worth hearing of); else it is
+        logged (close(): every acknowledged record is in the log, whose replay
+        the next open falls back to; compaction in the background: no caller).
+        REQUIRES: ``compact_lock`` (a compaction meanwhile would replace segments
+        it names)."""
+        writes = self.writes
+        if writes.closed or writes.held.writer is None or writes.held.state is None:
+            return False
+        state, follower = writes.held.state, writes.follower
+        # No compaction in any process meanwhile: one would move records after
+        # the capture, and the segments checked would be its output's. COMPACT's
+        # flock, if the file is there (only a compaction makes it: a store that
+        # never compacted has none, and this does not make one); if it is not,
+        # it must still not be there once the segments are checked.
+        compact = os.path.join(writes.path, F.COMPACT_NAME)
+        try:
+            held = _fsio.lock_existing(compact)
+            if held is None:
+                return False  # a compaction is running
+        except FileNotFoundError:
+            held = None
+        except OSError:
+            return False  # something else under its name: compaction says so (gc())
+        try:
+            unchanged = (
+                (lambda: True) if held is not None else (lambda: not os.path.lexists(compact))
+            )
+            return self._write_snapshot_held(state, follower, unchanged, loud=loud)
+        finally:
+            if held is not None:
+                _fsio.unlock(held)
+
+    def _write_snapshot_held(
+        self,
+        state: SharedState,
+        follower: Follower,
+        unchanged: Callable[[], bool],
+        *,
+        loud: bool,
+    ) -> bool:
+        """``write_snapshot``. REQUIRES: ``compact_lock``; ``COMPACT``'s flock,
+        or ``unchanged`` says no compaction started."""
+        writes = self.writes
+        try:
+            writes.held.sync()  # "os": a snapshot never names a record a power cut takes back
+            follower.catch_up()
+            # Every version file it knows is durable: other processes' too (an
+            # "os" one's may not be), as compaction makes them before it drops
+            # a record they supersede, which the next open will not see.
+            self._make_others_durable()
+            if self.generation is None or state.generation != self.generation:
+                return False  # (see generation)
+            mark = (follower.segment, follower.offset, state.next_seq - 1)
+            if mark == self.snapshot_mark:
+                return True  # nothing written, nor any number taken, since the last one
+            self.snapshots_written += 1
+            written = _snapshotwrite.write(
+                writes.path, self.index, follower, self.blob_over_log, mark[2], unchanged
+            )
+        except (OSError, BlobCacheError) as exc:
+            if loud:
+                raise
+            log.warning("blobcache: index snapshot not written: %s", exc)
+            return False
+        if written:
+            self.snapshot_mark = mark
+        return written
 
     # --- the janitor ---------------------------------------------------------------
 
@@ -232,13 +331,18 @@ class Garbage:
                 stale == 0 or (not force and stale < self.options.compact_ratio * total)
             ):
                 return GcResult()
+            index.warm()  # (compaction rewrites every live record: it needs them all)
             held = _fsio.lock_file(os.path.join(writes.path, F.COMPACT_NAME))
             if held is None:
                 return GcResult()  # another process is compacting the log
             try:
-                return self._compact_held(force=force)
+                result = self._compact_held(force=force)
             finally:
                 _fsio.unlock(held)
+            # The segments the last snapshot named are replaced: a new one, or the
+            # next open would replay the log whole. (Loud for gc(), which forces.)
+            self.write_snapshot(loud=force)
+            return result
 
     def _compact_held(self, *, force: bool) -> GcResult:
         """``compact`` once this process holds ``COMPACT``: the only compaction of
@@ -302,10 +406,7 @@ class Garbage:
         # segment, or in files, maybe never synced (an "os" process's): made
         # durable here, whoever wrote them.
         writes.log.sync(force=True)
-        for keydir, path in writes.follower.take_foreign_files():
-            with contextlib.suppress(FileNotFoundError):  # collected: superseded
-                self.owed.make_durable(keydir, path, parents=True)
-        self._make_adopted_durable()
+        self._make_others_durable()
         kept = [(k, d) for k, d in deleted if self.still_needs_delete(k, d.seq)]
         # Encoded one at a time as the output is written: the records are
         # never all in memory beside the values they copy.
@@ -360,14 +461,17 @@ class Garbage:
                 if key not in index.deleted and (live is None or type(live) is Mapped):
                     index.deleted[key] = Deleted(dead.seq, output, size)
             del sizes[len(keys) :]
+            # Where each put lies in the output: the live values come first.
+            end = F.SEGMENT_HEADER.size + sum(sizes)
             # Popped as they are replaced, so an old meta is freed as soon as
             # its new one is in: never two per key at once.
             while keys:
                 key, meta, size = keys.pop(), metas.pop(), sizes.pop()
+                end -= size
                 # Keys replaced meanwhile keep pointing where their new record is
                 # (a new record has a new number, so a meta never comes back).
                 if index.meta.get(key) == meta:
-                    index.meta[key] = pack(seq_of(meta), output, size)
+                    index.meta[key] = pack(seq_of(meta), output, end, size)
                     live_bytes += size
             index.book.replace(inputs, output, written, live_bytes)
         lower = inputs[:-1]  # the highest input was replaced by the rename
@@ -383,7 +487,7 @@ class Garbage:
                         index.book.add(number, os.path.getsize(path), live=False)
             raise
         self.salvaged = False
-        writes.held.compacted()
+        self.generation = writes.held.compacted()  # (under COMPACT: no other one meanwhile)
         output_size = F.SEGMENT_HEADER.size + written
         return GcResult(segments_compacted=len(inputs), bytes_reclaimed=max(0, freed - output_size))
 

@@ -61,8 +61,12 @@ def open_store(path: str, options: Options) -> tuple[Held, _recovered.Recovered]
     try:
         state = SharedState(path)
         bound = None if alone else state.bound()
+        # The compactions so far, read before the log is (one meanwhile moves
+        # records the index will not know moved: see Garbage.generation).
+        generation = state.generation
         recovered = recover_beside(path, options.salvage, readonly=False, bound=bound)
         writer = attach(path, state, recovered, options, alone=alone)
+        recovered.generation = state.generation if alone else generation
     except BaseException:
         if state is not None:
             state.close()
@@ -287,12 +291,15 @@ class Held:
         self.expiry_soon = threading.Event()  # Index.sooner: wakes the expiry thread
         self.forks = _forks[0]
 
-    def compacted(self) -> None:
-        """Count a compaction in ``STATE`` (what ``stats`` shows of the store's)."""
+    def compacted(self) -> int | None:
+        """Count a compaction in ``STATE`` (what ``stats`` shows of the store's);
+        return the count (None without ``STATE``)."""
         state = self.state
-        if state is not None:
-            with state.locked():
-                state.generation += 1
+        if state is None:
+            return None
+        with state.locked():
+            state.generation += 1
+            return state.generation
 
     def inherited(self) -> bool:
         """Whether this process is a fork of the one that opened the store."""

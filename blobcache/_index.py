@@ -30,6 +30,7 @@ swaps its fields under ``lock``.
 
 from __future__ import annotations
 
+import contextlib
 import heapq
 import os
 import threading
@@ -44,6 +45,7 @@ from .errors import ClosedError
 if TYPE_CHECKING:  # the index names the layouts' records; it imports neither layout
     from ._keydir import Record
     from ._sieve import Sieve
+    from ._snapshot import Cold
 
 
 class Mapped:
@@ -124,7 +126,7 @@ class Values(dict[Key, bytes]):
     key is in neither.
     """
 
-    __slots__ = ("files", "first_get", "inherited", "lock", "moves")
+    __slots__ = ("cold_left", "files", "first_get", "inherited", "lock", "moves", "thaw", "warm")
 
     def __init__(self, values: dict[Key, bytes], files: dict[Key, Mapped]) -> None:
         super().__init__(values)
@@ -142,9 +144,17 @@ class Values(dict[Key, bytes]):
         # thread may have held the lock at the fork (mid-move, maybe), never to
         # release it.
         self.inherited: Callable[[], bool] = _never
+        # Set by the index while a snapshot holds keys not loaded yet (_snapshot):
+        # ``thaw`` loads one (KeyError: it holds none of that name), ``warm`` all,
+        # ``cold_left`` counts those left.
+        self.thaw: Callable[[Key], bytes] = _absent
+        self.warm: Callable[[], None] = _nothing
+        self.cold_left: Callable[[], int] = _none_left
 
     def __missing__(self, key: Key) -> bytes | memoryview:
-        mapped = self.files[key]  # KeyError: not in the cache
+        mapped = self.files.get(key)
+        if mapped is None:
+            return self.thaw(key)  # KeyError: not in the cache
         view = mapped.view
         if view is not None:
             return view[:]  # a slice, never the cached view itself: the caller may release it
@@ -172,6 +182,9 @@ class Values(dict[Key, bytes]):
             value: Value | None = self.get(key)  # dict.get: never __missing__
             if value is None:
                 value = self.files.get(key)
+                if value is None and self.thaw is not _absent:
+                    with contextlib.suppress(KeyError):
+                        value = self.thaw(key)
             if value is not None or self._settled(before):
                 return value
 
@@ -190,14 +203,16 @@ class Values(dict[Key, bytes]):
                 return result
 
     def count(self) -> int:
-        return self._snapshot(lambda: len(self) + len(self.files))
+        return self._snapshot(lambda: len(self) + len(self.files) + self.cold_left())
 
     def keys_now(self) -> list[Key]:
         """A snapshot of every key."""
+        self.warm()
         return self._snapshot(lambda: [*self, *self.files])
 
     def stored_now(self) -> list[tuple[Key, Value]]:
         """A snapshot of every (key, what its record holds in memory)."""
+        self.warm()
         return self._snapshot(lambda: [*self.items(), *self.files.items()])
 
 
@@ -209,21 +224,44 @@ def _never() -> bool:
     return False
 
 
-# meta's packing: seq << SEQ_SHIFT | segment << SEGMENT_SHIFT | size. An int,
-# not a tuple: opening a store makes one per log record, and an int is one
-# object where a (seq, segment, size) tuple is two or three. Each field is 64
-# bits: segment numbers have 16 hex digits in their names, and a record's size
-# can pass 4 GiB (a u32 value plus its key and header).
-SEQ_SHIFT: Final = 128
-SEGMENT_SHIFT: Final = 64
-FIELD_MASK: Final = (1 << 64) - 1
+def _absent(key: Key) -> NoReturn:
+    raise KeyError(key)
+
+
+def _nothing() -> None:
+    pass
+
+
+def _none_left() -> int:
+    return 0
+
+
+# meta's packing: seq << SEQ_SHIFT | segment << SEGMENT_SHIFT | offset <<
+# OFFSET_SHIFT | size. An int, not a tuple: opening a store makes one per log
+# record, and an int is one object where a tuple is two or more. The record's
+# offset is there for the index snapshot (``_snapshot``), which names where
+# each live record lies; the fields below seq are as narrow as the log allows
+# (``Options.segment_bytes`` is at most 2**40, a record at most a u32 value plus
+# its key and header, segment numbers checked by ``check_segment_number``), so
+# the int is no bigger than it was without it (five 30-bit digits below seq
+# 2**26).
+SIZE_BITS: Final = 40
+OFFSET_BITS: Final = 40
+SEGMENT_BITS: Final = 24
+OFFSET_SHIFT: Final = SIZE_BITS
+SEGMENT_SHIFT: Final = OFFSET_SHIFT + OFFSET_BITS
+SEQ_SHIFT: Final = SEGMENT_SHIFT + SEGMENT_BITS
+SIZE_MASK: Final = (1 << SIZE_BITS) - 1
+OFFSET_MASK: Final = (1 << OFFSET_BITS) - 1
+SEGMENT_MASK: Final = (1 << SEGMENT_BITS) - 1
+MAX_SEGMENT_NUMBER: Final = SEGMENT_MASK
 IN_A_FILE: Final = 0  # the segment of a value in a version file (segments start at 1)
 
 
-def pack(seq: int, segment: int, size: int) -> int:
+def pack(seq: int, segment: int, offset: int, size: int) -> int:
     """A key's ``meta``: its record ``seq``, in log ``segment`` (``IN_A_FILE``
-    for a version file), taking ``size`` bytes there."""
-    return seq << SEQ_SHIFT | segment << SEGMENT_SHIFT | size
+    for a version file) at ``offset``, taking ``size`` bytes there."""
+    return seq << SEQ_SHIFT | segment << SEGMENT_SHIFT | offset << OFFSET_SHIFT | size
 
 
 def seq_of(meta: int) -> int:
@@ -231,11 +269,15 @@ def seq_of(meta: int) -> int:
 
 
 def segment_of(meta: int) -> int:
-    return meta >> SEGMENT_SHIFT & FIELD_MASK
+    return meta >> SEGMENT_SHIFT & SEGMENT_MASK
+
+
+def offset_of(meta: int) -> int:
+    return meta >> OFFSET_SHIFT & OFFSET_MASK
 
 
 def size_of(meta: int) -> int:
-    return meta & FIELD_MASK
+    return meta & SIZE_MASK
 
 
 def length(value: Value) -> int:
@@ -346,6 +388,86 @@ class Index:
         # the live values' lengths, kept as records are published.
         self.sieve: Sieve | None = None
         self.live_bytes = 0
+        # The keys of the index snapshot not loaded yet (_snapshot.Cold), or None.
+        self.cold: Cold | None = None
+
+    def take_cold(self, cold: Cold | None) -> None:
+        """Serve the keys ``cold`` holds as if loaded: each on its first lookup
+        (``thaw``), all at once for a whole-index operation (``warm``).
+        REQUIRES: ``lock``, or nothing else using the index yet."""
+        values = self.values
+        self.cold = cold
+        if cold is None or not cold.left:
+            self.cold = None
+            values.thaw, values.warm, values.cold_left = _absent, _nothing, _none_left
+            return
+        values.thaw, values.warm = self._thaw, self.warm
+        values.cold_left = lambda: cold.left
+
+    def _thaw(self, key: Key) -> bytes:
+        """The key's value, loaded from the snapshot (``Values.__missing__``).
+
+        :raises KeyError: neither the index nor the snapshot holds the key.
+        """
+        values = self.values
+        if values.inherited():  # (a fork's parent may have held the lock: see Values)
+            cold = self.cold
+            found = None if cold is None else cold.peek(key)
+            if found is None:
+                raise KeyError(key)
+            return found
+        with self.lock:
+            now = values.peek(key)  # loaded meanwhile, or put
+            if now is None:
+                self._thaw_locked(key)
+                now = values.peek(key)
+        if now is None:
+            raise KeyError(key)
+        if isinstance(now, Mapped):
+            return values[key]  # (a file put meanwhile: through __missing__)
+        return now
+
+    def _thaw_locked(self, key: Key) -> None:
+        """Load the key from the snapshot, if it holds it and the index does not.
+        REQUIRES: ``lock``."""
+        cold = self.cold
+        if cold is None or key in self.meta:
+            return
+        values = self.values
+        found = cold.find(key)
+        if found is None:
+            return
+        i, value, meta, _expires = found
+        values.moves += 1  # (a count meanwhile sees the key in both or neither: it counts again)
+        cold.mark(i)
+        dict.__setitem__(values, key, value)
+        self.meta[key] = meta
+        values.moves += 1
+        if not cold.left:
+            self.take_cold(None)
+
+    def warm(self) -> None:
+        """Load every key the snapshot still holds (a whole-index operation)."""
+        if self.cold is None:
+            return
+        with self.lock:
+            self._warm_locked()
+
+    def _warm_locked(self) -> None:
+        """``warm``. REQUIRES: ``lock``."""
+        cold = self.cold
+        if cold is None:
+            return
+        values, meta = self.values, self.meta
+        values.moves += 1
+        try:
+            for key, value, packed, _expires in cold.take_all():
+                if key not in meta:
+                    dict.__setitem__(values, key, value)
+                    meta[key] = packed
+        finally:
+            values.moves += 1
+        self.take_cold(None)
 
     def track(self, sieve: Sieve) -> None:
         """Keep ``sieve`` and ``live_bytes`` from now on, starting from every live
@@ -365,6 +487,7 @@ class Index:
 
     def size(self, key: Key) -> int:
         """The length of the key's live value, 0 for none. REQUIRES: ``lock``."""
+        self._thaw_locked(key)
         value = self.values.peek(key)
         return 0 if value is None else length(value)
 
@@ -372,6 +495,7 @@ class Index:
         """Apply pin record ``seq``: pin (or unpin) the key's live value if it is
         numbered ``seq`` or below; returns whether it did. REQUIRES: as ``publish``."""
         with self.lock:
+            self._thaw_locked(key)
             meta = self.meta.get(key)
             if meta is None or seq_of(meta) > seq or self.gone.get(key, 0) > seq:
                 return False
@@ -447,6 +571,7 @@ class Index:
         (``_expiry`` catches up first), so none can come back after this."""
         values = self.values
         with self.lock:
+            self._thaw_locked(key)
             meta = self.meta.get(key)
             if meta is None or seq_of(meta) != seq or key not in self.expiry:
                 return False
@@ -498,6 +623,8 @@ class Index:
         values = self.values
         files = values.files
         with self.lock:
+            if self.cold is not None:
+                self._thaw_locked(key)
             old_meta = self.meta.get(key)
             seq = seq_of(meta)
             older = old_meta is not None and seq_of(old_meta) >= seq
@@ -579,6 +706,8 @@ class Index:
         what ``publish`` does. ``ahead``: applied by its writer before the
         follower passed it (see ``gone``). REQUIRES: as ``publish``."""
         with self.lock:
+            if self.cold is not None:
+                self._thaw_locked(key)
             old_meta = self.meta.get(key)
             self.book.add(segment, size, live=False)
             if (old_meta is not None and seq_of(old_meta) >= seq) or self.gone.get(key, 0) > seq:
@@ -591,7 +720,7 @@ class Index:
                 self.deleted[key] = Deleted(seq, segment, size)
         if keydir is not None:
             self.mark_dirty(keydir)
-        return self.publish(key, None, pack(seq, 0, 0))
+        return self.publish(key, None, pack(seq, 0, 0, 0))
 
     def replace(
         self,
@@ -603,6 +732,7 @@ class Index:
         expiry: dict[Key, int],
         notes: dict[Key, tuple[int, int]],
         pins: set[Key],
+        cold: Cold | None = None,
     ) -> None:
         """Take everything from a new recovery (``_follow``'s reload), in place:
         ``get`` keeps its dict, a lookup meanwhile sees a move under way.
@@ -620,7 +750,10 @@ class Index:
             self.pins = pins
             self.pin_said = {}
             self.set_expiry(expiry)
+            self.take_cold(cold)
             sieve = self.sieve
+            if sieve is not None:
+                self._warm_locked()  # (the cap orders every key)
             if sieve is not None:
                 for key in sieve.order():
                     if key not in meta:
@@ -647,6 +780,7 @@ class Index:
         index after this raises ``ClosedError``. REQUIRES: every stripe lock."""
         with self.lock:
             self.values = ClosedIndex(path)
+            self.cold = None
             self.meta = {}
             self.deleted = {}
             self.expiry, self.deadlines = {}, []

@@ -16,6 +16,7 @@ Crash policy, enforced where marked below:
 
 from __future__ import annotations
 
+import mmap
 import os
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -25,7 +26,7 @@ import xxhash
 
 from . import _clock, _filekinds
 from . import _format as F
-from ._index import FIELD_MASK, SEGMENT_SHIFT, SEQ_SHIFT, typed
+from ._index import OFFSET_SHIFT, SEGMENT_MASK, SEGMENT_SHIFT, SEQ_SHIFT, SIZE_MASK, typed
 from ._names import Key
 from ._problems import Problem
 from .errors import BlobCacheError, CorruptionError
@@ -141,7 +142,7 @@ class Framed(NamedTuple):
     codec: int  # CODEC_*: what the value's bytes (a version's: its file's) encode
 
 
-def _frame(data: bytes | memoryview, offset: int, head: int, path: str) -> Framed | None:
+def frame(data: bytes | memoryview | mmap.mmap, offset: int, head: int, path: str) -> Framed | None:
     """The whole record at ``offset``, or None if there is none there (torn,
     zeroed, not yet written, damaged).
 
@@ -180,7 +181,7 @@ def batch_end(data: bytes | memoryview, offset: int, head: int, path: str) -> in
     holding its first records, maybe whole; they are dropped with the rest.
     """
     while True:
-        record = _frame(data, offset, head, path)
+        record = frame(data, offset, head, path)
         if record is None:
             return None
         if not record.flags & F.FLAG_MORE:
@@ -201,7 +202,7 @@ def iter_records(data: bytes | memoryview, start: int, head: int, path: str) -> 
     offset = start
     whole = start  # the end of the last batch known whole
     while True:
-        record = _frame(data, offset, head, path)
+        record = frame(data, offset, head, path)
         if record is None:
             return
         if record.flags & F.FLAG_MORE and offset >= whole:
@@ -289,6 +290,7 @@ def replay(
     now: int,
     active: bool,
     salvage: bool,
+    base: int = 0,
 ) -> int:
     """Apply the segment's good records to ``values`` and ``meta`` (key -> the
     newest record's value, None for a delete, and its packed place, as the index
@@ -312,6 +314,10 @@ def replay(
     runs once per record at every open: a generator between them cost a third
     of the time. Names are bound to locals, and ``_index.pack`` spelled out,
     for the same reason.
+
+    ``base``: ``data`` holds the segment from that offset on (an open through
+    the index snapshot reads only what it does not cover), and its first record
+    starts there; 0: the whole segment, header included.
     """
     view = memoryview(data)
     unpack = _FIELDS.unpack_from
@@ -323,12 +329,12 @@ def replay(
     str_tag, tags = F.KEY_TAG_STR, (F.KEY_TAG_STR, F.KEY_TAG_BYTES)
     known_codecs = _CODECS
     setdefault = meta.setdefault
-    seq_shift, field = SEQ_SHIFT, FIELD_MASK
+    seq_shift, segment_mask, size_mask = SEQ_SHIFT, SEGMENT_MASK, SIZE_MASK
     number = info.number
     in_segment = number << SEGMENT_SHIFT
     here = 0  # live put bytes of this segment, added to live[number] at the end
     total = len(data)
-    offset = F.SEGMENT_HEADER.size
+    offset = F.SEGMENT_HEADER.size if not base else 0
     whole = offset  # the end of the last batch known whole
     max_seq = 0
     while offset < total:
@@ -388,7 +394,7 @@ def replay(
                 raw = data[key_at : key_at + klen]
                 key: Key = raw.decode() if tag == str_tag else raw
                 size = end - offset
-                packed = seq << seq_shift | in_segment | size
+                packed = seq << seq_shift | in_segment | (base + offset) << OFFSET_SHIFT | size
                 # One hash lookup for a key seen first (the common case), not two.
                 old = setdefault(key, packed)
                 if old is not packed:
@@ -396,10 +402,10 @@ def replay(
                         offset = end
                         continue
                     if values[key] is not None:  # the record superseded was a put
-                        if old >> SEGMENT_SHIFT & field == number:
-                            here -= old & field
+                        if old >> SEGMENT_SHIFT & segment_mask == number:
+                            here -= old & size_mask
                         else:
-                            live[old >> SEGMENT_SHIFT & field] -= old & field
+                            live[old >> SEGMENT_SHIFT & segment_mask] -= old & size_mask
                     meta[key] = packed
                     if expiry:
                         expiry.pop(key, None)
@@ -417,19 +423,25 @@ def replay(
                     deletes.append(key)
                 offset = end
                 continue
-        info.end = offset
-        _bad_record(data, info, offset, why, active=active, salvage=salvage)
+        _bad_record(data, info, offset, why, active=active, salvage=salvage, base=base)
         break
     else:
-        info.end = offset
+        info.end = base + offset
     live[number] = live.get(number, 0) + here
     return max_seq
 
 
 def _bad_record(
-    data: bytes, info: SegmentRead, offset: int, why: str, *, active: bool, salvage: bool
+    data: bytes,
+    info: SegmentRead,
+    offset: int,
+    why: str,
+    *,
+    active: bool,
+    salvage: bool,
+    base: int = 0,
 ) -> None:
-    info.end = offset
+    info.end = base + offset
     if active and data.count(0, offset) == len(data) - offset:
         info.zero_tail = len(data) - offset  # room the writer zero-filled ahead: the end
         return
@@ -446,10 +458,10 @@ def _bad_record(
             info.path,
             f"{why} in a sealed segment; open with salvage=True to drop the rest of this "
             "segment and keep going",
-            offset,
+            base + offset,
         )
     info.problems.append(
-        Problem(info.path, f"{why} at offset {offset}: dropped {len(data) - offset} bytes")
+        Problem(info.path, f"{why} at offset {base + offset}: dropped {len(data) - offset} bytes")
     )
 
 

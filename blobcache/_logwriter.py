@@ -26,6 +26,7 @@ from collections.abc import Callable
 
 from . import _filekinds, _fsio
 from . import _format as F
+from ._index import MAX_SEGMENT_NUMBER
 from ._log import segment_header, segment_name
 from ._names import Key
 from ._shared import SharedState
@@ -491,6 +492,11 @@ class LogWriter:
         and its torn tail as damage), and no field is trusted half changed.
         REQUIRES: the append flock; this thread owns the file.
         """
+        if self.number >= MAX_SEGMENT_NUMBER:  # the index packs it in 24 bits (_index.pack)
+            raise BlobCacheError(
+                f"log segment numbers are exhausted ({self.number} is the last): "
+                "copy the store's values into a new store"
+            )
         state = self.state
         state.pending = ROLLING
         if os.fstat(self._fd).st_size != state.appended:

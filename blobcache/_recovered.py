@@ -16,6 +16,7 @@ from . import _names as N
 from ._index import Deleted, Values
 from ._keydir import Record
 from ._problems import Problem
+from ._snapshot import Cold
 from .errors import CorruptionError
 
 
@@ -62,6 +63,15 @@ class Recovered:
     # handles, the end of what STATE says was appended (what lies past it is an
     # append under way, or a dead or failed one, and never anyone's to serve).
     bound: tuple[int, int] | None = None
+    # The keys the index snapshot holds that recovery did not need (_snapshot.Cold),
+    # loaded as they are looked up; None without a snapshot.
+    cold: Cold | None = None
+    # (segment, offset, max_seq) of the snapshot loaded, when nothing came after it.
+    snapshot_mark: tuple[int, int, int] | None = None
+    # How open used the snapshot: "loaded", "none", "stale: why", "damaged: why".
+    snapshot: str = "none"
+    # STATE's count of compactions the index's log positions are of (None: unknown).
+    generation: int | None = None
 
 
 def damage(result: Recovered, path: str, why: str, *, salvage: bool) -> Problem:

@@ -18,11 +18,12 @@ import os
 import stat
 from collections.abc import Callable
 
-from . import _clock, _filekinds, _fsio, _keydir, _log
+from . import _clock, _filekinds, _fsio, _keydir, _log, _snapshot
 from . import _format as F
 from . import _names as N
 from ._index import (
     IN_A_FILE,
+    MAX_SEGMENT_NUMBER,
     Deleted,
     Mapped,
     Values,
@@ -65,7 +66,22 @@ def recover(
     collecting = gc.isenabled()
     gc.disable()
     try:
-        _recover_into(result, root, blobs, blob_live, salvage=salvage)
+        try:
+            _recover_into(result, root, blobs, blob_live, salvage=salvage, snapshot=not salvage)
+        except _snapshot.Unusable as exc:
+            # Crash and trust policy: the snapshot only ever saves time. Whatever
+            # the reason it cannot stand for the log, the log is read whole.
+            removed = result.temps_removed  # (temp files the first reading removed)
+            result = Recovered(readonly=readonly, bound=bound, now=result.now)
+            result.temps_removed = removed
+            blob_live = {}
+            _recover_into(result, root, blobs, blob_live, salvage=salvage, snapshot=False)
+            why = f"index snapshot not used: {exc}; the log was replayed whole"
+            result.snapshot = ("damaged: " if exc.damaged else "stale: ") + str(exc)
+            if exc.damaged:
+                result.problems.append(Problem(_snapshot.path_of(root), why))
+            else:
+                log.info("blobcache: %s: %s", _snapshot.path_of(root), why)
     finally:
         if collecting:
             gc.enable()
@@ -75,7 +91,13 @@ def recover(
 
 
 def _recover_into(
-    result: Recovered, root: str, blobs: str, blob_live: dict[N.Key, Record], *, salvage: bool
+    result: Recovered,
+    root: str,
+    blobs: str,
+    blob_live: dict[N.Key, Record],
+    *,
+    salvage: bool,
+    snapshot: bool,
 ) -> None:
     logdir = os.path.join(root, F.LOG_DIR)
     for directory in (blobs, logdir):
@@ -88,10 +110,33 @@ def _recover_into(
     # round, a b- file committed between the listing and the reading of its
     # record (its segment sealed meanwhile, so read whole) would be missed, and
     # the follower, starting after that record, would never apply it.
-    values, meta = ({}, {}) if logdir in missing else _replay_log(logdir, result, salvage=salvage)
+    snap = _snapshot.load(root) if snapshot and logdir not in missing else None
+    values: dict[N.Key, bytes | None]
+    meta: dict[N.Key, int]
+    if logdir in missing:
+        values, meta = {}, {}
+    elif snap is not None:
+        values, meta = _replay_after(logdir, result, snap)
+        result.snapshot = "loaded"
+    else:
+        # No snapshot is no damage (a process killed before its first close, a
+        # store of an older blobcache): not a problem, only slower; stats say so.
+        values, meta = _replay_log(logdir, result, salvage=salvage)
+    # The keys of the directories the snapshot knows: their key files go unread.
+    known = (
+        {}
+        if snap is None
+        else {
+            N.key_hash(*N.encode_key(key)): key
+            for key in (*(f[0] for f in snap.files), *(t[0] for t in snap.tombstones))
+        }
+    )
     if blobs not in missing:
         for keydir in iter_key_dirs(blobs, result.problems, result.empty_fanouts):
-            _admit(result, _keydir.scan_key_dir(keydir), blob_live)
+            scan = _keydir.scan_key_dir(keydir, known.get(os.path.basename(keydir)))
+            _admit(result, scan, blob_live)
+    if snap is not None:
+        _thaw_for_files(result, snap, blob_live, values, meta)
     # A segment without a header yet (a writer killed right after creating it)
     # has no records, so replay never counted its live bytes: zero, not missing.
     for number in result.segment_total:
@@ -174,6 +219,193 @@ def _replay_log(
     return values, meta
 
 
+def _replay_after(
+    logdir: str, result: Recovered, snap: _snapshot.Snapshot
+) -> tuple[dict[N.Key, bytes | None], dict[N.Key, int]]:
+    """``_replay_log`` through the index snapshot: what it covers is taken from
+    it (its keys left in ``result.cold``, loaded as they are looked up), and only
+    the records after it are read, by the same rule.
+
+    :raises _snapshot.Unusable: it does not fit the log as it is now.
+    """
+    listed = _segment_numbers(logdir, result)
+    floor = _compacted_floor(logdir, listed)
+    covered = [c.number for c in snap.segments]
+    if (
+        not covered
+        or covered[-1] != snap.segment
+        or [n for n in listed if n <= snap.segment] != covered
+        or floor > snap.segment
+    ):
+        raise _snapshot.Unusable("the log's segments are not those it covers (compacted since?)")
+    bound = result.bound
+    if bound is not None and (bound[0], bound[1]) < (snap.segment, snap.offset):
+        raise _snapshot.Unusable("it covers more of the log than was appended")
+    inodes: dict[int, int] = {}
+    maps = _snapshot.map_segments(logdir, snap, inodes)
+    cold = _snapshot.Cold(snap, maps)
+    values: dict[N.Key, bytes | None] = {}
+    meta: dict[N.Key, int] = {}
+    now = result.now
+    for c in snap.segments:
+        result.segment_total[c.number] = c.total
+        result.segment_live[c.number] = c.live
+        if c.number != snap.segment:
+            path = os.path.join(logdir, _log.segment_name(c.number))
+            result.segments.append(
+                _log.SegmentRead(
+                    path,
+                    c.number,
+                    compacted=bool(c.flags & F.SEGMENT_FLAG_COMPACTED),
+                    end=c.end,
+                    size=c.end,
+                    head=c.head,
+                    inode=inodes[c.number],
+                )
+            )
+    # Deletes the key directories need (older versions may lie there), as replay
+    # leaves them: None, and among the deletes for _merge.
+    for key, seq, segment, size in snap.tombstones:
+        values[key] = None
+        meta[key] = pack(seq, segment, 0, size)
+        result.log_deletes.append(key)
+    for key, seq in snap.pins:
+        result.pin_says[key] = seq
+    for _key, seq, expires, codec, note_segment, note_size in snap.files:
+        # (segment 0: its note was never booked live, as a fresh version's: _merge)
+        result.noted[seq] = (expires, note_segment, note_size, codec)
+    result.blob_over_log.update(snap.blob_over_log)
+    # Values that expire or are pinned: loaded now (the expiry heap and the pins
+    # hold every one); one expired since reads as a delete, as replay reads it.
+    for key, value, packed, expires in cold.take_all(eager_only=True):
+        meta[key] = packed
+        if expires and expires <= now:
+            values[key] = None
+            result.log_deletes.append(key)
+            result.segment_live[segment_of(packed)] -= size_of(packed)
+        else:
+            values[key] = value
+            if expires:
+                result.expiry[key] = expires
+    result.max_seq = max(result.max_seq, snap.max_seq)
+    numbers = [n for n in listed if n >= snap.segment]
+    for number in numbers:
+        active = number == numbers[-1]
+        path = os.path.join(logdir, _log.segment_name(number))
+        base = snap.offset if number == snap.segment else 0
+        info, data = _read_from(path, number, base, inodes.get(number), active=active)
+        if bound is not None and bound[0] == number and active and not info.compacted:
+            data = data[: max(bound[1] - base, 0 if base else F.SEGMENT_HEADER.size)]
+        if data:
+            seen = _log.replay(
+                data,
+                info,
+                values,
+                meta,
+                result.segment_live,
+                result.log_deletes,
+                result.expiry,
+                result.noted,
+                result.pin_says,
+                now=now,
+                active=active,
+                salvage=False,
+                base=base,
+            )
+            result.max_seq = max(result.max_seq, seen)
+        elif base:
+            info.end = base
+        result.segments.append(info)
+        if number != snap.segment or data:
+            result.segment_total[number] = info.end - F.SEGMENT_HEADER.size if info.end else 0
+        result.problems.extend(info.problems)
+        if result.readonly:
+            result.torn_bytes += info.cut
+    # A record read after the snapshot supersedes the key's record in it (or, if
+    # older, is not live: the snapshot's stays).
+    live = result.segment_live
+    for key in list(meta):
+        found = cold.take(key)
+        if found is None:
+            continue
+        value, packed, _expires = found
+        if seq_of(packed) >= seq_of(meta[key]):
+            newer = meta[key]
+            if values[key] is not None:
+                live[segment_of(newer)] -= size_of(newer)
+            values[key], meta[key] = value, packed
+        else:
+            live[segment_of(packed)] -= size_of(packed)
+    _check_no_gap(logdir, listed, floor, result, salvage=False)
+    result.cold = cold
+    last = result.segments[-1]
+    if last.number == snap.segment and last.end == snap.offset:
+        result.snapshot_mark = (snap.segment, snap.offset, snap.max_seq)
+    return values, meta
+
+
+def _read_from(
+    path: str, number: int, base: int, inode: int | None, *, active: bool
+) -> tuple[_log.SegmentRead, bytes]:
+    """A segment's bytes from ``base`` on (all of it, header checked, for 0).
+    ``inode``: the file checked against the snapshot, if it was.
+
+    :raises FileNotFoundError: it is another file now (a compaction in another
+        process replaced it since it was checked): the caller reads again.
+    """
+    if not base:
+        info, data = _log.read_segment(path, number, active=active, salvage=False)
+        if inode is not None and info.inode != inode:
+            raise FileNotFoundError(errno.ENOENT, "segment replaced while read", path)
+        return info, data
+    with os.fdopen(_filekinds.open_regular(path), "rb") as f:
+        head = f.read(F.SEGMENT_HEADER.size)
+        st = os.fstat(f.fileno())
+        if inode is not None and st.st_ino != inode:
+            raise FileNotFoundError(errno.ENOENT, "segment replaced while read", path)
+        flags = _log.header_flags(head)
+        if flags is None:
+            raise _snapshot.Unusable(f"segment {number}'s header is not what it was")
+        data = os.pread(f.fileno(), max(st.st_size - base, 0), base)
+    info = _log.SegmentRead(path, number, size=st.st_size, inode=st.st_ino)
+    info.compacted = bool(flags & F.SEGMENT_FLAG_COMPACTED)
+    info.head = _log.header_size(head)
+    return info, data
+
+
+def _thaw_for_files(
+    result: Recovered,
+    snap: _snapshot.Snapshot,
+    blob_live: dict[N.Key, Record],
+    values: dict[N.Key, bytes | None],
+    meta: dict[N.Key, int],
+) -> None:
+    """Before ``_merge``: load from the snapshot the keys that have a version
+    file, so the one rule weighs them; and check the snapshot accounts for
+    every version numbered within what it covers.
+
+    :raises _snapshot.Unusable: a version file it cannot account for (one whose
+        key it says nothing of, numbered below its highest: a delete it dropped
+        may have superseded it), or one it names that is gone.
+    """
+    cold = result.cold
+    assert cold is not None
+    known = {key: seq for key, seq, *_ in snap.files}
+    for key, record in blob_live.items():
+        if key not in meta:
+            found = cold.take(key)
+            if found is not None:
+                values[key], meta[key], _ = found
+        if record.seq > snap.max_seq or key in meta:
+            continue
+        seen = known.get(key)
+        if seen is None or record.seq < seen:
+            raise _snapshot.Unusable(f"it does not account for the version {record.path}")
+    for key in known:
+        if key not in blob_live and key not in meta:
+            raise _snapshot.Unusable(f"a version it names of {key!r} is gone")
+
+
 def _remove_replaced(root: str, logdir: str, numbers: list[int]) -> None:
     """Delete the segments a COMPACTED one replaced (its compaction was killed
     before it deleted them), unless a compaction is running in another process:
@@ -254,6 +486,10 @@ def _segment_numbers(logdir: str, result: Recovered) -> list[int]:
                     Problem(entry.path, _filekinds.misplaced(kind, "a regular file"))
                 )
             elif number is not None:
+                if number > MAX_SEGMENT_NUMBER:  # never written: see LogWriter._roll
+                    raise CorruptionError(
+                        entry.path, f"segment number {number} is above {MAX_SEGMENT_NUMBER}"
+                    )
                 numbers.append(number)
             elif not result.readonly and remove_orphan_temp(entry.path) is not None:
                 result.temps_removed += 1  # a compaction output never published
@@ -347,11 +583,12 @@ def _merge(
             if note is not None and (expires or pinned or N.is_batch_version(record.path)):
                 # The record this file counts by is live too (compaction keeps it).
                 _, segment, size, _codec = note
-                result.segment_live[segment] = result.segment_live.get(segment, 0) + size
-                result.notes[key] = (segment, size)
+                if segment:  # (0: the snapshot's, of a note booked stale: _snapshotwrite)
+                    result.segment_live[segment] = result.segment_live.get(segment, 0) + size
+                    result.notes[key] = (segment, size)
             # A typed file is always a b- one: its codec is in its record.
             files[key] = Mapped(record, note[3] if note is not None else F.CODEC_RAW)
-            meta[key] = pack(record.seq, IN_A_FILE, 0)
+            meta[key] = pack(record.seq, IN_A_FILE, 0, 0)
         else:  # superseded by a log record: the whole key directory is garbage
             result.dirty.add(os.path.dirname(record.path))
     for key in set(result.log_deletes):

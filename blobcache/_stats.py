@@ -8,7 +8,7 @@ from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING, Any
 
 from . import _names as N
-from ._index import Index, Mapped, length, seq_of
+from ._index import Index, Mapped, Value, length, seq_of
 from ._options import Durability
 
 if TYPE_CHECKING:
@@ -32,6 +32,10 @@ class Stats:
     problems: int  # unusable files reported at open (see ``BlobCache.problems``)
     temps_removed_at_open: int  # orphaned temp files of crashed puts, deleted by recovery
     torn_bytes_at_open: int  # a torn log tail (a crash mid-write) cut off at open
+    # How open used the index snapshot (INDEX): "loaded"; "none" (there was none:
+    # no close since the store's first puts, or salvage); "stale: why" (a crash
+    # between a compaction and its snapshot); "damaged: why" (also in problems).
+    snapshot_at_open: str = "none"
     max_bytes: int | None = None  # the cap this handle keeps (None: unbounded)
     pinned_keys: int = 0  # live keys pinned (never evicted)
     evicted: int = 0  # keys this handle evicted to keep under max_bytes, since its open
@@ -55,21 +59,26 @@ class Stats:
         temps_removed_at_open: int,
         torn_bytes_at_open: int,
     ) -> Stats:
-        values = [value for _, value in index.values.stored_now()]
         writer = writes.held.writer
         cap = writes.cap
         # No lock in a forked child, where no thread changes the book (the child
         # cannot write) and a parent thread may have held it at the fork.
         inherited = writes.held.inherited()
         with contextlib.nullcontext() if inherited else index.lock:
+            # The keys the snapshot holds still count without being loaded (all
+            # of them values in the log): statistics never load the index.
+            values: list[Value] = [*dict.values(index.values), *index.values.files.values()]
+            cold = index.cold
+            cold_keys = 0 if cold is None else cold.left
+            cold_bytes = 0 if cold is None else cold.untaken_bytes()
             stale, total = index.book.stale()
             segments = len(index.book.total.keys() | ({writer.number} if writer else set()))
         return cls(
             path=writes.path,
             durability=writes.options.durability,
-            keys=len(values),
-            live_bytes=sum(map(length, values)),
-            inline_keys=sum(1 for v in values if type(v) is not Mapped),
+            keys=len(values) + cold_keys,
+            live_bytes=sum(map(length, values)) + cold_bytes,
+            inline_keys=sum(1 for v in values if type(v) is not Mapped) + cold_keys,
             next_seq=writes.next_seq(),
             segments=segments,
             log_record_bytes=total,

@@ -475,7 +475,7 @@ class Writes:
             # put as a file back in the log: the older record).
             follower.settle()
             return False
-        return self._stale(change.apply(self.index, seq, segment, size, ahead=True))
+        return self._stale(change.apply(self.index, seq, segment, offset, size, ahead=True))
 
     def put_chunks(
         self,

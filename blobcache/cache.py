@@ -188,6 +188,9 @@ class BlobCache(MutableMapping[N.Key, Value]):
         self._index.set_expiry(found.expiry)
         self._index.notes = found.notes
         self._index.pins = found.pins
+        self._index.take_cold(found.cold)
+        if max_bytes is not None or remote is not None:
+            self._index.warm()  # (the cap orders every key; the tier walks them)
         self._values = found.values  # get's one lookup; a ClosedIndex once closed
         self._writes = Writes(
             self._path, options, self._held, self._index, found.max_seq, found.key_dirs
@@ -218,9 +221,12 @@ class BlobCache(MutableMapping[N.Key, Value]):
         self._garbage = Garbage(
             self._writes, self._reads, set(found.dirty), found.blob_over_log, salvaged=salvaged
         )
+        self._garbage.snapshot_mark = found.snapshot_mark
+        self._garbage.generation = found.generation
         self._problems = tuple(found.problems)
         self._temps_removed_at_open = found.temps_removed
         self._torn_bytes_at_open = found.torn_bytes
+        self._snapshot_at_open = found.snapshot
         writer = self._held.writer
         if writer is not None:
             book.add(writer.number, 0, live=False)
@@ -548,7 +554,9 @@ class BlobCache(MutableMapping[N.Key, Value]):
         state = self._held.state
         live = self._held.writer is not None or _storedir.handles_open(self._path)
         bound = state.bound() if state is not None and live else None
+        generation = state.generation if state is not None else None  # (before the reading)
         found = _held.recover_beside(self._path, self._options.salvage, readonly=True, bound=bound)
+        self._garbage.generation = generation
         self._writes.key_dirs.update(found.key_dirs)  # (the set the parts share)
         # Versions it found that won over a log record: compaction makes them
         # durable before it drops that record, as for those found at open.
@@ -562,6 +570,7 @@ class BlobCache(MutableMapping[N.Key, Value]):
             found.expiry,
             found.notes,
             found.pins,
+            found.cold,
         )
         return _follow_from(found, None)
 
@@ -1004,7 +1013,9 @@ class BlobCache(MutableMapping[N.Key, Value]):
             temps_removed_at_open=self._temps_removed_at_open,
             torn_bytes_at_open=self._torn_bytes_at_open,
         )
-        return dataclasses.replace(stats, **_tier.describe(self._tier))
+        return dataclasses.replace(
+            stats, snapshot_at_open=self._snapshot_at_open, **_tier.describe(self._tier)
+        )
 
     def _inventory(self) -> Inventory:
         """What ``blobcache stats | verify | gc`` read of this handle: all of it."""
@@ -1035,6 +1046,7 @@ class BlobCache(MutableMapping[N.Key, Value]):
         with self._garbage.compact_lock, self._writes.all_stripes():
             if self._writes.closed:
                 return
+            self._garbage.write_snapshot()  # (never raises: the next open replays the log)
             self._writes.closed = True
             self._values = ClosedIndex(self._path)
             self._index.close(self._path)

@@ -462,8 +462,8 @@ def test_an_open_beside_a_batch_committed_while_it_reads_finds_it_whole(
     real = _keydir.scan_key_dir
     done: list[bool] = []
 
-    def between(keydir: str) -> _keydir.KeyDirScan:
-        scan = real(keydir)
+    def between(keydir: str, known: object = None) -> _keydir.KeyDirScan:
+        scan = real(keydir, known)  # type: ignore[arg-type]
         if not done:  # right after the recovery under test listed big's directory
             done.append(True)
             with writer.batch() as b:

@@ -340,11 +340,11 @@ def test_a_pin_applied_ahead_outlives_an_older_put_read_later() -> None:
     process's put of the key (20, no PINNED bit): the put is older than the pin,
     so the key stays pinned, as a reopen would find it; a newer put decides."""
     index = Index(Values({}, {}), {}, {}, SegmentBook({}, {}), set(), threading.Event())
-    index.publish("k", b"v", pack(5, 1, 30))
+    index.publish("k", b"v", pack(5, 1, 16, 30))
     assert index.set_pin("k", 21, True)
-    index.publish("k", b"w", pack(20, 1, 30))  # the other's, read late
+    index.publish("k", b"w", pack(20, 1, 46, 30))  # the other's, read late
     assert "k" in index.pins
-    index.publish("k", b"x", pack(22, 1, 30))  # newer than the pin record, unpinned
+    index.publish("k", b"x", pack(22, 1, 76, 30))  # newer than the pin record, unpinned
     assert "k" not in index.pins and not index.pin_said
     assert not index.set_pin("k", 21, True)  # stale: older than the live record
     assert "k" not in index.pins

@@ -9,6 +9,7 @@ import pytest
 from blobcache import BlobCache, CorruptionError, _fsio, _keydir
 from blobcache import _format as F
 from blobcache import _names as N
+from blobcache._maintenance import verify
 from tests.conftest import file_of, flip_bit, truncate, versions
 
 
@@ -116,6 +117,12 @@ def test_corrupt_key_file_is_reported_with_its_path(store: str) -> None:
         c.put("k", b"value")
         key_file = os.path.join(os.path.dirname(file_of(c, "k")), F.KEY_FILE_NAME)
     flip_bit(key_file, F.KEY_FILE_HEADER.size)  # inside the key bytes
+    # An open through the index snapshot, which knows the key, does not read the
+    # key file again (issue 18): serves the key, and verify reports the file.
+    with BlobCache(store, inline_limit=0) as c:
+        assert c["k"] == b"value" and c.problems == ()
+    assert [p.path for p in verify(store)] == [key_file]
+    os.unlink(os.path.join(store, F.SNAPSHOT_NAME))  # as after a crash before any close
     with BlobCache(store, inline_limit=0) as c:
         assert "k" not in c
         assert c.problems[0].path == key_file

@@ -393,14 +393,46 @@ class BlobCacheModel(RuleBasedStateMachine):
 
     # --- invariants ------------------------------------------------------------
 
+    @rule(
+        key=keys,
+        value=st.one_of(st.none(), values),
+        durability=durabilities,
+        without=st.booleans(),
+    )
+    def reopen_then_write(
+        self, key: Key, value: bytes | None, durability: Durability, without: bool
+    ) -> None:
+        """Reopen through the index snapshot (or, ``without``, around it: as after a
+        crash before any close) and write a key before any lookup: the write
+        must find the key's record in the snapshot (issue 18)."""
+        self.c.close()
+        self.cache = None
+        if without:
+            os.unlink(os.path.join(self.store, F.SNAPSHOT_NAME))
+        self.open(durability, self.limit, 0.5)
+        assert self.c.stats().snapshot_at_open == ("none" if without else "loaded")
+        if value is None:
+            self.c.delete(key)
+            self.record_delete(key)
+        else:
+            self.c.put(key, value)
+            self.record_put(key, value)
+
     @invariant()
     def matches_model(self) -> None:
         if self.cache is None:
             return
         assert len(self.c) == len(self.model)
+        # Each key looked up before any whole-index call: after a reopen, each is
+        # found in the snapshot by its own lookup.
+        absent = "no such key" if "no such key" not in self.model else b"no such key"
+        assert self.c.get(absent) is None
+        self.check_values()
         listed = list(self.c)
         assert len(listed) == len(set(listed))
         assert set(listed) == set(self.model)
+
+    def check_values(self) -> None:
         for key, value in self.model.items():
             got = self.c[key]
             if key in self.inline:  # (a typed value's bytes are a bytes subclass)

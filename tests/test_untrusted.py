@@ -493,7 +493,14 @@ def test_what_an_interrupted_init_leaves_is_finished(
     with BlobCache(tmp_path) as cache:
         cache.put("k", b"v")
     names = set(os.listdir(tmp_path))
-    assert names == {F.MARKER_NAME, F.LOCK_NAME, F.STATE_NAME, F.LOG_DIR, F.BLOBS_DIR}
+    assert names == {
+        F.MARKER_NAME,
+        F.LOCK_NAME,
+        F.STATE_NAME,
+        F.SNAPSHOT_NAME,
+        F.LOG_DIR,
+        F.BLOBS_DIR,
+    }
     with BlobCache(tmp_path, readonly=True) as reader:
         assert reader.get("k") == b"v"
 
@@ -525,7 +532,7 @@ def test_an_init_killed_before_its_marker_is_published_is_finished(tmp_path: Pat
     with BlobCache(store) as cache:
         cache.put("k", b"v")
     assert sorted(os.listdir(store)) == sorted(
-        [F.MARKER_NAME, F.LOCK_NAME, F.STATE_NAME, F.LOG_DIR, F.BLOBS_DIR]
+        [F.MARKER_NAME, F.LOCK_NAME, F.STATE_NAME, F.SNAPSHOT_NAME, F.LOG_DIR, F.BLOBS_DIR]
     )
 
 
@@ -617,6 +624,10 @@ def _owned_by_nobody(store: str) -> None:
 def test_an_unreadable_key_file_is_reported_and_its_key_absent(shared_tmp: Path) -> None:
     store = str(shared_tmp / "store")
     key_file = _make_store(store)["key file"]
+    # An open through the index snapshot, which knows the key, does not read its
+    # key file (issue 18): this is the open that does (as verify's, or one after a
+    # crash before any close).
+    os.unlink(os.path.join(store, F.SNAPSHOT_NAME))
     _owned_by_nobody(store)
     os.chmod(key_file, 0)
     assert _as_nobody(lambda: os.access(key_file, os.R_OK)) is False

@@ -1,0 +1,180 @@
+"""Writing the index snapshot (``INDEX``): see ``_snapshot`` for what it is and how it is read.
+
+Written by ``close()``, ``gc()`` and compaction, never by a put: the index is
+captured under the follower's and the index's locks (so it is exactly what the
+log says up to the follower's position), then written whole and durably
+(``_fsio.write_file_atomically``). With "os" durability the log is synced
+first (the caller's ``sync``): a snapshot never names a record a power cut
+could take back.
+"""
+
+from __future__ import annotations
+
+import marshal
+import os
+from array import array
+from collections.abc import Callable
+
+import xxhash
+
+from . import _clock, _fsio, _log
+from . import _format as F
+from . import _names as N
+from ._follow import Follower
+from ._index import IN_A_FILE, ClosedIndex, Index, Mapped, offset_of, segment_of, seq_of
+from ._snapshot import hash_key, tail_sum
+
+_PLACE = F.SNAPSHOT_PLACE_SHIFT
+
+
+def write(
+    root: str,
+    index: Index,
+    follower: Follower,
+    blob_over_log: dict[N.Key, str],
+    max_seq: int,
+    unchanged: Callable[[], bool],
+) -> bool:
+    """Capture the index as the log has it up to the follower's position, and
+    write it as the store's snapshot; return whether it was written: not when
+    this process's records were applied ahead of the follower (then the index is
+    not what any log position says), nor when the log's segments cannot be read
+    (the next open replays the log: the snapshot is never a source).
+    ``max_seq``: no number was handed out above it; ``unchanged()``: no
+    compaction began since before the capture (checked once the segments are
+    read: a compaction's output read with an index of before would make a
+    snapshot that fits the log and names the wrong places). REQUIRES: the log
+    synced up to the follower's position (a snapshot names only durable records).
+    """
+    logdir = os.path.join(root, F.LOG_DIR)
+    with follower.lock:
+        writer = follower.writer
+        if writer is not None and writer.ahead:
+            return False
+        at_segment, at_offset = follower.segment, follower.offset
+        with index.lock:
+            if isinstance(index.values, ClosedIndex):
+                return False
+            captured = _capture(index, at_segment)
+    hashes, entries, eager, tombstones, files, pins, book = captured
+    # Every segment up to the follower's, as the directory lists them (one may
+    # hold no record the book counts), from the newest COMPACTED one on.
+    listed = sorted(
+        n
+        for n in map(_log.parse_segment_name, os.listdir(logdir))
+        if n is not None and n <= at_segment
+    )
+    segments: list[bytes] = []
+    for number in listed:
+        path = os.path.join(logdir, _log.segment_name(number))
+        try:
+            with open(path, "rb") as f:
+                head = f.read(F.SEGMENT_HEADER.size)
+                end = at_offset if number == at_segment else os.fstat(f.fileno()).st_size
+                tail = tail_sum(f.fileno(), end)
+        except FileNotFoundError:
+            return False
+        flags = _log.header_flags(head)
+        if flags is None:
+            return False
+        if flags & F.SEGMENT_FLAG_COMPACTED:
+            segments.clear()  # replaced by this one (a compaction killed before it deleted them)
+        total, live = book.get(number, (0, 0))
+        segments.append(
+            F.SNAPSHOT_SEGMENT.pack(number, tail, end, total, live, _log.header_size(head), flags)
+        )
+    if not segments or listed[-1] != at_segment or not unchanged():
+        return False
+    order = sorted(range(len(hashes)), key=hashes.__getitem__)
+    sorted_hashes = array("Q", [hashes[i] for i in order]).tobytes()
+    body = sorted_hashes + b"".join([entries[i] for i in order])
+    eager_set = set(eager)
+    eager_at = [at for at, i in enumerate(order) if i in eager_set] if eager_set else []
+    extra = marshal.dumps((tombstones, files, pins, dict(blob_over_log), eager_at), 4)
+    table = b"".join(segments)
+    fields = (
+        F.SNAPSHOT_MAGIC,
+        F.SNAPSHOT_VERSION,
+        at_segment,
+        at_offset,
+        max_seq,
+        _clock.now_ms(),
+        len(segments),
+        len(hashes),
+        len(extra),
+        xxhash.xxh3_64_intdigest(table),
+        xxhash.xxh3_64_intdigest(body),
+        xxhash.xxh3_64_intdigest(extra),
+    )
+    unsummed = F.SNAPSHOT_HEADER.pack(*fields, 0)[:-8]
+    header = unsummed + xxhash.xxh3_64_intdigest(unsummed).to_bytes(8, "little")
+    _fsio.write_file_atomically(
+        root, F.SNAPSHOT_NAME, header + table + body + extra, replacing=True
+    )
+    return True
+
+
+def _capture(
+    index: Index, at_segment: int
+) -> tuple[
+    array[int],
+    list[bytes],
+    list[int],
+    list[tuple[N.Key, int, int, int]],
+    list[tuple[N.Key, int, int, int, int, int]],
+    list[tuple[N.Key, int]],
+    dict[int, tuple[int, int]],
+]:
+    """What the snapshot holds, from the index. REQUIRES: ``Index.lock``."""
+    values = index.values
+    files_of = values.files
+    expiry, pins, notes = index.expiry, index.pins, index.notes
+    entry = F.SNAPSHOT_ENTRY.pack
+    hashes: array[int] = array("Q")
+    entries: list[bytes] = []
+    eager: list[int] = []  # which entries are flagged SNAPSHOT_EAGER
+    files: list[tuple[N.Key, int, int, int, int, int]] = []
+    for key, meta in index.meta.items():
+        segment = segment_of(meta)
+        if segment == IN_A_FILE:
+            mapped = files_of.get(key)
+            if isinstance(mapped, Mapped):
+                note = notes.get(key, (0, 0))
+                files.append(
+                    (key, seq_of(meta), expiry.get(key, 0), mapped.codec, note[0], note[1])
+                )
+            continue
+        flags = F.SNAPSHOT_EAGER if key in expiry or key in pins else 0
+        if flags:
+            eager.append(len(hashes))
+        hashes.append(hash_key(*N.encode_key(key)))
+        entries.append(
+            entry(
+                seq_of(meta),
+                segment << _PLACE | offset_of(meta),
+                flags << _PLACE | len(dict.__getitem__(values, key)),
+            )
+        )
+    cold = index.cold
+    if cold is not None:
+        for h, raw in cold.untaken():
+            if F.SNAPSHOT_ENTRY.unpack(raw)[2] >> _PLACE & F.SNAPSHOT_EAGER:
+                eager.append(len(hashes))
+            hashes.append(h)
+            entries.append(raw)
+    tombstones = [(k, d.seq, d.segment, d.size) for k, d in index.deleted.items()]
+    said = index.pin_said
+    pin_list = [
+        (k, said[k][0] if k in said else seq_of(index.meta[k])) for k in pins if k in index.meta
+    ]
+    book = {
+        n: (index.book.total.get(n, 0), index.book.live.get(n, 0))
+        for n in index.book.total
+        if n <= at_segment
+    }
+    # A file's note is booked live by the open that loads this (_recovery._merge).
+    for segment, size in notes.values():
+        if segment in book:
+            total, live = book[segment]
+            book[segment] = (total, live - size)
+    return hashes, entries, eager, tombstones, files, pin_list, book
