@@ -359,6 +359,9 @@ class Garbage:
         output = active - 1
         writes.follower.catch_up()
         with index.lock:
+            # Every live record, the catch-up's rebuild's too (Index.replace keeps a
+            # loaded index loaded; this says so where the inputs are chosen).
+            index._warm_locked()
             index.book.add(active, 0, live=False)
             index.book.add(output, 0, live=False)  # sealed here, maybe empty
             inputs = sorted(n for n in index.book.total if n < active)

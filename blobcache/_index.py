@@ -245,6 +245,7 @@ def _none_left() -> int:
 # its key and header, segment numbers checked by ``check_segment_number``), so
 # the int is no bigger than it was without it (five 30-bit digits below seq
 # 2**26).
+WARM_STEP: Final = 4096  # entries Index.warm loads per hold of the lock
 SIZE_BITS: Final = 40
 OFFSET_BITS: Final = 40
 SEGMENT_BITS: Final = 24
@@ -410,22 +411,26 @@ class Index:
         :raises KeyError: neither the index nor the snapshot holds the key.
         """
         values = self.values
-        if values.inherited():  # (a fork's parent may have held the lock: see Values)
-            cold = self.cold
-            found = None if cold is None else cold.peek(key)
-            if found is None:
-                raise KeyError(key)
-            return found
-        with self.lock:
-            now = values.peek(key)  # loaded meanwhile, or put
-            if now is None:
-                self._thaw_locked(key)
-                now = values.peek(key)
-        if now is None:
+        cold = self.cold
+        # Looked up without the lock: an answer of "not held" stays true (entries
+        # are only ever taken; one taken meanwhile is in a dict, and a reader that
+        # missed sees ``moves`` changed and looks again).
+        if cold is None:
             raise KeyError(key)
-        if isinstance(now, Mapped):
-            return values[key]  # (a file put meanwhile: through __missing__)
-        return now
+        found = cold.find(key)
+        if found is None:
+            raise KeyError(key)
+        if values.inherited():  # (a fork's parent may have held the lock: see Values)
+            return found[1]
+        with self.lock:
+            if not self._take(cold, key, found):  # (taken meanwhile, or put)
+                now = values.peek(key)
+                if now is None:
+                    raise KeyError(key)
+                if isinstance(now, Mapped):
+                    return values[key]  # (a file put meanwhile: through __missing__)
+                return now
+        return found[1]
 
     def _thaw_locked(self, key: Key) -> None:
         """Load the key from the snapshot, if it holds it and the index does not.
@@ -433,11 +438,18 @@ class Index:
         cold = self.cold
         if cold is None or key in self.meta:
             return
-        values = self.values
         found = cold.find(key)
-        if found is None:
-            return
+        if found is not None:
+            self._take(cold, key, found)
+
+    def _take(self, cold: Cold, key: Key, found: tuple[int, bytes, int, int]) -> bool:
+        """Move ``found``, the entry of ``key`` in ``cold``, into the index, unless
+        it was taken (or the key put) since it was found; returns whether it did.
+        REQUIRES: ``lock``."""
         i, value, meta, _expires = found
+        if cold is not self.cold or cold.taken[i] or key in self.meta:
+            return False
+        values = self.values
         values.moves += 1  # (a count meanwhile sees the key in both or neither: it counts again)
         cold.mark(i)
         dict.__setitem__(values, key, value)
@@ -445,29 +457,43 @@ class Index:
         values.moves += 1
         if not cold.left:
             self.take_cold(None)
+        return True
 
     def warm(self) -> None:
-        """Load every key the snapshot still holds (a whole-index operation)."""
-        if self.cold is None:
-            return
-        with self.lock:
-            self._warm_locked()
+        """Load every key the snapshot still holds (a whole-index operation).
 
-    def _warm_locked(self) -> None:
-        """``warm``. REQUIRES: ``lock``."""
+        A few thousand at a time, the lock let go between: a million take
+        seconds, and puts (and first lookups) wait for the lock meanwhile."""
+        start = 0
+        while True:
+            with self.lock:
+                cold = self.cold
+                if cold is None:
+                    return
+                stop = min(start + WARM_STEP, len(cold.taken))
+                self._warm_locked(start, stop)
+                if stop == len(cold.taken):
+                    self.take_cold(None)
+                    return
+            start = stop
+
+    def _warm_locked(self, start: int = 0, stop: int | None = None) -> None:
+        """Load the snapshot's entries ``start`` to ``stop`` (all: None) not taken
+        yet; with all, the snapshot is done with. REQUIRES: ``lock``."""
         cold = self.cold
         if cold is None:
             return
         values, meta = self.values, self.meta
         values.moves += 1
         try:
-            for key, value, packed, _expires in cold.take_all():
+            for key, value, packed, _expires in cold.take_all(start=start, stop=stop):
                 if key not in meta:
                     dict.__setitem__(values, key, value)
                     meta[key] = packed
         finally:
             values.moves += 1
-        self.take_cold(None)
+        if stop is None:
+            self.take_cold(None)
 
     def track(self, sieve: Sieve) -> None:
         """Keep ``sieve`` and ``live_bytes`` from now on, starting from every live
@@ -750,10 +776,15 @@ class Index:
             self.pins = pins
             self.pin_said = {}
             self.set_expiry(expiry)
+            was_warm = self.cold is None
             self.take_cold(cold)
             sieve = self.sieve
-            if sieve is not None:
-                self._warm_locked()  # (the cap orders every key)
+            if sieve is not None or was_warm:
+                # An index once loaded stays so: a whole-index operation under way
+                # (compaction, the janitor) read it whole, and must not find keys
+                # gone back to the snapshot (the review found compaction dropping
+                # them); and the cap orders every key.
+                self._warm_locked()
             if sieve is not None:
                 for key in sieve.order():
                     if key not in meta:

@@ -321,6 +321,13 @@ def _replay_after(
         result.problems.extend(info.problems)
         if result.readonly:
             result.torn_bytes += info.cut
+    # A pin record read after the snapshot: its key's value is loaded, as the
+    # pins are (_merge pins only keys it holds; the review found the pin lost).
+    for key in result.pin_says:
+        if key not in meta:
+            found = cold.take(key)
+            if found is not None:
+                values[key], meta[key], _ = found
     # A record read after the snapshot supersedes the key's record in it (or, if
     # older, is not live: the snapshot's stays).
     live = result.segment_live

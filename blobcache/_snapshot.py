@@ -181,10 +181,17 @@ class Cold:
         self.left = len(self.hashes)
         self.eager = snapshot.eager
         self._keep = snapshot.map  # the hashes and entries are views of it
+        # The last key not found: a get's miss asks three times (the lookup, and
+        # the miss path's before and after it catches up), and the answer cannot
+        # change (entries are only ever taken).
+        self._missed: N.Key | None = None
 
     def find(self, key: N.Key) -> tuple[int, bytes, int, int] | None:
         """(entry, value, meta, expires) of the key's record, if the snapshot holds
         it and it is not taken yet."""
+        missed = self._missed
+        if missed is not None and missed == key and type(missed) is type(key):
+            return None
         tag, raw = N.encode_key(key)
         h = hash_key(tag, raw)
         hashes, taken = self.hashes, self.taken
@@ -196,6 +203,7 @@ class Cold:
                 if found == key and type(found) is type(key):
                     return i, value, meta, expires
             i += 1
+        self._missed = key
         return None
 
     def _read(self, i: int) -> tuple[N.Key, bytes, int, int]:
@@ -243,11 +251,14 @@ class Cold:
         self.taken[i] = 1
         self.left -= 1
 
-    def take_all(self, *, eager_only: bool = False) -> Iterator[tuple[N.Key, bytes, int, int]]:
+    def take_all(
+        self, *, eager_only: bool = False, start: int = 0, stop: int | None = None
+    ) -> Iterator[tuple[N.Key, bytes, int, int]]:
         """(key, value, meta, expires) of every entry not taken yet (of those
-        flagged eager, with ``eager_only``), each taken as it is yielded."""
+        flagged eager, with ``eager_only``; of entries ``start`` to ``stop``),
+        each taken as it is yielded."""
         taken = self.taken
-        for i in self.eager if eager_only else range(len(taken)):
+        for i in self.eager if eager_only else range(start, len(taken) if stop is None else stop):
             if taken[i]:
                 continue
             found = self._read(i)

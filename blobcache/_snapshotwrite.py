@@ -21,8 +21,17 @@ from . import _clock, _fsio, _log
 from . import _format as F
 from . import _names as N
 from ._follow import Follower
-from ._index import IN_A_FILE, ClosedIndex, Index, Mapped, offset_of, segment_of, seq_of
-from ._snapshot import hash_key, tail_sum
+from ._index import (
+    OFFSET_MASK,
+    OFFSET_SHIFT,
+    SEGMENT_MASK,
+    SEGMENT_SHIFT,
+    SEQ_SHIFT,
+    ClosedIndex,
+    Index,
+    seq_of,
+)
+from ._snapshot import tail_sum
 
 _PLACE = F.SNAPSHOT_PLACE_SHIFT
 
@@ -86,8 +95,11 @@ def write(
     if not segments or listed[-1] != at_segment or not unchanged():
         return False
     order = sorted(range(len(hashes)), key=hashes.__getitem__)
-    sorted_hashes = array("Q", [hashes[i] for i in order]).tobytes()
-    body = sorted_hashes + b"".join([entries[i] for i in order])
+    out = array("Q", bytes(8 * len(entries)))
+    for field in range(3):  # each entry's three u64, gathered in the hashes' order
+        column = entries[field::3]
+        out[field::3] = array("Q", [column[i] for i in order])
+    body = array("Q", [hashes[i] for i in order]).tobytes() + out.tobytes()
     eager_set = set(eager)
     eager_at = [at for at, i in enumerate(order) if i in eager_set] if eager_set else []
     extra = marshal.dumps((tombstones, files, pins, dict(blob_over_log), eager_at), 4)
@@ -118,55 +130,65 @@ def _capture(
     index: Index, at_segment: int
 ) -> tuple[
     array[int],
-    list[bytes],
+    array[int],
     list[int],
     list[tuple[N.Key, int, int, int]],
     list[tuple[N.Key, int, int, int, int, int]],
     list[tuple[N.Key, int]],
     dict[int, tuple[int, int]],
 ]:
-    """What the snapshot holds, from the index. REQUIRES: ``Index.lock``."""
+    """What the snapshot holds, from the index: the hashes, and the entries as
+    one array of three u64 each (see F.SNAPSHOT_ENTRY), in the index's order.
+    REQUIRES: ``Index.lock``.
+
+    It runs once per live key at every close that has something new to write:
+    the loop is flat (``_index``'s unpacking and ``_names.encode_key`` spelled
+    out; keys in the index are valid already) -- 3.9 s for a million keys with
+    the helpers called, about a third of that without.
+    """
     values = index.values
-    files_of = values.files
-    expiry, pins, notes = index.expiry, index.pins, index.notes
-    entry = F.SNAPSHOT_ENTRY.pack
+    metas, expiry, pins, notes = index.meta, index.expiry, index.pins, index.notes
     hashes: array[int] = array("Q")
-    entries: list[bytes] = []
+    entries: array[int] = array("Q")
     eager: list[int] = []  # which entries are flagged SNAPSHOT_EAGER
-    files: list[tuple[N.Key, int, int, int, int, int]] = []
-    for key, meta in index.meta.items():
-        segment = segment_of(meta)
-        if segment == IN_A_FILE:
-            mapped = files_of.get(key)
-            if isinstance(mapped, Mapped):
-                note = notes.get(key, (0, 0))
-                files.append(
-                    (key, seq_of(meta), expiry.get(key, 0), mapped.codec, note[0], note[1])
-                )
-            continue
-        flags = F.SNAPSHOT_EAGER if key in expiry or key in pins else 0
-        if flags:
+    digest = xxhash.xxh3_64_intdigest
+    str_tag, bytes_tag = F.KEY_TAG_STR, F.KEY_TAG_BYTES
+    seq_shift, segment_shift, offset_shift = SEQ_SHIFT, SEGMENT_SHIFT, OFFSET_SHIFT
+    segment_mask, offset_mask = SEGMENT_MASK, OFFSET_MASK
+    add_hash, add_entry = hashes.append, entries.extend
+    flagged = F.SNAPSHOT_EAGER << _PLACE
+    any_eager = bool(expiry or pins)
+    # dict.items: Values' own lookups would map files; these are the log's values.
+    for key, value in dict.items(values):
+        meta = metas[key]
+        low = len(value)
+        if any_eager and (key in expiry or key in pins):
             eager.append(len(hashes))
-        hashes.append(hash_key(*N.encode_key(key)))
-        entries.append(
-            entry(
-                seq_of(meta),
-                segment << _PLACE | offset_of(meta),
-                flags << _PLACE | len(dict.__getitem__(values, key)),
+            low |= flagged
+        add_hash(digest(str_tag + key.encode() if isinstance(key, str) else bytes_tag + key))
+        add_entry(
+            (
+                meta >> seq_shift,
+                (meta >> segment_shift & segment_mask) << _PLACE
+                | meta >> offset_shift & offset_mask,
+                low,
             )
         )
+    files: list[tuple[N.Key, int, int, int, int, int]] = []
+    for key, mapped in values.files.items():
+        note = notes.get(key, (0, 0))
+        files.append((key, seq_of(metas[key]), expiry.get(key, 0), mapped.codec, *note))
     cold = index.cold
     if cold is not None:
         for h, raw in cold.untaken():
-            if F.SNAPSHOT_ENTRY.unpack(raw)[2] >> _PLACE & F.SNAPSHOT_EAGER:
+            fields = F.SNAPSHOT_ENTRY.unpack(raw)
+            if fields[2] >> _PLACE & F.SNAPSHOT_EAGER:
                 eager.append(len(hashes))
-            hashes.append(h)
-            entries.append(raw)
+            add_hash(h)
+            add_entry(fields)
     tombstones = [(k, d.seq, d.segment, d.size) for k, d in index.deleted.items()]
     said = index.pin_said
-    pin_list = [
-        (k, said[k][0] if k in said else seq_of(index.meta[k])) for k in pins if k in index.meta
-    ]
+    pin_list = [(k, said[k][0] if k in said else seq_of(metas[k])) for k in pins if k in metas]
     book = {
         n: (index.book.total.get(n, 0), index.book.live.get(n, 0))
         for n in index.book.total
