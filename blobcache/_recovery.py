@@ -175,43 +175,7 @@ def _replay_log(
     numbers = [n for n in listed if n >= floor]
     values: dict[N.Key, bytes | None] = {}
     meta: dict[N.Key, int] = {}
-    max_seq = result.max_seq
-    now = result.now  # what has expired is read as deleted
-    for number in numbers:
-        active = number == numbers[-1]
-        info, data = _log.read_segment(
-            os.path.join(logdir, _log.segment_name(number)),
-            number,
-            active=active,
-            salvage=salvage,
-        )
-        # Only in the active segment, as listed (one sealed since the bound was
-        # read holds whole records past it; a COMPACTED one is another file).
-        bound = result.bound
-        if bound is not None and bound[0] == number and active and not info.compacted:
-            data = data[: max(bound[1], F.SEGMENT_HEADER.size)]
-        if data:
-            seen = _log.replay(
-                data,
-                info,
-                values,
-                meta,
-                result.segment_live,
-                result.log_deletes,
-                result.expiry,
-                result.noted,
-                result.pin_says,
-                now=now,
-                active=active,
-                salvage=salvage,
-            )
-            max_seq = max(max_seq, seen)
-        result.segments.append(info)
-        result.segment_total[number] = info.end - F.SEGMENT_HEADER.size if data else 0
-        result.problems.extend(info.problems)
-        if result.readonly:
-            result.torn_bytes += info.cut  # a writer counts what it cuts (_held._cut)
-    result.max_seq = max_seq
+    _replay_segments(logdir, result, numbers, values, meta, salvage=salvage)
     _check_no_gap(logdir, listed, floor, result, salvage=salvage)
     replaced = [n for n in listed if n < floor] if not result.readonly else []
     if replaced:
@@ -289,38 +253,16 @@ def _replay_after(
                 result.expiry[key] = expires
     result.max_seq = max(result.max_seq, snap.max_seq)
     numbers = [n for n in listed if n >= snap.segment]
-    for number in numbers:
-        active = number == numbers[-1]
-        path = os.path.join(logdir, _log.segment_name(number))
-        base = snap.offset if number == snap.segment else 0
-        info, data = _read_from(path, number, base, inodes.get(number), active=active)
-        if bound is not None and bound[0] == number and active and not info.compacted:
-            data = data[: max(bound[1] - base, 0 if base else F.SEGMENT_HEADER.size)]
-        if data:
-            seen = _log.replay(
-                data,
-                info,
-                values,
-                meta,
-                result.segment_live,
-                result.log_deletes,
-                result.expiry,
-                result.noted,
-                result.pin_says,
-                now=now,
-                active=active,
-                salvage=False,
-                base=base,
-            )
-            result.max_seq = max(result.max_seq, seen)
-        elif base:
-            info.end = base
-        result.segments.append(info)
-        if number != snap.segment or data:
-            result.segment_total[number] = info.end - F.SEGMENT_HEADER.size if info.end else 0
-        result.problems.extend(info.problems)
-        if result.readonly:
-            result.torn_bytes += info.cut
+    _replay_segments(
+        logdir,
+        result,
+        numbers,
+        values,
+        meta,
+        salvage=False,
+        since=(snap.segment, snap.offset),
+        inodes=inodes,
+    )
     # A pin record read after the snapshot: its key's value is loaded, as the
     # pins are (_merge pins only keys it holds; the review found the pin lost).
     for key in result.pin_says:
@@ -351,8 +293,62 @@ def _replay_after(
     return values, meta
 
 
+def _replay_segments(
+    logdir: str,
+    result: Recovered,
+    numbers: list[int],
+    values: dict[N.Key, bytes | None],
+    meta: dict[N.Key, int],
+    *,
+    salvage: bool,
+    since: tuple[int, int] | None = None,
+    inodes: dict[int, int] | None = None,
+) -> None:
+    """Replay segments ``numbers`` (in force, oldest first; the last is the
+    active one) into ``values`` and ``meta`` by the one rule, and note each in
+    ``result``. ``since``: (segment, offset) an index snapshot covers up to: that
+    segment is read from there on; ``inodes``: the files the snapshot checked."""
+    now = result.now  # what has expired is read as deleted
+    for number in numbers:
+        active = number == numbers[-1]
+        path = os.path.join(logdir, _log.segment_name(number))
+        base = since[1] if since is not None and number == since[0] else 0
+        inode = None if inodes is None else inodes.get(number)
+        info, data = _read_from(path, number, base, inode, active=active, salvage=salvage)
+        # Only in the active segment, as listed (one sealed since the bound was
+        # read holds whole records past it; a COMPACTED one is another file).
+        bound = result.bound
+        if bound is not None and bound[0] == number and active and not info.compacted:
+            data = data[: max(bound[1] - base, 0 if base else F.SEGMENT_HEADER.size)]
+        if data:
+            seen = _log.replay(
+                data,
+                info,
+                values,
+                meta,
+                result.segment_live,
+                result.log_deletes,
+                result.expiry,
+                result.noted,
+                result.pin_says,
+                now=now,
+                active=active,
+                salvage=salvage,
+                base=base,
+            )
+            result.max_seq = max(result.max_seq, seen)
+        elif base:
+            info.end = base  # nothing after the snapshot: its total stands
+        result.segments.append(info)
+        if data or not base:
+            result.segment_total[number] = info.end - F.SEGMENT_HEADER.size if data else 0
+        result.problems.extend(info.problems)
+        if result.readonly:
+            result.torn_bytes += info.cut  # a writer counts what it cuts (_held._cut)
+
+
 def _read_from(
-    path: str, number: int, base: int, inode: int | None, *, active: bool
+    path: str, number: int, base: int, inode: int | None, *, active: bool, salvage: bool
 ) -> tuple[_log.SegmentRead, bytes]:
     """A segment's bytes from ``base`` on (all of it, header checked, for 0).
     ``inode``: the file checked against the snapshot, if it was.
@@ -361,7 +357,7 @@ def _read_from(
         process replaced it since it was checked): the caller reads again.
     """
     if not base:
-        info, data = _log.read_segment(path, number, active=active, salvage=False)
+        info, data = _log.read_segment(path, number, active=active, salvage=salvage)
         if inode is not None and info.inode != inode:
             raise FileNotFoundError(errno.ENOENT, "segment replaced while read", path)
         return info, data

@@ -24,7 +24,7 @@ import marshal
 import mmap
 import os
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import xxhash
 
@@ -32,7 +32,6 @@ from . import _filekinds, _log
 from . import _format as F
 from . import _names as N
 from ._index import pack, typed
-from ._problems import Problem
 from .errors import CorruptionError
 
 _PLACE: int = F.SNAPSHOT_PLACE_SHIFT
@@ -84,7 +83,6 @@ class Snapshot:
     blob_over_log: dict[N.Key, str]
     eager: list[int]  # the entries flagged SNAPSHOT_EAGER, in order
     map: mmap.mmap | None = None
-    problems: list[Problem] = field(default_factory=list)
 
 
 def path_of(root: str) -> str:
@@ -170,7 +168,7 @@ class Cold:
     """The keys of a snapshot not yet in the index: each found by its hash, read
     from its record in a mapped segment on its first lookup, and marked taken.
 
-    REQUIRES: ``Index.lock`` for ``take`` and ``take_all`` (``peek`` needs none).
+    REQUIRES: ``Index.lock`` for ``take``, ``mark`` and ``take_all`` (``find`` needs none).
     """
 
     def __init__(self, snapshot: Snapshot, maps: dict[int, tuple[mmap.mmap, int, str]]) -> None:
@@ -185,6 +183,7 @@ class Cold:
         # the miss path's before and after it catches up), and the answer cannot
         # change (entries are only ever taken).
         self._missed: N.Key | None = None
+        self._bytes: int | None = None  # see untaken_bytes
 
     def find(self, key: N.Key) -> tuple[int, bytes, int, int] | None:
         """(entry, value, meta, expires) of the key's record, if the snapshot holds
@@ -232,11 +231,6 @@ class Cold:
         meta = pack(seq, segment, offset, framed.end - offset)
         return N.decode_key(framed.tag, framed.raw), value, meta, framed.expires
 
-    def peek(self, key: N.Key) -> bytes | None:
-        """The key's value if the snapshot holds it untaken (taking nothing)."""
-        found = self.find(key)
-        return None if found is None else found[1]
-
     def take(self, key: N.Key) -> tuple[bytes, int, int] | None:
         """(value, meta, expires) of the key's record, taken: None if the snapshot
         does not hold it (or it was taken)."""
@@ -250,6 +244,12 @@ class Cold:
         """Entry ``i`` is taken: the index holds its key from now on."""
         self.taken[i] = 1
         self.left -= 1
+        if self._bytes is not None:
+            self._bytes -= self._length(i)
+
+    def _length(self, i: int) -> int:
+        entry = F.SNAPSHOT_ENTRY
+        return int(entry.unpack_from(self.entries, i * entry.size)[2]) & _LOW
 
     def take_all(
         self, *, eager_only: bool = False, start: int = 0, stop: int | None = None
@@ -262,18 +262,17 @@ class Cold:
             if taken[i]:
                 continue
             found = self._read(i)
-            taken[i] = 1
-            self.left -= 1
+            self.mark(i)
             yield found
 
     def untaken_bytes(self) -> int:
-        """The length of every value not taken yet (the statistics' live bytes)."""
-        entry, taken = F.SNAPSHOT_ENTRY, self.taken
-        return sum(
-            entry.unpack_from(self.entries, i * entry.size)[2] & _LOW
-            for i in range(len(taken))
-            if not taken[i]
-        )
+        """The length of every value not taken yet (the statistics' live bytes):
+        summed at the first call, kept by ``mark`` after (not at open: a pass
+        over every entry)."""
+        if self._bytes is None:
+            taken = self.taken
+            self._bytes = sum(self._length(i) for i in range(len(taken)) if not taken[i])
+        return self._bytes
 
     def untaken(self) -> Iterator[tuple[int, bytes]]:
         """(hash, entry bytes) of every entry not taken yet: for the next snapshot."""
