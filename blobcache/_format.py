@@ -180,11 +180,11 @@ CODECS: Final = (CODEC_RAW, CODEC_NPY, CODEC_SAFETENSORS, CODEC_JSON, CODEC_PICK
 # it does not fit the log, open replays the whole log.
 SNAPSHOT_NAME: Final = "INDEX"
 SNAPSHOT_MAGIC: Final = b"BCX1"
-SNAPSHOT_VERSION: Final = 1
+SNAPSHOT_VERSION: Final = 2  # 2: the extra section ends with the directory book
 # The header, 96 bytes (u64 little-endian each, but magic and version):
 #   offset  size  field
 #   0       4     magic b"BCX1"
-#   4       4     version: 1 (u32)
+#   4       4     version: 2 (u32)
 #   8       8     segment: the log segment the snapshot covers up to
 #   16      8     offset: in it, where the first record not covered starts
 #   24      8     max_seq: no record covered, nor any version file it knows, is numbered above it

@@ -368,7 +368,7 @@ def sweeping_temps(directory: str, *, held: bool = False) -> Iterator[bool]:
 def write_file_atomically(
     directory: str,
     name: str,
-    data: bytes,
+    data: bytes | Callable[[os.stat_result], bytes],
     *,
     sync: bool = True,
     mode: int = READ_ONLY,
@@ -376,6 +376,10 @@ def write_file_atomically(
     replacing: bool = False,
 ) -> str:
     """Publish ``directory/name`` holding ``data``, all or nothing; return its path.
+
+    ``data`` may be a function of the temp file's stat, called once the file
+    exists (the index snapshot takes the file system's clock from its mtime,
+    ``_dirbook``); what it raises is raised, the temp file gone.
 
     ``replacing``: the name held a file before (the marker upgraded): a failed
     directory fsync leaves the name as it is (old or new content, both whole),
@@ -390,6 +394,8 @@ def write_file_atomically(
     path = os.path.join(directory, name)
     fd, tmp = open_temp(directory, mode=mode, directory_held=directory_held)
     try:
+        if callable(data):
+            data = data(os.fstat(fd))
         pwrite_all(fd, data, 0)
         if sync:
             fsync_file(fd)

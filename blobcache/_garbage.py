@@ -25,6 +25,7 @@ from collections.abc import Callable
 from . import _compaction, _fsio, _janitor, _keydir, _log, _mapping, _snapshotwrite
 from . import _format as F
 from . import _names as N
+from ._dirbook import Book
 from ._follow import Follower
 from ._index import IN_A_FILE, Deleted, Mapped, codec_of, pack, segment_of, seq_of
 from ._janitor import GcResult
@@ -62,6 +63,9 @@ class Garbage:
         # (follower segment, offset, highest number handed out) the store's
         # snapshot stands for, if known: no need to write it again.
         self.snapshot_mark: tuple[int, int, int] | None = None
+        # The directory book of the last snapshot written or loaded (_dirbook):
+        # the next one lists only the directories changed since.
+        self.book: Book = ({}, {})
         # STATE's count of compactions the index's log positions are of: another
         # process's compaction moves records without telling this index (its
         # follower goes on in the active segment), so a snapshot of it would name
@@ -170,17 +174,24 @@ class Garbage:
             if mark == self.snapshot_mark:
                 return True  # nothing written, nor any number taken, since the last one
             self.snapshots_written += 1
-            written = _snapshotwrite.write(
-                writes.path, self.index, follower, self.blob_over_log, mark[2], unchanged
+            book = _snapshotwrite.write(
+                writes.path,
+                self.index,
+                follower,
+                self.blob_over_log,
+                mark[2],
+                unchanged,
+                self.book,
             )
         except (OSError, BlobCacheError) as exc:
             if loud:
                 raise
             log.warning("blobcache: index snapshot not written: %s", exc)
             return False
-        if written:
-            self.snapshot_mark = mark
-        return written
+        if book is None:
+            return False
+        self.snapshot_mark, self.book = mark, book
+        return True
 
     # --- the janitor ---------------------------------------------------------------
 

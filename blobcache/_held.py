@@ -192,7 +192,9 @@ def _settle(
         # STATE agrees with the log and live processes are using it: their
         # records not yet acknowledged stay so.
         trusted = live and state.appended == end
-        if rest.strip(b"\0"):
+        # (Compared, not stripped: strip takes 3 ms per MiB of zero-filled room,
+        # a compare 0.04 ms, and every writer's open looks at it.)
+        if rest != bytes(len(rest)):
             _cut(fd, path, end, len(rest), found, last if resumed else None)
             allocated = end
             trusted = False

@@ -18,3 +18,8 @@ class Problem:
 
     def __str__(self) -> str:
         return f"{self.path}: {self.message}"
+
+
+def stray(path: str) -> Problem:
+    """An entry whose name blobcache never writes: reported, left alone."""
+    return Problem(path, "stray entry: not a name blobcache writes")

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 
 from . import _log
 from . import _names as N
+from ._dirbook import Book
 from ._index import Deleted, Values
 from ._keydir import Record
 from ._problems import Problem
@@ -68,6 +69,10 @@ class Recovered:
     cold: Cold | None = None
     # (segment, offset, max_seq) of the snapshot loaded, when nothing came after it.
     snapshot_mark: tuple[int, int, int] | None = None
+    # The snapshot's directory book (_dirbook), and how many directories it did
+    # not vouch for that a new one could (a reason to write the snapshot again).
+    book: Book = field(default_factory=lambda: ({}, {}))
+    book_misses: int = 0
     # How open used the snapshot: "loaded", "none", "stale: why", "damaged: why".
     snapshot: str = "none"
     # STATE's count of compactions the index's log positions are of (None: unknown).
@@ -84,7 +89,3 @@ def damage(result: Recovered, path: str, why: str, *, salvage: bool) -> Problem:
     problem = Problem(path, f"{why}: opened with what is left")
     result.problems.append(problem)
     return problem
-
-
-def stray(path: str) -> Problem:
-    return Problem(path, "stray entry: not a name blobcache writes")

@@ -16,9 +16,8 @@ import gc
 import logging
 import os
 import stat
-from collections.abc import Callable
 
-from . import _clock, _filekinds, _fsio, _keydir, _log, _snapshot
+from . import _clock, _dirbook, _filekinds, _fsio, _keydir, _log, _snapshot
 from . import _format as F
 from . import _names as N
 from ._index import (
@@ -34,8 +33,8 @@ from ._index import (
     size_of,
 )
 from ._keydir import KeyDirScan, Record
-from ._problems import Problem
-from ._recovered import Recovered, damage, stray
+from ._problems import Problem, stray
+from ._recovered import Recovered, damage
 from ._storedir import missing_dirs, remove_orphan_temp
 from .errors import CorruptionError
 
@@ -122,17 +121,31 @@ def _recover_into(
         # No snapshot is no damage (a process killed before its first close, a
         # store of an older blobcache): not a problem, only slower; stats say so.
         values, meta = _replay_log(logdir, result, salvage=salvage)
-    # The keys of the directories the snapshot knows: their key files go unread.
-    known = (
-        {}
-        if snap is None
-        else {
-            N.key_hash(*N.encode_key(key)): key
-            for key in (*(f[0] for f in snap.files), *(t[0] for t in snap.tombstones))
-        }
-    )
     if blobs not in missing:
-        for keydir in iter_key_dirs(blobs, result.problems, result.empty_fanouts):
+        if snap is None:
+            problems = result.problems
+            to_scan = _dirbook.key_dirs(
+                blobs,
+                lambda path, _rel, depth: _dirbook.listed(path, depth, problems),
+                result.empty_fanouts,
+            )
+        else:
+            # The directories its book vouches for are stat'ed, not listed (_dirbook).
+            walk = _dirbook.Walk(blobs, snap.book, result.problems, result.empty_fanouts)
+            for keydir, key, record in walk.vouched:
+                _admit(result, KeyDirScan(keydir, key, [record]), blob_live)
+            to_scan = walk.scan
+            result.book, result.book_misses = snap.book, walk.misses
+        # The keys of the directories the snapshot knows: their key files go unread.
+        known = (
+            {
+                N.key_hash(*N.encode_key(key)): key
+                for key in (*(f[0] for f in snap.files), *(t[0] for t in snap.tombstones))
+            }
+            if snap is not None and to_scan
+            else {}
+        )
+        for keydir in to_scan:
             scan = _keydir.scan_key_dir(keydir, known.get(os.path.basename(keydir)))
             _admit(result, scan, blob_live)
     if snap is not None:
@@ -395,6 +408,8 @@ def _thaw_for_files(
     assert cold is not None
     known = {key: seq for key, seq, *_ in snap.files}
     for key, record in blob_live.items():
+        if known.get(key) == record.seq:
+            continue  # the version it names (so none of its entries is of that key)
         if key not in meta:
             found = cold.take(key)
             if found is not None:
@@ -609,39 +624,6 @@ def _merge(
     result.pins = {
         key for key, seq in result.pin_says.items() if key in meta and seq >= seq_of(meta[key])
     }
-
-
-def iter_key_dirs(blobs: str, problems: list[Problem], empty: set[str]) -> list[str]:
-    """Every ``blobs/ab/cd/<hash>`` directory. Other entries are reported as
-    strays; empty fan-out directories (a put killed while making them, say) are
-    added to ``empty`` for the janitor."""
-    found: list[str] = []
-    for level1 in _subdirs(blobs, N.is_fanout_name, problems):
-        level2s = _subdirs(level1, N.is_fanout_name, problems)
-        if not level2s:
-            empty.add(level1)
-        for level2 in level2s:
-            keydirs = _subdirs(level2, N.is_key_dir_name, problems)
-            if not keydirs:
-                empty.add(level2)
-            found.extend(keydirs)
-    return found
-
-
-def _subdirs(path: str, name_ok: Callable[[str], bool], problems: list[Problem]) -> list[str]:
-    """The directories in ``path`` whose names pass ``name_ok``; anything else
-    there, a symbolic link to a directory too, is reported and never entered."""
-    out: list[str] = []
-    with os.scandir(path) as entries:
-        for entry in entries:
-            if not name_ok(entry.name):
-                problems.append(stray(entry.path))
-            elif entry.is_dir(follow_symlinks=False):
-                out.append(entry.path)
-            else:
-                kind = _filekinds.kind_of(entry.stat(follow_symlinks=False).st_mode)
-                problems.append(Problem(entry.path, _filekinds.misplaced(kind, "a directory")))
-    return out
 
 
 def _admit(result: Recovered, scan: KeyDirScan, blob_live: dict[N.Key, Record]) -> None:

@@ -31,6 +31,7 @@ import xxhash
 from . import _filekinds, _log
 from . import _format as F
 from . import _names as N
+from ._dirbook import Book
 from ._index import pack, typed
 from .errors import CorruptionError
 
@@ -82,6 +83,7 @@ class Snapshot:
     pins: list[tuple[N.Key, int]]  # key -> the number of its newest say on its pin
     blob_over_log: dict[N.Key, str]
     eager: list[int]  # the entries flagged SNAPSHOT_EAGER, in order
+    book: Book  # the directories under blobs/ it vouches for (_dirbook)
     map: mmap.mmap | None = None
 
 
@@ -140,7 +142,9 @@ def load(root: str) -> Snapshot | None:
         for i in range(n_seg)
     ]
     try:
-        tombstones, files, pins, blob_over_log, eager = marshal.loads(view[entry_end:])
+        tombstones, files, pins, blob_over_log, eager, fanouts, keydirs = marshal.loads(
+            view[entry_end:]
+        )
     except (ValueError, EOFError, TypeError) as exc:
         raise Unusable(f"its extra section does not decode ({exc})", damaged=True) from None
     return Snapshot(
@@ -155,6 +159,7 @@ def load(root: str) -> Snapshot | None:
         pins,
         blob_over_log,
         eager,
+        (fanouts, keydirs),
         data,
     )
 

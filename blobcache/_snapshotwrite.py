@@ -17,9 +17,10 @@ from collections.abc import Callable
 
 import xxhash
 
-from . import _clock, _fsio, _log
+from . import _clock, _dirbook, _fsio, _log
 from . import _format as F
 from . import _names as N
+from ._dirbook import Book
 from ._follow import Follower
 from ._index import (
     OFFSET_MASK,
@@ -36,6 +37,19 @@ from ._snapshot import tail_sum
 _PLACE = F.SNAPSHOT_PLACE_SHIFT
 
 
+# What _capture takes from the index (see its docstring).
+_Captured = tuple[
+    "array[int]",
+    "array[int]",
+    list[int],
+    list[tuple[N.Key, int, int, int]],
+    list[tuple[N.Key, int, int, int, int, int]],
+    list[tuple[N.Key, int]],
+    dict[int, tuple[int, int]],
+    dict[str, tuple[str, N.Key]],
+]
+
+
 def write(
     root: str,
     index: Index,
@@ -43,9 +57,12 @@ def write(
     blob_over_log: dict[N.Key, str],
     max_seq: int,
     unchanged: Callable[[], bool],
-) -> bool:
+    book: Book,
+) -> Book | None:
     """Capture the index as the log has it up to the follower's position, and
-    write it as the store's snapshot; return whether it was written: not when
+    write it as the store's snapshot; return its directory book (``book``, the
+    last one written or loaded, spares listing the directories it vouches for
+    again) if it was written: not when
     this process's records were applied ahead of the follower (then the index is
     not what any log position says), nor when the log's segments cannot be read
     (the next open replays the log: the snapshot is never a source).
@@ -55,17 +72,53 @@ def write(
     snapshot that fits the log and names the wrong places). REQUIRES: the log
     synced up to the follower's position (a snapshot names only durable records).
     """
-    logdir = os.path.join(root, F.LOG_DIR)
     with follower.lock:
         writer = follower.writer
         if writer is not None and writer.ahead:
-            return False
+            return None
         at_segment, at_offset = follower.segment, follower.offset
         with index.lock:
             if isinstance(index.values, ClosedIndex):
-                return False
+                return None
             captured = _capture(index, at_segment)
-    hashes, entries, eager, tombstones, files, pins, book = captured
+    versions = captured[-1]
+    made: list[Book] = []
+
+    def snapshot(temp: os.stat_result) -> bytes:
+        # The temp file was created after the capture: its mtime is the t0 of
+        # _dirbook's invariant (a change to a directory since is stamped later).
+        made.append(_dirbook.write_book(blobs, versions, book, temp.st_mtime_ns))
+        where = (at_segment, at_offset, max_seq)
+        return _bytes(root, where, unchanged, captured, dict(blob_over_log), made[0])
+
+    blobs = os.path.join(root, F.BLOBS_DIR)
+    try:
+        _fsio.write_file_atomically(root, F.SNAPSHOT_NAME, snapshot, replacing=True)
+    except _NotNow:
+        return None
+    return made[0]
+
+
+class _NotNow(Exception):
+    """The snapshot cannot be written now (the log changed under it): none is."""
+
+
+def _bytes(
+    root: str,
+    where: tuple[int, int, int],
+    unchanged: Callable[[], bool],
+    captured: _Captured,
+    blob_over_log: dict[N.Key, str],
+    book: Book,
+) -> bytes:
+    """The snapshot of ``captured``, up to segment and offset ``where`` says
+    (and its ``max_seq``), with ``blob_over_log`` and ``book``.
+
+    :raises _NotNow: a segment is gone or changed, or a compaction began.
+    """
+    hashes, entries, eager, tombstones, files, pins, segment_book, _versions = captured
+    at_segment, at_offset, max_seq = where
+    logdir = os.path.join(root, F.LOG_DIR)
     # Every segment up to the follower's, as the directory lists them (one may
     # hold no record the book counts), from the newest COMPACTED one on.
     listed = sorted(
@@ -82,18 +135,18 @@ def write(
                 end = at_offset if number == at_segment else os.fstat(f.fileno()).st_size
                 tail = tail_sum(f.fileno(), end)
         except FileNotFoundError:
-            return False
+            raise _NotNow from None
         flags = _log.header_flags(head)
         if flags is None:
-            return False
+            raise _NotNow
         if flags & F.SEGMENT_FLAG_COMPACTED:
             segments.clear()  # replaced by this one (a compaction killed before it deleted them)
-        total, live = book.get(number, (0, 0))
+        total, live = segment_book.get(number, (0, 0))
         segments.append(
             F.SNAPSHOT_SEGMENT.pack(number, tail, end, total, live, _log.header_size(head), flags)
         )
     if not segments or listed[-1] != at_segment or not unchanged():
-        return False
+        raise _NotNow
     order = sorted(range(len(hashes)), key=hashes.__getitem__)
     out = array("Q", bytes(8 * len(entries)))
     for field in range(3):  # each entry's three u64, gathered in the hashes' order
@@ -102,7 +155,7 @@ def write(
     body = array("Q", [hashes[i] for i in order]).tobytes() + out.tobytes()
     eager_set = set(eager)
     eager_at = [at for at, i in enumerate(order) if i in eager_set] if eager_set else []
-    extra = marshal.dumps((tombstones, files, pins, dict(blob_over_log), eager_at), 4)
+    extra = marshal.dumps((tombstones, files, pins, blob_over_log, eager_at, *book), 4)
     table = b"".join(segments)
     fields = (
         F.SNAPSHOT_MAGIC,
@@ -120,23 +173,10 @@ def write(
     )
     unsummed = F.SNAPSHOT_HEADER.pack(*fields, 0)[:-8]
     header = unsummed + xxhash.xxh3_64_intdigest(unsummed).to_bytes(8, "little")
-    _fsio.write_file_atomically(
-        root, F.SNAPSHOT_NAME, header + table + body + extra, replacing=True
-    )
-    return True
+    return header + table + body + extra
 
 
-def _capture(
-    index: Index, at_segment: int
-) -> tuple[
-    array[int],
-    array[int],
-    list[int],
-    list[tuple[N.Key, int, int, int]],
-    list[tuple[N.Key, int, int, int, int, int]],
-    list[tuple[N.Key, int]],
-    dict[int, tuple[int, int]],
-]:
+def _capture(index: Index, at_segment: int) -> _Captured:
     """What the snapshot holds, from the index: the hashes, and the entries as
     one array of three u64 each (see F.SNAPSHOT_ENTRY), in the index's order.
     REQUIRES: ``Index.lock``.
@@ -175,9 +215,12 @@ def _capture(
             )
         )
     files: list[tuple[N.Key, int, int, int, int, int]] = []
+    versions: dict[str, tuple[str, N.Key]] = {}  # key directory name -> live version, key
     for key, mapped in values.files.items():
         note = notes.get(key, (0, 0))
         files.append((key, seq_of(metas[key]), expiry.get(key, 0), mapped.codec, *note))
+        keydir, name = os.path.split(mapped.record.path)
+        versions[os.path.basename(keydir)] = (name, key)
     cold = index.cold
     if cold is not None:
         for h, raw in cold.untaken():
@@ -199,4 +242,4 @@ def _capture(
         if segment in book:
             total, live = book[segment]
             book[segment] = (total, live - size)
-    return hashes, entries, eager, tombstones, files, pin_list, book
+    return hashes, entries, eager, tombstones, files, pin_list, book, versions

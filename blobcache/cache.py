@@ -221,7 +221,11 @@ class BlobCache(MutableMapping[N.Key, Value]):
         self._garbage = Garbage(
             self._writes, self._reads, set(found.dirty), found.blob_over_log, salvaged=salvaged
         )
-        self._garbage.snapshot_mark = found.snapshot_mark
+        # A snapshot whose book missed directories is written again (at close):
+        # the next open then stats them instead of listing them.
+        if not found.book_misses:
+            self._garbage.snapshot_mark = found.snapshot_mark
+        self._garbage.book = found.book
         self._garbage.generation = found.generation
         self._problems = tuple(found.problems)
         self._temps_removed_at_open = found.temps_removed

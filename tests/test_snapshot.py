@@ -9,6 +9,7 @@ is the crash explorer's (tests/test_crash_states.py records its writes).
 
 from __future__ import annotations
 
+import marshal
 import os
 import shutil
 import signal
@@ -277,7 +278,7 @@ def test_the_snapshot_layout_matches_the_prose(tmp_path: object) -> None:
         data = f.read()
     assert F.SNAPSHOT_HEADER.size == 96 and F.SNAPSHOT_SEGMENT.size == 48
     assert F.SNAPSHOT_ENTRY.size == 24
-    assert data[:4] == b"BCX1" and int.from_bytes(data[4:8], "little") == 1
+    assert data[:4] == b"BCX1" and int.from_bytes(data[4:8], "little") == 2
     u64 = [int.from_bytes(data[at : at + 8], "little") for at in range(8, 96, 8)]
     segment, offset, max_seq, _made, segments, entries, extra = u64[:7]
     assert (segment, segments, entries, max_seq) == (1, 1, 2, 4)  # a, b; c deleted
@@ -299,6 +300,9 @@ def test_the_snapshot_layout_matches_the_prose(tmp_path: object) -> None:
     assert seqs == {1, 2}
     number, _tail, end, _total, _live, head, flags = F.SNAPSHOT_SEGMENT.unpack(table)
     assert (number, end, head, flags) == (1, offset, F.RECORD_HEADER.size, 0)
+    *first, fanouts, keydirs = marshal.loads(data[96 + 48 + entries * 32 :])
+    assert len(first) == 5 and keydirs == {}  # no key directory: no value is a file
+    assert set(fanouts) <= {""}  # blobs/ itself (if not stamped too late: _dirbook)
 
 
 def test_a_handle_beside_another_ones_compaction_writes_no_snapshot_of_old_places(
