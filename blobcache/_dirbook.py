@@ -137,17 +137,24 @@ class Walk:
 # --- Writing ------------------------------------------------------------------------------
 
 
-def write_book(blobs: str, versions: dict[str, tuple[str, N.Key]], previous: Book, t0: int) -> Book:
+def write_book(
+    blobs: str, versions: dict[str, tuple[str, N.Key]], previous: Book, t0: int, dev: int
+) -> Book:
     """The book of ``blobs/`` now, for a snapshot whose live version files are
     ``versions`` (key directory name -> version file name, key). A directory whose
     stamp is the one ``previous`` booked is not listed again.
 
     REQUIRES: ``t0`` is the mtime of a file created after ``versions`` was
-    captured and before this is called (see the module's invariant).
+    captured and before this is called (see the module's invariant), on file
+    system ``dev``: a directory on another (a mount under ``blobs/``) is never
+    booked, since its clock may be coarser or another machine's.
     """
     old_fanouts, old_keydirs = previous
     fanouts: Fanouts = {}
     keydirs: KeyDirs = {}
+
+    def bookable(st: os.stat_result) -> bool:
+        return st.st_dev == dev and max(st.st_mtime_ns, st.st_ctime_ns) < t0
 
     def subdirs(path: str, rel: str, depth: int) -> list[str]:
         try:
@@ -161,33 +168,37 @@ def write_book(blobs: str, versions: dict[str, tuple[str, N.Key]], previous: Boo
             names = listed(path, depth, problems)
         except FileNotFoundError:
             return []  # removed meanwhile (the janitor): the next open lists its parent
-        if max(stamp[1:]) < t0 and names:
+        if bookable(st):  # (empty too: the open adds it to those the janitor removes)
             fanouts[rel] = (*stamp, None if problems else tuple(names))
         return names
 
     for path in key_dirs(blobs, subdirs, set()):
         name = os.path.basename(path)
-        entry = _key_dir_entry(path, versions.get(name), old_keydirs.get(name), t0)
+        entry = _key_dir_entry(path, versions.get(name), old_keydirs.get(name), bookable)
         if entry is not None:
             keydirs[name] = entry
     return fanouts, keydirs
 
 
 def _key_dir_entry(
-    path: str, live: tuple[str, N.Key] | None, old: KeyDir | None, t0: int
+    path: str,
+    live: tuple[str, N.Key] | None,
+    old: KeyDir | None,
+    bookable: Callable[[os.stat_result], bool],
 ) -> KeyDir | None:
     """What the book says of key directory ``path`` whose live version is
     ``live`` (its name and key; None: none is, the log holds the key's live
     record), or None if it cannot say (gone, or stamped too late)."""
     version, key = live if live is not None else ("", None)
     try:
-        stamp = stamp_of(os.lstat(path))
+        st = os.lstat(path)
+        stamp = stamp_of(st)
         if old is not None and old[:3] == stamp and old[3] == version and old[7] == key:
             return old
         clean = key is not None and _holds_only(path, version)
     except FileNotFoundError:
         return None
-    if max(stamp[1:]) >= t0:
+    if not bookable(st):
         return None
     parsed = N.parse_version_name(version) if clean else None
     if parsed is None:

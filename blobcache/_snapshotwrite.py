@@ -87,7 +87,7 @@ def write(
     def snapshot(temp: os.stat_result) -> bytes:
         # The temp file was created after the capture: its mtime is the t0 of
         # _dirbook's invariant (a change to a directory since is stamped later).
-        made.append(_dirbook.write_book(blobs, versions, book, temp.st_mtime_ns))
+        made.append(_dirbook.write_book(blobs, versions, book, temp.st_mtime_ns, temp.st_dev))
         where = (at_segment, at_offset, max_seq)
         return _bytes(root, where, unchanged, captured, dict(blob_over_log), made[0])
 

@@ -38,9 +38,13 @@ def _clock_read_as(monkeypatch: pytest.MonkeyPatch, t0: int) -> None:
     real = _dirbook.write_book
 
     def book(
-        blobs: str, versions: dict[str, tuple[str, N.Key]], previous: _dirbook.Book, _t0: int
+        blobs: str,
+        versions: dict[str, tuple[str, N.Key]],
+        previous: _dirbook.Book,
+        _t0: int,
+        dev: int,
     ) -> _dirbook.Book:
-        return real(blobs, versions, previous, t0)
+        return real(blobs, versions, previous, t0, dev)
 
     monkeypatch.setattr(_dirbook, "write_book", book)
 
@@ -239,6 +243,57 @@ def test_a_book_made_by_walking_equals_one_reused_unchanged(
         }
 
     def walked(previous: _dirbook.Book) -> _dirbook.Book:
-        return _dirbook.write_book(blobs, versions, previous, 2**62)
+        return _dirbook.write_book(blobs, versions, previous, 2**62, os.stat(store).st_dev)
 
     assert walked(({}, {})) == walked(book) == book
+
+
+def test_an_idle_open_keeps_the_snapshot_of_a_store_without_large_values(
+    tmp_path: object, booking_all: None
+) -> None:
+    """blobs/ is empty: booked as such, so an open that changed nothing does not
+    write the snapshot again at its close (for a million keys, seconds). (Found
+    in review: empty directories were never booked, so always missed.)"""
+    store = str(tmp_path)
+    with BlobCache(store, inline_limit=LIMIT) as cache:
+        for i in range(20):
+            cache.put(f"k{i}", b"small %d" % i)
+    blobs = os.lstat(os.path.join(store, F.BLOBS_DIR))
+    assert _book(store)[0] == {"": (*_dirbook.stamp_of(blobs), ())}
+    inode = _index_inode(store)
+    with BlobCache(store, inline_limit=LIMIT) as cache:
+        assert cache.stats().snapshot_at_open == "loaded"
+        assert cache.get("k3") == b"small 3"
+    assert _index_inode(store) == inode
+
+
+def test_an_empty_fan_out_directory_is_booked_and_left_to_the_janitor(
+    tmp_path: object, booking_all: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An empty fan-out directory (a put killed while making them): the first
+    open lists it (new), the snapshot its close writes books it empty, and the
+    next open neither lists it nor writes the snapshot again."""
+    store = str(tmp_path)
+    model = _fill(store)
+    os.makedirs(os.path.join(store, F.BLOBS_DIR, "ff", "ee"))
+    with BlobCache(store, inline_limit=LIMIT) as cache:
+        _check(cache, {**model})
+    assert _book(store)[0]["ff/ee"][3] == ()
+    inode = _index_inode(store)
+    listings = Listings(monkeypatch)
+    with BlobCache(store, inline_limit=LIMIT) as cache:
+        _check(cache, {**model})
+    assert listings.fanouts == [] and listings.key_dirs == []
+    assert _index_inode(store) == inode
+
+
+def test_a_directory_on_another_file_system_is_never_booked(
+    tmp_path: object, booking_all: None
+) -> None:
+    """A mount under blobs/ may stamp with a coarser clock, or another
+    machine's: the book holds only directories on the snapshot's own."""
+    store = str(tmp_path)
+    _fill(store)
+    blobs = os.path.join(store, F.BLOBS_DIR)
+    versions: dict[str, tuple[str, N.Key]] = {}
+    assert _dirbook.write_book(blobs, versions, ({}, {}), 2**62, -1) == ({}, {})
