@@ -159,6 +159,21 @@ def _recover_into(
     if not result.readonly:
         for directory in missing:
             _fsio.makedirs(root, directory)
+        _remove_root_temps(root, result)
+
+
+def _remove_root_temps(root: str, result: Recovered) -> None:
+    """Delete the temp files in the store directory no writer holds: an index
+    snapshot's (its temp file lives while the snapshot is built, for its mtime:
+    _dirbook), the marker's at an upgrade, REMOTE's, left by a process killed
+    while it wrote one."""
+    with os.scandir(root) as entries:
+        temps = [
+            e.path for e in entries if N.is_temp_name(e.name) and e.is_file(follow_symlinks=False)
+        ]
+    for path in temps:
+        if remove_orphan_temp(path) is not None:
+            result.temps_removed += 1
 
 
 def _require_dir(path: str) -> None:

@@ -297,3 +297,33 @@ def test_a_directory_on_another_file_system_is_never_booked(
     blobs = os.path.join(store, F.BLOBS_DIR)
     versions: dict[str, tuple[str, N.Key]] = {}
     assert _dirbook.write_book(blobs, versions, ({}, {}), 2**62, -1) == ({}, {})
+
+
+def test_a_writer_killed_while_it_builds_the_snapshot_leaves_no_temp_file(
+    tmp_path: object,
+) -> None:
+    """The snapshot's temp file lives while the book is walked (its mtime is
+    t0): a writer SIGKILLed then leaves it in the store directory, and the next
+    open removes it (and opens through the snapshot before, values intact)."""
+    store = str(tmp_path)
+    model = _fill(store)
+    child = textwrap.dedent(
+        f"""
+        import os, signal
+        from blobcache import BlobCache, _dirbook
+        def killed(*args):
+            os.kill(os.getpid(), signal.SIGKILL)
+        _dirbook.write_book = killed
+        cache = BlobCache({store!r}, inline_limit={LIMIT})
+        cache.put("k1", b"after" * 1000)
+        cache.close()
+        """
+    )
+    done = subprocess.run([sys.executable, "-c", child], capture_output=True, text=True)
+    assert done.returncode == -signal.SIGKILL, done.stderr
+    temps = [n for n in os.listdir(store) if N.is_temp_name(n)]
+    assert len(temps) == 1  # (what the kill left: the crash this test is about)
+    with BlobCache(store, inline_limit=LIMIT) as cache:
+        assert cache.problems == () and cache.stats().temps_removed_at_open == 1
+        _check(cache, {**model, "k1": b"after" * 1000})
+    assert [n for n in os.listdir(store) if N.is_temp_name(n)] == []
