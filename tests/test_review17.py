@@ -299,6 +299,10 @@ def test_a_write_back_delete_of_another_handle_is_not_read_back_through(
         p1._tier.wake.set()
         p1._tier._threads[0].join()
         assert p1.delete("k")
+        # p2 follows the delete (as its refresh thread would, a moment later: a
+        # get of a key it holds does not wait for that), so the get misses here
+        # and asks the remote, where the delete is not uploaded yet.
+        p2._catch_up()
         assert p2.get("k") is None, "p2 read the value p1 deleted back through"
         p1._tier.stop.clear()
         p1.flush_remote()
