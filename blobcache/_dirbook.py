@@ -22,15 +22,17 @@ a booked stamp exactly is the one case this misses), so it can never show the
 stamp again. A directory stamped at or after ``t0`` is not booked: the next
 open lists it, and counts it as a reason to write the snapshot again.
 
-What is not checked at an open through the book, as for the key file already
-(``_keydir.scan_key_dir``): a version file's size (its mapping checks it at the
-first get, ``_mapping``). A file changed in place is not a crash blobcache
-survives by design; ``verify`` (which opens without the snapshot) reads all.
+A booked key directory's version file is still lstat'ed (its size and kind:
+a file cut short in place leaves the directory's stamp, and is reported at
+open as a listing would). What is not checked, as for the key file already
+(``_keydir.scan_key_dir``): the key file's content; ``verify`` (which opens
+without the snapshot) reads all.
 """
 
 from __future__ import annotations
 
 import os
+import stat
 from collections.abc import Callable
 
 from . import _filekinds
@@ -120,10 +122,13 @@ class Walk:
                 self.scan.append(path)
                 continue
             _ino, _m, _c, name, seq, length, checksum, key = entry
-            if key is None:
-                self.scan.append(path)  # unchanged, and not clean: listed again
+            version = f"{path}/{name}"
+            if key is None or not _is_long(version, length):
+                # Unchanged and not clean, or its version cut short in place:
+                # listed again, so the open reports what a listing finds.
+                self.scan.append(path)
             else:
-                self.vouched.append((path, key, Record(seq, f"{path}/{name}", length, checksum)))
+                self.vouched.append((path, key, Record(seq, version, length, checksum)))
 
     def _subdirs(self, path: str, rel: str, depth: int) -> list[str]:
         entry = self.fanouts.get(rel)
@@ -132,6 +137,18 @@ class Walk:
         elif entry[3] is not None:
             return list(entry[3])
         return listed(path, depth, self.problems)
+
+
+def _is_long(path: str, length: int) -> bool:
+    """Whether the version file at ``path`` is a regular file of ``length`` bytes:
+    a file cut short in place leaves its directory's stamp, and an open reports
+    it as one without a snapshot does (one lstat per key; its mapping would
+    only find it at the first get)."""
+    try:
+        st = os.lstat(path)
+    except FileNotFoundError:
+        return False
+    return stat.S_ISREG(st.st_mode) and st.st_size == length
 
 
 # --- Writing ------------------------------------------------------------------------------

@@ -100,7 +100,8 @@ def batch_version_name(seq: int, length: int, checksum: int) -> str:
 
 def is_batch_version(path: str) -> bool:
     """Whether the version file at ``path`` is one of a batch (a b- name)."""
-    return os.path.basename(path).startswith(F.BATCH_VERSION_PREFIX)
+    # (Not os.path.basename: an open asks it twice per key directory.)
+    return path.startswith(F.BATCH_VERSION_PREFIX, path.rfind(os.sep) + 1)
 
 
 # Compiled once: recovery parses every name in the store, and a regex match is

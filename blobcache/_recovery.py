@@ -133,7 +133,7 @@ def _recover_into(
             # The directories its book vouches for are stat'ed, not listed (_dirbook).
             walk = _dirbook.Walk(blobs, snap.book, result.problems, result.empty_fanouts)
             for keydir, key, record in walk.vouched:
-                _admit(result, KeyDirScan(keydir, key, [record]), blob_live)
+                _admit_key(result, keydir, key, record, [record], blob_live)
             to_scan = walk.scan
             result.book, result.book_misses = snap.book, walk.misses
         # The keys of the directories the snapshot knows: their key files go unread.
@@ -652,14 +652,29 @@ def _admit(result: Recovered, scan: KeyDirScan, blob_live: dict[N.Key, Record]) 
             return  # versions without a readable key, or not ours: reported, left for a human
         result.dirty.add(scan.path)  # a put crashed before its key file: garbage
         return
-    result.key_dirs.add(scan.path)
-    result.dir_of[scan.key] = scan.path
     live = scan.live
-    if live is not None:
-        blob_live[scan.key] = live
-        if N.is_batch_version(live.path):  # counts only with its record: _commit_batches
-            result.batch_versions[scan.key] = scan.records
+    _admit_key(result, scan.path, scan.key, live, scan.records, blob_live)
     # A directory holding no version but entries that are not ours (reported)
     # is left whole for a human, as one whose key is unreadable.
     if (live is None and not scan.foreign) or len(scan.records) > 1 or scan.unusable:
         result.dirty.add(scan.path)
+
+
+def _admit_key(
+    result: Recovered,
+    keydir: str,
+    key: N.Key,
+    live: Record | None,
+    records: list[Record],
+    blob_live: dict[N.Key, Record],
+) -> None:
+    """Note key directory ``keydir`` of ``key``, whose newest usable version is
+    ``live`` (of ``records``). Called alone for a directory the snapshot's book
+    vouches for (its key file and that one version: nothing else to sort out)."""
+    result.key_dirs.add(keydir)
+    result.dir_of[key] = keydir
+    if live is not None:
+        result.max_seq = max(result.max_seq, live.seq)
+        blob_live[key] = live
+        if N.is_batch_version(live.path):  # counts only with its record: _commit_batches
+            result.batch_versions[key] = records
