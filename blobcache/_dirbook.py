@@ -109,12 +109,12 @@ class Walk:
     book could (changed since, or stamped too late to be booked)."""
 
     def __init__(self, blobs: str, book: Book, problems: list[Problem], empty: set[str]) -> None:
-        self.fanouts, self.keydirs = book
+        self.fanouts, booked = book
         self.problems = problems
         self.misses = 0
         self.scan: list[str] = []
         self.vouched: list[tuple[str, N.Key, Record]] = []
-        booked, lstat, width = self.keydirs, os.lstat, F.KEY_HASH_HEX_DIGITS
+        lstat, width = os.lstat, F.KEY_HASH_HEX_DIGITS
         for path in key_dirs(blobs, self._subdirs, empty):
             entry = booked.get(path[-width:])
             if entry is None or stamp_of(lstat(path)) != entry[:3]:
@@ -212,31 +212,21 @@ def _key_dir_entry(
         stamp = stamp_of(st)
         if old is not None and old[:3] == stamp and old[3] == version and old[7] == key:
             return old
-        clean = key is not None and _holds_only(path, version)
+        parsed = N.parse_version_name(version) if key is not None else None
+        clean = parsed is not None and _holds_only(path, version, parsed.length)
     except FileNotFoundError:
         return None
     if not bookable(st):
         return None
-    parsed = N.parse_version_name(version) if clean else None
-    if parsed is None:
+    if not clean or parsed is None:
         return (*stamp, "", 0, 0, 0, None)
     return (*stamp, version, parsed.seq, parsed.length, parsed.checksum, key)
 
 
-def _holds_only(path: str, version: str) -> bool:
+def _holds_only(path: str, version: str, length: int) -> bool:
     """Whether key directory ``path`` holds its key file and ``version``, both
-    regular files, the version of the length its name says, and nothing else."""
-    seen = 0
+    regular files, the version of ``length`` bytes, and nothing else."""
     with os.scandir(path) as entries:
-        for entry in entries:
-            if entry.name not in (F.KEY_FILE_NAME, version):
-                return False
-            if not entry.is_file(follow_symlinks=False):
-                return False
-            seen += 1
-            if entry.name == version:
-                parsed = N.parse_version_name(version)
-                size = entry.stat(follow_symlinks=False).st_size
-                if parsed is None or size != parsed.length:
-                    return False
-    return seen == 2
+        kinds = {entry.name: entry.is_file(follow_symlinks=False) for entry in entries}
+    key_file = kinds.get(F.KEY_FILE_NAME, False)
+    return len(kinds) == 2 and key_file and _is_long(f"{path}/{version}", length)
